@@ -1,0 +1,30 @@
+# `make test` and `make demo` are all a fresh machine needs.
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first, pinned, so nothing later resolves a CUDA build. recbole is installed without its
+# dependencies: we only read the MovieLens-100k files it ships (their licence forbids copying them).
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q --no-deps -c constraints.txt recbole==1.2.1
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/compemb demo
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,385 @@
+"""Complementary partitions of a category set (paper section 3): pure integer index arithmetic.
+
+A *partition set* maps every category index ``i`` in ``[0, n)`` to one bucket per partition.
+The partitions are *complementary* when no two categories share every bucket, so a composition
+of per-partition embeddings can give every category its own vector.
+
+Every constructor returns a :class:`PartitionSet`::
+
+    >>> import torch
+    >>> qr = quotient_remainder(10, collisions=4)
+    >>> qr.sizes
+    (3, 4)
+    >>> [b.tolist() for b in qr.buckets(torch.tensor([0, 5, 9]))]
+    [[0, 1, 2], [0, 1, 1]]
+    >>> qr.is_complementary()
+    True
+
+All bucket arithmetic is integer arithmetic on int64 tensors (floor division and remainder);
+no value ever passes through a float, so it is exact for every index up to 2**63 - 1.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import reduce
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PartitionSet",
+    "ModuloPartitions",
+    "MixedRadixPartitions",
+    "ExplicitPartitions",
+    "remainder",
+    "quotient_remainder",
+    "mixed_radix",
+    "chinese_remainder",
+    "balanced_mixed_radix",
+    "balanced_chinese_remainder",
+    "for_collisions",
+    "explicit",
+]
+
+_INT64_MAX = 2**63 - 1
+
+
+def _check_count(value: object, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, got {value!r} ({type(value).__name__})")
+    if not minimum <= int(value) <= _INT64_MAX:
+        raise ValueError(f"{what} must be in [{minimum}, 2**63 - 1], got {value}")
+    return int(value)
+
+
+def _as_index(idx: torch.Tensor) -> torch.Tensor:
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(idx).__name__}")
+    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"indices must be an integer tensor, got dtype {idx.dtype}")
+    return idx.long()
+
+
+class PartitionSet(ABC):
+    """k partitions of the categories ``[0, num_categories)``.
+
+    Attributes:
+        num_categories: n, the number of categories.
+        sizes: the number of buckets of each partition, in order.
+    """
+
+    num_categories: int
+    sizes: tuple[int, ...]
+
+    @abstractmethod
+    def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Bucket ids of ``idx`` in every partition.
+
+        Args:
+            idx: integer tensor of any shape with values in ``[0, num_categories)``.
+                Values are not range-checked here (modules check their inputs).
+
+        Returns:
+            One int64 tensor per partition, each of ``idx``'s shape, with values in
+            ``[0, sizes[j])``.
+        """
+
+    @abstractmethod
+    def is_complementary(self) -> bool:
+        """Whether every pair of distinct categories differs in at least one partition (exact)."""
+
+    @property
+    def k(self) -> int:
+        """The number of partitions."""
+        return len(self.sizes)
+
+    @property
+    def num_buckets(self) -> int:
+        """The total number of buckets: the rows all tables of a compositional embedding hold."""
+        return sum(self.sizes)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_categories={self.num_categories}, sizes={self.sizes})"
+
+
+class ModuloPartitions(PartitionSet):
+    """Partition j maps ``i`` to ``i mod moduli[j]``: the hashing trick (k = 1) and the
+    Chinese-remainder partitions (section 3.1(4)).
+
+    Complementary exactly when ``lcm(moduli) >= num_categories``: two indices share every
+    remainder iff they are congruent modulo the lcm.
+    """
+
+    def __init__(self, num_categories: int, moduli: Sequence[int]):
+        self.num_categories = _check_count(num_categories, "num_categories")
+        self.moduli = tuple(_check_count(m, f"moduli[{j}]") for j, m in enumerate(moduli))
+        if not self.moduli:
+            raise ValueError("moduli must not be empty")
+        # A modulus above n only ever sees residues below n.
+        self.sizes = tuple(min(m, self.num_categories) for m in self.moduli)
+
+    def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        idx = _as_index(idx)
+        return tuple(torch.remainder(idx, m) for m in self.moduli)
+
+    def is_complementary(self) -> bool:
+        return reduce(math.lcm, self.moduli, 1) >= self.num_categories
+
+
+class MixedRadixPartitions(PartitionSet):
+    """Partitions by the digits of ``i`` in a mixed radix (section 3.1(2) and 3.1(3)).
+
+    Digit j is ``(i // (r_0 * ... * r_{j-1})) mod r_j`` for the radices ``r`` from least to most
+    significant. The most significant digit is not reduced, so its partition holds only the
+    ``ceil(n / (r_0 * ... * r_{k-2}))`` buckets that occur. ``order`` lists which digit each
+    partition uses (the quotient-remainder trick puts the quotient, the large table, first).
+    Complementary by construction: the digits of ``i`` determine ``i``.
+    """
+
+    def __init__(
+        self, num_categories: int, radices: Sequence[int], order: Sequence[int] | None = None
+    ):
+        self.num_categories = n = _check_count(num_categories, "num_categories")
+        self.radices = tuple(_check_count(r, f"radices[{j}]") for j, r in enumerate(radices))
+        k = len(self.radices)
+        if k == 0:
+            raise ValueError("radices must not be empty")
+        product = math.prod(self.radices)
+        if product < n:
+            raise ValueError(
+                f"radices {self.radices} have product {product} < num_categories {n}: "
+                f"digits in this radix cannot tell all categories apart; raise a radix "
+                f"(e.g. balanced_mixed_radix({n}, {k}))"
+            )
+        self.order = tuple(range(k)) if order is None else tuple(order)
+        if sorted(self.order) != list(range(k)):
+            raise ValueError(f"order must be a permutation of 0..{k - 1}, got {self.order}")
+        # Place values, capped at n: beyond n every quotient is 0 and the product would only
+        # risk int64 overflow.
+        self._place = []
+        place = 1
+        for r in self.radices:
+            self._place.append(min(place, n))
+            place *= r
+        digit_sizes = [min(r, n) for r in self.radices[:-1]]
+        digit_sizes.append(-(-n // self._place[-1]))
+        self._digit_sizes = tuple(digit_sizes)
+        self.sizes = tuple(self._digit_sizes[d] for d in self.order)
+
+    def _digit(self, idx: torch.Tensor, d: int) -> torch.Tensor:
+        q = idx if self._place[d] == 1 else torch.div(idx, self._place[d], rounding_mode="floor")
+        return q if d == len(self.radices) - 1 else torch.remainder(q, self.radices[d])
+
+    def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        idx = _as_index(idx)
+        return tuple(self._digit(idx, d) for d in self.order)
+
+    def is_complementary(self) -> bool:
+        return math.prod(self.radices) >= self.num_categories
+
+
+class ExplicitPartitions(PartitionSet):
+    """Partitions given by one bucket-id array per partition, e.g. a car's year, make and type.
+
+    Complementarity is checked exactly and vectorized: the bucket tuples are folded into one
+    dense rank per category, partition by partition, and the partitions are complementary iff
+    all n ranks differ.
+    """
+
+    def __init__(self, bucket_ids: Sequence[np.ndarray | torch.Tensor | Sequence[int]],
+                 sizes: Sequence[int] | None = None):
+        if len(bucket_ids) == 0:
+            raise ValueError("explicit partitions need at least one bucket-id array")
+        arrays = []
+        for j, ids in enumerate(bucket_ids):
+            a = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+            if a.ndim != 1 or a.size == 0:
+                raise ValueError(f"bucket_ids[{j}] must be a non-empty 1-D array, got {a.shape}")
+            if not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"bucket_ids[{j}] must hold integers, got dtype {a.dtype}")
+            if a.min() < 0:
+                raise ValueError(f"bucket_ids[{j}] holds {a.min()} < 0; bucket ids start at 0")
+            arrays.append(a.astype(np.int64))
+        n = arrays[0].size
+        for j, a in enumerate(arrays):
+            if a.size != n:
+                raise ValueError(f"bucket_ids[{j}] has {a.size} entries, bucket_ids[0] has {n}")
+        observed = tuple(int(a.max()) + 1 for a in arrays)
+        if sizes is None:
+            sizes = observed
+        sizes = tuple(_check_count(s, f"sizes[{j}]") for j, s in enumerate(sizes))
+        if len(sizes) != len(arrays):
+            raise ValueError(f"{len(sizes)} sizes given for {len(arrays)} partitions")
+        for j, (s, o) in enumerate(zip(sizes, observed, strict=True)):
+            if o > s:
+                raise ValueError(f"bucket_ids[{j}] holds bucket {o - 1}, but sizes[{j}] is {s}")
+        self.num_categories = n
+        self.sizes = sizes
+        self._tables = {torch.device("cpu"): tuple(torch.from_numpy(a) for a in arrays)}
+
+    def _tables_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._tables:
+            self._tables[device] = tuple(t.to(device) for t in self._tables[torch.device("cpu")])
+        return self._tables[device]
+
+    def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        idx = _as_index(idx)
+        return tuple(t[idx] for t in self._tables_on(idx.device))
+
+    def is_complementary(self) -> bool:
+        key = np.zeros(self.num_categories, dtype=np.int64)
+        for t in self._tables[torch.device("cpu")]:
+            a = t.numpy()
+            # Fold one partition in, then re-rank so the key stays below n (no overflow).
+            key = key * (int(a.max()) + 1) + a
+            _, key = np.unique(key, return_inverse=True)
+        return int(key.max()) + 1 == self.num_categories
+
+
+def remainder(num_categories: int, num_buckets: int) -> ModuloPartitions:
+    """The hashing trick: one partition, ``i -> i mod num_buckets``."""
+    return ModuloPartitions(num_categories, (num_buckets,))
+
+
+def quotient_remainder(num_categories: int, collisions: int) -> MixedRadixPartitions:
+    """The quotient-remainder trick (section 2): partitions ``i // c`` then ``i mod c``.
+
+    Sizes ``(ceil(n / c), c)``: the large quotient table first.
+    """
+    n = _check_count(num_categories, "num_categories")
+    c = _check_count(collisions, "collisions")
+    return MixedRadixPartitions(n, (c, -(-n // c)), order=(1, 0))
+
+
+def mixed_radix(num_categories: int, radices: Sequence[int]) -> MixedRadixPartitions:
+    """Generalized quotient-remainder partitions (section 3.1(3)), least significant first.
+
+    Raises:
+        ValueError: if the product of ``radices`` is below ``num_categories``.
+    """
+    return MixedRadixPartitions(num_categories, radices)
+
+
+def chinese_remainder(num_categories: int, moduli: Sequence[int]) -> ModuloPartitions:
+    """Chinese-remainder partitions (section 3.1(4)): ``i mod m_j`` for pairwise coprime ``m_j``.
+
+    Raises:
+        ValueError: if two moduli share a factor, or their product is below ``num_categories``.
+    """
+    parts = ModuloPartitions(num_categories, moduli)
+    m = parts.moduli
+    for a in range(len(m)):
+        for b in range(a + 1, len(m)):
+            g = math.gcd(m[a], m[b])
+            if g != 1:
+                raise ValueError(
+                    f"chinese_remainder moduli must be pairwise coprime: moduli[{a}]={m[a]} and "
+                    f"moduli[{b}]={m[b]} share the factor {g}; try "
+                    f"balanced_chinese_remainder({parts.num_categories}, {len(m)})"
+                )
+    if math.prod(m) < parts.num_categories:
+        raise ValueError(
+            f"chinese_remainder moduli {m} have product {math.prod(m)} < num_categories "
+            f"{parts.num_categories}: some categories would share every bucket"
+        )
+    return parts
+
+
+def _iroot_ceil(n: int, k: int) -> int:
+    """The smallest integer r with r**k >= n (exact, no float)."""
+    lo, hi = 1, 1
+    while hi**k < n:
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid**k >= n:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def balanced_mixed_radix(num_categories: int, k: int) -> MixedRadixPartitions:
+    """Mixed-radix partitions with k radices near n^(1/k): the fewest total rows for k tables.
+
+    Starts from ``floor``-ish radices and raises them one at a time until their product covers
+    n, so the radices differ by at most one.
+    """
+    n = _check_count(num_categories, "num_categories")
+    k = _check_count(k, "k")
+    r = _iroot_ceil(n, k)
+    radices = [r] * k
+    # Lower radices one by one while the product still covers n: sizes differ by at most one.
+    for j in range(k):
+        radices[j] -= 1
+        if radices[j] < 1 or math.prod(radices) < n:
+            radices[j] += 1
+            break
+    return MixedRadixPartitions(n, radices)
+
+
+def balanced_chinese_remainder(num_categories: int, k: int) -> ModuloPartitions:
+    """Pairwise coprime moduli near n^(1/k) whose product covers n, with the smallest sum.
+
+    Tries greedy coprime runs starting at several points at and below n^(1/k) and keeps the
+    run with the fewest total rows among those that cover n.
+    """
+    n = _check_count(num_categories, "num_categories")
+    k = _check_count(k, "k")
+    if k == 1:
+        return chinese_remainder(n, (n,))
+    r = _iroot_ceil(n, k)
+    best: tuple[int, ...] | None = None
+    for start in range(max(2, r - 64), r + 1):
+        chosen: list[int] = []
+        m = start
+        while len(chosen) < k - 1:
+            if all(math.gcd(m, c) == 1 for c in chosen):
+                chosen.append(m)
+            m += 1
+        # The last modulus: the smallest coprime one that makes the product cover n.
+        last = max(m, -(-n // math.prod(chosen)))
+        while any(math.gcd(last, c) != 1 for c in chosen):
+            last += 1
+        cand = (*chosen, last)
+        if best is None or sum(cand) < sum(best):
+            best = cand
+    assert best is not None
+    return chinese_remainder(n, best)
+
+
+def for_collisions(
+    num_categories: int, collisions: int, family: str = "qr"
+) -> MixedRadixPartitions | ModuloPartitions:
+    """Two complementary partitions whose largest table has about ``n / collisions`` rows.
+
+    Args:
+        family: ``"qr"`` (quotient-remainder: sizes ``(ceil(n/c), c)``) or ``"crt"``
+            (coprime moduli ``(ceil(n/c) + e, c)`` with the smallest ``e >= 0`` that makes them
+            coprime).
+    """
+    n = _check_count(num_categories, "num_categories")
+    c = _check_count(collisions, "collisions")
+    if family == "qr":
+        return quotient_remainder(n, c)
+    if family == "crt":
+        big = -(-n // c)
+        while math.gcd(big, c) != 1:
+            big += 1
+        return chinese_remainder(n, (big, c))
+    raise ValueError(f"family must be 'qr' or 'crt', got {family!r}")
+
+
+def explicit(
+    *bucket_ids: np.ndarray | torch.Tensor | Sequence[int], sizes: Sequence[int] | None = None
+) -> ExplicitPartitions:
+    """Partitions from attributes: one bucket-id array per partition, each of length n.
+
+    >>> cars = explicit([0, 0, 1, 1], [0, 1, 0, 1])  # year, make
+    >>> cars.sizes, cars.is_complementary()
+    ((2, 2), True)
+    """
+    return ExplicitPartitions(bucket_ids, sizes)
