@@ -1,0 +1,154 @@
+"""What every compemb embedding module shares: accounting against the full table, the full
+table itself, and the initialization scale they all start from."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from compemb.embeddings._bags import Bags, check_mode, pool, prepare_bags
+
+
+def full_table_bound(num_categories: int) -> float:
+    """a = sqrt(1 / n): the full table's init is U(-a, a), the reference DLRM's choice.
+
+    Every compemb module starts its composed vectors at this scale: each coordinate has mean 0
+    and variance a^2 / 3, whatever the scheme, so schemes differ by structure, not by init.
+    """
+    return math.sqrt(1.0 / num_categories)
+
+
+class EmbeddingAccounting:
+    """Parameter, memory and compression accounting, mixed into every embedding module.
+
+    Needs ``num_categories`` and ``embedding_dim`` on the module; the full table it compares
+    against is ``num_categories x embedding_dim``.
+    """
+
+    num_categories: int
+    embedding_dim: int
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters (works on the meta device: counts, never allocates)."""
+        return sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes of the parameters at their dtype (optimizer state not included)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())  # type: ignore
+
+    @property
+    def full_parameters(self) -> int:
+        """Parameters of the full table this module replaces: n x D."""
+        return self.num_categories * self.embedding_dim
+
+    @property
+    def compression_ratio(self) -> float:
+        """Full-table parameters over this module's parameters (> 1 means smaller)."""
+        return self.full_parameters / max(self.num_parameters, 1)
+
+    def _where(self) -> str:
+        return f"{type(self).__name__}(num_categories={self.num_categories})"
+
+
+class FullEmbeddingBag(nn.EmbeddingBag, EmbeddingAccounting):
+    """The full table: ``nn.EmbeddingBag`` with checked input, accounting, and the reference's
+    U(-sqrt(1/n), sqrt(1/n)) initialization.
+
+    Forward: ``(input, offsets=None, per_sample_weights=None) -> (B, D)`` exactly as
+    ``nn.EmbeddingBag``.
+
+    >>> bag = FullEmbeddingBag(1000, 16)
+    >>> bag(torch.tensor([[1, 2], [3, 999]])).shape
+    torch.Size([2, 16])
+    """
+
+    def __init__(
+        self,
+        num_categories: int,
+        embedding_dim: int,
+        mode: str = "sum",
+        *,
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        validate: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        check_mode(mode, "FullEmbeddingBag")
+        super().__init__(
+            num_categories,
+            embedding_dim,
+            mode=mode,
+            sparse=sparse,
+            include_last_offset=include_last_offset,
+            device=device,
+            dtype=dtype,
+        )
+        self.validate = validate
+
+    @property
+    def num_categories(self) -> int:  # type: ignore[override]
+        return self.num_embeddings
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_embeddings
+
+    def reset_parameters(self) -> None:
+        a = full_table_bound(self.num_embeddings)
+        with torch.no_grad():
+            self.weight.uniform_(-a, a)
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        bags = prepare_bags(
+            self._where(), self.num_embeddings, input, offsets, per_sample_weights,
+            self.mode, self.include_last_offset, self.validate,
+        )  # fmt: skip
+        if bags.length is not None:
+            return super().forward(input.long(), None, per_sample_weights)
+        return super().forward(bags.ids, bags.offsets, per_sample_weights)
+
+
+class BagModule(nn.Module, EmbeddingAccounting):
+    """Base of the compositional modules: ``nn.EmbeddingBag``'s input conventions and pooling."""
+
+    def __init__(
+        self,
+        num_categories: int,
+        embedding_dim: int,
+        mode: str,
+        include_last_offset: bool,
+        validate: bool,
+    ):
+        super().__init__()
+        for name, value in (("num_categories", num_categories), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {value!r}")
+        self.num_categories = num_categories
+        self.embedding_dim = embedding_dim
+        self.mode = check_mode(mode, type(self).__name__)
+        self.include_last_offset = include_last_offset
+        self.validate = validate
+
+    def _bags(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None,
+        per_sample_weights: torch.Tensor | None,
+    ) -> Bags:
+        return prepare_bags(
+            self._where(), self.num_categories, input, offsets, per_sample_weights,
+            self.mode, self.include_last_offset, self.validate,
+        )  # fmt: skip
+
+    def _pool(self, values: torch.Tensor, bags: Bags) -> torch.Tensor:
+        return pool(values, bags, self.mode, self.include_last_offset)
