@@ -132,7 +132,8 @@ class BagModule(nn.Module, EmbeddingAccounting):
         super().__init__()
         for name, value in (("num_categories", num_categories), ("embedding_dim", embedding_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {value!r}")
+                where = type(self).__name__
+                raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
         self.num_categories = num_categories
         self.embedding_dim = embedding_dim
         self.mode = check_mode(mode, type(self).__name__)

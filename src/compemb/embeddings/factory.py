@@ -64,7 +64,8 @@ class EmbeddingSpec:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         needs = {
             "hash": "collisions", "qr": "collisions", "path": "collisions",
-            "feature": "collisions or k", "mixed_radix": "k or collisions", "crt": "k or collisions",
+            "feature": "collisions or k", "mixed_radix": "k or collisions",
+            "crt": "k or collisions",
         }  # fmt: skip
         if self.scheme in needs and self.collisions is None and self.k is None:
             raise ValueError(f"scheme {self.scheme!r} needs {needs[self.scheme]}")
