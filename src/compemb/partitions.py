@@ -325,7 +325,7 @@ def balanced_chinese_remainder(num_categories: int, k: int) -> ModuloPartitions:
     """Pairwise coprime moduli near n^(1/k) whose product covers n, with the smallest sum.
 
     Tries greedy coprime runs starting at several points at and below n^(1/k) and keeps the
-    run with the fewest total rows among those that cover n.
+    run with the fewest total rows (then the smallest largest table) among those that cover n.
     """
     n = _check_count(num_categories, "num_categories")
     k = _check_count(k, "k")
@@ -345,7 +345,7 @@ def balanced_chinese_remainder(num_categories: int, k: int) -> ModuloPartitions:
         while any(math.gcd(last, c) != 1 for c in chosen):
             last += 1
         cand = (*chosen, last)
-        if best is None or sum(cand) < sum(best):
+        if best is None or (sum(cand), max(cand)) < (sum(best), max(best)):
             best = cand
     assert best is not None
     return chinese_remainder(n, best)

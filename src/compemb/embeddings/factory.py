@@ -156,9 +156,9 @@ def make_embedding_bag(
     parts = spec_partitions(spec, n)
     if parts.num_buckets >= n:
         raise ValueError(
-            f"{spec.scheme} with k={spec.k} on num_categories={n} gives tables of "
-            f"{parts.num_buckets} rows, no fewer than the full table's {n}; use a smaller k or "
-            f"threshold >= {n}"
+            f"{spec.scheme} partitions of sizes {parts.sizes} for num_categories={n} hold "
+            f"{parts.num_buckets} rows, no fewer than the full table's {n}; use fewer partitions "
+            f"or collisions, or threshold >= {n} to keep this feature full"
         )
     if spec.scheme == "feature":
         return FeatureEmbeddingBag(n, embedding_dim, parts, **common)
