@@ -7,6 +7,77 @@ import sys
 from collections.abc import Sequence
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from compemb.data.preprocess import PreprocessOptions, parse_days, preprocess_criteo
+
+    options = PreprocessOptions(
+        max_index=args.max_index,
+        min_count=args.min_count,
+        vocab=args.vocab,
+        strict=args.strict,
+        **parse_days(args.days),
+    )
+    summary = preprocess_criteo(args.input, args.output_dir, options, progress=args.progress)
+    rejected = sum(summary.rejected.values())
+    print(
+        f"wrote {summary.output_dir}: {summary.rows} from {summary.lines_read} lines "
+        f"({rejected} rejected) in {summary.seconds:.1f} s, {summary.mb_per_s:.1f} MB/s"
+    )
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from compemb.data.synthetic import SynthOptions, generate_synthetic, parse_cardinalities
+
+    options = SynthOptions(
+        rows=args.rows,
+        cardinalities=parse_cardinalities(args.cardinalities),
+        seed=args.seed,
+        zipf=args.zipf,
+        num_dense=args.num_dense,
+    )
+    losses = generate_synthetic(args.output_dir, options, progress=args.progress)
+    print(
+        f"wrote {args.output_dir}: {options.rows} rows; test log loss of the hidden model "
+        f"{losses['optimal_test_log_loss']:.5f}, of the base rate "
+        f"{losses['constant_test_log_loss']:.5f}"
+    )
+    return 0
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    pre = sub.add_parser("preprocess", help="preprocess a raw dataset into a dataset folder")
+    pre.add_argument("source", choices=["criteo"], help="input format")
+    pre.add_argument("input", help="Criteo Kaggle/Terabyte TSV, plain or gzip")
+    pre.add_argument("output_dir", help="dataset folder to create (must not exist)")
+    pre.add_argument("--max-index", type=int, default=None, metavar="N",
+                     help="take every categorical id modulo N (default: no cap)")
+    pre.add_argument("--min-count", type=int, default=1, metavar="K",
+                     help="categories seen fewer than K times share the bucket id 0 (default 1)")
+    pre.add_argument("--days", default="7", metavar="N|A,B,...",
+                     help="number of equal-count days (default 7), or every day's line count")
+    pre.add_argument("--vocab", choices=["all", "train"], default="all",
+                     help="enumerate categories over all days (default, the reference) or the "
+                          "train days only, unseen ones sharing the bucket id 0")
+    pre.add_argument("--strict", action="store_true",
+                     help="stop at the first bad line instead of rejecting it")
+    pre.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: only on a terminal)")
+    pre.set_defaults(func=_cmd_preprocess)
+
+    syn = sub.add_parser("synth", help="write a planted synthetic dataset folder")
+    syn.add_argument("output_dir", help="dataset folder to create (must not exist)")
+    syn.add_argument("--rows", type=int, required=True, help="rows over all splits")
+    syn.add_argument("--cardinalities", required=True, metavar="criteo-kaggle|LIST",
+                     help="'criteo-kaggle' or comma-separated category counts")
+    syn.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    syn.add_argument("--zipf", type=float, default=1.1, help="power-law exponent (default 1.1)")
+    syn.add_argument("--num-dense", type=int, default=13, help="dense features (default 13)")
+    syn.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: only on a terminal)")
+    syn.set_defaults(func=_cmd_synth)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compemb",
@@ -14,6 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each subcommand registers itself below with set_defaults(func=handler).
+    _add_data_commands(sub)
     _ = sub
     return parser
 

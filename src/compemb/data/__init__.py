@@ -6,6 +6,7 @@ from compemb.data.dataset import ArrayDataset, Dataset, SplitArrays, load_datase
 from compemb.data.movielens import load_movielens_100k
 from compemb.data.preprocess import PreprocessOptions, PreprocessSummary, preprocess_criteo
 from compemb.data.sources import open_dataset
+from compemb.data.synthetic import SynthOptions, generate_synthetic
 
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
@@ -15,6 +16,8 @@ __all__ = [
     "PreprocessOptions",
     "PreprocessSummary",
     "SplitArrays",
+    "SynthOptions",
+    "generate_synthetic",
     "load_dataset_folder",
     "load_movielens_100k",
     "open_dataset",

@@ -138,7 +138,9 @@ def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
     label = pl.col("label")
     ints = [pl.col(c).str.to_integer(base=10, strict=False) for c in DENSE_NAMES]
     checks = [label.is_not_null() & ~label.is_in(["0", "1"])]
-    checks += [pl.col(c).is_not_null() & v.is_null() for c, v in zip(DENSE_NAMES, ints, strict=True)]
+    checks += [
+        pl.col(c).is_not_null() & v.is_null() for c, v in zip(DENSE_NAMES, ints, strict=True)
+    ]
     checks += [pl.col(c).is_not_null() & ~pl.col(c).str.contains(_HEX) for c in CATEGORICAL_NAMES]
     bad = raw.select(checks).to_numpy()  # (n, 40) bool, one column per field
     bad_rows = np.flatnonzero(bad.any(axis=1))
@@ -155,15 +157,18 @@ def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
     keep[bad_rows] = False
     if len(bad_rows):
         raw = raw.filter(pl.Series(keep))
+    dense = [v.clip(lower_bound=0).fill_null(0).cast(pl.Float64).log1p() for v in ints]
+    hexes = [pl.col(c).str.to_integer(base=16, strict=False) for c in CATEGORICAL_NAMES]
     values = raw.select(
         (label == "1").fill_null(False).cast(pl.UInt8).alias("label"),
-        *[v.clip(lower_bound=0).fill_null(0).cast(pl.Float64).log1p().cast(pl.Float32) for v in ints],
-        *[pl.col(c).str.to_integer(base=16, strict=False).fill_null(BLANK_KEY) for c in CATEGORICAL_NAMES],
+        *[d.cast(pl.Float32) for d in dense],
+        *[h.fill_null(BLANK_KEY) for h in hexes],
     )
+    dense_columns = values.columns[1 : 1 + NUM_DENSE]
     return ParsedChunk(
         lines=(first_line + good_idx[keep]).astype(np.int64),
         labels=values.get_column("label").to_numpy(),
-        dense=values.select(values.columns[1 : 1 + NUM_DENSE]).to_numpy().astype(np.float32, copy=False),
+        dense=values.select(dense_columns).to_numpy().astype(np.float32, copy=False),
         keys=values.select(values.columns[1 + NUM_DENSE :]).to_numpy().astype(np.int64, copy=False),
         rejects=tuple(rejects),
         num_lines=num_lines,

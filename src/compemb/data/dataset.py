@@ -95,7 +95,8 @@ class Dataset(ABC):
         for i in range(start, self.num_batches(split, batch_size)):
             lo = i * batch_size
             size = min(lo + batch_size, rows) - lo
-            share, extra = divmod(size, world_size)  # np.array_split: the first `extra` get one more
+            # As np.array_split: the first `extra` ranks get one row more.
+            share, extra = divmod(size, world_size)
             a = lo + rank * share + min(rank, extra)
             b = a + share + (rank < extra)
             yield self._gather(split, slice(a, b) if order is None else order[a:b])

@@ -56,7 +56,8 @@ def movielens_100k_dir() -> Path:
         folder = Path(location) / "dataset_example" / "ml-100k"
         if (folder / "ml-100k.inter").is_file():
             return folder
-    raise FileNotFoundError(f"no dataset_example/ml-100k in {list(spec.submodule_search_locations)}")
+    locations = list(spec.submodule_search_locations)
+    raise FileNotFoundError(f"no dataset_example/ml-100k in the recbole package at {locations}")
 
 
 def _read_atomic(path: Path) -> pl.DataFrame:
@@ -97,7 +98,8 @@ def load_movielens_100k(seed: int = 0) -> ArrayDataset:
 
     def clean(name: str, valid: pl.Expr) -> pl.Expr:
         col = pl.col(name).str.strip_chars()
-        return pl.when(col.is_not_null() & (col != "") & valid).then(col).otherwise(pl.lit(_MISSING))
+        present = col.is_not_null() & (col != "") & valid
+        return pl.when(present).then(col).otherwise(pl.lit(_MISSING))
 
     single = rows.select(
         *[clean(name, pl.lit(True)) for name in MOVIELENS_FEATURES[:6]],

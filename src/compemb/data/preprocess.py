@@ -57,7 +57,7 @@ from compemb.data.storage import (
 )
 from compemb.data.vocab import CategoryCounter, Vocabulary
 
-__all__ = ["PreprocessOptions", "PreprocessSummary", "preprocess_criteo"]
+__all__ = ["PreprocessOptions", "PreprocessSummary", "parse_days", "preprocess_criteo"]
 
 # Splits in file order: ids are handed out in first-seen order, so blocks are encoded in it.
 _FILE_ORDER = ("train", "test", "val")
@@ -129,6 +129,17 @@ class PreprocessSummary:
     def mb_per_s(self) -> float:
         """Input megabytes (as stored) per second of the whole run, every pass included."""
         return self.input_bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+def parse_days(text: str) -> dict[str, Any]:
+    """``--days`` as PreprocessOptions fields: "7" (a number of days) or "a,b,...,z" (the line
+    count of every day, which skips the line-counting pass)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"--days {text!r}: expected a number of days or comma-separated counts")
+    if len(parts) == 1:
+        return {"days": int(parts[0])}
+    return {"day_lines": tuple(int(p) for p in parts)}
 
 
 def _segments(parsed: ParsedChunk, bounds: dict[str, tuple[int, int]]):
