@@ -78,6 +78,19 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     syn.set_defaults(func=_cmd_synth)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from compemb.demo import run_demo
+
+    print(run_demo(args.embedding_dim))
+    return 0
+
+
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="the main job (see the README)")
+    demo.add_argument("--embedding-dim", type=int, default=16, help="D (default 16)")
+    demo.set_defaults(func=_cmd_demo)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compemb",
@@ -86,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each subcommand registers itself below with set_defaults(func=handler).
     _add_data_commands(sub)
+    _add_demo_command(sub)
     _ = sub
     return parser
 

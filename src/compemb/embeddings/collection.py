@@ -61,6 +61,11 @@ class EmbeddingBagCollection(nn.Module):
         )
 
     @property
+    def num_rows(self) -> int:
+        """Rows in all tables."""
+        return sum(m.num_rows for m in self.embeddings)
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
