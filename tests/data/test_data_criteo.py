@@ -1,0 +1,91 @@
+"""The chunk parser and the category dictionaries, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import criteo_line, malformed
+
+from compemb.data.criteo import BLANK_KEY, parse_chunk
+from compemb.data.vocab import CategoryCounter, Vocabulary
+
+
+def _line(label: str = "1", ints: list[str] | None = None, cats: list[str] | None = None) -> str:
+    ints = ints if ints is not None else ["0"] * 13
+    cats = cats if cats is not None else ["00000001"] * 26
+    return "\t".join([label, *ints, *cats])
+
+
+def test_values_are_converted_as_the_reference_does() -> None:
+    ints = ["", "-5", "0", "1", "10", *["3"] * 8]
+    cats = ["ffffffff", "80000000", "", "7fffffff", "aBcD", *["0"] * 21]
+    parsed = parse_chunk((_line("", ints, cats) + "\n").encode(), first_line=0)
+    assert parsed.labels.tolist() == [0]
+    expected = np.log1p(np.array([0, 0, 0, 1, 10, *[3] * 8], dtype=np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(parsed.dense[0], expected)
+    assert parsed.keys[0, :5].tolist() == [0xFFFFFFFF, 0x80000000, BLANK_KEY, 0x7FFFFFFF, 0xABCD]
+    assert parsed.dense.dtype == np.float32 and parsed.keys.dtype == np.int64
+
+
+def test_every_malformed_line_is_rejected_with_its_number_and_reason() -> None:
+    lines = [criteo_line(i) for i in range(70)]
+    bad = malformed(lines)
+    for number, (line, _) in bad.items():
+        lines[number - 1] = line
+    # no trailing newline: the last line still counts
+    parsed = parse_chunk("\n".join(lines).encode(), first_line=100)
+    assert parsed.num_lines == 70
+    got = {r.line - 100: r.reason for r in parsed.rejects}
+    assert got == {number: reason for number, (_, reason) in bad.items()}
+    assert [r.line for r in parsed.rejects] == sorted(r.line for r in parsed.rejects)
+    assert len(parsed.lines) + len(parsed.rejects) == 70
+    assert set((parsed.lines - 100 + 1).tolist()).isdisjoint(bad)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "detail"),
+    [
+        (_line("x"), "bad_label", "label='x'"),
+        (_line("1", ["1", "2", "abc", *["0"] * 10]), "bad_integer", "I3='abc'"),
+        (_line("1", cats=["1ffffffff", *["0"] * 25]), "bad_category", "C1='1ffffffff'"),
+        (_line("1", cats=[*["0"] * 25, "-1"]), "bad_category", "C26='-1'"),
+        (_line("1", cats=["+ff", *["0"] * 25]), "bad_category", "C1='+ff'"),
+        ("1\t2\t3", "field_count", "3 fields"),
+    ],
+)
+def test_reject_details_name_the_field_and_value(line: str, reason: str, detail: str) -> None:
+    parsed = parse_chunk((line + "\n").encode(), first_line=0)
+    assert len(parsed.lines) == 0
+    (reject,) = parsed.rejects
+    assert (reject.line, reject.reason) == (1, reason)
+    assert detail in reject.detail
+
+
+def test_the_first_problem_of_a_line_is_its_reason() -> None:
+    line = _line("7", ["z", *["0"] * 12], ["zz", *["0"] * 25])
+    assert parse_chunk(line.encode(), 0).rejects[0].reason == "bad_label"
+
+
+def test_vocabulary_enumerates_in_first_seen_order_across_calls() -> None:
+    vocab = Vocabulary()
+    assert vocab.encode(np.array([50, 7, 50, 9]), grow=True).tolist() == [0, 1, 0, 2]
+    assert vocab.encode(np.array([3, 9, 7, 3, 2**32]), grow=True).tolist() == [3, 2, 1, 3, 4]
+    assert vocab.size == 5
+    with pytest.raises(KeyError):
+        vocab.encode(np.array([123]), grow=False)
+
+
+def test_vocabulary_bucket_takes_rare_and_unseen_keys() -> None:
+    vocab = Vocabulary(bucket=True, allowed=np.array([5, 8]))
+    assert vocab.encode(np.array([8, 1, 5, 8]), grow=True).tolist() == [1, 0, 2, 1]
+    assert vocab.encode(np.array([9, 5]), grow=False).tolist() == [0, 2]
+    assert vocab.size == 3
+
+
+def test_counter_counts_over_chunks() -> None:
+    counter = CategoryCounter()
+    counter.add(np.array([4, 4, 1]))
+    counter.add(np.array([1, 9, 4]))
+    assert counter.frequent(2).tolist() == [1, 4]
+    assert counter.frequent(3).tolist() == [4]
+    assert len(counter) == 3

@@ -1,0 +1,210 @@
+"""End-to-end Criteo preprocessing on small files written by the tests."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import criteo_line, malformed
+
+import compemb.data.preprocess as preprocess_module
+from compemb.data import PreprocessOptions, open_dataset, preprocess_criteo
+from compemb.data.storage import day_split
+
+
+def _meta(folder: Path) -> dict:
+    return json.loads((folder / "metadata.json").read_text())
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.*"))}
+
+
+def test_rejects_are_counted_and_every_line_is_accounted_for(write_criteo, tmp_path) -> None:
+    out = tmp_path / "out"
+    summary = preprocess_criteo(write_criteo("in.tsv"), out)
+    meta = _meta(out)
+    assert meta["lines"] == {
+        "read": 70,
+        "kept": 63,
+        "rejected": 7,
+        "rejected_by_reason": {
+            "field_count": 3,
+            "bad_label": 1,
+            "bad_integer": 1,
+            "bad_category": 2,
+        },
+    }
+    # Days are cut over all 70 lines: 10 a day; rejects fall on lines 5..60, all in train.
+    assert meta["rows"] == {"train": 53, "test": 5, "val": 5}
+    assert summary.rows == meta["rows"]
+    rejects = (out / "rejects.tsv").read_text().splitlines()
+    assert rejects[0] == "line\treason\tdetail"
+    expected = {n: reason for n, (_, reason) in malformed([criteo_line(0)]).items()}
+    assert {int(r.split("\t")[0]): r.split("\t")[1] for r in rejects[1:]} == expected
+    ds = open_dataset(out)
+    assert [ds.num_rows(s) for s in ("train", "val", "test")] == [53, 5, 5]
+    cat = np.load(out / "train" / "categorical.npy", mmap_mode="r")
+    assert cat.dtype == np.int32 and cat.shape == (53, 26)
+    assert np.load(out / "test" / "dense.npy").shape == (5, 13)
+    assert meta["input"]["sha256"] == hashlib.sha256((tmp_path / "in.tsv").read_bytes()).hexdigest()
+    assert meta["input"]["bytes"] == (tmp_path / "in.tsv").stat().st_size
+
+
+def test_ids_are_first_seen_over_all_days_and_hex_is_unsigned(write_criteo, tmp_path) -> None:
+    out = tmp_path / "out"
+    preprocess_criteo(write_criteo("in.tsv", bad=False), out)
+    # C1 cycles 00000000, ffffffff, 80000000, blank, 0a1B2c3D: five categories in that order.
+    ids = np.concatenate(
+        [np.load(out / s / "categorical.npy")[:, 0] for s in ("train", "test", "val")]
+    )
+    assert ids.tolist() == [i % 5 for i in range(70)]
+    meta = _meta(out)
+    assert meta["cardinalities"][0] == 5
+    assert meta["cardinalities"][1] == 4  # blank, "0", "1", "2"
+    labels = np.load(out / "train" / "labels.npy")
+    assert labels.tolist() == [(1 if i % 3 == 1 else 0) for i in range(60)]
+
+
+def test_day_split_matches_the_reference_counts() -> None:
+    # train.txt of Criteo Kaggle: 45,840,617 lines
+    bounds = day_split(45_840_617)
+    assert bounds["train"] == (0, 39_291_954)
+    assert bounds["test"][1] - bounds["test"][0] == 3_274_332
+    assert bounds["val"] == (bounds["test"][1], 45_840_617)
+    assert day_split(5) == {"train": (0, 0), "test": (0, 3), "val": (3, 5)}
+
+
+def test_outputs_are_byte_identical_across_runs_and_chunk_sizes(write_criteo, tmp_path) -> None:
+    src = write_criteo("in.tsv")
+    preprocess_criteo(src, tmp_path / "a")
+    preprocess_criteo(src, tmp_path / "b")
+    preprocess_criteo(src, tmp_path / "c", PreprocessOptions(chunk_bytes=500))
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(tmp_path / "c")
+
+
+def test_gzip_input_gives_the_same_arrays(write_criteo, tmp_path) -> None:
+    preprocess_criteo(write_criteo("in.tsv"), tmp_path / "plain")
+    preprocess_criteo(write_criteo("in.tsv.gz", compress=True), tmp_path / "gz")
+    plain, gz = _files(tmp_path / "plain"), _files(tmp_path / "gz")
+    assert {k: v for k, v in plain.items() if k.endswith(".npy")} == {
+        k: v for k, v in gz.items() if k.endswith(".npy")
+    }
+    assert _meta(tmp_path / "gz")["input"]["gzip"] is True
+
+
+def test_truncated_gzip_is_an_error_and_leaves_no_folder(write_criteo, tmp_path) -> None:
+    src = write_criteo("in.tsv.gz", compress=True)
+    src.write_bytes(src.read_bytes()[:-30])
+    with pytest.raises(ValueError, match="truncated gzip"):
+        preprocess_criteo(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_empty_and_missing_inputs_are_errors(tmp_path) -> None:
+    (tmp_path / "empty.tsv").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        preprocess_criteo(tmp_path / "empty.tsv", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="nope.tsv"):
+        preprocess_criteo(tmp_path / "nope.tsv", tmp_path / "out")
+    empty_gz = tmp_path / "empty.gz"
+    empty_gz.write_bytes(gzip.compress(b""))
+    with pytest.raises(ValueError, match="empty"):
+        preprocess_criteo(empty_gz, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.gz", "empty.tsv"]
+
+
+def test_existing_output_is_not_overwritten(write_criteo, tmp_path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError):
+        preprocess_criteo(write_criteo("in.tsv"), tmp_path / "out")
+
+
+def test_strict_stops_at_the_first_bad_line(write_criteo, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"in\.tsv:5: field_count"):
+        preprocess_criteo(write_criteo("in.tsv"), tmp_path / "out", PreprocessOptions(strict=True))
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.tsv"]
+
+
+def test_an_interrupted_run_leaves_no_finished_looking_folder(
+    write_criteo, tmp_path, monkeypatch
+) -> None:
+    real_append = preprocess_module.SplitWriter.append
+    calls = []
+
+    def failing_append(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_append(self, *args)
+
+    monkeypatch.setattr(preprocess_module.SplitWriter, "append", failing_append)
+    with pytest.raises(OSError, match="disk full"):
+        preprocess_criteo(
+            write_criteo("in.tsv"), tmp_path / "out", PreprocessOptions(chunk_bytes=800)
+        )
+    assert len(calls) == 3
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.tsv"]
+
+
+def test_max_index_takes_ids_modulo_n(write_criteo, tmp_path) -> None:
+    src = write_criteo("in.tsv", bad=False)
+    preprocess_criteo(src, tmp_path / "full")
+    preprocess_criteo(src, tmp_path / "cap", PreprocessOptions(max_index=3))
+    full = np.load(tmp_path / "full" / "train" / "categorical.npy")
+    cap = np.load(tmp_path / "cap" / "train" / "categorical.npy")
+    np.testing.assert_array_equal(cap, full % 3)
+    meta = _meta(tmp_path / "cap")
+    assert meta["cardinalities"] == [min(c, 3) for c in _meta(tmp_path / "full")["cardinalities"]]
+    assert meta["options"]["max_index"] == 3
+
+
+def test_min_count_merges_rare_categories_into_bucket_zero(tmp_path) -> None:
+    cats = ["a", "b", "a", "c", "a", "b", "d"] * 2  # over 14 lines: a 6, b 4, c 2, d 2
+    lines = ["\t".join(["1", *["1"] * 13, c, *["0"] * 25]) for c in cats]
+    (tmp_path / "in.tsv").write_text("\n".join(lines) + "\n")
+    preprocess_criteo(tmp_path / "in.tsv", tmp_path / "out", PreprocessOptions(min_count=3))
+    meta = _meta(tmp_path / "out")
+    ids = np.concatenate(
+        [np.load(tmp_path / "out" / s / "categorical.npy")[:, 0] for s in ("train", "test", "val")]
+    )
+    assert ids.tolist() == [{"a": 1, "b": 2}.get(c, 0) for c in cats]
+    assert meta["cardinalities"][0] == 3 and meta["bucket_id"] == 0
+    assert meta["cardinalities"][1] == 2  # "0" (seen 14 times) + the bucket
+
+
+def test_vocab_train_sends_unseen_categories_to_the_bucket(tmp_path) -> None:
+    # 14 lines = 7 days of 2: lines 1-12 train, 13 test, 14 val.
+    cats = ["a", "b"] * 6 + ["a", "ee"]  # "ee" is never seen in train
+    lines = ["\t".join(["0", *["1"] * 13, c, *["0"] * 25]) for c in cats]
+    (tmp_path / "in.tsv").write_text("\n".join(lines) + "\n")
+    preprocess_criteo(tmp_path / "in.tsv", tmp_path / "tr", PreprocessOptions(vocab="train"))
+    preprocess_criteo(tmp_path / "in.tsv", tmp_path / "all")
+    load = np.load
+    assert load(tmp_path / "tr" / "test" / "categorical.npy")[:, 0].tolist() == [1]
+    assert load(tmp_path / "tr" / "val" / "categorical.npy")[:, 0].tolist() == [0]
+    assert load(tmp_path / "all" / "val" / "categorical.npy")[:, 0].tolist() == [2]
+    assert _meta(tmp_path / "tr")["cardinalities"][0] == 3  # bucket, a, b
+    assert _meta(tmp_path / "all")["cardinalities"][0] == 3  # a, b, ee
+
+
+def test_explicit_day_lines_skip_counting_and_must_add_up(write_criteo, tmp_path) -> None:
+    src = write_criteo("in.tsv", bad=False)
+    preprocess_criteo(src, tmp_path / "a", PreprocessOptions(day_lines=(30, 30, 10)))
+    assert _meta(tmp_path / "a")["rows"] == {"train": 60, "test": 5, "val": 5}
+    with pytest.raises(ValueError, match="add up to 71"):
+        preprocess_criteo(src, tmp_path / "b", PreprocessOptions(day_lines=(60, 11)))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"min_count": 0}, {"max_index": 0}, {"vocab": "test"}, {"days": 1}]
+)
+def test_invalid_options_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        PreprocessOptions(**bad)
