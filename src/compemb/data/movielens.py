@@ -19,7 +19,7 @@ age           61           ages as tokens
 gender        2
 occupation    21
 zip_code      795
-release_year  72           71 years + "missing" (item 267 has the year "unkonwn")
+release_year  72           71 years + missing (items 267, 1412: "unkonwn", "V")
 genres        19           multi-hot bag (1 to 6 genres per movie), "unknown" included
 ============  ===========  ==========================================================
 
