@@ -8,7 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compemb.data import ArrayDataset, Batch, SplitArrays, open_dataset
+from compemb.data import (
+    ArrayDataset,
+    Batch,
+    SplitArrays,
+    SynthOptions,
+    generate_synthetic,
+    open_dataset,
+)
 
 
 def _dataset(rows: int = 23, num_dense: int = 2, bags: bool = True) -> ArrayDataset:
@@ -146,3 +153,15 @@ def test_unknown_split_and_dataset_are_refused(tmp_path) -> None:
         open_dataset(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="metadata.json"):
         open_dataset(tmp_path)
+
+
+def test_folder_batches_are_writable_copies_of_the_memory_map(tmp_path) -> None:
+    generate_synthetic(tmp_path / "s", SynthOptions(rows=70, cardinalities=(9, 4), seed=0))
+    ds = open_dataset(tmp_path / "s")
+    for shuffle in (False, True):
+        batch = next(ds.batches("train", 8, shuffle=shuffle))
+        for t in (batch.dense, batch.categorical, batch.labels):
+            assert t.numpy().flags.writeable
+        batch.dense.add_(1.0)  # must not touch the file
+    again = next(ds.batches("train", 8))
+    assert torch.equal(again.dense, torch.from_numpy(np.load(tmp_path / "s/train/dense.npy")[:8]))

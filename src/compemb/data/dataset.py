@@ -131,7 +131,7 @@ class SplitArrays:
 
 def _take(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
     if isinstance(rows, slice):
-        return np.asarray(array[rows])
+        return np.array(array[rows])  # a copy: tensors must not alias a read-only memory map
     # Reading sorted indices walks a memory map forward; then put rows back in the asked order.
     sorted_rows = np.sort(rows)
     return np.asarray(array[sorted_rows])[np.searchsorted(sorted_rows, rows)]
