@@ -1,0 +1,62 @@
+"""Recommendation models built on the embedding collection: DLRM and DCN, returning logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from compemb.embeddings import EmbeddingSpec
+from compemb.models.base import RankingModel
+from compemb.models.dcn import DCN
+from compemb.models.dlrm import DLRM
+from compemb.models.parts import (
+    MLP,
+    CrossNetwork,
+    DenseArch,
+    DotInteraction,
+    OverArch,
+    init_reference_mlp,
+)
+
+MODELS: dict[str, type[RankingModel]] = {"dlrm": DLRM, "dcn": DCN}
+
+
+def build_model(
+    name: str,
+    cardinalities: Sequence[int],
+    num_dense: int,
+    embedding_dim: int,
+    spec: EmbeddingSpec,
+    *,
+    validate: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> RankingModel:
+    """Build a registered model by name with the paper's layer sizes.
+
+    ``device="meta"`` builds it without memory, for parameter counts of Criteo-size tables.
+
+    >>> build_model("dcn", [10**7, 3], 13, 16, EmbeddingSpec("qr", collisions=4),
+    ...             device="meta").embedding_parameters
+    40000048
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](cardinalities, num_dense, embedding_dim, spec, validate=validate,
+                        device=device, dtype=dtype)  # fmt: skip
+
+
+__all__ = [
+    "DCN",
+    "DLRM",
+    "MLP",
+    "MODELS",
+    "CrossNetwork",
+    "DenseArch",
+    "DotInteraction",
+    "OverArch",
+    "RankingModel",
+    "build_model",
+    "init_reference_mlp",
+]

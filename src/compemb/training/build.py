@@ -1,0 +1,38 @@
+"""From a config to a model: the embedding spec, the model for a dataset, the forward call."""
+
+from __future__ import annotations
+
+import torch
+
+from compemb.config import Config
+from compemb.data import Batch, Dataset
+from compemb.embeddings import EmbeddingSpec
+from compemb.models import RankingModel, build_model
+
+
+def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits (B,) of a batch."""
+    return model(batch.dense, batch.categorical, batch.bags)
+
+
+def embedding_spec(config: Config, *, sparse: bool | None = None) -> EmbeddingSpec:
+    """The model's :class:`EmbeddingSpec`, with errors naming the config section."""
+    fields = config.model.spec_fields()
+    if sparse is not None:
+        fields["sparse"] = sparse
+    try:
+        return EmbeddingSpec(**fields)
+    except ValueError as err:
+        raise ValueError(f"model: {err}") from err
+
+
+def model_for(
+    config: Config, dataset: Dataset, device: torch.device | str, *, sparse: bool | None = None
+) -> RankingModel:
+    """Build the configured model for ``dataset`` (its cardinalities and dense width)."""
+    spec = embedding_spec(config, sparse=sparse)
+    try:
+        return build_model(config.model.name, dataset.cardinalities, dataset.num_dense,
+                           config.model.embedding_dim, spec, device=device)  # fmt: skip
+    except ValueError as err:
+        raise ValueError(f"model: {err}") from err

@@ -1,0 +1,279 @@
+"""The training loop behind ``compemb train``: set up, fit, record, checkpoint, finish.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one record per
+validation: step, train loss, val log loss), ``checkpoint.pt`` (the last atomic checkpoint) and,
+when done, ``final.json``. Under ``torchrun`` every rank trains its share of each global batch;
+rank 0 alone evaluates and writes files while the others wait.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from compemb.config import Config, dump_config, load_config
+from compemb.data import Batch, Dataset, open_dataset
+from compemb.models import RankingModel
+from compemb.training import distributed as D
+from compemb.training.build import forward, model_for
+from compemb.training.checkpoint import (
+    CHECKPOINT_FILE,
+    atomic_write,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from compemb.training.evaluate import CONFIG_FILE, evaluate
+from compemb.training.optim import make_optimizer
+from compemb.training.params import parameter_report
+from compemb.training.state import TrainState
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_FILE = "final.json"
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+@dataclass
+class Trainer:
+    """Everything a run needs; ``net`` is ``model`` or its DDP wrapper."""
+
+    config: Config
+    out_dir: Path
+    dataset: Dataset
+    model: RankingModel
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dist: D.DistInfo
+    state: TrainState
+
+    @property
+    def total_steps(self) -> int:
+        t = self.config.train
+        steps = t.epochs * self.dataset.num_batches("train", t.batch_size)
+        return steps if t.max_steps is None else min(steps, t.max_steps)
+
+
+def train(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    dataset: Dataset | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` into the run folder ``out_dir`` and return the final metrics.
+
+    ``resume=True`` continues the run in ``out_dir`` from its last checkpoint (or from the
+    start if it has none yet). ``dataset`` overrides ``config.data.dataset`` (for in-process
+    experiments); ``progress`` forces the progress bar on or off (default: on a terminal).
+
+    >>> # final = train(load_config("configs/movielens-dlrm-qr.yaml"), "runs/ml-qr")
+    """
+    device = D.pick_device(config.train.device, D.local_rank_from_env())
+    info = D.init_distributed(device)
+    try:
+        trainer = _setup(config, Path(out_dir), resume, dataset, device, info)
+        final_path = trainer.out_dir / FINAL_FILE
+        if not final_path.is_file():
+            _fit(trainer, progress)
+            _finish(trainer)
+        D.barrier(info)
+        return json.loads(final_path.read_text())
+    finally:
+        D.shutdown(info)
+
+
+def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` with the config it was started with."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {path} is missing")
+    return train(load_config(path), run_dir, resume=True, **kwargs)
+
+
+def _setup(
+    config: Config,
+    out_dir: Path,
+    resume: bool,
+    dataset: Dataset | None,
+    device: torch.device,
+    info: D.DistInfo,
+) -> Trainer:
+    _prepare_folder(config, out_dir, resume, info)
+    seed_everything(config.train.seed)
+    dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
+    sparse = bool(config.model.sparse) and D.sparse_allowed(device, info)
+    if config.model.sparse and not sparse:
+        D.warn_dense_under_nccl()
+    model = model_for(config, dataset, device, sparse=sparse)
+    optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr)
+    state = TrainState()
+    checkpoint = out_dir / CHECKPOINT_FILE
+    if resume and checkpoint.is_file():
+        saved = load_checkpoint(checkpoint, device)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState.from_dict(saved["state"])
+        set_rng_state(saved["rng"])
+    if info.is_main:
+        lines = "".join(json.dumps(r) + "\n" for r in state.history)
+        atomic_write(out_dir / METRICS_FILE, lambda tmp: tmp.write_text(lines))
+    D.barrier(info)
+    net = D.wrap_model(model, device, info)
+    return Trainer(config, out_dir, dataset, model, net, optimizer, device, info, state)
+
+
+def _prepare_folder(config: Config, out_dir: Path, resume: bool, info: D.DistInfo) -> None:
+    if resume:
+        saved = out_dir / CONFIG_FILE
+        if not saved.is_file():
+            raise FileNotFoundError(f"cannot resume {out_dir}: {saved} is missing")
+        if load_config(saved) != config:
+            raise ValueError(f"cannot resume {out_dir} with a config that differs from {saved}")
+        return
+    if any((out_dir / name).exists() for name in (CONFIG_FILE, CHECKPOINT_FILE, FINAL_FILE)):
+        raise FileExistsError(
+            f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose "
+            f"another --out"
+        )
+    D.barrier(info)  # every rank has looked before rank 0 writes
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = dump_config(config)
+        atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+
+
+def _fit(trainer: Trainer, progress: bool | None) -> None:
+    t, state = trainer.config.train, trainer.state
+    total = trainer.total_steps
+    rows = trainer.dataset.num_rows("train")
+    bar = tqdm(
+        total=min(total * t.batch_size, t.epochs * rows), initial=state.samples, unit="sample",
+        unit_scale=True, dynamic_ncols=True, mininterval=1.0,
+        disable=True if not trainer.dist.is_main else (None if progress is None else not progress),
+    )  # fmt: skip
+    with bar:
+        while state.step < total and state.epoch < t.epochs:
+            batches = trainer.dataset.batches(
+                "train", t.batch_size, shuffle=t.shuffle, seed=t.seed + state.epoch,
+                start=state.step_in_epoch, rank=trainer.dist.rank,
+                world_size=trainer.dist.world_size,
+            )  # fmt: skip
+            for batch in batches:
+                global_rows = _train_step(trainer, batch)
+                bar.update(global_rows)
+                if state.step % 20 == 0 and state.loss_rows:
+                    bar.set_postfix(loss=f"{state.loss_sum / state.loss_rows:.4f}")
+                if t.eval_every and state.step % t.eval_every == 0:
+                    _record(trainer)
+                if state.step % t.checkpoint_every == 0:
+                    _checkpoint(trainer)
+                if state.step >= total:
+                    break
+            else:
+                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+
+
+def _train_step(trainer: Trainer, batch: Batch) -> int:
+    """One optimizer step on this rank's share of a global batch; returns the global rows.
+
+    The loss is this rank's sum over its rows times world_size / global rows: DDP averages
+    gradients over ranks, so the step equals a single process's mean-loss step on the whole
+    global batch, whatever the shares' sizes.
+    """
+    t, state = trainer.config.train, trainer.state
+    started = time.perf_counter()
+    global_rows = min(t.batch_size, trainer.dataset.num_rows("train")
+                      - state.step_in_epoch * t.batch_size)  # fmt: skip
+    batch = batch.to(trainer.device, non_blocking=True)
+    logits = forward(trainer.net, batch)
+    loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+    trainer.optimizer.zero_grad(set_to_none=True)
+    (loss_sum * (trainer.dist.world_size / global_rows)).backward()
+    total_loss = D.all_reduce_sum(loss_sum.detach().double(), trainer.dist).item()
+    if not math.isfinite(total_loss):
+        raise TrainingDiverged(
+            f"the training loss is {total_loss} at iteration {state.step + 1} (epoch "
+            f"{state.epoch}); the run stopped and its last good checkpoint stays in "
+            f"{trainer.out_dir / CHECKPOINT_FILE} (try a smaller train.lr)"
+        )
+    trainer.optimizer.step()
+    state.step += 1
+    state.step_in_epoch += 1
+    state.samples += global_rows
+    state.loss_sum += total_loss
+    state.loss_rows += global_rows
+    state.train_seconds += time.perf_counter() - started
+    return global_rows
+
+
+def _record(trainer: Trainer) -> None:
+    """Validate (rank 0), append a record to metrics.jsonl; the other ranks wait."""
+    state = trainer.state
+    record: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "samples": state.samples,
+                              "train_loss": state.take_train_loss()}  # fmt: skip
+    if trainer.dist.is_main:
+        t = trainer.config.train
+        val = evaluate(trainer.model, trainer.dataset, "val", t.eval_batch_size, trainer.device)
+        record.update({f"val_{k}": v for k, v in val.items()})
+        with open(trainer.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    state.history.append(record)
+    D.barrier(trainer.dist)
+
+
+def _checkpoint(trainer: Trainer) -> None:
+    if trainer.dist.is_main:
+        save_checkpoint(trainer.out_dir / CHECKPOINT_FILE, {
+            "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "state": trainer.state.to_dict(),
+            "rng": rng_state(),
+            "config": trainer.config.to_dict(),
+        })  # fmt: skip
+    D.barrier(trainer.dist)
+
+
+def _finish(trainer: Trainer) -> None:
+    """Last validation record, last checkpoint, test metrics, ``final.json`` (rank 0)."""
+    state = trainer.state
+    if not state.history or state.history[-1]["step"] != state.step:
+        _record(trainer)
+    _checkpoint(trainer)
+    if not trainer.dist.is_main:
+        return
+    t = trainer.config.train
+    test = evaluate(trainer.model, trainer.dataset, "test", t.eval_batch_size, trainer.device)
+    last = state.history[-1]
+    report = parameter_report(trainer.model, t.optimizer)
+    final = {
+        **{f"test_{k}": v for k, v in test.items()},
+        **{k: last[k] for k in ("val_logloss", "val_accuracy", "val_auc", "train_loss")},
+        "steps": state.step,
+        "epochs": state.epoch,
+        "samples": state.samples,
+        "train_seconds": state.train_seconds,
+        "samples_per_s": state.samples / state.train_seconds if state.train_seconds else None,
+        "num_parameters": report["total"],
+        "embedding_parameters": report["embedding"],
+        "dense_parameters": report["dense"],
+        "parameter_bytes": report["total_bytes"],
+        "world_size": trainer.dist.world_size,
+        "device": str(trainer.device),
+    }
+    text = json.dumps(final, indent=2) + "\n"
+    atomic_write(trainer.out_dir / FINAL_FILE, lambda tmp: tmp.write_text(text))
