@@ -91,6 +91,95 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
+def _cmd_params(args: argparse.Namespace) -> int:
+    import json
+
+    from compemb.embeddings import EmbeddingSpec
+    from compemb.training import count_parameters, load_cardinalities
+
+    spec = EmbeddingSpec(
+        scheme=args.scheme, operation=args.operation, collisions=args.collisions, k=args.k,
+        threshold=args.threshold, path_hidden=args.path_hidden,
+    )  # fmt: skip
+    report = count_parameters(args.model, load_cardinalities(args.cardinalities), spec,
+                              embedding_dim=args.embedding_dim, num_dense=args.num_dense,
+                              optimizer=args.optimizer)  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for part in ("total", "embedding", "dense"):
+            print(f"{part:>9}: {report[part]:>13,} parameters {report[part + '_bytes']:>15,} bytes")
+        print(f"compression of the embeddings vs full tables: {report['compression_ratio']:.2f}x")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from compemb.config import apply_overrides, load_config
+    from compemb.training import resume, train
+
+    overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
+    if args.resume:
+        if args.config or overrides or args.out:
+            raise ValueError("--resume RUN_DIR continues a run with its saved config; drop "
+                             "--config, --set, --device and --out")  # fmt: skip
+        final = resume(args.resume)
+    else:
+        if not args.config:
+            raise ValueError("give --config FILE (or --resume RUN_DIR)")
+        config = apply_overrides(load_config(args.config), overrides)
+        m = config.model
+        out = args.out or (f"runs/{m.name}-{m.scheme}-{config.train.optimizer}-"
+                           f"seed{config.train.seed}")  # fmt: skip
+        final = train(config, out)
+    print(json.dumps(final, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from compemb.training import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run_dir, args.split, device=args.device), indent=2))
+    return 0
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    par = sub.add_parser("params", help="parameter counts and bytes of a model (nothing allocated)")
+    par.add_argument("--model", choices=["dlrm", "dcn"], default="dlrm")
+    par.add_argument("--cardinalities", default="criteo-kaggle", metavar="criteo-kaggle|FILE")
+    par.add_argument("--scheme", default="full", help="full, hash, qr, mixed_radix, crt, path, "
+                     "feature (default full)")  # fmt: skip
+    par.add_argument("--operation", default="mult", help="concat, add or mult (default mult)")
+    par.add_argument("--collisions", type=int, default=None)
+    par.add_argument("--k", type=int, default=None, help="partitions (mixed_radix, crt)")
+    par.add_argument("--threshold", type=int, default=0)
+    par.add_argument("--path-hidden", type=int, default=64)
+    par.add_argument("--embedding-dim", type=int, default=16)
+    par.add_argument("--num-dense", type=int, default=13)
+    par.add_argument("--optimizer", choices=["adagrad", "amsgrad", "sgd"], default=None,
+                     help="also count this optimizer's state")  # fmt: skip
+    par.add_argument("--json", action="store_true", help="print one JSON object")
+    par.set_defaults(func=_cmd_params)
+
+    tr = sub.add_parser("train", help="train a model from a config (resumable, torchrun-ready)")
+    tr.add_argument("--config", help="YAML or TOML config file")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value, type-checked (repeatable)")  # fmt: skip
+    tr.add_argument("--out", help="run folder (default runs/MODEL-SCHEME-OPTIMIZER-seedN)")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    tr.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="metrics of a run folder's last checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    ev.set_defaults(func=_cmd_evaluate)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compemb",
@@ -100,6 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
     # Each subcommand registers itself below with set_defaults(func=handler).
     _add_data_commands(sub)
     _add_demo_command(sub)
+    _add_training_commands(sub)
     _ = sub
     return parser
 
