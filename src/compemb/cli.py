@@ -115,6 +115,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from compemb.config import apply_overrides, load_config
     from compemb.training import resume, train
@@ -133,7 +134,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = args.out or (f"runs/{m.name}-{m.scheme}-{config.train.optimizer}-"
                            f"seed{config.train.seed}")  # fmt: skip
         final = train(config, out)
-    print(json.dumps(final, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank reports
+        print(json.dumps(final, indent=2))
     return 0
 
 

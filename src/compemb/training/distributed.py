@@ -59,9 +59,16 @@ def local_rank_from_env() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def sparse_allowed(device: torch.device, info: DistInfo) -> bool:
-    """Whether DDP can all-reduce sparse gradients here: gloo can, nccl cannot."""
-    return not (info.enabled and device.type == "cuda")
+def sparse_allowed(info: DistInfo) -> bool:
+    """Whether embedding tables may produce sparse gradients: not under DDP.
+
+    DDP all-reduces a parameter's gradient as sparse only when the parameter belongs to an
+    ``nn.Embedding``/``nn.EmbeddingBag`` built with ``sparse=True``; the compositional tables
+    are plain parameters read with ``F.embedding(sparse=True)``, which DDP's reducer rejects
+    ("Cannot access storage of SparseTensorImpl"), and nccl has no sparse all-reduce at all.
+    So under DDP every table uses dense gradients (all-reduced in full each step).
+    """
+    return not info.enabled
 
 
 def wrap_model(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
@@ -88,9 +95,9 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def warn_dense_under_nccl() -> None:
+def warn_dense_under_ddp() -> None:
     warnings.warn(
-        "nccl cannot all-reduce sparse gradients: embedding tables use dense gradients under "
-        "DistributedDataParallel on CUDA",
+        "embedding tables use dense gradients under DistributedDataParallel (DDP cannot "
+        "all-reduce the compositional tables' sparse gradients); model.sparse is ignored",
         stacklevel=2,
     )

@@ -116,9 +116,9 @@ def _setup(
     _prepare_folder(config, out_dir, resume, info)
     seed_everything(config.train.seed)
     dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
-    sparse = bool(config.model.sparse) and D.sparse_allowed(device, info)
+    sparse = bool(config.model.sparse) and D.sparse_allowed(info)
     if config.model.sparse and not sparse:
-        D.warn_dense_under_nccl()
+        D.warn_dense_under_ddp()
     model = model_for(config, dataset, device, sparse=sparse)
     optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr)
     state = TrainState()
@@ -184,7 +184,7 @@ def _fit(trainer: Trainer, progress: bool | None) -> None:
                     _checkpoint(trainer)
                 if state.step >= total:
                     break
-            else:
+            if state.step_in_epoch >= trainer.dataset.num_batches("train", t.batch_size):
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
 
 
