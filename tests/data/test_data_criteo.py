@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import criteo_line, malformed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import compemb.data.vocab as vocab_module
 from compemb.data.criteo import BLANK_KEY, parse_chunk
 from compemb.data.vocab import CategoryCounter, Vocabulary
 
@@ -23,8 +26,14 @@ def test_values_are_converted_as_the_reference_does() -> None:
     assert parsed.labels.tolist() == [0]
     expected = np.log1p(np.array([0, 0, 0, 1, 10, *[3] * 8], dtype=np.float64)).astype(np.float32)
     np.testing.assert_array_equal(parsed.dense[0], expected)
-    assert parsed.keys[0, :5].tolist() == [0xFFFFFFFF, 0x80000000, BLANK_KEY, 0x7FFFFFFF, 0xABCD]
-    assert parsed.dense.dtype == np.float32 and parsed.keys.dtype == np.int64
+    assert [int(k[0]) for k in parsed.keys[:5]] == [
+        0xFFFFFFFF,
+        0x80000000,
+        BLANK_KEY,
+        0x7FFFFFFF,
+        0xABCD,
+    ]
+    assert parsed.dense.dtype == np.float32 and parsed.keys[0].dtype == np.int64
 
 
 def test_every_malformed_line_is_rejected_with_its_number_and_reason() -> None:
@@ -89,3 +98,37 @@ def test_counter_counts_over_chunks() -> None:
     assert counter.frequent(2).tolist() == [1, 4]
     assert counter.frequent(3).tolist() == [4]
     assert len(counter) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.lists(st.integers(0, 40), max_size=30), min_size=1, max_size=5),
+    sort_from=st.sampled_from([0, 1 << 16]),
+    min_count=st.integers(1, 3),
+)
+def test_vocabulary_matches_a_dict_in_both_search_modes(chunks, sort_from, min_count) -> None:
+    everything = [k for chunk in chunks for k in chunk]
+    allowed = sorted({k for k in everything if everything.count(k) >= min_count})
+    bucket = min_count > 1
+    vocab = Vocabulary(bucket=bucket, allowed=np.array(allowed, dtype=np.int64) if bucket else None)
+    reference: dict[int, int] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vocab_module, "_SORT_FROM", sort_from)
+        for chunk in chunks:
+            got = vocab.encode(np.array(chunk, dtype=np.int64), grow=True).tolist()
+            expected = []
+            for k in chunk:
+                if k in allowed and k not in reference:
+                    reference[k] = len(reference) + bucket
+                expected.append(reference.get(k, 0))
+            assert got == expected
+    assert vocab.size == len(reference) + bucket
+
+
+def test_a_short_and_a_long_line_are_caught_when_the_tab_total_looks_right() -> None:
+    lines = [criteo_line(i) for i in range(6)]
+    lines[1] = lines[1] + "\t0"  # 41 fields
+    lines[4] = lines[4].rsplit("\t", 1)[0]  # 39 fields: the chunk still has 39 tabs a line
+    parsed = parse_chunk("\n".join(lines).encode(), first_line=0)
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "field_count"), (5, "field_count")]
+    assert parsed.lines.tolist() == [0, 2, 3, 5]

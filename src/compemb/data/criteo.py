@@ -42,7 +42,6 @@ _COLUMNS: tuple[str, ...] = ("label", *DENSE_NAMES, *CATEGORICAL_NAMES)
 _NUM_TABS = len(_COLUMNS) - 1
 # Every column is read as a string: polars would infer a hex column of digits only as integers.
 _SCHEMA = pl.Schema({name: pl.Utf8 for name in _COLUMNS})
-_HEX = r"^[0-9a-fA-F]{1,8}$"
 
 # A blank categorical is its own category; it gets a key outside the 32-bit range of real values.
 BLANK_KEY = 1 << 32
@@ -68,7 +67,8 @@ class ParsedChunk:
         lines: (N,) int64, 0-based line index of each kept row in the whole input.
         labels: (N,) uint8 in {0, 1}; a blank label is 0.
         dense: (N, 13) float32, log(1 + max(x, 0)); a blank integer is 0.
-        keys: (N, 26) int64, categorical values in [0, 2**32), or BLANK_KEY for a blank.
+        keys: 26 arrays (N,) int64, one per feature: values in [0, 2**32), or BLANK_KEY for a
+            blank.
         rejects: the rejected lines, in line order.
         num_lines: how many lines the chunk held (kept + rejected).
     """
@@ -76,7 +76,7 @@ class ParsedChunk:
     lines: np.ndarray
     labels: np.ndarray
     dense: np.ndarray
-    keys: np.ndarray
+    keys: tuple[np.ndarray, ...]
     rejects: tuple[Reject, ...]
     num_lines: int
 
@@ -97,16 +97,21 @@ def _short(value: str | None) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
-    """Parse a block of whole lines (the last may lack its newline).
+def _read(text: bytes) -> pl.DataFrame:
+    return pl.read_csv(
+        text,
+        has_header=False,
+        separator="\t",
+        schema=_SCHEMA,
+        quote_char=None,
+        encoding="utf8-lossy",
+    )
 
-    Args:
-        chunk: raw bytes of complete lines.
-        first_line: 0-based index, in the whole input, of the chunk's first line.
-    """
+
+def _split_by_field_count(chunk: bytes, first_line: int) -> tuple[bytes, np.ndarray, list[Reject]]:
+    """The lines with 40 fields (as bytes), their indices in the chunk, and the other lines."""
     buf = np.frombuffer(chunk, dtype=np.uint8)
     starts, ends = _line_bounds(buf)
-    num_lines = len(ends)
     tabs = np.flatnonzero(buf == 9)
     tab_counts = np.diff(np.searchsorted(tabs, ends), prepend=0)
     good = tab_counts == _NUM_TABS
@@ -115,61 +120,97 @@ def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
         for i in np.flatnonzero(~good)
     ]
     good_idx = np.flatnonzero(good)
-    if len(good_idx) == num_lines:
-        text = chunk
-    else:
-        text = b"".join(chunk[starts[i] : ends[i] + 1] for i in good_idx)
-        if text and not text.endswith(b"\n"):
-            text += b"\n"
-    if len(good_idx) == 0:
-        return _empty(rejects, num_lines)
+    text = b"".join(chunk[starts[i] : ends[i] + 1] for i in good_idx)
+    if text and not text.endswith(b"\n"):
+        text += b"\n"
+    return text, good_idx, rejects
 
-    raw = pl.read_csv(
-        text,
-        has_header=False,
-        separator="\t",
-        schema=_SCHEMA,
-        quote_char=None,
-        encoding="utf8-lossy",
-    )
-    if raw.height != len(good_idx):
-        raise RuntimeError(f"polars read {raw.height} rows from {len(good_idx)} lines")
 
+def _field_checks(frame: pl.DataFrame) -> list[pl.Expr]:
+    """One bool per field: set where the field is present but invalid (needs the _i/_h columns)."""
     label = pl.col("label")
-    ints = [pl.col(c).str.to_integer(base=10, strict=False) for c in DENSE_NAMES]
     checks = [label.is_not_null() & ~label.is_in(["0", "1"])]
-    checks += [
-        pl.col(c).is_not_null() & v.is_null() for c, v in zip(DENSE_NAMES, ints, strict=True)
-    ]
-    checks += [pl.col(c).is_not_null() & ~pl.col(c).str.contains(_HEX) for c in CATEGORICAL_NAMES]
-    bad = raw.select(checks).to_numpy()  # (n, 40) bool, one column per field
-    bad_rows = np.flatnonzero(bad.any(axis=1))
-    for row in bad_rows:
-        col = int(np.argmax(bad[row]))
-        kind = 0 if col == 0 else 1 if col <= NUM_DENSE else 2
-        reason = ("bad_label", "bad_integer", "bad_category")[kind]
-        expected = ("0, 1 or blank", "a decimal integer", "1 to 8 hex digits")[kind]
-        detail = f"{_COLUMNS[col]}={_short(raw[int(row), col])} is not {expected}"
-        rejects.append(Reject(first_line + int(good_idx[row]) + 1, reason, detail))
-    rejects.sort(key=lambda r: r.line)
+    checks += [pl.col(c).is_not_null() & pl.col(f"_i{c}").is_null() for c in DENSE_NAMES]
+    for c in CATEGORICAL_NAMES:
+        col, value = pl.col(c), pl.col(f"_h{c}")
+        # to_integer accepts a sign and more than 8 digits: both are refused here
+        valid = value.is_between(0, 0xFFFFFFFF) & (col.str.len_bytes() <= 8)
+        valid = valid & ~col.str.starts_with("+") & ~col.str.starts_with("-")
+        checks.append(col.is_not_null() & ~valid.fill_null(False))
+    return checks
 
-    keep = np.ones(raw.height, dtype=bool)
-    keep[bad_rows] = False
-    if len(bad_rows):
-        raw = raw.filter(pl.Series(keep))
-    dense = [v.clip(lower_bound=0).fill_null(0).cast(pl.Float64).log1p() for v in ints]
-    hexes = [pl.col(c).str.to_integer(base=16, strict=False) for c in CATEGORICAL_NAMES]
-    values = raw.select(
-        (label == "1").fill_null(False).cast(pl.UInt8).alias("label"),
-        *[d.cast(pl.Float32) for d in dense],
-        *[h.fill_null(BLANK_KEY) for h in hexes],
+
+def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
+    """Parse a block of whole lines (the last may lack its newline).
+
+    Args:
+        chunk: raw bytes of complete lines.
+        first_line: 0-based index, in the whole input, of the chunk's first line.
+    """
+    num_lines = chunk.count(b"\n") + (len(chunk) > 0 and not chunk.endswith(b"\n"))
+    raw = None
+    good_idx = np.arange(num_lines)
+    rejects: list[Reject] = []
+    # Fast path: with 39 tabs a line on average, a line with too few fields implies one with too
+    # many, and polars refuses a line with more fields than the schema. Otherwise count per line.
+    if chunk.count(b"\t") == _NUM_TABS * num_lines:
+        try:
+            raw = _read(chunk)
+        except pl.exceptions.PolarsError:
+            raw = None
+        if raw is not None and raw.height != num_lines:
+            raw = None
+    if raw is None:
+        text, good_idx, rejects = _split_by_field_count(chunk, first_line)
+        if len(good_idx) == 0:
+            return _empty(rejects, num_lines)
+        raw = _read(text)
+        if raw.height != len(good_idx):
+            raise RuntimeError(f"polars read {raw.height} rows from {len(good_idx)} lines")
+
+    frame = raw.with_columns(
+        *[pl.col(c).str.to_integer(base=10, strict=False).alias(f"_i{c}") for c in DENSE_NAMES],
+        *[
+            pl.col(c).str.to_integer(base=16, strict=False).alias(f"_h{c}")
+            for c in CATEGORICAL_NAMES
+        ],
     )
-    dense_columns = values.columns[1 : 1 + NUM_DENSE]
+    checks = _field_checks(frame)
+    bad_rows = np.flatnonzero(frame.select(pl.any_horizontal(checks)).to_series().to_numpy())
+    if len(bad_rows):
+        bad = frame[bad_rows].select(checks).to_numpy()  # (bad rows, 40) bool, one per field
+        for row, flags in zip(bad_rows, bad, strict=True):
+            col = int(np.argmax(flags))
+            kind = 0 if col == 0 else 1 if col <= NUM_DENSE else 2
+            reason = ("bad_label", "bad_integer", "bad_category")[kind]
+            expected = ("0, 1 or blank", "a decimal integer", "1 to 8 hex digits")[kind]
+            detail = f"{_COLUMNS[col]}={_short(raw[int(row), col])} is not {expected}"
+            rejects.append(Reject(first_line + int(good_idx[row]) + 1, reason, detail))
+        rejects.sort(key=lambda r: r.line)
+        keep = np.ones(frame.height, dtype=bool)
+        keep[bad_rows] = False
+        frame = frame.filter(pl.Series(keep))
+        good_idx = good_idx[keep]
+
+    values = frame.select(
+        (pl.col("label") == "1").fill_null(False).cast(pl.UInt8).alias("label"),
+        *[
+            pl.col(f"_i{c}")
+            .clip(lower_bound=0)
+            .fill_null(0)
+            .cast(pl.Float64)
+            .log1p()
+            .cast(pl.Float32)
+            for c in DENSE_NAMES
+        ],
+        *[pl.col(f"_h{c}").fill_null(BLANK_KEY) for c in CATEGORICAL_NAMES],
+    )
+    columns = values.get_columns()
     return ParsedChunk(
-        lines=(first_line + good_idx[keep]).astype(np.int64),
-        labels=values.get_column("label").to_numpy(),
-        dense=values.select(dense_columns).to_numpy().astype(np.float32, copy=False),
-        keys=values.select(values.columns[1 + NUM_DENSE :]).to_numpy().astype(np.int64, copy=False),
+        lines=(first_line + good_idx).astype(np.int64),
+        labels=columns[0].to_numpy(),
+        dense=np.stack([c.to_numpy() for c in columns[1 : 1 + NUM_DENSE]], axis=1),
+        keys=tuple(c.to_numpy() for c in columns[1 + NUM_DENSE :]),
         rejects=tuple(rejects),
         num_lines=num_lines,
     )
@@ -180,7 +221,7 @@ def _empty(rejects: list[Reject], num_lines: int) -> ParsedChunk:
         lines=np.empty(0, np.int64),
         labels=np.empty(0, np.uint8),
         dense=np.empty((0, NUM_DENSE), np.float32),
-        keys=np.empty((0, NUM_CATEGORICAL), np.int64),
+        keys=tuple(np.empty(0, np.int64) for _ in range(NUM_CATEGORICAL)),
         rejects=tuple(rejects),
         num_lines=num_lines,
     )

@@ -172,7 +172,7 @@ def _count_categories(
             if options.vocab == "train":
                 rows = int(np.searchsorted(parsed.lines, train_end))
             for f, counter in enumerate(counters):
-                counter.add(parsed.keys[:rows, f])
+                counter.add(parsed.keys[f][:rows])
     return [counter.frequent(options.min_count) for counter in counters]
 
 
@@ -229,7 +229,7 @@ def preprocess_criteo(
                     grow = name == "train" or options.vocab == "all"
                     ids = np.empty((rows.stop - rows.start, NUM_CATEGORICAL), dtype=np.int32)
                     for f, vocab in enumerate(vocabs):
-                        ids[:, f] = vocab.encode(parsed.keys[rows, f], grow=grow)
+                        ids[:, f] = vocab.encode(parsed.keys[f][rows], grow=grow)
                     if options.max_index is not None:
                         ids %= options.max_index
                     writers[name].append(ids, parsed.dense[rows], parsed.labels[rows])

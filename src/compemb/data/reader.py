@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,10 +26,25 @@ class _RawCounter:
         self._bar = bar
         self.sha256 = hashlib.sha256()
         self.bytes_read = 0
+        self._hasher = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque[Future[None]] = deque()
+
+    def hexdigest(self) -> str:
+        """The sha256 of everything read so far."""
+        while self._pending:
+            self._pending.popleft().result()
+        return self.sha256.hexdigest()
+
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True)
 
     def read(self, size: int = -1) -> bytes:
         data = self._file.read(size)
-        self.sha256.update(data)
+        # hashlib releases the GIL: hash on a second core while the caller parses; one worker
+        # keeps the updates in order.
+        self._pending.append(self._hasher.submit(self.sha256.update, data))
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
         self.bytes_read += len(data)
         self._bar.update(len(data))
         return data
@@ -68,11 +85,12 @@ class InputStream:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
+        self._raw.close()
         self._file.close()
 
     @property
     def sha256(self) -> str:
-        return self._raw.sha256.hexdigest()
+        return self._raw.hexdigest()
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` decompressed bytes; b"" at the end."""

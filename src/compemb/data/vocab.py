@@ -12,6 +12,8 @@ import numpy as np
 
 __all__ = ["CategoryCounter", "Vocabulary"]
 
+_SORT_FROM = 1 << 16
+
 
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``keys`` in ``sorted_keys`` (clipped) and whether each one is present."""
@@ -72,29 +74,54 @@ class Vocabulary:
 
     def encode(self, keys: np.ndarray, *, grow: bool) -> np.ndarray:
         """Ids ((N,) int32) of ``keys`` ((N,) int64); with ``grow``, new keys get new ids."""
-        pos, found = _lookup(self._keys, keys)
+        # A big dictionary is searched with sorted keys: the binary searches then walk it forward
+        # instead of missing the cache at every level (about 5x faster from 1 M keys on).
+        order = np.argsort(keys, kind="stable") if len(self._keys) >= _SORT_FROM else None
+        queries = keys if order is None else keys[order]
+        pos, found = _lookup(self._keys, queries)
         ids = np.where(found, self._ids[pos] if len(self._ids) else 0, 0).astype(np.int32)
-        if found.all():
+        if not found.all():
+            if not grow and not self.bucket:
+                raise KeyError(f"{int((~found).sum())} keys have no id and there is no bucket")
+            if grow:
+                self._add(queries, np.flatnonzero(~found), ids, order)
+        if order is None:
             return ids
-        if not grow and not self.bucket:
-            raise KeyError(f"{int((~found).sum())} keys have no id and there is no bucket")
-        if not grow:
-            return ids
-        missing = np.flatnonzero(~found)
-        candidates = keys[missing]
+        out = np.empty_like(ids)
+        out[order] = ids
+        return out
+
+    def _add(
+        self, queries: np.ndarray, missing: np.ndarray, ids: np.ndarray, order: np.ndarray | None
+    ) -> None:
+        """Give new ids to ``queries[missing]`` (allowed ones), in first-seen order; fill ``ids``.
+
+        ``queries`` is the input itself (``order`` None) or the input sorted by ``order``.
+        """
+        candidates = queries[missing]
         if self._allowed is not None:
             _, ok = _lookup(self._allowed, candidates)
             missing, candidates = missing[ok], candidates[ok]
-        uniq, first = np.unique(candidates, return_index=True)
+        # stable: among equal keys, the first in sorted position is the first seen (sorted
+        # queries are already in that order)
+        if order is None:
+            by_key = np.argsort(candidates, kind="stable")
+        else:
+            by_key = np.arange(len(candidates))
+        sorted_keys = candidates[by_key]
+        run_start = np.ones(len(sorted_keys), dtype=bool)
+        run_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        uniq = sorted_keys[run_start]
+        first = missing[by_key[run_start]]
+        first_seen = first if order is None else order[first]
         if self._next + len(uniq) > np.iinfo(np.int32).max:
             raise ValueError(f"more than {np.iinfo(np.int32).max} categories in one feature")
         new_ids = np.empty(len(uniq), dtype=np.int32)
-        new_ids[np.argsort(first, kind="stable")] = np.arange(
+        new_ids[np.argsort(first_seen, kind="stable")] = np.arange(
             self._next, self._next + len(uniq), dtype=np.int32
         )
         self._next += len(uniq)
+        ids[missing[by_key]] = new_ids[np.cumsum(run_start) - 1]
         at = np.searchsorted(self._keys, uniq)
         self._keys = np.insert(self._keys, at, uniq)
         self._ids = np.insert(self._ids, at, new_ids)
-        ids[missing] = new_ids[np.searchsorted(uniq, candidates)]
-        return ids
