@@ -63,6 +63,7 @@ def variants(cards) -> dict[str, nn.Module]:
 
     return {
         "full nn.EmbeddingBag x26": FullTables(cards),
+        "full, compemb collection": ebc(False, scheme="full"),
         "hash 4 (compemb)": ebc(False, scheme="hash", collisions=4),
         "naive QR mult 4 (reference)": NaiveQR(cards, 4),
         "compemb QR mult 4": ebc(False, scheme="qr", collisions=4),

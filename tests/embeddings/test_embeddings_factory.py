@@ -61,8 +61,9 @@ def test_concat_threshold_gives_one_width():
     # the paper's thresholding with concat: full tables and compositional ones of equal width
     ebc = EmbeddingBagCollection([10, 5000], 32, EmbeddingSpec("qr", "concat", collisions=4,
                                                                threshold=20))
-    assert isinstance(ebc.embeddings[0], FullEmbeddingBag)
-    assert ebc.embeddings[1].dims == (16, 16)
+    assert ebc.specs[0].scheme == "full"
+    assert [tuple(t.shape) for t in ebc.tables(0)] == [(10, 32)]
+    assert [tuple(t.shape) for t in ebc.tables(1)] == [(1250, 16), (4, 16)]
     assert ebc(torch.tensor([[3, 4000]])).shape == (1, 2, 32)
 
 
@@ -87,7 +88,84 @@ def test_collection_on_criteo_cardinalities_meta():
     assert qr60.compression_ratio > 50
 
 
-def test_collection_matches_per_feature_modules_with_bags():
+def _reference(ebc: EmbeddingBagCollection) -> list[torch.nn.Module]:
+    """The per-feature modules of make_embedding_bag, holding the collection's weights."""
+    modules = []
+    for f, (n, spec) in enumerate(zip(ebc.cardinalities, ebc.specs, strict=True)):
+        m = make_embedding_bag(n, ebc.embedding_dim, spec)
+        with torch.no_grad():
+            for p, t in zip(m.parameters(), ebc.tables(f), strict=True):
+                p.copy_(t)
+        modules.append(m)
+    return modules
+
+
+BATCHED_SPECS = SPECS + [
+    EmbeddingSpec("qr", "concat", collisions=3, threshold=40),
+    EmbeddingSpec("hash", collisions=7, mode="mean"),
+    EmbeddingSpec("qr", "mult", collisions=4, mode="max"),
+    EmbeddingSpec("mixed_radix", "add", k=3, threshold=20, sparse=True),
+]
+
+
+@pytest.mark.parametrize("spec", BATCHED_SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.mode}")
+def test_collection_matches_per_feature_modules(spec):
+    """The stacked tables give the outputs and gradients of the per-feature modules."""
+    torch.manual_seed(0)
+    cards = [3, 5000, 40, 777, 120, 9000, 61]  # the last two are multi-hot bags
+    ebc = EmbeddingBagCollection(cards, 12, spec)
+    ref = _reference(ebc)
+    ids = torch.stack([torch.randint(0, n, (6,)) for n in cards[:5]], dim=1)
+    bags = [(torch.randint(0, n, (9,)), torch.tensor([0, 2, 2, 5, 8, 9])) for n in cards[5:]]
+    out = ebc(ids, bags)
+    expect = [ref[f](ids[:, f : f + 1]) for f in range(5)] + [ref[5 + j](*bags[j])
+                                                               for j in range(2)]
+    expect = torch.cat([e if e.dim() == 3 else e.unsqueeze(1) for e in expect], dim=1)
+    assert out.shape == expect.shape == (6, ebc.num_outputs, 12)
+    torch.testing.assert_close(out, expect)
+    # gradients: same loss on both, compare each feature's table gradients
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expect * weights).sum().backward()
+    grads = {id(p): p.grad for p in ebc.parameters()}
+    for f, m in enumerate(ref):
+        for p, t in zip(m.parameters(), ebc.tables(f), strict=True):
+            got = _grad_of_view(ebc, t, grads)
+            want = p.grad.to_dense() if p.grad.is_sparse else p.grad
+            torch.testing.assert_close(got, want)
+    assert ebc.num_parameters == sum(m.num_parameters for m in ref)
+    assert ebc.num_rows == sum(m.num_rows for m in ref)
+
+
+def _grad_of_view(ebc, view, grads):
+    """The gradient rows of a view into one of the collection's parameters."""
+    for p in ebc.parameters():
+        if view.data_ptr() >= p.data_ptr() and view.untyped_storage().data_ptr() == \
+                p.untyped_storage().data_ptr() and view.shape[1:] == p.shape[1:]:
+            g = grads[id(p)]
+            g = g.to_dense() if g.is_sparse else g
+            start = (view.data_ptr() - p.data_ptr()) // (p.element_size() * p.shape[1])
+            return g[start : start + view.shape[0]]
+    return grads[id(view)]
+
+
+def test_collection_init_follows_the_rule():
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection([200_000, 300_000], 64, EmbeddingSpec("qr", collisions=4))
+    out = ebc(torch.stack([torch.randint(0, 200_000, (3000,)),
+                           torch.randint(0, 300_000, (3000,))], 1))
+    for f, n in enumerate((200_000, 300_000)):
+        assert out[:, f].pow(2).mean().item() == pytest.approx(1 / (3 * n), rel=0.2)
+
+
+def test_collection_groups_features_by_layout():
+    ebc = EmbeddingBagCollection(CRITEO_KAGGLE_CARDINALITIES, 16,
+                                 EmbeddingSpec("qr", collisions=4), device="meta")
+    assert len(ebc.groups) == 2  # the full tables (3 and 4 categories) and the QR-mult ones
+    assert sorted(len(g.weights) for g in ebc.groups) == [1, 2]
+
+
+def test_collection_with_feature_generation_and_bags():
     torch.manual_seed(0)
     cards = [50, 7, 300]
     ebc = EmbeddingBagCollection(cards, 8, EmbeddingSpec("feature", collisions=4, threshold=10))
@@ -96,6 +174,7 @@ def test_collection_matches_per_feature_modules_with_bags():
     values, offsets = torch.tensor([1, 299, 5]), torch.tensor([0, 2])
     out = ebc(ids, [(values, offsets)])
     assert out.shape == (2, 5, 8)
-    torch.testing.assert_close(out[:, :2], ebc.embeddings[0](ids[:, :1]))
-    torch.testing.assert_close(out[:, 2], ebc.embeddings[1](ids[:, 1:2]))
-    torch.testing.assert_close(out[:, 3:], ebc.embeddings[2](values, offsets))
+    ref = _reference(ebc)
+    torch.testing.assert_close(out[:, :2], ref[0](ids[:, :1]))
+    torch.testing.assert_close(out[:, 2], ref[1](ids[:, 1:2]))
+    torch.testing.assert_close(out[:, 3:], ref[2](values, offsets))

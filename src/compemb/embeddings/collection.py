@@ -8,15 +8,21 @@ import torch
 from torch import nn
 
 from compemb.embeddings._bags import prepare_bags
+from compemb.embeddings.batched import GroupKey, Layout, TableGroup, describe
 from compemb.embeddings.factory import EmbeddingSpec, make_embedding_bag, resolve_spec
 from compemb.embeddings.operation import FeatureEmbeddingBag
 
 
 class EmbeddingBagCollection(nn.Module):
-    """F categorical features, each embedded by the module the spec gives it.
+    """F categorical features, each embedded by the module the spec gives it, looked up together.
 
     Features with at most ``spec.threshold`` categories, or too few to compress, keep full
     tables (:func:`~compemb.embeddings.factory.resolve_spec`); ``specs`` records what each got.
+    Features whose tables share a layout kind (all full tables; all QR-mult ones; ...) are stored
+    stacked in one :class:`~compemb.embeddings.batched.TableGroup`, so a batch costs a few large
+    lookups rather than two small ones per feature. Path-based features keep their own modules.
+    Outputs and initialization equal those of the per-feature modules of
+    :func:`~compemb.embeddings.factory.make_embedding_bag`.
 
     Shapes: ``ids`` (B, F1) int64, one id per single-valued feature; ``bags`` the remaining
     F - F1 multi-hot features as ``(values (N,), offsets (B,))`` pairs. Output (B, F_out, D):
@@ -45,10 +51,33 @@ class EmbeddingBagCollection(nn.Module):
         self.spec = spec
         self.specs = tuple(resolve_spec(spec, n) for n in self.cardinalities)
         self.validate = validate
-        self.embeddings = nn.ModuleList(
-            make_embedding_bag(n, embedding_dim, s, validate=False, device=device, dtype=dtype)
-            for n, s in zip(self.cardinalities, self.specs, strict=True)
-        )
+        # Per-feature modules on the meta device only describe the layout (nothing allocated).
+        grouped: dict[GroupKey, list[tuple[int, Layout, list]]] = {}
+        modules: dict[int, nn.Module] = {}
+        widths = []
+        for f, (n, s) in enumerate(zip(self.cardinalities, self.specs, strict=True)):
+            module = make_embedding_bag(n, embedding_dim, s, validate=False, device="meta")
+            widths.append(module.num_features if isinstance(module, FeatureEmbeddingBag) else 1)
+            described = describe(module)
+            if described is None:
+                modules[f] = make_embedding_bag(n, embedding_dim, s, validate=False,
+                                                device=device, dtype=dtype)
+            else:
+                key, layout, bounds = described
+                grouped.setdefault(key, []).append((f, layout, bounds))
+        self.groups = nn.ModuleList()
+        self._group_features: list[tuple[int, ...]] = []
+        for key, members in grouped.items():
+            features = tuple(f for f, _, _ in members)
+            self.groups.append(TableGroup(
+                key, [self.cardinalities[f] for f in features], [lay for _, lay, _ in members],
+                [b for _, _, b in members], sparse=spec.sparse, device=device, dtype=dtype,
+            ))  # fmt: skip
+            self._group_features.append(features)
+        self.modules_by_feature = nn.ModuleDict({str(f): m for f, m in modules.items()})
+        self._widths = tuple(widths)
+        self._slot = [sum(widths[:f]) for f in range(len(widths))]
+        self._orders: dict[tuple[int, ...], torch.Tensor | None] = {}
         self.register_buffer(
             "_limits", torch.tensor(self.cardinalities, device=device), persistent=False
         )
@@ -56,14 +85,22 @@ class EmbeddingBagCollection(nn.Module):
     @property
     def num_outputs(self) -> int:
         """F_out: vectors per sample (features, counting k for each feature-generation one)."""
-        return sum(
-            m.num_features if isinstance(m, FeatureEmbeddingBag) else 1 for m in self.embeddings
-        )
+        return sum(self._widths)
 
     @property
     def num_rows(self) -> int:
         """Rows in all tables."""
-        return sum(m.num_rows for m in self.embeddings)
+        return sum(g.num_rows for g in self.groups) + sum(
+            m.num_rows for m in self.modules_by_feature.values()
+        )
+
+    def tables(self, feature: int) -> list[torch.Tensor]:
+        """Feature ``feature``'s tables, in partition order: views into the stacked weights
+        (or the parameters of its own module), e.g. to inspect or export one feature."""
+        for group, members in zip(self.groups, self._group_features, strict=True):
+            if feature in members:
+                return group.tables(members.index(feature))
+        return list(self.modules_by_feature[str(feature)].parameters())
 
     @property
     def num_parameters(self) -> int:
@@ -88,23 +125,53 @@ class EmbeddingBagCollection(nn.Module):
         bags: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
     ) -> torch.Tensor:
         """Embed a batch: ids (B, F1) and F - F1 bags -> (B, F_out, D)."""
-        if ids.dim() != 2 or ids.shape[1] + len(bags) != len(self.embeddings):
+        num_features = len(self.cardinalities)
+        if ids.dim() != 2 or ids.shape[1] + len(bags) != num_features:
             raise ValueError(
                 f"EmbeddingBagCollection: ids of shape {tuple(ids.shape)} and {len(bags)} bags "
-                f"do not make the {len(self.embeddings)} features this collection embeds; "
+                f"do not make the {num_features} features this collection embeds; "
                 f"expected ids (B, F1) plus F - F1 bags"
             )
         single = ids.shape[1]
         if self.validate:
             self._check(ids, bags)
-        outs = []
-        for f, module in enumerate(self.embeddings):
-            if f < single:
-                out = module(ids[:, f : f + 1])
-            else:
-                out = module(*bags[f - single])
-            outs.append(out if out.dim() == 3 else out.unsqueeze(1))
-        return torch.cat(outs, dim=1)
+        ids = ids.long()
+        pieces, features = [], []
+        for group, members in zip(self.groups, self._group_features, strict=True):
+            cols = [i for i, f in enumerate(members) if f < single]
+            if len(cols) == len(members) and list(members) == list(range(single)):
+                pieces.append(group(ids))
+            elif cols:
+                pieces.append(group(ids[:, [members[i] for i in cols]], cols))
+            features.extend(members[i] for i in cols)
+            for i, f in enumerate(members):
+                if f >= single:
+                    values, offsets = bags[f - single]
+                    bag = prepare_bags("", self.cardinalities[f], values, offsets, None,
+                                       self.spec.mode, False, False)
+                    out = group.forward_bag(i, bag, self.spec.mode)
+                    pieces.append(out if out.dim() == 3 else out.unsqueeze(1))
+                    features.append(f)
+        for key, module in self.modules_by_feature.items():
+            f = int(key)
+            out = module(ids[:, f : f + 1]) if f < single else module(*bags[f - single])
+            pieces.append(out if out.dim() == 3 else out.unsqueeze(1))
+            features.append(f)
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        order = self._order(tuple(features))
+        return out if order is None else out.index_select(1, order.to(out.device))
+
+    def _order(self, features: tuple[int, ...]) -> torch.Tensor | None:
+        """Output slots in feature order, from the pieces' order (cached per arrangement)."""
+        key = features
+        if key not in self._orders:
+            slots = []
+            for f in features:
+                slots.extend(range(self._slot[f], self._slot[f] + self._widths[f]))
+            inverse = sorted(range(len(slots)), key=slots.__getitem__)
+            identity = inverse == list(range(len(slots)))
+            self._orders[key] = None if identity else torch.tensor(inverse)
+        return self._orders[key]
 
     def _check(self, ids: torch.Tensor, bags: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if ids.dtype not in (torch.int64, torch.int32):

@@ -103,9 +103,9 @@ def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
     as the paper's thresholding does; :func:`make_embedding_bag` alone refuses such a request.
     """
     n = num_categories
-    if spec.keeps_full(n):
+    if spec.scheme == "full":
         return spec
-    if spec.collisions is not None and spec.collisions >= n:
+    if spec.keeps_full(n) or (spec.collisions is not None and spec.collisions >= n):
         return spec.with_(scheme="full")
     if spec.scheme != "hash" and spec_partitions(spec, n).num_buckets >= n:
         return spec.with_(scheme="full")

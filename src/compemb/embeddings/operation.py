@@ -36,6 +36,21 @@ def _check_partitions(where: str, num_categories: int, partitions: PartitionSet)
         )
 
 
+def init_bounds(operation: str, k: int, num_categories: int) -> list[tuple[float, float]]:
+    """U(lo, hi) for each of k tables so composed vectors start like the full table's.
+
+    The rule is :class:`CompositionalEmbeddingBag`'s docstring's; k = 1 gives the full table's
+    U(-a, a) for every operation.
+    """
+    a = full_table_bound(num_categories)
+    if operation == "add":
+        a = a / math.sqrt(k)
+    elif operation == "mult":
+        a = a / _GATE_SECOND_MOMENT ** ((k - 1) / 2)
+        return [(-a, a)] + [(0.5, 1.5)] * (k - 1)
+    return [(-a, a)] * k
+
+
 def split_dims(embedding_dim: int, k: int, where: str) -> tuple[int, ...]:
     """Widths of k concatenated tables adding up to D: as equal as possible, wider ones first."""
     if embedding_dim < k:
@@ -139,18 +154,10 @@ class CompositionalEmbeddingBag(BagModule):
 
     def reset_parameters(self) -> None:
         """Draw the tables by the rule in the class docstring."""
-        a = full_table_bound(self.num_categories)
-        k = len(self.weights)
-        if self.operation == "add":
-            a = a / math.sqrt(k)
-        elif self.operation == "mult":
-            a = a / _GATE_SECOND_MOMENT ** ((k - 1) / 2)
+        bounds = init_bounds(self.operation, len(self.weights), self.num_categories)
         with torch.no_grad():
-            for j, w in enumerate(self.weights):
-                if self.operation == "mult" and j > 0:
-                    w.uniform_(0.5, 1.5)
-                else:
-                    w.uniform_(-a, a)
+            for w, (lo, hi) in zip(self.weights, bounds, strict=True):
+                w.uniform_(lo, hi)
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         """The composed vector of every id: (N,) int64 -> (N, D), no range check."""

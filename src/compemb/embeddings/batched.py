@@ -1,0 +1,165 @@
+"""Features that share a table layout, looked up together.
+
+One weight tensor per partition position holds the rows of every feature in the group (feature
+f's rows start at a per-feature offset), so a batch costs a few large operations instead of two
+small ones per feature. Every full table, hashing trick, and modulo or mixed-radix partition set
+reduces to the same arithmetic: bucket j of id i is ``(i // place_j) mod modulus_j``.
+
+Letters: B batch, G features in the group, k partitions, D width, N ids of a bag feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compemb.embeddings._bags import Bags, pool
+from compemb.embeddings.base import FullEmbeddingBag, full_table_bound
+from compemb.embeddings.operation import (
+    CompositionalEmbeddingBag,
+    FeatureEmbeddingBag,
+    HashEmbeddingBag,
+    init_bounds,
+)
+from compemb.partitions import MixedRadixPartitions, ModuloPartitions, PartitionSet
+
+# (place, modulus, rows) of each partition of one feature.
+Layout = tuple[tuple[int, int, int], ...]
+# (kind, operation, dims): features with equal keys share a group.
+GroupKey = tuple[str, str, tuple[int, ...]]
+
+
+def _partition_layout(parts: PartitionSet) -> Layout | None:
+    if isinstance(parts, ModuloPartitions):
+        return tuple((1, m, s) for m, s in zip(parts.moduli, parts.sizes, strict=True))
+    if isinstance(parts, MixedRadixPartitions):
+        last = len(parts.radices) - 1
+        return tuple(
+            # The top digit is never reduced: its modulus is its size, a no-op below n.
+            (parts._place[d], s if d == last else parts.radices[d], s)
+            for d, s in zip(parts.order, parts.sizes, strict=True)
+        )
+    return None
+
+
+def describe(module: nn.Module) -> tuple[GroupKey, Layout, list[tuple[float, float]]] | None:
+    """How a single-feature module can join a group: key, layout and init bounds; None when it
+    cannot (path-based modules, attribute partitions)."""
+    if isinstance(module, (FullEmbeddingBag, HashEmbeddingBag)):
+        if isinstance(module, FullEmbeddingBag):
+            layout: Layout = ((1, module.num_embeddings, module.num_embeddings),)
+        else:
+            layout = _partition_layout(module.partitions)
+        a = full_table_bound(module.num_categories)
+        return ("compose", "add", (module.embedding_dim,)), layout, [(-a, a)]
+    if isinstance(module, (CompositionalEmbeddingBag, FeatureEmbeddingBag)):
+        layout = _partition_layout(module.partitions)
+        if layout is None:
+            return None
+        k, n = len(layout), module.num_categories
+        if isinstance(module, FeatureEmbeddingBag):
+            a = full_table_bound(n)
+            return ("feature", "-", (module.embedding_dim,) * k), layout, [(-a, a)] * k
+        operation = "add" if k == 1 else module.operation
+        return ("compose", operation, module.dims), layout, init_bounds(module.operation, k, n)
+    return None
+
+
+class TableGroup(nn.Module):
+    """G features with one layout kind, one stacked table per partition position.
+
+    Shapes: ids (B, G) -> (B, G, D), or (B, G * k, D) for feature generation.
+    """
+
+    def __init__(
+        self,
+        key: GroupKey,
+        num_categories: Sequence[int],
+        layouts: Sequence[Layout],
+        bounds: Sequence[list[tuple[float, float]]],
+        *,
+        sparse: bool,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.kind, self.operation, self.dims = key
+        self.sparse = sparse
+        self._bounds = [list(b) for b in bounds]
+        k = len(self.dims)
+        rows = [[lay[j][2] for lay in layouts] for j in range(k)]
+        starts = [[sum(r[:f]) for f in range(len(r))] for r in rows]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(sum(rows[j]), self.dims[j], device=device, dtype=dtype))
+            for j in range(k)
+        )
+        self._rows, self._starts = rows, starts
+        as_buffer = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
+        self.register_buffer("place", as_buffer([[lay[j][0] for lay in layouts] for j in range(k)]),
+                             persistent=False)
+        self.register_buffer("modulus", as_buffer([[lay[j][1] for lay in layouts]
+                                                   for j in range(k)]), persistent=False)
+        self.register_buffer("start", as_buffer(starts), persistent=False)
+        # Skip the division where every place is 1, and the remainder where no digit reaches
+        # its modulus (full tables, the top digit of a radix).
+        self._divide = [any(lay[j][0] != 1 for lay in layouts) for j in range(k)]
+        self._reduce = [
+            any(-(-n // lay[j][0]) > lay[j][1] for n, lay in zip(num_categories, layouts,
+                                                                 strict=True))
+            for j in range(k)
+        ]
+        self.reset_parameters()
+
+    @property
+    def num_rows(self) -> int:
+        return sum(w.shape[0] for w in self.weights)
+
+    def tables(self, i: int) -> list[torch.Tensor]:
+        """The group's i-th feature's tables: views into the stacked weights."""
+        return [w[self._starts[j][i] : self._starts[j][i] + self._rows[j][i]]
+                for j, w in enumerate(self.weights)]
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for f, bounds in enumerate(self._bounds):
+                for j, (lo, hi) in enumerate(bounds):
+                    s, r = self._starts[j][f], self._rows[j][f]
+                    self.weights[j][s : s + r].uniform_(lo, hi)
+
+    def _parts(self, ids: torch.Tensor, cols: slice | int | list[int]) -> list[torch.Tensor]:
+        parts = []
+        for j, w in enumerate(self.weights):
+            b = ids
+            if self._divide[j]:
+                b = torch.div(b, self.place[j, cols], rounding_mode="floor")
+            if self._reduce[j]:
+                b = torch.remainder(b, self.modulus[j, cols])
+            parts.append(F.embedding(b + self.start[j, cols], w, sparse=self.sparse))
+        return parts
+
+    def _combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self.kind == "feature":
+            return torch.stack(parts, dim=-2)
+        if self.operation == "concat":
+            return torch.cat(parts, dim=-1)
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + p if self.operation == "add" else out * p
+        return out
+
+    def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
+        """ids (B, G) of this group's features in group order (or of the group's features
+        ``members`` only) -> (B, G', D)."""
+        out = self._combine(self._parts(ids, slice(None) if members is None else members))
+        return out.flatten(1, 2) if self.kind == "feature" else out
+
+    def forward_bag(self, f: int, bags: Bags, mode: str) -> torch.Tensor:
+        """One multi-hot feature (the group's f-th): compose per id, then pool -> (B, D) or
+        (B, k, D) for feature generation (each partition pooled on its own)."""
+        parts = self._parts(bags.ids, f)
+        if self.kind == "feature":
+            return torch.stack([pool(p, bags, mode, False) for p in parts], dim=1)
+        return pool(self._combine(parts), bags, mode, False)
