@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compemb.embeddings._bags import Bags, pool
+from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings.base import FullEmbeddingBag, full_table_bound
 from compemb.embeddings.operation import (
     CompositionalEmbeddingBag,
@@ -25,6 +26,9 @@ from compemb.embeddings.operation import (
     init_bounds,
 )
 from compemb.partitions import MixedRadixPartitions, ModuloPartitions, PartitionSet
+
+# Stacked tables up to this many rows get dense gradients even with sparse=True.
+DENSE_GRAD_MAX_ROWS = 4096
 
 # (place, modulus, rows) of each partition of one feature.
 Layout = tuple[tuple[int, int, int], ...]
@@ -97,6 +101,8 @@ class TableGroup(nn.Module):
             for j in range(k)
         )
         self._rows, self._starts = rows, starts
+        # Small tables take dense gradients: every batch touches most of their rows anyway.
+        self._sparse = tuple(sparse and sum(r) > DENSE_GRAD_MAX_ROWS for r in rows)
         as_buffer = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
         self.register_buffer("place", as_buffer([[lay[j][0] for lay in layouts] for j in range(k)]),
                              persistent=False)
@@ -129,37 +135,37 @@ class TableGroup(nn.Module):
                     s, r = self._starts[j][f], self._rows[j][f]
                     self.weights[j][s : s + r].uniform_(lo, hi)
 
-    def _parts(self, ids: torch.Tensor, cols: slice | int | list[int]) -> list[torch.Tensor]:
-        parts = []
-        for j, w in enumerate(self.weights):
+    def _buckets(self, ids: torch.Tensor, cols: slice | int | list[int]) -> list[torch.Tensor]:
+        """Row of each id in each stacked table: ``(i // place) mod modulus + start``."""
+        buckets = []
+        for j in range(len(self.weights)):
             b = ids
             if self._divide[j]:
                 b = torch.div(b, self.place[j, cols], rounding_mode="floor")
             if self._reduce[j]:
                 b = torch.remainder(b, self.modulus[j, cols])
-            parts.append(F.embedding(b + self.start[j, cols], w, sparse=self.sparse))
-        return parts
+            buckets.append(b + self.start[j, cols])
+        return buckets
 
-    def _combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+    def _lookup(self, ids: torch.Tensor, cols: slice | int | list[int]) -> torch.Tensor:
+        """Composed vectors (*ids.shape, D), or (*ids.shape, k, D) for feature generation."""
+        buckets = self._buckets(ids, cols)
         if self.kind == "feature":
-            return torch.stack(parts, dim=-2)
-        if self.operation == "concat":
-            return torch.cat(parts, dim=-1)
-        out = parts[0]
-        for p in parts[1:]:
-            out = out + p if self.operation == "add" else out * p
-        return out
+            return torch.stack([F.embedding(b, w, sparse=s) for b, w, s
+                                in zip(buckets, self.weights, self._sparse, strict=True)], -2)
+        return compose_lookup(self.operation, buckets, list(self.weights), self._sparse)
 
     def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         """ids (B, G) of this group's features in group order (or of the group's features
         ``members`` only) -> (B, G', D)."""
-        out = self._combine(self._parts(ids, slice(None) if members is None else members))
+        out = self._lookup(ids, slice(None) if members is None else members)
         return out.flatten(1, 2) if self.kind == "feature" else out
 
     def forward_bag(self, f: int, bags: Bags, mode: str) -> torch.Tensor:
         """One multi-hot feature (the group's f-th): compose per id, then pool -> (B, D) or
         (B, k, D) for feature generation (each partition pooled on its own)."""
-        parts = self._parts(bags.ids, f)
+        out = self._lookup(bags.ids, f)
         if self.kind == "feature":
-            return torch.stack([pool(p, bags, mode, False) for p in parts], dim=1)
-        return pool(self._combine(parts), bags, mode, False)
+            return torch.stack([pool(out[:, j], bags, mode, False)
+                                for j in range(out.shape[1])], dim=1)
+        return pool(out, bags, mode, False)
