@@ -112,6 +112,12 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return _check_type(value, inner, where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; take it as the number it spells.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if annotation is int and isinstance(value, bool):
         ok = False
     else:

@@ -1,0 +1,142 @@
+"""The trainer in process: metrics files, determinism, resume, divergence, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import trainkit
+
+from compemb.cli import main
+from compemb.config import load_config
+from compemb.training import evaluate_run, loop, resume, train
+from compemb.training.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trainkit.synth_folder(tmp_path_factory.mktemp("synth") / "data")
+
+
+def test_run_folder_contents(synth: Path, tmp_path: Path) -> None:
+    config = trainkit.tiny_config(synth, "model.name=dcn")
+    result = train(config, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert load_config(run / "config.yaml") == config
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 54]  # 1722 rows / 32
+    assert all(0 < r["val_logloss"] < 1 for r in records)
+    for key in ("test_logloss", "test_accuracy", "test_auc", "val_logloss", "num_parameters",
+                "embedding_parameters", "samples_per_s"):  # fmt: skip
+        assert result[key] is not None, key
+    assert result["val_logloss"] == records[-1]["val_logloss"]
+    assert result["steps"] == 54 and result["epochs"] == 1 and result["samples"] == 1722
+    # It learned: the planted model's base-rate loss is about 0.64.
+    assert result["test_logloss"] < 0.62 and result["test_auc"] > 0.65
+    checkpoint = load_checkpoint(run / "checkpoint.pt")  # weights_only=True
+    assert checkpoint["state"]["step"] == 54
+    assert evaluate_run(run, "test")["test_logloss"] == pytest.approx(result["test_logloss"])
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path) -> None:
+    data = trainkit.bag_dataset()
+    config = trainkit.tiny_config("in-memory", "train.max_steps=12")
+    a = train(config, tmp_path / "a", dataset=data, progress=False)
+    b = train(config, tmp_path / "b", dataset=data, progress=False)
+    c = train(trainkit.tiny_config("in-memory", "train.max_steps=12", "train.seed=1"),
+              tmp_path / "c", dataset=data, progress=False)  # fmt: skip
+    strip = lambda r: {k: v for k, v in r.items() if k not in trainkit.TIMING_KEYS}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["test_logloss"] != c["test_logloss"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def _close(a: dict, b: dict) -> bool:
+    """Equal keys, strings equal, numbers within 1e-6."""
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        if k in trainkit.TIMING_KEYS:
+            continue
+        if isinstance(a[k], float):
+            if abs(a[k] - b[k]) > 1e-6:
+                return False
+        elif a[k] != b[k]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "amsgrad", "sgd"])
+def test_resume_after_a_crash_is_exact(
+    tmp_path: Path, optimizer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = trainkit.bag_dataset()  # 10 steps per epoch, checkpoints at 7 and 14
+    config = trainkit.tiny_config("in-memory", f"train.optimizer={optimizer}", "train.lr=0.05",
+                                  "train.epochs=2", "model.name=dcn")  # fmt: skip
+    full = train(config, tmp_path / "full", dataset=data, progress=False)
+    real_checkpoint = loop._checkpoint
+
+    def checkpoint_then_crash(trainer: loop.Trainer) -> None:
+        real_checkpoint(trainer)
+        if trainer.state.step == 14:  # in the second epoch, after a record at step 10
+            raise _Killed
+
+    monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
+    with pytest.raises(_Killed):
+        train(config, tmp_path / "run", dataset=data, progress=False)
+    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
+    resumed = resume(tmp_path / "run", dataset=data, progress=False)
+    assert resumed["steps"] == 20 and resumed["epochs"] == 2
+    assert _close(resumed, full)
+    def records(run: str) -> list[dict]:
+        return [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    lines, expected = records("run"), records("full")
+    assert len(lines) == len(expected) == 2 and all(map(_close, lines, expected))
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    data = trainkit.bag_dataset()
+    config = trainkit.tiny_config("in-memory", "train.optimizer=sgd", "train.lr=1e38",
+                                  "train.checkpoint_every=1", "model.name=dcn")  # fmt: skip
+    with pytest.raises(ValueError, match=r"loss is (nan|inf) at iteration (\d+)") as info:
+        train(config, tmp_path / "run", dataset=data, progress=False)
+    step = int(str(info.value).split("iteration ")[1].split(" ")[0])
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["state"]["step"] == step - 1
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+    assert not (tmp_path / "run" / "final.json").exists()
+
+
+def test_existing_run_folder_is_not_overwritten(synth: Path, tmp_path: Path) -> None:
+    config = trainkit.tiny_config(synth, "train.max_steps=2")
+    train(config, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="differs"):
+        train(trainkit.tiny_config(synth, "train.max_steps=3"), tmp_path / "run", resume=True)
+
+
+def test_cli_train_and_evaluate(synth: Path, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{dataset: {synth}}}\nmodel: {{scheme: qr, collisions: 4}}\n")
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(cfg), "--set", "train.max_steps=3", "--out", str(out),
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert main(["evaluate", str(out), "--split", "val"]) == 0
+    assert "val_logloss" in json.loads(capsys.readouterr().out)
+    assert main(["train", "--config", str(cfg), "--set", "model.colisions=4", "--out",
+                 str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "did you mean 'collisions'" in capsys.readouterr().err
+    bad = ["train", "--config", str(cfg), "--set", "model.scheme=hash", "--set",
+           "model.collisions=null", "--out", str(tmp_path / "bad")]  # fmt: skip
+    assert main(bad) == 2
+    assert "model: scheme 'hash' needs collisions" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
