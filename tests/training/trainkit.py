@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from compemb.config import Config, apply_overrides
 from compemb.data import ArrayDataset, SplitArrays
@@ -50,6 +53,17 @@ def tiny_config(dataset: str | Path, *overrides: str) -> Config:
 def env() -> dict[str, str]:
     """One thread per process: the same float reductions in every run, and no oversubscription."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run in process with the float reductions of a subprocess under :func:`env`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def compemb(*args: str, **kwargs) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 
 def binary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
@@ -30,5 +29,22 @@ def binary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, floa
     logloss = F.binary_cross_entropy_with_logits(x, y).item()
     accuracy = ((x > 0).double() == y).double().mean().item()
     two_classes = 0 < y.sum().item() < y.numel()
-    auc = float(roc_auc_score(y.numpy(), x.numpy())) if two_classes else None
+    auc = roc_auc(x, y) if two_classes else None
     return {"logloss": logloss, "accuracy": accuracy, "auc": auc}
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Exact ROC AUC: the Mann-Whitney U statistic with tied scores given their mean rank.
+
+    Shapes: scores (N,), labels (N,) in {0, 1} with both classes present. Equals
+    ``sklearn.metrics.roc_auc_score`` without importing scikit-learn (1.3 s per process).
+    """
+    values, inverse, counts = torch.unique(scores.double(), return_inverse=True,
+                                           return_counts=True)  # fmt: skip
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2  # 1-based ranks, ties averaged
+    positive = labels.double()
+    num_pos = positive.sum()
+    num_neg = positive.numel() - num_pos
+    rank_sum = (mean_rank[inverse] * positive).sum()
+    return ((rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg)).item()

@@ -1,0 +1,75 @@
+"""Real processes: a run killed with SIGKILL and resumed, and torchrun with 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trainkit
+
+from compemb.config import dump_config, load_config
+from compemb.training import train
+
+
+def _write_config(path: Path, dataset: Path, *overrides: str) -> Path:
+    path.write_text(dump_config(trainkit.tiny_config(dataset, *overrides)))
+    return path
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = trainkit.synth_folder(tmp_path / "data", rows=4000)  # 3,426 train rows
+    config = _write_config(tmp_path / "c.yaml", data, "train.batch_size=16",
+                           "train.eval_every=100", "train.checkpoint_every=25")  # fmt: skip
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compemb.cli", "train", "--config", str(config), "--out",
+         str(killed)], env=trainkit.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (killed / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "final.json").exists(), "the run finished before it could be killed"
+
+    resumed = trainkit.compemb("train", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    with trainkit.one_thread():
+        train(load_config(config), tmp_path / "s", progress=False)
+    a, b = trainkit.final(killed), trainkit.final(tmp_path / "s")
+    assert a.keys() == b.keys() and a["steps"] == 215
+    for key, value in b.items():
+        assert a[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value)
+    assert (killed / "metrics.jsonl").read_text().count("\n") == 3  # steps 100, 200, 215
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
+    # 1,626 train rows in batches of 25: the last global batch has 1 row, so rank 1's share of
+    # it is empty.
+    data = trainkit.synth_folder(tmp_path / "data", rows=1900)
+    config = _write_config(tmp_path / "c.yaml", data, "train.batch_size=25",
+                           "train.checkpoint_every=1000")  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "compemb.cli"]  # fmt: skip
+    two = subprocess.run([*torchrun, "train", "--config", str(config), "--out",
+                          str(tmp_path / "two")], env=trainkit.env(), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    with trainkit.one_thread():
+        train(load_config(config), tmp_path / "one", progress=False)
+    a = json.loads((tmp_path / "two" / "final.json").read_text())
+    b = json.loads((tmp_path / "one" / "final.json").read_text())
+    assert (a["world_size"], b["world_size"]) == (2, 1)
+    assert a["steps"] == b["steps"] == 66 and a["samples"] == b["samples"] == 1626
+    for key in ("test_logloss", "val_logloss", "train_loss"):
+        assert a[key] == pytest.approx(b[key], abs=1e-4), key
+    assert a["test_logloss"] != pytest.approx(0.0)
