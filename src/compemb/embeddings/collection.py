@@ -77,7 +77,15 @@ class EmbeddingBagCollection(nn.Module):
         self.modules_by_feature = nn.ModuleDict({str(f): m for f, m in modules.items()})
         self._widths = tuple(widths)
         self._slot = [sum(widths[:f]) for f in range(len(widths))]
-        self._orders: dict[tuple[int, ...], torch.Tensor | None] = {}
+        # The common case, every feature single-valued: each group's columns and the output
+        # order, precomputed (None where no gather is needed).
+        dense_features: list[int] = []
+        for g, members in enumerate(self._group_features):
+            cols = None if members == tuple(range(len(cardinalities))) else torch.tensor(members)
+            self.register_buffer(f"_cols{g}", cols, persistent=False)
+            dense_features.extend(members)
+        dense_features.extend(int(f) for f in self.modules_by_feature)
+        self.register_buffer("_dense_order", self._order(dense_features), persistent=False)
         self.register_buffer(
             "_limits", torch.tensor(self.cardinalities, device=device), persistent=False
         )
@@ -136,12 +144,12 @@ class EmbeddingBagCollection(nn.Module):
         if self.validate:
             self._check(ids, bags)
         ids = ids.long()
+        if single == num_features:
+            return self._forward_single(ids)
         pieces, features = [], []
         for group, members in zip(self.groups, self._group_features, strict=True):
             cols = [i for i, f in enumerate(members) if f < single]
-            if len(cols) == len(members) and list(members) == list(range(single)):
-                pieces.append(group(ids))
-            elif cols:
+            if cols:
                 pieces.append(group(ids[:, [members[i] for i in cols]], cols))
             features.extend(members[i] for i in cols)
             for i, f in enumerate(members):
@@ -157,21 +165,29 @@ class EmbeddingBagCollection(nn.Module):
             out = module(ids[:, f : f + 1]) if f < single else module(*bags[f - single])
             pieces.append(out if out.dim() == 3 else out.unsqueeze(1))
             features.append(f)
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-        order = self._order(tuple(features))
+        out = torch.cat(pieces, dim=1)
+        order = self._order(features)
         return out if order is None else out.index_select(1, order.to(out.device))
 
-    def _order(self, features: tuple[int, ...]) -> torch.Tensor | None:
-        """Output slots in feature order, from the pieces' order (cached per arrangement)."""
-        key = features
-        if key not in self._orders:
-            slots = []
-            for f in features:
-                slots.extend(range(self._slot[f], self._slot[f] + self._widths[f]))
-            inverse = sorted(range(len(slots)), key=slots.__getitem__)
-            identity = inverse == list(range(len(slots)))
-            self._orders[key] = None if identity else torch.tensor(inverse)
-        return self._orders[key]
+    def _forward_single(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every feature single-valued: ids (B, F) -> (B, F_out, D)."""
+        pieces = []
+        for g, group in enumerate(self.groups):
+            cols = getattr(self, f"_cols{g}")
+            pieces.append(group(ids if cols is None else ids.index_select(1, cols)))
+        for key, module in self.modules_by_feature.items():
+            out = module(ids[:, int(key)].unsqueeze(1))
+            pieces.append(out if out.dim() == 3 else out.unsqueeze(1))
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        return out if self._dense_order is None else out.index_select(1, self._dense_order)
+
+    def _order(self, features: Sequence[int]) -> torch.Tensor | None:
+        """Output slots in feature order, given the order the pieces come in."""
+        slots = []
+        for f in features:
+            slots.extend(range(self._slot[f], self._slot[f] + self._widths[f]))
+        inverse = sorted(range(len(slots)), key=slots.__getitem__)
+        return None if inverse == list(range(len(slots))) else torch.tensor(inverse)
 
     def _check(self, ids: torch.Tensor, bags: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if ids.dtype not in (torch.int64, torch.int32):
