@@ -32,7 +32,7 @@ def test_run_folder_contents(synth: Path, tmp_path: Path) -> None:
                 "embedding_parameters", "samples_per_s"):  # fmt: skip
         assert result[key] is not None, key
     assert result["val_logloss"] == records[-1]["val_logloss"]
-    assert result["steps"] == 54 and result["epochs"] == 1 and result["samples"] == 1722
+    assert result["steps"] == 54 and result["epochs_completed"] == 1 and result["samples"] == 1722
     # It learned: the planted model's base-rate loss is about 0.64.
     assert result["test_logloss"] < 0.62 and result["test_auc"] > 0.65
     checkpoint = load_checkpoint(run / "checkpoint.pt")  # weights_only=True
@@ -91,7 +91,7 @@ def test_resume_after_a_crash_is_exact(
         train(config, tmp_path / "run", dataset=data, progress=False)
     monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
     resumed = resume(tmp_path / "run", dataset=data, progress=False)
-    assert resumed["steps"] == 20 and resumed["epochs"] == 2
+    assert resumed["steps"] == 20 and resumed["epochs_completed"] == 2
     assert _close(resumed, full)
     def records(run: str) -> list[dict]:
         return [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]

@@ -49,6 +49,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl collectives run on the current device
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)

@@ -265,7 +265,7 @@ def _finish(trainer: Trainer) -> None:
         **{f"test_{k}": v for k, v in test.items()},
         **{k: last[k] for k in ("val_logloss", "val_accuracy", "val_auc", "train_loss")},
         "steps": state.step,
-        "epochs": state.epoch,
+        "epochs_completed": state.epoch,
         "samples": state.samples,
         "train_seconds": state.train_seconds,
         "samples_per_s": state.samples / state.train_seconds if state.train_seconds else None,
