@@ -25,7 +25,11 @@ from compemb.embeddings.operation import (
     HashEmbeddingBag,
     init_bounds,
 )
+from compemb.embeddings.path import PathEmbeddingBag
 from compemb.partitions import MixedRadixPartitions, ModuloPartitions, PartitionSet
+
+# Path features are grouped up to this many buckets per function (see batched_path).
+PATH_MAX_BUCKETS = 8
 
 # Stacked tables up to this many rows get dense gradients even with sparse=True.
 DENSE_GRAD_MAX_ROWS = 4096
@@ -51,7 +55,7 @@ def _partition_layout(parts: PartitionSet) -> Layout | None:
 
 def describe(module: nn.Module) -> tuple[GroupKey, Layout, list[tuple[float, float]]] | None:
     """How a single-feature module can join a group: key, layout and init bounds; None when it
-    cannot (path-based modules, attribute partitions)."""
+    cannot (attribute partitions, paths over more than 2 partitions or 8 buckets)."""
     if isinstance(module, (FullEmbeddingBag, HashEmbeddingBag)):
         if isinstance(module, FullEmbeddingBag):
             layout: Layout = ((1, module.num_embeddings, module.num_embeddings),)
@@ -69,7 +73,57 @@ def describe(module: nn.Module) -> tuple[GroupKey, Layout, list[tuple[float, flo
             return ("feature", "-", (module.embedding_dim,) * k), layout, [(-a, a)] * k
         operation = "add" if k == 1 else module.operation
         return ("compose", operation, module.dims), layout, init_bounds(module.operation, k, n)
+    if isinstance(module, PathEmbeddingBag):
+        layout = _partition_layout(module.partitions)
+        m = module.partitions.sizes[-1]
+        if layout is None or len(layout) != 2 or m > PATH_MAX_BUCKETS:
+            return None
+        key = ("path", module.transform, (module.embedding_dim, module.hidden or 0, m))
+        a = full_table_bound(module.num_categories)
+        return key, layout, [(-a, a)]
     return None
+
+
+class BucketIndex(nn.Module):
+    """Bucket arithmetic of G features with k partitions each, on stacked tables.
+
+    Row of id i in the stacked table of position j: ``(i // place) mod modulus + start`` with
+    the feature's place, modulus and row offset (``start``) at that position.
+    """
+
+    def __init__(self, num_categories: Sequence[int], layouts: Sequence[Layout], *,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        k = len(layouts[0])
+        self.rows = [[lay[j][2] for lay in layouts] for j in range(k)]
+        self.starts = [[sum(r[:f]) for f in range(len(r))] for r in self.rows]
+
+        def table(values: list[list[int]]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=device)
+
+        self.register_buffer("place", table([[lay[j][0] for lay in layouts] for j in range(k)]),
+                             persistent=False)
+        self.register_buffer("modulus", table([[lay[j][1] for lay in layouts] for j in range(k)]),
+                             persistent=False)
+        self.register_buffer("start", table(self.starts), persistent=False)
+        # Skip the division where every place is 1, and the remainder where no digit reaches
+        # its modulus (full tables, the top digit of a radix).
+        self._divide = [any(lay[j][0] != 1 for lay in layouts) for j in range(k)]
+        self._reduce = [
+            any(-(-n // lay[j][0]) > lay[j][1]
+                for n, lay in zip(num_categories, layouts, strict=True))
+            for j in range(k)
+        ]  # fmt: skip
+
+    def forward(self, ids: torch.Tensor, cols: slice | int | list[int], j: int,
+                offset: bool = True) -> torch.Tensor:
+        """ids (any shape, last dim the features ``cols``) -> rows at position j (same shape)."""
+        b = ids
+        if self._divide[j]:
+            b = torch.div(b, self.place[j, cols], rounding_mode="floor")
+        if self._reduce[j]:
+            b = torch.remainder(b, self.modulus[j, cols])
+        return b + self.start[j, cols] if offset else b
 
 
 class TableGroup(nn.Module):
@@ -94,8 +148,8 @@ class TableGroup(nn.Module):
         self.sparse = sparse
         self._bounds = [list(b) for b in bounds]
         k = len(self.dims)
-        rows = [[lay[j][2] for lay in layouts] for j in range(k)]
-        starts = [[sum(r[:f]) for f in range(len(r))] for r in rows]
+        self.index = BucketIndex(num_categories, layouts, device=device)
+        rows, starts = self.index.rows, self.index.starts
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(sum(rows[j]), self.dims[j], device=device, dtype=dtype))
             for j in range(k)
@@ -103,20 +157,6 @@ class TableGroup(nn.Module):
         self._rows, self._starts = rows, starts
         # Small tables take dense gradients: every batch touches most of their rows anyway.
         self._sparse = tuple(sparse and sum(r) > DENSE_GRAD_MAX_ROWS for r in rows)
-        as_buffer = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
-        self.register_buffer("place", as_buffer([[lay[j][0] for lay in layouts] for j in range(k)]),
-                             persistent=False)
-        self.register_buffer("modulus", as_buffer([[lay[j][1] for lay in layouts]
-                                                   for j in range(k)]), persistent=False)
-        self.register_buffer("start", as_buffer(starts), persistent=False)
-        # Skip the division where every place is 1, and the remainder where no digit reaches
-        # its modulus (full tables, the top digit of a radix).
-        self._divide = [any(lay[j][0] != 1 for lay in layouts) for j in range(k)]
-        self._reduce = [
-            any(-(-n // lay[j][0]) > lay[j][1] for n, lay in zip(num_categories, layouts,
-                                                                 strict=True))
-            for j in range(k)
-        ]
         self.reset_parameters()
 
     @property
@@ -136,16 +176,7 @@ class TableGroup(nn.Module):
                     self.weights[j][s : s + r].uniform_(lo, hi)
 
     def _buckets(self, ids: torch.Tensor, cols: slice | int | list[int]) -> list[torch.Tensor]:
-        """Row of each id in each stacked table: ``(i // place) mod modulus + start``."""
-        buckets = []
-        for j in range(len(self.weights)):
-            b = ids
-            if self._divide[j]:
-                b = torch.div(b, self.place[j, cols], rounding_mode="floor")
-            if self._reduce[j]:
-                b = torch.remainder(b, self.modulus[j, cols])
-            buckets.append(b + self.start[j, cols])
-        return buckets
+        return [self.index(ids, cols, j) for j in range(len(self.weights))]
 
     def _lookup(self, ids: torch.Tensor, cols: slice | int | list[int]) -> torch.Tensor:
         """Composed vectors (*ids.shape, D), or (*ids.shape, k, D) for feature generation."""

@@ -9,6 +9,7 @@ from torch import nn
 
 from compemb.embeddings._bags import prepare_bags
 from compemb.embeddings.batched import GroupKey, Layout, TableGroup, describe
+from compemb.embeddings.batched_path import PathGroup
 from compemb.embeddings.factory import EmbeddingSpec, make_embedding_bag, resolve_spec
 from compemb.embeddings.operation import FeatureEmbeddingBag
 
@@ -20,7 +21,7 @@ class EmbeddingBagCollection(nn.Module):
     tables (:func:`~compemb.embeddings.factory.resolve_spec`); ``specs`` records what each got.
     Features whose tables share a layout kind (all full tables; all QR-mult ones; ...) are stored
     stacked in one :class:`~compemb.embeddings.batched.TableGroup`, so a batch costs a few large
-    lookups rather than two small ones per feature. Path-based features keep their own modules.
+    lookups rather than two small ones per feature (path-based ones too, up to 8 buckets).
     Outputs and initialization equal those of the per-feature modules of
     :func:`~compemb.embeddings.factory.make_embedding_bag`.
 
@@ -69,10 +70,16 @@ class EmbeddingBagCollection(nn.Module):
         self._group_features: list[tuple[int, ...]] = []
         for key, members in grouped.items():
             features = tuple(f for f, _, _ in members)
-            self.groups.append(TableGroup(
-                key, [self.cardinalities[f] for f in features], [lay for _, lay, _ in members],
-                [b for _, _, b in members], sparse=spec.sparse, device=device, dtype=dtype,
-            ))  # fmt: skip
+            cards = [self.cardinalities[f] for f in features]
+            layouts = [lay for _, lay, _ in members]
+            if key[0] == "path":
+                d, hidden, _ = key[2]
+                group: nn.Module = PathGroup(key[1], d, hidden, cards, layouts,
+                                             sparse=spec.sparse, device=device, dtype=dtype)
+            else:
+                group = TableGroup(key, cards, layouts, [b for _, _, b in members],
+                                   sparse=spec.sparse, device=device, dtype=dtype)
+            self.groups.append(group)
             self._group_features.append(features)
         self.modules_by_feature = nn.ModuleDict({str(f): m for f, m in modules.items()})
         self._widths = tuple(widths)
