@@ -1,12 +1,13 @@
 """DLRM training speed and memory on planted synthetic Criteo-Kaggle-sized data.
 
 Full tables, the hashing trick and QR mult (4 and 60 collisions) side by side: Adagrad with
-sparse gradients, gradients cleared (set_to_none) every step, a fixed number of steps after a
-warmup, at batch 128 and 2048. Each embedding config runs in its own child process, so its peak
-RSS is its own; batches are read before the clock starts, so the time is forward + backward +
-optimizer step. Read the ratios to the full tables: they were measured in the same run.
+sparse gradients, gradients cleared (set_to_none) every step, at batch 128 and 2048. Each
+embedding config lives in its own child process, so its peak RSS is its own; the children stay
+alive together and the parent asks them in turn for one timed round of a fixed number of steps,
+round after round, so machine noise hits every config alike (the median round is reported).
+Batches are read before the clock starts: the time is forward + backward + optimizer step.
 
-    .venv/bin/python benchmarks/train.py [--steps 200 40] [--batches 128 2048]
+    .venv/bin/python benchmarks/train.py [--steps 100 20] [--batches 128 2048] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,33 +40,71 @@ CONFIGS = {
 WARMUP = 5
 
 
-def _rss_bytes() -> int:
+def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_one(name: str, data: str, batches: list[int], steps: list[int]) -> dict:
-    """Child process: build, train each batch size for its steps, report speed and memory."""
-    baseline = _rss_bytes()
+def serve(name: str, data: str, batches: list[int], steps: list[int]) -> None:
+    """Child process: build the model, then time one round per request read from stdin."""
+    after_import = _peak_rss()
     torch.manual_seed(0)
     dataset = open_dataset(data)
     model = build_model("dlrm", dataset.cardinalities, dataset.num_dense, 16, CONFIGS[name])
     optimizer = make_optimizer("adagrad", model.parameters())
-    result = {"config": name, **parameter_report(model, "adagrad"), "rss_after_import": baseline}
-    for batch_size, count in zip(batches, steps, strict=True):
-        it = dataset.batches("train", batch_size, shuffle=True)
-        data_batches = [next(it) for _ in range(WARMUP + count)]
-        for i, batch in enumerate(data_batches):
-            if i == WARMUP:
-                started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(batch.dense, batch.categorical, batch.bags)
-            F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
-            optimizer.step()
-        result[f"samples_per_s@{batch_size}"] = count * batch_size / (
-            time.perf_counter() - started
-        )
-    result["peak_rss"] = _rss_bytes()
-    return result
+    loaded = {}
+    for size, count in zip(batches, steps, strict=True):
+        it = dataset.batches("train", size, shuffle=True)
+        loaded[size] = [next(it) for _ in range(count)]
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(batch.dense, batch.categorical, batch.bags)
+        F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+        optimizer.step()
+
+    for size in batches:
+        for batch in loaded[size][:WARMUP]:
+            step(batch)
+    print(json.dumps({"config": name, **parameter_report(model, "adagrad"),
+                      "rss_after_import": after_import}), flush=True)  # fmt: skip
+    for line in sys.stdin:
+        if line.strip() == "done":
+            break
+        size = int(line)
+        started = time.perf_counter()
+        for batch in loaded[size]:
+            step(batch)
+        print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+    print(json.dumps({"peak_rss": _peak_rss()}), flush=True)
+
+
+def _ask(child: subprocess.Popen, line: str) -> dict:
+    child.stdin.write(line + "\n")
+    child.stdin.flush()
+    return json.loads(child.stdout.readline())
+
+
+def measure(data: str, args: argparse.Namespace) -> list[dict]:
+    """Start every child, interleave the timed rounds, collect medians and peak RSS."""
+    common = ["--data", data, "--batches", *map(str, args.batches), "--steps",
+              *map(str, args.steps), *(["--threads", str(args.threads)] if args.threads else [])]
+    children, results = [], []
+    for name in args.configs:
+        child = subprocess.Popen([sys.executable, __file__, "--serve", name, *common],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        children.append(child)
+        results.append(json.loads(child.stdout.readline()))  # ready: model built, warmed up
+    times = [{size: [] for size in args.batches} for _ in children]
+    for _ in range(args.rounds):
+        for size in args.batches:
+            for child, record in zip(children, times, strict=True):
+                record[size].append(_ask(child, str(size))["seconds"])
+    for child, result, record in zip(children, results, times, strict=True):
+        result.update(_ask(child, "done"))
+        child.wait()
+        for size, count in zip(args.batches, args.steps, strict=True):
+            result[f"samples_per_s@{size}"] = count * size / statistics.median(record[size])
+    return results
 
 
 def _table(results: list[dict], batches: list[int]) -> str:
@@ -73,11 +113,10 @@ def _table(results: list[dict], batches: list[int]) -> str:
     head += "".join(f"  samples/s@{b} (x full)" for b in batches)
     lines = [head]
     for r in results:
-        train_bytes = r["train_bytes"]
-        rss = r["peak_rss"]
+        train_bytes, rss = r["train_bytes"], r["peak_rss"]
         row = (f"{r['config']:<12} {train_bytes / 2**20:>9.0f} MiB {rss / 2**20:>6.0f} MiB"
-               f" {r['peak_rss'] / train_bytes:>9.2f}"
-               f" {(r['peak_rss'] - r['rss_after_import']) / train_bytes:>17.2f}")  # fmt: skip
+               f" {rss / train_bytes:>9.2f}"
+               f" {(rss - r['rss_after_import']) / train_bytes:>17.2f}")  # fmt: skip
         for b in batches:
             key = f"samples_per_s@{b}"
             row += f"  {r[key]:>12,.0f} ({r[key] / full[key]:.2f}x)"
@@ -88,35 +127,31 @@ def _table(results: list[dict], batches: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 2048])
-    parser.add_argument("--steps", type=int, nargs="+", default=[200, 40])
+    parser.add_argument("--steps", type=int, nargs="+", default=[100, 20],
+                        help="timed steps per round, one count per batch size")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per child (default: torch's choice)")  # fmt: skip
-    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if len(args.steps) != len(args.batches):
-        parser.error("give one --steps count per --batches size")
+    if len(args.steps) != len(args.batches) or min(args.steps) <= WARMUP:
+        parser.error(f"give one --steps count (> {WARMUP}) per --batches size")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.one:
-        print(json.dumps(run_one(args.one, args.data, args.batches, args.steps)))
+    if args.serve:
+        serve(args.serve, args.data, args.batches, args.steps)
         return
-    rows = sum((WARMUP + s) * b for s, b in zip(args.steps, args.batches, strict=True)) * 7 // 6
+    rows = sum(s * b for s, b in zip(args.steps, args.batches, strict=True)) * 7 // 6 + 7
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "synth")
-        options = SynthOptions(rows=rows + 7, cardinalities=tuple(CRITEO_KAGGLE_CARDINALITIES))
+        options = SynthOptions(rows=rows, cardinalities=tuple(CRITEO_KAGGLE_CARDINALITIES))
         generate_synthetic(data, options, progress=False)
-        results = []
-        for name in args.configs:
-            child = [sys.executable, __file__, "--one", name, "--data", data, "--batches",
-                     *map(str, args.batches), "--steps", *map(str, args.steps),
-                     *(["--threads", str(args.threads)] if args.threads else [])]  # fmt: skip
-            out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"done {name}", file=sys.stderr)
-    print(f"DLRM, Criteo Kaggle cardinalities, D=16, Adagrad (sparse), {torch.get_num_threads()} "
-          f"threads; steps {args.steps} after {WARMUP} warmup")  # fmt: skip
+        results = measure(data, args)
+    print(f"DLRM, Criteo Kaggle cardinalities, D=16, Adagrad (sparse), "
+          f"{args.threads or torch.get_num_threads()} threads; median of {args.rounds} rounds "
+          f"of {args.steps} steps")  # fmt: skip
     print(_table(results, args.batches))
 
 
