@@ -69,6 +69,8 @@ def variants(cards) -> dict[str, nn.Module]:
         "compemb QR mult 4": ebc(False, scheme="qr", collisions=4),
         "compemb QR mult 4, validate": ebc(True, scheme="qr", collisions=4),
         "compemb QR mult 60": ebc(False, scheme="qr", collisions=60),
+        "compemb path MLP h=16, 4": ebc(False, scheme="path", collisions=4, path_hidden=16),
+        "compemb path MLP h=64, 4": ebc(False, scheme="path", collisions=4, path_hidden=64),
     }
 
 
@@ -117,6 +119,14 @@ def main() -> None:
         for name, ts in times.items():
             med = statistics.median(ts)
             print(f"{name:32s} {batch / med:12,.0f} {base / med:8.2f}")
+        mult = statistics.median(times["compemb QR mult 4"])
+        naive = statistics.median(times["naive QR mult 4 (reference)"])
+        full_ebc = statistics.median(times["full, compemb collection"])
+        print(f"compemb QR mult 4 vs naive QR: {naive / mult:.2f}x; vs full collection: "
+              f"{full_ebc / mult:.2f}x")
+        for h in (16, 64):
+            path = statistics.median(times[f"compemb path MLP h={h}, 4"])
+            print(f"path MLP h={h} costs {path / mult:.2f}x QR mult's time")
 
 
 if __name__ == "__main__":
