@@ -1,6 +1,7 @@
 from compemb.cli import main
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.demo import DEMO_SPECS, size_table
+from compemb.experiments import pipeline
 
 
 def test_size_table_on_criteo_is_exact():
@@ -15,8 +16,28 @@ def test_size_table_on_criteo_is_exact():
     assert len(rows) == len(DEMO_SPECS)
 
 
-def test_demo_command_prints_both_tables(capsys):
-    assert main(["demo"]) == 0
+def test_sizes_command_prints_both_tables(capsys):
+    assert main(["sizes"]) == 0
     out = capsys.readouterr().out
     assert "MovieLens-100k" in out and "Criteo Kaggle" in out
     assert "540,201,232" in out
+
+
+def test_demo_command_runs_the_demo_experiment(tmp_path, capsys, monkeypatch):
+    """The demo's grid is the `demo` experiment (trained for real in the README's numbers);
+    here its runs are capped at 3 steps, 1 trial, to check the wiring and the printed table."""
+    from compemb.experiments import runner
+
+    real = pipeline.run_named
+
+    def capped(name, settings, out, **kwargs):
+        assert name == "demo" and settings.trials == 1 and settings.optimizer == "auto"
+        settings = runner.Settings(trials=1, max_steps=3, batch_size=64)
+        return real(name, settings, out, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_named", capped)
+    assert main(["demo", "--out", str(tmp_path), "--trials", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for row in ("full", "hash c=4", "qr c=16", "path c=60 h=64", "test AUC"):
+        assert row in out, row
+    assert (tmp_path / "demo" / "demo.png").is_file()

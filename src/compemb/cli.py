@@ -78,17 +78,80 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     syn.set_defaults(func=_cmd_synth)
 
 
+def _cmd_sizes(args: argparse.Namespace) -> int:
+    from compemb.demo import run_sizes
+
+    print(run_sizes(args.embedding_dim))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from compemb.demo import run_demo
 
-    print(run_demo(args.embedding_dim))
+    print(run_demo(args.out, trials=args.trials, progress=args.progress))
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    import shlex
+
+    from compemb.experiments.pipeline import dataset_spec, default_out, run_named
+    from compemb.experiments.report import format_table
+    from compemb.experiments.runner import Settings
+
+    spec = dataset_spec(args.data)
+    settings = Settings(
+        dataset=spec, model=args.model, embedding_dim=args.embedding_dim,
+        optimizer=args.optimizer, trials=args.trials, first_seed=args.seed,
+        batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
+        threads=args.threads, keep_checkpoints=args.keep_checkpoints,
+    )  # fmt: skip
+    out = args.out or default_out(spec, args.model)
+    command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
+    outcome = run_named(args.name, settings, out, progress=args.progress, command=command)
+    print(format_table(outcome.results))
+    print(f"\nwrote {outcome.folder}/ (report.md, {outcome.plot.name}, trials.csv, summary.csv, "
+          f"results.json) in {outcome.seconds:.0f} s")
     return 0
 
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="the main job (see the README)")
-    demo.add_argument("--embedding-dim", type=int, default=16, help="D (default 16)")
+    from compemb.experiments.grids import EXPERIMENT_HELP
+
+    demo = sub.add_parser("demo", help="the main job: every scheme trained on MovieLens-100k")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--trials", type=int, default=3, help="trials per variant (default 3)")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="progress bar (default: only on a terminal)")
     demo.set_defaults(func=_cmd_demo)
+
+    sizes = sub.add_parser("sizes", help="rows, parameters and compression of every scheme")
+    sizes.add_argument("--embedding-dim", type=int, default=16, help="D (default 16)")
+    sizes.set_defaults(func=_cmd_sizes)
+
+    names = "; ".join(f"{k}: {v}" for k, v in EXPERIMENT_HELP.items())
+    exp = sub.add_parser("experiment", help="run one of the paper's experiments (resumable)",
+                         description=f"Experiments: {names}.")  # fmt: skip
+    exp.add_argument("name", help="fig4, fig5, fig6, fig7, table1, optimizers, init or demo")
+    exp.add_argument("--data", nargs="+", default=["movielens"], metavar="SOURCE",
+                     help="movielens (default), synthetic DIR or criteo DIR")
+    exp.add_argument("--model", choices=["dlrm", "dcn"], default="dlrm")
+    exp.add_argument("--trials", type=int, default=5, help="runs per variant (default 5)")
+    exp.add_argument("--seed", type=int, default=0, help="seed of the first trial (default 0)")
+    exp.add_argument("--out", help="output folder (default runs/experiments/DATA-MODEL)")
+    exp.add_argument("--steps", type=int, default=None, metavar="N",
+                     help="at most N training steps per run (quick runs)")
+    exp.add_argument("--epochs", type=int, default=1)
+    exp.add_argument("--batch-size", type=int, default=128)
+    exp.add_argument("--embedding-dim", type=int, default=16)
+    exp.add_argument("--optimizer", choices=["auto", "adagrad", "amsgrad"], default="auto",
+                     help="auto: the better one per operation (see the README)")
+    exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    exp.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep each finished run's checkpoint.pt")
+    exp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: only on a terminal)")
+    exp.set_defaults(func=_cmd_experiment)
 
 
 def _cmd_params(args: argparse.Namespace) -> int:

@@ -1,12 +1,16 @@
-"""``make demo`` for now: what every embedding scheme costs on real cardinalities.
+"""``make demo``: every scheme trained on MovieLens-100k; ``compemb sizes``: what each costs.
 
-Builds each scheme's embedding collection on the meta device (nothing is allocated, so the
-Criteo-sized full tables cost no memory) and tabulates rows, parameters and compression.
+:func:`run_demo` is the main job: the ``demo`` experiment (full table, hashing trick, QR with
+concat, add and mult, path-based QR, at 4, 16 and 60 collisions; DLRM; 3 trials each) with its
+table, plot and report under ``runs/demo/demo/``. :func:`run_sizes` builds each scheme's
+embedding collection on the meta device (nothing is allocated, so Criteo-sized full tables cost
+no memory) and tabulates rows, parameters and compression.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec
@@ -67,8 +71,8 @@ def format_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(embedding_dim: int = 16) -> str:
-    """The demo's text: the size table on MovieLens-100k and on Criteo Kaggle cardinalities."""
+def run_sizes(embedding_dim: int = 16) -> str:
+    """The size table on MovieLens-100k and on Criteo Kaggle cardinalities."""
     from compemb.data.movielens import load_movielens_100k
 
     movielens = load_movielens_100k()
@@ -81,3 +85,18 @@ def run_demo(embedding_dim: int = 16) -> str:
     ):  # fmt: skip
         parts.append(f"{name}, D={embedding_dim}\n{format_table(size_table(cards, embedding_dim))}")
     return "\n\n".join(parts)
+
+
+def run_demo(out: str | Path = "runs/demo", trials: int = 3, progress: bool | None = None) -> str:
+    """Train the ``demo`` experiment on MovieLens-100k (resumable) and return its table."""
+    from compemb.experiments.pipeline import run_named
+    from compemb.experiments.report import format_table
+    from compemb.experiments.runner import Settings
+
+    command = f"compemb demo --out {out} --trials {trials}"
+    outcome = run_named("demo", Settings(trials=trials), out, progress=progress, command=command)
+    r = outcome.results
+    return (f"MovieLens-100k, DLRM, D=16, 1 epoch, batch 128, {trials} trials per row "
+            f"(mean ± std), optimizer per operation:\n{format_table(r)}\n\n"
+            f"wrote {outcome.report} and {outcome.plot} ({len(r['trials'])} runs, "
+            f"{outcome.seconds:.0f} s)")

@@ -1,0 +1,214 @@
+"""The experiments of the paper's section 5 (and ours) as grids of variants.
+
+An :class:`Experiment` is a named tuple of :class:`Variant` s (one model each, trained once per
+trial) plus how to plot them. :func:`build_experiment` makes the grid for a dataset: the paper's
+grids were set for Criteo's cardinalities (largest 10,131,227), so values that would make every
+feature keep its full table on smaller data are dropped or replaced (see :func:`scaled_grid`).
+
+>>> exp = build_experiment("fig4", (943, 1682, 61))
+>>> [v.label for v in exp.variants]
+['full', 'hash c=4', 'qr mult c=4']
+>>> build_experiment("fig8", (943,))
+Traceback (most recent call last):
+ValueError: unknown experiment 'fig8'; valid: fig4, fig5, fig6, fig7, table1, optimizers, init, demo
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Figures 4-7 and table 1 of the paper, and two of ours (see EXPERIMENT_HELP).
+EXPERIMENTS = ("fig4", "fig5", "fig6", "fig7", "table1", "optimizers", "init", "demo")
+EXPERIMENT_HELP = {
+    "fig4": "validation loss against iterations: full, hash and QR mult at 4 collisions",
+    "fig5": "test loss against parameters: collisions 2-7 and 60, every operation, full table",
+    "fig6": "test loss against the threshold (4 collisions), per operation",
+    "fig7": "parameters against the threshold (4 collisions), per operation",
+    "table1": "path-based QR at 4 collisions, MLP hidden 16, 32, 64, 128",
+    "optimizers": "Adagrad against AMSGrad for each QR operation and the baselines",
+    "init": "initialization rules of the QR tables (see init_rules), with both optimizers",
+    "demo": "the main job: every scheme at 3 compression levels",
+}
+PAPER_COLLISIONS = (2, 3, 4, 5, 6, 7, 60)
+PAPER_THRESHOLDS = (1, 20, 200, 2000, 20000)
+PATH_HIDDEN = (16, 32, 64, 128)
+DEMO_COLLISIONS = (4, 16, 60)
+
+# The optimizer each operation trains with when the experiment says "auto": settled by the
+# "optimizers" experiment on MovieLens-100k (see docs/optimizers/report.md).
+AUTO_OPTIMIZER = {"concat": "adagrad", "add": "adagrad", "mult": "adagrad"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of a grid, trained once per trial.
+
+    Attributes:
+        series: the legend entry it belongs to ("qr mult", "hash", "full").
+        scheme, operation, collisions, threshold, path_hidden: its ``ModelConfig`` fields.
+        x: its coordinate on the plot's x axis (collisions, threshold or hidden units).
+        optimizer: adagrad or amsgrad; None takes the experiment's choice.
+        init: an alternative initialization rule (:mod:`compemb.experiments.init_rules`);
+            None is the library's.
+    """
+
+    series: str
+    scheme: str
+    operation: str = "mult"
+    collisions: int | None = None
+    threshold: int = 0
+    path_hidden: int = 64
+    x: float | None = None
+    optimizer: str | None = None
+    init: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Short unique description, e.g. ``qr mult c=4 t=200``."""
+        parts = [self.series]
+        if self.collisions is not None:
+            parts.append(f"c={self.collisions}")
+        if self.threshold:
+            parts.append(f"t={self.threshold}")
+        if self.scheme == "path" and "h=" not in self.series:
+            parts.append(f"h={self.path_hidden}")
+        if self.optimizer:
+            parts.append(self.optimizer)
+        if self.init:
+            parts.append(f"init={self.init}")
+        return " ".join(parts)
+
+    @property
+    def slug(self) -> str:
+        """The label as a folder name."""
+        return self.label.replace(" ", "-").replace("=", "")
+
+    def model_fields(self) -> dict[str, object]:
+        """Its fields of ``compemb.config.ModelConfig``."""
+        return {"scheme": self.scheme, "operation": self.operation,
+                "collisions": self.collisions, "threshold": self.threshold,
+                "path_hidden": self.path_hidden}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named grid and how to show it.
+
+    Attributes:
+        name: one of :data:`EXPERIMENTS`.
+        title: one line for plots and reports.
+        variants: the models to train.
+        plot: curve (val loss vs iterations), params (test loss vs parameters), threshold
+            (test loss vs threshold), threshold_params (parameters vs threshold), hidden
+            (test loss vs hidden units) or bars (test loss per variant).
+        x_label: the x axis' name.
+        curves: record the validation curve (about 25 points per run).
+        notes: how the grid was adapted to the data, for the report.
+    """
+
+    name: str
+    title: str
+    variants: tuple[Variant, ...]
+    plot: str
+    x_label: str
+    curves: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def scaled_grid(
+    name: str, values: Sequence[int], cardinalities: Sequence[int]
+) -> tuple[tuple[int, ...], str | None]:
+    """``values`` of a collisions or threshold grid that make sense for ``cardinalities``.
+
+    Collisions must leave the largest feature at least 2 rows (c < largest / 2). A threshold at
+    or above the largest cardinality keeps every table full, so those are dropped; if that
+    leaves fewer than all of them, the second-largest cardinality is added (only the largest
+    feature compressed): the end of the sweep, as 20000 is on Criteo (8 of 26 compressed).
+    Returns the grid and a note saying what changed (None if nothing did).
+    """
+    largest = max(cardinalities)
+    if name == "collisions":
+        kept = tuple(c for c in values if c < largest / 2)
+    else:
+        kept = tuple(t for t in values if t < largest)
+        if len(kept) < len(values):
+            second = sorted(cardinalities)[-2] if len(cardinalities) > 1 else largest - 1
+            kept = tuple(sorted(set(kept) | {second}))
+    if kept == tuple(values):
+        return kept, None
+    return kept, (f"{name} grid scaled to the data (largest cardinality {largest:,}): "
+                  f"{list(kept)} instead of the paper's {list(values)}")  # fmt: skip
+
+
+def _qr_ops(collisions: int, ops: Sequence[str] = ("concat", "add", "mult")) -> list[Variant]:
+    return [Variant(f"qr {op}", "qr", op, collisions, x=collisions) for op in ops]
+
+
+def _fig5(cards: Sequence[int]) -> Experiment:
+    grid, note = scaled_grid("collisions", PAPER_COLLISIONS, cards)
+    variants = [Variant("full", "full")]
+    for c in grid:
+        variants += [Variant("hash", "hash", collisions=c, x=c),
+                     Variant("feature", "feature", collisions=c, x=c), *_qr_ops(c)]  # fmt: skip
+    return Experiment("fig5", "test loss against the number of parameters", tuple(variants),
+                      "params", "number of parameters", notes=(note,) if note else ())  # fmt: skip
+
+
+def _thresholds(name: str, cards: Sequence[int]) -> Experiment:
+    grid, note = scaled_grid("thresholds", PAPER_THRESHOLDS, cards)
+    variants = [Variant("full", "full")]
+    for t in grid:
+        variants += [Variant(f"qr {op}", "qr", op, 4, threshold=t, x=t)
+                     for op in ("concat", "add", "mult")]  # fmt: skip
+    plot, title = (
+        ("threshold", "test loss against the threshold (4 collisions)")
+        if name == "fig6"
+        else ("threshold_params", "parameters against the threshold (4 collisions)")
+    )
+    return Experiment(name, title, tuple(variants), plot, "threshold",
+                      notes=(note,) if note else ())  # fmt: skip
+
+
+def build_experiment(name: str, cardinalities: Sequence[int]) -> Experiment:
+    """The grid of experiment ``name`` for data with these ``cardinalities``."""
+    cards = tuple(cardinalities)
+    if name == "fig4":
+        variants = (Variant("full", "full"), Variant("hash", "hash", collisions=4),
+                    Variant("qr mult", "qr", "mult", 4))  # fmt: skip
+        return Experiment("fig4", "validation loss during training (4 collisions)", variants,
+                          "curve", "iterations", curves=True)  # fmt: skip
+    if name == "fig5":
+        return _fig5(cards)
+    if name in ("fig6", "fig7"):
+        return _thresholds(name, cards)
+    if name == "table1":
+        variants = tuple(Variant(f"path h={h}", "path", collisions=4, path_hidden=h, x=h)
+                         for h in PATH_HIDDEN)  # fmt: skip
+        return Experiment("table1", "path-based QR (4 collisions) against MLP hidden units",
+                          variants, "hidden", "hidden units per path MLP")  # fmt: skip
+    if name == "optimizers":
+        base = [Variant("full", "full"), Variant("hash", "hash", collisions=4),
+                *_qr_ops(4), Variant("path h=64", "path", collisions=4)]  # fmt: skip
+        variants = tuple(Variant(v.series, v.scheme, v.operation, v.collisions, x=v.x,
+                                 optimizer=opt)
+                         for v in base for opt in ("adagrad", "amsgrad"))  # fmt: skip
+        return Experiment("optimizers", "Adagrad against AMSGrad (4 collisions)", variants,
+                          "bars", "test log loss")  # fmt: skip
+    if name == "init":
+        variants = tuple(Variant(f"qr {op}", "qr", op, 4, x=4, optimizer=opt, init=rule)
+                         for op in ("concat", "add", "mult")
+                         for rule in (None, "reference", "zero_mean")
+                         for opt in ("adagrad", "amsgrad"))  # fmt: skip
+        return Experiment("init", "initialization rules of the QR tables (4 collisions)",
+                          variants, "bars", "test log loss")  # fmt: skip
+    if name == "demo":
+        grid, note = scaled_grid("collisions", DEMO_COLLISIONS, cards)
+        variants = [Variant("full", "full")]
+        for c in grid:
+            variants += [Variant("hash", "hash", collisions=c, x=c), *_qr_ops(c),
+                         Variant("path h=64", "path", collisions=c, x=c)]  # fmt: skip
+        return Experiment("demo", "every scheme at three compression levels",
+                          tuple(variants), "params", "number of parameters",
+                          notes=(note,) if note else ())  # fmt: skip
+    raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")

@@ -1,0 +1,56 @@
+"""Alternative initializations of the compositional tables, for the ``init`` experiment.
+
+The embedding layer has one rule (``compemb.embeddings.operation.init_bounds``: composed vectors
+start on the full table's scale). To measure whether it is the right default without forking the
+modules, :func:`init_rule` swaps that function for the duration of a run; the modules and the
+batched collection both draw their U(lo, hi) bounds from it. Rules, for k tables of a feature of n
+categories and a = sqrt(1/n):
+
+- ``scaled``: the library's rule (concat U(-a, a); add U(-a/sqrt(k), a/sqrt(k)); mult a zero-mean
+  first table and U(1/2, 3/2) gates);
+- ``reference``: the reference implementation's U(sqrt(1/n), 1) for every table (all positive);
+- ``zero_mean``: U(-a, a) for every table, whatever the operation (the naive choice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+from compemb.embeddings import batched, operation
+
+Bounds = list[tuple[float, float]]
+
+
+def _reference(op: str, k: int, n: int) -> Bounds:
+    return [(math.sqrt(1.0 / n), 1.0)] * k
+
+
+def _zero_mean(op: str, k: int, n: int) -> Bounds:
+    a = math.sqrt(1.0 / n)
+    return [(-a, a)] * k
+
+
+INIT_RULES: dict[str, Callable[[str, int, int], Bounds] | None] = {
+    "scaled": None,  # the library's own
+    "reference": _reference,
+    "zero_mean": _zero_mean,
+}
+
+
+@contextlib.contextmanager
+def init_rule(name: str | None) -> Iterator[None]:
+    """Build compositional tables with rule ``name`` inside the block (None: the library's)."""
+    if name is not None and name not in INIT_RULES:
+        raise ValueError(f"unknown init rule {name!r}; valid: {', '.join(INIT_RULES)}")
+    rule = INIT_RULES.get(name) if name else None
+    if rule is None:
+        yield
+        return
+    saved = operation.init_bounds, batched.init_bounds
+    operation.init_bounds = batched.init_bounds = rule
+    try:
+        yield
+    finally:
+        operation.init_bounds, batched.init_bounds = saved

@@ -1,0 +1,120 @@
+"""Plots drawn like the paper's figures: a mean with a one-std band or error bars per series.
+
+Every function takes the ``results`` dict of :func:`compemb.experiments.runner.run_experiment`
+and writes one PNG (matplotlib's Agg backend: no display needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+Results = dict[str, Any]
+
+
+def _series(results: Results) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in results["summary"]:
+        groups.setdefault(entry["series"], []).append(entry)
+    return groups
+
+
+def _full_line(ax: Axes, entry: dict[str, Any], key: str) -> None:
+    """The full-table baseline as a horizontal line with its one-std band."""
+    mean = entry[f"{key}_mean"] if f"{key}_mean" in entry else entry[key]
+    std = entry.get(f"{key}_std", 0.0)
+    ax.axhline(mean, color="black", linestyle="--", linewidth=1, label="full table")
+    if std:
+        ax.axhspan(mean - std, mean + std, color="black", alpha=0.1)
+
+
+def _curve(ax: Axes, results: Results) -> None:
+    for label, curve in results["curves"].items():
+        steps, mean, std = curve["steps"], curve["mean"], curve["std"]
+        ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.25)  # fmt: skip
+    ax.set_ylabel("validation log loss")
+
+
+def _against(x_key: str, y_key: str, log_x: bool, log_y: bool) -> Callable[[Axes, Results], None]:
+    """Per series, ``y_key`` (mean, with std error bars) against ``x_key``; full as a line."""
+
+    def draw(ax: Axes, results: Results) -> None:
+        for series, entries in _series(results).items():
+            if series == "full":
+                if x_key != "num_parameters":
+                    _full_line(ax, entries[0], y_key)
+                    continue
+            entries = sorted(entries, key=lambda e: e[x_key])
+            xs = [e[x_key] for e in entries]
+            ys = [e[f"{y_key}_mean"] if f"{y_key}_mean" in e else e[y_key] for e in entries]
+            errs = [e.get(f"{y_key}_std", 0.0) for e in entries]
+            style = {"marker": "*", "color": "black", "linestyle": "none", "markersize": 12} \
+                if series == "full" else {"marker": "o"}  # fmt: skip
+            ax.errorbar(xs, ys, yerr=errs, capsize=3, label=series, **style)
+        if log_x:
+            ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_ylabel({"test_logloss": "test log loss",
+                       "num_parameters": "number of parameters"}[y_key])  # fmt: skip
+
+    return draw
+
+
+def _bars(ax: Axes, results: Results) -> None:
+    entries = results["summary"]
+    labels = [e["label"] for e in entries]
+    ax.errorbar([e["test_logloss_mean"] for e in entries], range(len(entries)),
+                xerr=[e["test_logloss_std"] for e in entries], fmt="o", capsize=3)  # fmt: skip
+    ax.set_yticks(range(len(entries)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_ylabel("variant")
+
+
+_DRAW: dict[str, Callable[[Axes, Results], None]] = {
+    "curve": _curve,
+    "params": _against("num_parameters", "test_logloss", log_x=True, log_y=False),
+    "threshold": _against("x", "test_logloss", log_x=True, log_y=False),
+    "threshold_params": _against("x", "num_parameters", log_x=True, log_y=True),
+    "hidden": _against("x", "test_logloss", log_x=True, log_y=False),
+    "bars": _bars,
+}
+
+
+def figure_for(results: Results) -> Figure:
+    """A figure of ``results`` drawn the way its experiment asks (``results["plot"]``)."""
+    kind = results["plot"]
+    if kind not in _DRAW:
+        raise ValueError(f"unknown plot kind {kind!r}; valid: {', '.join(_DRAW)}")
+    height = 0.25 * len(results["summary"]) + 1.5 if kind == "bars" else 4.5
+    fig, ax = plt.subplots(figsize=(7, height))
+    _DRAW[kind](ax, results)
+    ax.set_xlabel(results["x_label"])
+    settings = results["settings"]
+    ax.set_title(f"{results['title']}\n{results['dataset']}, {settings['model'].upper()}, "
+                 f"{settings['trials']} trial(s): mean ± 1 std", fontsize=9)  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    if kind != "bars":
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_results(results: Results, path: str | Path) -> Path:
+    """Write :func:`figure_for` ``(results)`` to the PNG ``path``."""
+    fig = figure_for(results)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(path)

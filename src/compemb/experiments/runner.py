@@ -1,0 +1,258 @@
+"""Run an experiment's grid (every variant, every trial), then aggregate over trials.
+
+Each run trains into its own folder ``OUT/runs/<variant>-<optimizer>-s<seed>-<hash>`` (the hash
+is the config's, so a changed setting never reuses an old run); a folder holding ``final.json``
+is read, not retrained, so an interrupted experiment resumes where it stopped. Results go to
+``OUT/<experiment>/``: ``trials.csv`` (one row per run), ``summary.csv`` (mean and std per
+variant) and ``results.json`` (both, the settings and, with curves, the validation curves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from compemb.config import Config, config_from_dict, dump_config
+from compemb.data import Dataset, open_dataset
+from compemb.data.storage import read_metadata
+from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
+from compemb.experiments.init_rules import init_rule
+from compemb.training import train
+
+METRICS = ("test_logloss", "test_auc", "test_accuracy", "val_logloss")
+CURVE_POINTS = 25  # validation points per run for experiments that record curves
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of an experiment shares.
+
+    Attributes:
+        dataset: "movielens" or a dataset folder (synthetic, preprocessed Criteo).
+        model: dlrm or dcn.
+        embedding_dim: D for every scheme (concat splits it among its tables).
+        optimizer: adagrad, amsgrad, or auto (per operation, :data:`AUTO_OPTIMIZER`).
+        trials: runs per variant, with seeds first_seed, first_seed + 1, ...
+        batch_size, epochs, max_steps: as in ``TrainConfig`` (max_steps caps quick runs).
+        threads: torch CPU threads (1 is fastest for these small models on a shared machine).
+        keep_checkpoints: keep each finished run's checkpoint.pt (they can be GBs at scale).
+    """
+
+    dataset: str = "movielens"
+    model: str = "dlrm"
+    embedding_dim: int = 16
+    optimizer: str = "auto"
+    trials: int = 5
+    first_seed: int = 0
+    batch_size: int = 128
+    epochs: int = 1
+    max_steps: int | None = None
+    threads: int = 1
+    keep_checkpoints: bool = False
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a variant, a seed, its config and folder."""
+
+    variant: Variant
+    seed: int
+    config: Config
+    folder: Path
+
+
+def optimizer_for(variant: Variant, settings: Settings) -> str:
+    """The variant's own optimizer, else the settings', with "auto" resolved per operation."""
+    name = variant.optimizer or settings.optimizer
+    if name != "auto":
+        return name
+    return AUTO_OPTIMIZER[variant.operation] if variant.scheme == "qr" else "adagrad"
+
+
+def plan_runs(
+    experiment: Experiment, settings: Settings, dataset: Dataset, out: str | Path
+) -> list[Run]:
+    """Every (variant, trial) of ``experiment`` with its config and run folder."""
+    runs = []
+    steps = dataset.num_batches("train", settings.batch_size) * settings.epochs
+    if settings.max_steps is not None:
+        steps = min(steps, settings.max_steps)
+    eval_every = max(1, steps // CURVE_POINTS) if experiment.curves else 0
+    for variant in experiment.variants:
+        for seed in range(settings.first_seed, settings.first_seed + settings.trials):
+            raw = {
+                "data": {"dataset": settings.dataset},
+                "model": {"name": settings.model, "embedding_dim": settings.embedding_dim,
+                          **variant.model_fields()},
+                "train": {"optimizer": optimizer_for(variant, settings), "seed": seed,
+                          "batch_size": settings.batch_size, "epochs": settings.epochs,
+                          "max_steps": settings.max_steps, "eval_every": eval_every,
+                          "checkpoint_every": 10**9},
+            }  # fmt: skip
+            config = config_from_dict(raw, f"experiment {experiment.name}")
+            digest = hashlib.sha1(dump_config(config).encode()).hexdigest()[:8]
+            name = f"{variant.slug}-{config.train.optimizer}-s{seed}-{digest}"
+            runs.append(Run(variant, seed, config, Path(out) / "runs" / name))
+    return runs
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]:
+    """Train ``run`` (or read its ``final.json`` if it finished before); its final metrics."""
+    final = run.folder / "final.json"
+    if final.is_file():
+        return json.loads(final.read_text())
+    resume = (run.folder / "config.yaml").is_file()
+    with init_rule(run.variant.init):
+        metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
+    if not keep_checkpoint:
+        (run.folder / "checkpoint.pt").unlink(missing_ok=True)
+    return metrics
+
+
+def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int) -> dict[str, Any]:
+    """One row of trials.csv."""
+    v, t = run.variant, run.config.train
+    return {
+        "series": v.series, "label": v.label, "x": v.x, "scheme": v.scheme,
+        "operation": v.operation if v.scheme == "qr" else "", "collisions": v.collisions,
+        "threshold": v.threshold, "path_hidden": v.path_hidden if v.scheme == "path" else None,
+        "optimizer": t.optimizer, "init": v.init or "", "seed": run.seed,
+        **{k: metrics[k] for k in METRICS},
+        "num_parameters": metrics["num_parameters"],
+        "embedding_parameters": metrics["embedding_parameters"],
+        "compression": full_embedding / metrics["embedding_parameters"],
+        "steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
+        "run": run.folder.name,
+    }  # fmt: skip
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> list[dict]:
+    """Mean and sample std (ddof 1; 0 for one trial) over trials, per label, in grid order.
+
+    With ``optimum`` (the planted model's test log loss) adds the mean excess log loss.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["label"], []).append(row)
+    summary = []
+    for group in groups.values():
+        first = group[0]
+        keep = ("series", "label", "x", "scheme", "operation", "collisions", "threshold",
+                "path_hidden", "optimizer", "init", "num_parameters", "embedding_parameters",
+                "compression")  # fmt: skip
+        entry: dict[str, Any] = {k: first[k] for k in keep}
+        entry["trials"] = len(group)
+        for metric in METRICS:
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([r[metric] for r in group])
+        if optimum is not None:
+            entry["excess_logloss_mean"] = entry["test_logloss_mean"] - optimum
+        entry["train_seconds_mean"] = _mean_std([r["train_seconds"] for r in group])[0]
+        summary.append(entry)
+    return summary
+
+
+def read_curve(folder: Path) -> list[tuple[int, float]]:
+    """(step, val log loss) records of a run's metrics.jsonl."""
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["val_logloss"]) for r in map(json.loads, filter(None, lines))]
+
+
+def aggregate_curves(runs: Sequence[Run]) -> dict[str, dict[str, list[float]]]:
+    """Per series: steps and the mean and std of the validation loss over trials."""
+    by_series: dict[str, list[dict[int, float]]] = {}
+    for run in runs:
+        by_series.setdefault(run.variant.label, []).append(dict(read_curve(run.folder)))
+    curves = {}
+    for label, trials in by_series.items():
+        steps = sorted(set.intersection(*(set(t) for t in trials)))
+        stats = [_mean_std([t[s] for t in trials]) for s in steps]
+        curves[label] = {"steps": steps, "mean": [m for m, _ in stats],
+                         "std": [s for _, s in stats]}  # fmt: skip
+    return curves
+
+
+def planted_optimum(dataset_spec: str) -> float | None:
+    """The planted model's test log loss of a synthetic dataset folder, else None."""
+    if dataset_spec == "movielens":
+        return None
+    hidden = read_metadata(dataset_spec).get("hidden_model", {})
+    return hidden.get("optimal_test_log_loss")
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_experiment(
+    experiment: Experiment,
+    settings: Settings,
+    out: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train every run of ``experiment`` not yet finished under ``out``; aggregate and save.
+
+    Returns the results (what ``results.json`` holds): settings, trials, summary, curves.
+    """
+    out = Path(out)
+    dataset = dataset if dataset is not None else open_dataset(settings.dataset)
+    runs = plan_runs(experiment, settings, dataset, out)
+    full_embedding = sum(dataset.cardinalities) * settings.embedding_dim
+    rows, started = [], time.perf_counter()
+    bar = tqdm(runs, desc=experiment.name, unit="run", dynamic_ncols=True,
+               disable=None if progress is None else not progress)  # fmt: skip
+    with _torch_threads(settings.threads), bar:
+        for run in bar:
+            bar.set_postfix_str(f"{run.variant.label} seed {run.seed}")
+            rows.append(trial_row(run, execute(run, dataset, settings.keep_checkpoints),
+                                  full_embedding))  # fmt: skip
+    results = {
+        "experiment": experiment.name, "title": experiment.title, "plot": experiment.plot,
+        "x_label": experiment.x_label, "notes": list(experiment.notes),
+        "settings": dataclasses.asdict(settings), "dataset": dataset.name,
+        "optimum_test_logloss": planted_optimum(settings.dataset),
+        "seconds": time.perf_counter() - started,
+        "trials": rows,
+    }  # fmt: skip
+    results["summary"] = aggregate(rows, results["optimum_test_logloss"])
+    if experiment.curves:
+        results["curves"] = aggregate_curves(runs)
+    folder = out / experiment.name
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(folder / "trials.csv", rows)
+    _write_csv(folder / "summary.csv", results["summary"])
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,0 +1,77 @@
+"""Experiment grids: the paper's on Criteo cardinalities, scaled ones on MovieLens."""
+
+from __future__ import annotations
+
+import pytest
+
+from compemb.data import CRITEO_KAGGLE_CARDINALITIES
+from compemb.experiments.grids import (
+    EXPERIMENTS,
+    PAPER_THRESHOLDS,
+    build_experiment,
+    scaled_grid,
+)
+from compemb.experiments.init_rules import init_rule
+from compemb.experiments.runner import Settings, optimizer_for
+
+MOVIELENS = (943, 1682, 61, 2, 21, 795, 72, 19)
+
+
+def test_paper_grids_on_criteo_are_unchanged():
+    fig5 = build_experiment("fig5", CRITEO_KAGGLE_CARDINALITIES)
+    assert fig5.notes == ()
+    # full + 7 collision counts x (hash, feature, qr concat/add/mult)
+    assert len(fig5.variants) == 1 + 7 * 5
+    assert sorted({v.collisions for v in fig5.variants if v.collisions}) == [2, 3, 4, 5, 6, 7, 60]
+    fig6 = build_experiment("fig6", CRITEO_KAGGLE_CARDINALITIES)
+    assert sorted({v.threshold for v in fig6.variants if v.threshold}) == list(PAPER_THRESHOLDS)
+    assert {v.collisions for v in fig6.variants} == {None, 4}
+
+
+def test_thresholds_scale_to_small_data():
+    grid, note = scaled_grid("thresholds", PAPER_THRESHOLDS, MOVIELENS)
+    assert grid == (1, 20, 200, 943)  # 2000, 20000 would keep every table full
+    assert "943" in note and "1,682" in note
+    assert scaled_grid("collisions", (2, 60), MOVIELENS) == ((2, 60), None)
+    assert scaled_grid("collisions", (2, 60), (100,))[0] == (2,)
+
+
+def test_every_experiment_builds_with_unique_labels():
+    for name in EXPERIMENTS:
+        exp = build_experiment(name, MOVIELENS)
+        labels = [v.label for v in exp.variants]
+        assert len(set(labels)) == len(labels), name
+        assert len({v.slug for v in exp.variants}) == len(labels), name
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown experiment 'fig9'; valid: fig4, fig5"):
+        build_experiment("fig9", MOVIELENS)
+
+
+def test_auto_optimizer_is_per_operation_and_explicit_choices_win():
+    demo = build_experiment("demo", MOVIELENS)
+    auto = Settings(optimizer="auto")
+    for v in demo.variants:
+        assert optimizer_for(v, auto) in ("adagrad", "amsgrad")
+        assert optimizer_for(v, Settings(optimizer="amsgrad")) == "amsgrad"
+    opt = build_experiment("optimizers", MOVIELENS)
+    assert {optimizer_for(v, auto) for v in opt.variants} == {"adagrad", "amsgrad"}
+
+
+def test_init_rule_swaps_the_bounds_and_restores_them():
+    import torch
+
+    from compemb.embeddings import make_embedding_bag
+
+    def first_table(rule):
+        with init_rule(rule):
+            torch.manual_seed(0)
+            return make_embedding_bag(1000, 8, scheme="qr", collisions=4).weights[0]
+
+    assert first_table("reference").min() >= (1 / 1000) ** 0.5
+    assert first_table("zero_mean").abs().max() <= (1 / 1000) ** 0.5
+    assert first_table(None).min() < 0  # restored: the library's zero-mean first table
+    with pytest.raises(ValueError, match="unknown init rule 'he'; valid: scaled"):
+        with init_rule("he"):
+            pass
