@@ -108,18 +108,21 @@ BATCHED_SPECS = SPECS + [
 ]
 
 
+@pytest.mark.parametrize("num_bags", [2, 0])
 @pytest.mark.parametrize("spec", BATCHED_SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.mode}")
-def test_collection_matches_per_feature_modules(spec):
+def test_collection_matches_per_feature_modules(spec, num_bags):
     """The stacked tables give the outputs and gradients of the per-feature modules."""
     torch.manual_seed(0)
-    cards = [3, 5000, 40, 777, 120, 9000, 61]  # the last two are multi-hot bags
+    cards = [3, 5000, 40, 777, 120, 9000, 61]  # the last num_bags are multi-hot bags
+    single = len(cards) - num_bags
     ebc = EmbeddingBagCollection(cards, 12, spec)
     ref = _reference(ebc)
-    ids = torch.stack([torch.randint(0, n, (6,)) for n in cards[:5]], dim=1)
-    bags = [(torch.randint(0, n, (9,)), torch.tensor([0, 2, 2, 5, 8, 9])) for n in cards[5:]]
+    ids = torch.stack([torch.randint(0, n, (6,)) for n in cards[:single]], dim=1)
+    bags = [(torch.randint(0, n, (9,)), torch.tensor([0, 2, 2, 5, 8, 9]))
+            for n in cards[single:]]
     out = ebc(ids, bags)
-    expect = [ref[f](ids[:, f : f + 1]) for f in range(5)] + [ref[5 + j](*bags[j])
-                                                               for j in range(2)]
+    expect = [ref[f](ids[:, f : f + 1]) for f in range(single)] + [
+        ref[single + j](*bags[j]) for j in range(num_bags)]
     expect = torch.cat([e if e.dim() == 3 else e.unsqueeze(1) for e in expect], dim=1)
     assert out.shape == expect.shape == (6, ebc.num_outputs, 12)
     torch.testing.assert_close(out, expect)

@@ -91,3 +91,24 @@ def compose_lookup(
         (*S, D) with D = sum D_j for concat, D_j otherwise.
     """
     return _ComposeLookup.apply(operation, tuple(sparse), *buckets, *weights)
+
+
+class _Assemble(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, slots: tuple[torch.Tensor, ...], width: int, *pieces: torch.Tensor):
+        first = pieces[0]
+        out = first.new_empty(first.shape[0], width, *first.shape[2:])
+        for index, piece in zip(slots, pieces, strict=True):
+            out.index_copy_(1, index, piece)
+        ctx.slots = slots
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (None, None, *(grad.index_select(1, index) for index in ctx.slots))
+
+
+def assemble(pieces: Sequence[torch.Tensor], slots: Sequence[torch.Tensor], width: int):
+    """Place pieces (B, n_i, ...) at output positions ``slots[i]`` (n_i,) of a (B, width, ...)
+    tensor: one write per element, one gather per piece in the backward (no cat, no permute)."""
+    return _Assemble.apply(tuple(slots), width, *pieces)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from compemb.embeddings._bags import prepare_bags
+from compemb.embeddings._fused import assemble
 from compemb.embeddings.batched import GroupKey, Layout, TableGroup, describe
 from compemb.embeddings.batched_path import PathGroup
 from compemb.embeddings.factory import EmbeddingSpec, make_embedding_bag, resolve_spec
@@ -91,8 +92,11 @@ class EmbeddingBagCollection(nn.Module):
             cols = None if members == tuple(range(len(cardinalities))) else torch.tensor(members)
             self.register_buffer(f"_cols{g}", cols, persistent=False)
             dense_features.extend(members)
-        dense_features.extend(int(f) for f in self.modules_by_feature)
-        self.register_buffer("_dense_order", self._order(dense_features), persistent=False)
+        self._dense_slots = []
+        for p, f in enumerate(int(f) for f in self.modules_by_feature):
+            self.register_buffer(f"_module_cols{p}", torch.tensor([f]), persistent=False)
+        for p, features in enumerate(self._piece_features()):
+            self.register_buffer(f"_slots{p}", self._slots(features), persistent=False)
         self.register_buffer(
             "_limits", torch.tensor(self.cardinalities, device=device), persistent=False
         )
@@ -176,23 +180,34 @@ class EmbeddingBagCollection(nn.Module):
         order = self._order(features)
         return out if order is None else out.index_select(1, order.to(out.device))
 
+    def _piece_features(self) -> list[tuple[int, ...]]:
+        """The features of each piece of the all-single-valued forward, in piece order."""
+        return [*self._group_features, *((int(f),) for f in self.modules_by_feature)]
+
+    def _slots(self, features: Sequence[int]) -> torch.Tensor:
+        """Output positions (F_out slots) of some features' vectors, in the given order."""
+        slots = []
+        for f in features:
+            slots.extend(range(self._slot[f], self._slot[f] + self._widths[f]))
+        return torch.tensor(slots)
+
     def _forward_single(self, ids: torch.Tensor) -> torch.Tensor:
         """Every feature single-valued: ids (B, F) -> (B, F_out, D)."""
         pieces = []
         for g, group in enumerate(self.groups):
             cols = getattr(self, f"_cols{g}")
             pieces.append(group(ids if cols is None else ids.index_select(1, cols)))
-        for key, module in self.modules_by_feature.items():
-            out = module(ids[:, int(key)].unsqueeze(1))
+        for p, module in enumerate(self.modules_by_feature.values()):
+            out = module(ids.index_select(1, getattr(self, f"_module_cols{p}")))
             pieces.append(out if out.dim() == 3 else out.unsqueeze(1))
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-        return out if self._dense_order is None else out.index_select(1, self._dense_order)
+        if len(pieces) == 1 and len(self.groups) == 1 and self._cols0 is None:
+            return pieces[0]
+        slots = [getattr(self, f"_slots{p}") for p in range(len(pieces))]
+        return assemble(pieces, slots, self.num_outputs)
 
     def _order(self, features: Sequence[int]) -> torch.Tensor | None:
         """Output slots in feature order, given the order the pieces come in."""
-        slots = []
-        for f in features:
-            slots.extend(range(self._slot[f], self._slot[f] + self._widths[f]))
+        slots = self._slots(features).tolist()
         inverse = sorted(range(len(slots)), key=slots.__getitem__)
         return None if inverse == list(range(len(slots))) else torch.tensor(inverse)
 
