@@ -55,7 +55,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> Non
 def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
     # 1,626 train rows in batches of 25: the last global batch has 1 row, so rank 1's share of
     # it is empty.
-    data = trainkit.synth_folder(tmp_path / "data", rows=1900)
+    # A 40,000-category feature: its QR quotient table (10,000 rows) keeps sparse gradients,
+    # all-reduced sparse over gloo outside DDP; the small tables go through DDP densely.
+    data = trainkit.synth_folder(tmp_path / "data", rows=1900, big=40_000)
     config = _write_config(tmp_path / "c.yaml", data, "train.batch_size=25",
                            "train.checkpoint_every=1000")  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -21,9 +21,10 @@ from compemb.data.synthetic import SynthOptions, generate_synthetic
 TIMING_KEYS = ("train_seconds", "samples_per_s", "world_size")
 
 
-def synth_folder(path: Path, rows: int = 2009) -> Path:
-    """A planted synthetic dataset folder: 5 features, 3 dense, about 6/7 of rows for train."""
-    generate_synthetic(path, SynthOptions(rows=rows, cardinalities=(50, 7, 300, 3, 1000),
+def synth_folder(path: Path, rows: int = 2009, big: int = 1000) -> Path:
+    """A planted synthetic dataset folder: 5 features (the last has ``big`` categories), 3 dense,
+    about 6/7 of the rows for train."""
+    generate_synthetic(path, SynthOptions(rows=rows, cardinalities=(50, 7, 300, 3, big),
                                           seed=1, num_dense=3), progress=False)  # fmt: skip
     return path
 

@@ -61,24 +61,46 @@ def local_rank_from_env() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def sparse_allowed(info: DistInfo) -> bool:
-    """Whether embedding tables may produce sparse gradients: not under DDP.
+def sparse_allowed(device: torch.device, info: DistInfo) -> bool:
+    """Whether embedding tables may keep sparse gradients here: yes except under nccl.
 
-    DDP all-reduces a parameter's gradient as sparse only when the parameter belongs to an
-    ``nn.Embedding``/``nn.EmbeddingBag`` built with ``sparse=True``; the compositional tables
-    are plain parameters read with ``F.embedding(sparse=True)``, which DDP's reducer rejects
-    ("Cannot access storage of SparseTensorImpl"), and nccl has no sparse all-reduce at all.
-    So under DDP every table uses dense gradients (all-reduced in full each step).
+    Under DDP on gloo the tables are left out of DDP and their sparse gradients all-reduced
+    by :func:`reduce_table_grads`; nccl has no sparse all-reduce, so on CUDA the tables use
+    dense gradients (all-reduced in full by DDP each step).
     """
-    return not info.enabled
+    return not (info.enabled and device.type == "cuda")
 
 
-def wrap_model(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
-    """The model DDP-wrapped when running distributed (it averages gradients over ranks)."""
+def wrap_model(
+    model: nn.Module, device: torch.device, info: DistInfo, *, sparse_tables: bool = False
+) -> nn.Module:
+    """The model DDP-wrapped when running distributed (it averages gradients over ranks).
+
+    With ``sparse_tables`` the parameters of ``model.sparse_arch`` stay outside DDP: its reducer
+    rejects sparse gradients of parameters that are not ``nn.Embedding`` weights ("Cannot access
+    storage of SparseTensorImpl"). Call :func:`reduce_table_grads` after every backward.
+    """
     if not info.enabled:
         return model
+    if sparse_tables:
+        names = [f"sparse_arch.{n}" for n, _ in model.sparse_arch.named_parameters()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def reduce_table_grads(model: nn.Module, info: DistInfo) -> None:
+    """Average the embedding layer's gradients over ranks, sparse ones kept sparse (gloo).
+
+    Every rank runs the same forward, so every table has a gradient on every rank (a sparse
+    one with no rows when a rank's share of the batch is empty) and the collectives match.
+    """
+    if not info.enabled:
+        return
+    for p in model.sparse_arch.parameters():
+        grad = p.grad.coalesce() if p.grad.is_sparse else p.grad
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        p.grad = grad / info.world_size
 
 
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -97,9 +119,9 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def warn_dense_under_ddp() -> None:
+def warn_dense_under_nccl() -> None:
     warnings.warn(
-        "embedding tables use dense gradients under DistributedDataParallel (DDP cannot "
-        "all-reduce the compositional tables' sparse gradients); model.sparse is ignored",
+        "nccl has no sparse all-reduce: embedding tables use dense gradients under "
+        "DistributedDataParallel on CUDA; model.sparse is ignored",
         stacklevel=2,
     )

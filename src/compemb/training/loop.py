@@ -59,6 +59,7 @@ class Trainer:
     device: torch.device
     dist: D.DistInfo
     state: TrainState
+    tables_outside_ddp: bool = False  # sparse table gradients, all-reduced by the loop
 
     @property
     def total_steps(self) -> int:
@@ -117,9 +118,9 @@ def _setup(
     _prepare_folder(config, out_dir, resume, info)
     seed_everything(config.train.seed)
     dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
-    sparse = bool(config.model.sparse) and D.sparse_allowed(info)
+    sparse = bool(config.model.sparse) and D.sparse_allowed(device, info)
     if config.model.sparse and not sparse:
-        D.warn_dense_under_ddp()
+        D.warn_dense_under_nccl()
     model = model_for(config, dataset, device, sparse=sparse)
     optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr)
     state = TrainState()
@@ -134,8 +135,9 @@ def _setup(
         lines = "".join(json.dumps(r) + "\n" for r in state.history)
         atomic_write(out_dir / METRICS_FILE, lambda tmp: tmp.write_text(lines))
     D.barrier(info)
-    net = D.wrap_model(model, device, info)
-    return Trainer(config, out_dir, dataset, model, net, optimizer, device, info, state)
+    net = D.wrap_model(model, device, info, sparse_tables=sparse)
+    return Trainer(config, out_dir, dataset, model, net, optimizer, device, info, state,
+                   tables_outside_ddp=info.enabled and sparse)  # fmt: skip
 
 
 def _prepare_folder(config: Config, out_dir: Path, resume: bool, info: D.DistInfo) -> None:
@@ -205,6 +207,8 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
     loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
     trainer.optimizer.zero_grad(set_to_none=True)
     (loss_sum * (trainer.dist.world_size / global_rows)).backward()
+    if trainer.tables_outside_ddp:
+        D.reduce_table_grads(trainer.model, trainer.dist)
     total_loss = D.all_reduce_sum(loss_sum.detach().double(), trainer.dist).item()
     if not math.isfinite(total_loss):
         raise TrainingDiverged(
