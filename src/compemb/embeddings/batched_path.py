@@ -1,11 +1,12 @@
 """Path-based features (eq. 7, two partitions) looked up together.
 
 G features, each with a first table and m per-bucket functions. The first tables are stacked as
-in :class:`~compemb.embeddings.batched.TableGroup`; the functions are stacked per feature, and
-every feature's m functions run on its rows as one batched matmul (``einsum`` over features),
-each row keeping its own bucket's result. That spends m times the necessary multiply-adds to
-turn G x m small matmuls into two large ones, so groups are only formed for small m
-(``PATH_MAX_BUCKETS``).
+in :class:`~compemb.embeddings.batched.TableGroup`; the functions are stacked per feature. In
+eager mode the batch's rows are sorted into one zero-padded segment per (feature, bucket) and
+every layer is one batched matmul over the G x m segments. Under ``torch.export`` (shapes must
+not depend on the data) every feature's m functions run on all its rows and each row keeps its
+own bucket's result, which costs m times the multiply-adds, so groups are only formed for small
+m (``PATH_MAX_BUCKETS``).
 
 Letters: B batch, G features, m buckets, D width, H hidden units.
 """
@@ -48,7 +49,7 @@ class PathGroup(nn.Module):
         self.index = BucketIndex(num_categories, layouts, device=device)
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(sum(self.index.rows[0]), d, **kw))
-        self._sparse = sparse and self.weight.shape[0] > DENSE_GRAD_MAX_ROWS
+        self.sparse_first = sparse and self.weight.shape[0] > DENSE_GRAD_MAX_ROWS
         shapes = [(d, d)] if transform == "linear" else [(hidden, d), (d, hidden)]
         # Per layer: weights (G, m, out, in) and biases (G, m, out), as BucketedLinear per feature.
         self.layers = nn.ParameterList()
@@ -83,9 +84,11 @@ class PathGroup(nn.Module):
         s, r = self.index.starts[0][i], self.index.rows[0][i]
         return [self.weight[s : s + r], *(p[i] for p in self.layers)]
 
-    def _apply(self, z: torch.Tensor, bucket: torch.Tensor, weight: torch.Tensor,
-               bias: torch.Tensor) -> torch.Tensor:
-        """Each row through its own bucket's map: z (B, G, in) -> (B, G, out)."""
+    def _apply_every(self, z: torch.Tensor, bucket: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+        """Each row through its own bucket's map by running all m: z (B, G, in) -> (B, G, out).
+
+        Shapes stay static (for torch.export); costs m times the necessary multiply-adds."""
         every = torch.einsum("bgi,gmoi->bgmo", z, weight)
         out = weight.shape[2]
         picked = every.gather(2, bucket[..., None, None].expand(*bucket.shape, 1, out))
@@ -93,13 +96,42 @@ class PathGroup(nn.Module):
         return picked.squeeze(2) + F.embedding(flat, bias.reshape(-1, out))
 
     def _lookup(self, ids: torch.Tensor, cols: slice | list[int]) -> torch.Tensor:
-        z = F.embedding(self.index(ids, cols, 0), self.weight, sparse=self._sparse)
+        z = F.embedding(self.index(ids, cols, 0), self.weight, sparse=self.sparse_first)
         bucket = self.index(ids, cols, 1, offset=False)
         params = [p[cols] for p in self.layers]
-        z = self._apply(z, bucket, params[0], params[1])
-        if self.transform == "mlp":
-            z = self._apply(torch.relu(z), bucket, params[2], params[3])
-        return z
+        if torch.compiler.is_compiling():
+            z = self._apply_every(z, bucket, params[0], params[1])
+            if self.transform == "mlp":
+                z = self._apply_every(torch.relu(z), bucket, params[2], params[3])
+            return z
+        return self._apply_segments(z, bucket, params)
+
+    def _apply_segments(self, z: torch.Tensor, bucket: torch.Tensor,
+                        params: list[torch.Tensor]) -> torch.Tensor:
+        """Rows sorted into one padded segment per (feature, bucket), each segment through its
+        map by one batched matmul: z (B, G, D) -> (B, G, D), no wasted multiply-adds beyond the
+        padding to the fullest segment."""
+        b, g, d = z.shape
+        m = self.num_buckets
+        key = (torch.arange(g, device=z.device) * m + bucket).reshape(-1)
+        order = torch.argsort(key, stable=True)
+        skey = key[order]
+        counts = torch.bincount(skey, minlength=g * m)
+        width = max(int(counts.max()), 1) if skey.numel() else 1
+        # Each row's slot in the padded (G*m, width) layout, in the rows' own order.
+        slot = torch.empty_like(order)
+        ranks = torch.arange(skey.numel(), device=z.device) - (counts.cumsum(0) - counts)[skey]
+        slot[order] = skey * width + ranks
+        x = z.new_zeros(g * m * width, d).index_copy(0, slot, z.reshape(-1, d))
+        x = x.view(g * m, width, d)
+        for i in range(0, len(params), 2):
+            weight, bias = params[i], params[i + 1]
+            out, inp = weight.shape[2], weight.shape[3]
+            x = torch.baddbmm(bias.reshape(g * m, 1, out), x,
+                              weight.reshape(g * m, out, inp).transpose(1, 2))
+            if i + 2 < len(params):
+                x = x.relu_()
+        return x.reshape(-1, x.shape[-1]).index_select(0, slot).view(b, g, -1)
 
     def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         """ids (B, G) (or of the group's features ``members`` only) -> (B, G', D)."""
