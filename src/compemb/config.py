@@ -33,10 +33,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10: TOML configs need 3.11's tomllib; YAML works
     tomllib = None  # type: ignore[assignment]
 
-OPTIMIZERS = ("adagrad", "amsgrad", "sgd")
+OPTIMIZERS = ("adagrad", "amsgrad", "rowwise_adagrad", "sgd")
 DEVICES = ("cpu", "cuda")
 # torch.optim.Adagrad and SGD accept sparse gradients; Adam (AMSGrad) does not.
-SPARSE_OPTIMIZERS = ("adagrad", "sgd")
+SPARSE_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = "adagrad"  # adagrad, amsgrad or sgd (the paper: adagrad or amsgrad)
+    optimizer: str = "adagrad"  # adagrad, amsgrad, rowwise_adagrad or sgd (paper: the first two)
     lr: float | None = None  # None: the optimizer's default (Adagrad 0.01, AMSGrad 0.001)
     batch_size: int = 128  # global rows per step, split across ranks under torchrun
     epochs: int = 1  # the paper trains one epoch

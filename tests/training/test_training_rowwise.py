@@ -1,6 +1,10 @@
 import pytest
 import torch
+import trainkit
 
+from compemb.embeddings import EmbeddingSpec
+from compemb.models import build_model
+from compemb.training import count_parameters, make_optimizer, train
 from compemb.training.rowwise import RowWiseAdagrad
 
 
@@ -75,3 +79,26 @@ def test_checkpoint_round_trip():
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="lr=-1"):
         RowWiseAdagrad([torch.nn.Parameter(torch.zeros(1))], lr=-1)
+
+
+def test_make_optimizer_groups_tables_row_wise():
+    model = build_model("dlrm", [5000, 7, 300], 2, 4, EmbeddingSpec("qr", collisions=4,
+                                                                     sparse=True))
+    tables = model.sparse_arch.table_parameters()
+    opt = make_optimizer("rowwise_adagrad", model.parameters(), tables=tables)
+    rowwise, exact = opt.param_groups
+    assert rowwise["rowwise"] and not exact["rowwise"]
+    assert {id(p) for p in rowwise["params"]} == {id(t) for t in tables}
+    assert len(rowwise["params"]) + len(exact["params"]) == len(list(model.parameters()))
+
+
+def test_training_with_rowwise_adagrad_learns(tmp_path):
+    data = trainkit.synth_folder(tmp_path / "data")
+    result = train(trainkit.tiny_config(data, "train.optimizer=rowwise_adagrad"),
+                   tmp_path / "run", progress=False)
+    assert result["test_logloss"] < 0.62
+    spec = EmbeddingSpec("qr", collisions=4)
+    rows = count_parameters("dlrm", [10**6], spec, optimizer="rowwise_adagrad")
+    full = count_parameters("dlrm", [10**6], spec, optimizer="adagrad")
+    table_rows = 250_000 + 4
+    assert full["optimizer_state_bytes"] - rows["optimizer_state_bytes"] == table_rows * 15 * 4

@@ -121,6 +121,17 @@ class EmbeddingBagCollection(nn.Module):
                 return group.tables(members.index(feature))
         return list(self.modules_by_feature[str(feature)].parameters())
 
+    def table_parameters(self) -> list[nn.Parameter]:
+        """The embedding tables (row-indexed, shape (rows, width)), without path functions: what
+        a row-wise optimizer treats row by row."""
+        tables: list[nn.Parameter] = []
+        for group in self.groups:
+            tables.extend(group.weights if isinstance(group, TableGroup) else [group.weight])
+        for module in self.modules_by_feature.values():
+            own = getattr(module, "weights", None)
+            tables.extend(own if own is not None else [module.weight])
+        return tables
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

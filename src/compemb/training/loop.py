@@ -122,7 +122,8 @@ def _setup(
     if config.model.sparse and not sparse:
         D.warn_dense_under_nccl()
     model = model_for(config, dataset, device, sparse=sparse)
-    optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr)
+    optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr,
+                               tables=model.sparse_arch.table_parameters())
     state = TrainState()
     checkpoint = out_dir / CHECKPOINT_FILE
     if resume and checkpoint.is_file():
