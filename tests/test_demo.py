@@ -32,6 +32,7 @@ def test_demo_command_runs_the_demo_experiment(tmp_path, capsys, monkeypatch):
 
     def capped(name, settings, out, **kwargs):
         assert name == "demo" and settings.trials == 1 and settings.optimizer == "auto"
+        assert settings.workers == 2
         settings = runner.Settings(trials=1, max_steps=3, batch_size=64)
         return real(name, settings, out, **kwargs)
 

@@ -88,7 +88,7 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from compemb.demo import run_demo
 
-    print(run_demo(args.out, trials=args.trials, progress=args.progress))
+    print(run_demo(args.out, trials=args.trials, workers=args.workers, progress=args.progress))
     return 0
 
 
@@ -104,7 +104,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         dataset=spec, model=args.model, embedding_dim=args.embedding_dim,
         optimizer=args.optimizer, trials=args.trials, first_seed=args.seed,
         batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
-        threads=args.threads, keep_checkpoints=args.keep_checkpoints,
+        threads=args.threads, keep_checkpoints=args.keep_checkpoints, workers=args.workers,
     )  # fmt: skip
     out = args.out or default_out(spec, args.model)
     command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
@@ -121,6 +121,8 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the main job: every scheme trained on MovieLens-100k")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--trials", type=int, default=3, help="trials per variant (default 3)")
+    demo.add_argument("--workers", type=int, default=2,
+                      help="runs trained at once, one process each (default 2)")  # fmt: skip
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                       help="progress bar (default: only on a terminal)")
     demo.set_defaults(func=_cmd_demo)
@@ -146,7 +148,10 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--embedding-dim", type=int, default=16)
     exp.add_argument("--optimizer", choices=["auto", "adagrad", "amsgrad"], default="auto",
                      help="auto: the better one per operation (see the README)")
-    exp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    exp.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads per run (default 1)")  # fmt: skip
+    exp.add_argument("--workers", type=int, default=1,
+                     help="runs trained at once, one process each (default 1)")  # fmt: skip
     exp.add_argument("--keep-checkpoints", action="store_true",
                      help="keep each finished run's checkpoint.pt")
     exp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -224,8 +229,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--path-hidden", type=int, default=64)
     par.add_argument("--embedding-dim", type=int, default=16)
     par.add_argument("--num-dense", type=int, default=13)
-    par.add_argument("--optimizer", choices=["adagrad", "amsgrad", "sgd"], default=None,
-                     help="also count this optimizer's state")  # fmt: skip
+    par.add_argument("--optimizer", choices=["adagrad", "amsgrad", "rowwise_adagrad", "sgd"],
+                     default=None, help="also count this optimizer's state")  # fmt: skip
     par.add_argument("--json", action="store_true", help="print one JSON object")
     par.set_defaults(func=_cmd_params)
 

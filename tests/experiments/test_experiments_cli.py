@@ -10,7 +10,7 @@ from compemb.cli import main
 def test_experiment_command_writes_results(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["experiment", "table1", "--trials", "1", "--steps", "4", "--batch-size", "64",
-            "--out", str(out), "--no-progress"]  # fmt: skip
+            "--out", str(out), "--no-progress", "--workers", "2"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "path c=4 h=16" in printed and "test log loss" in printed

@@ -75,3 +75,12 @@ def test_init_rule_swaps_the_bounds_and_restores_them():
     with pytest.raises(ValueError, match="unknown init rule 'he'; valid: scaled"):
         with init_rule("he"):
             pass
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from compemb.experiments import grids
+
+    result = doctest.testmod(grids)
+    assert result.attempted >= 3 and result.failed == 0

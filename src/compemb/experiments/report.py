@@ -61,18 +61,21 @@ def write_report(
     lines = [f"# {results['experiment']}: {results['title']}", ""]
     if command:
         lines += ["```", command, "```", ""]
-    optimizer = s["optimizer"] + (" (per operation, see the optimizers experiment)"
+    optimizer = s["optimizer"] + (" (the better one per operation: see `grids.AUTO_OPTIMIZER`)"
                                   if s["optimizer"] == "auto" else "")  # fmt: skip
+    train_seconds = sum(r["train_seconds"] for r in results["trials"])
     steps = f", at most {s['max_steps']} steps" if s["max_steps"] else ""
     lines += [
         f"Data {results['dataset']} (`{s['dataset']}`), {s['model'].upper()}, D = "
         f"{s['embedding_dim']} for every scheme (concat splits it among its tables), "
-        f"optimizer {optimizer} with default settings, batch {s['batch_size']}, "
+        f"optimizer {optimizer} unless a row names its own, default settings, batch "
+        f"{s['batch_size']}, "
         f"{s['epochs']} epoch(s){steps}, {s['trials']} trial(s) per row (seeds "
         f"{s['first_seed']}..{s['first_seed'] + s['trials'] - 1}); mean ± one sample std over "
         f"trials. Parameters count the whole model; compression is the full tables' embedding "
         f"parameters over the variant's. {len(results['trials'])} runs, "
-        f"{results['seconds']:.0f} s of wall time for this invocation.",
+        f"{train_seconds:.0f} s of training in all; this invocation took "
+        f"{results['seconds']:.0f} s of wall time (finished runs are read, not repeated).",
         "",
     ]
     if results.get("optimum_test_logloss") is not None:

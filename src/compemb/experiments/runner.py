@@ -15,8 +15,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ class Settings:
         batch_size, epochs, max_steps: as in ``TrainConfig`` (max_steps caps quick runs).
         threads: torch CPU threads (1 is fastest for these small models on a shared machine).
         keep_checkpoints: keep each finished run's checkpoint.pt (they can be GBs at scale).
+        workers: runs trained at once, each in its own process with ``threads`` threads.
     """
 
     dataset: str = "movielens"
@@ -61,6 +64,7 @@ class Settings:
     max_steps: int | None = None
     threads: int = 1
     keep_checkpoints: bool = False
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ def plan_runs(
             }  # fmt: skip
             config = config_from_dict(raw, f"experiment {experiment.name}")
             digest = hashlib.sha1(dump_config(config).encode()).hexdigest()[:8]
-            name = f"{variant.slug}-{config.train.optimizer}-s{seed}-{digest}"
+            optimizer = "" if variant.optimizer else f"-{config.train.optimizer}"  # in the slug
+            name = f"{variant.slug}{optimizer}-s{seed}-{digest}"
             runs.append(Run(variant, seed, config, Path(out) / "runs" / name))
     return runs
 
@@ -129,6 +134,43 @@ def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]
     if not keep_checkpoint:
         (run.folder / "checkpoint.pt").unlink(missing_ok=True)
     return metrics
+
+
+_WORKER_DATASETS: dict[str, Dataset] = {}
+
+
+def _execute_in_worker(run: Run, settings: Settings) -> dict[str, Any]:
+    """``execute`` in a worker process, which opens each dataset once."""
+    torch.set_num_threads(settings.threads)
+    if settings.dataset not in _WORKER_DATASETS:
+        _WORKER_DATASETS[settings.dataset] = open_dataset(settings.dataset)
+    return execute(run, _WORKER_DATASETS[settings.dataset], settings.keep_checkpoints)
+
+
+def _execute_all(
+    runs: Sequence[Run], dataset: Dataset, settings: Settings, bar: tqdm
+) -> list[dict[str, Any]]:
+    """Every run's final metrics, in order; unfinished runs on ``settings.workers`` processes."""
+    finals: list[dict[str, Any] | None] = [None] * len(runs)
+    pending = []
+    for i, run in enumerate(runs):
+        if (run.folder / "final.json").is_file() or settings.workers == 1:
+            bar.set_postfix_str(f"{run.variant.label} seed {run.seed}")
+            finals[i] = execute(run, dataset, settings.keep_checkpoints)
+            bar.update()
+        else:
+            pending.append(i)
+    if pending:
+        # spawn: forking a process whose torch thread pools already run can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(settings.workers, mp_context=context) as pool:
+            futures = {pool.submit(_execute_in_worker, runs[i], settings): i for i in pending}
+            for future in as_completed(futures):
+                i = futures[future]
+                finals[i] = future.result()
+                bar.set_postfix_str(f"{runs[i].variant.label} seed {runs[i].seed}")
+                bar.update()
+    return [f for f in finals if f is not None]
 
 
 def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int) -> dict[str, Any]:
@@ -231,14 +273,12 @@ def run_experiment(
     dataset = dataset if dataset is not None else open_dataset(settings.dataset)
     runs = plan_runs(experiment, settings, dataset, out)
     full_embedding = sum(dataset.cardinalities) * settings.embedding_dim
-    rows, started = [], time.perf_counter()
-    bar = tqdm(runs, desc=experiment.name, unit="run", dynamic_ncols=True,
+    started = time.perf_counter()
+    bar = tqdm(total=len(runs), desc=experiment.name, unit="run", dynamic_ncols=True,
                disable=None if progress is None else not progress)  # fmt: skip
     with _torch_threads(settings.threads), bar:
-        for run in bar:
-            bar.set_postfix_str(f"{run.variant.label} seed {run.seed}")
-            rows.append(trial_row(run, execute(run, dataset, settings.keep_checkpoints),
-                                  full_embedding))  # fmt: skip
+        finals = _execute_all(runs, dataset, settings, bar)
+    rows = [trial_row(run, final, full_embedding) for run, final in zip(runs, finals, strict=True)]
     results = {
         "experiment": experiment.name, "title": experiment.title, "plot": experiment.plot,
         "x_label": experiment.x_label, "notes": list(experiment.notes),
