@@ -17,26 +17,31 @@ import torch
 
 class _ComposeLookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, operation: str, sparse: tuple[bool, ...], *tensors: torch.Tensor):
+    def forward(ctx, operation: str, sparse: tuple[bool, ...], masks: tuple, *tensors):
         k = len(sparse)
         buckets, weights = tensors[:k], tensors[k:]
         shape = buckets[0].shape
         flat = [b.reshape(-1) for b in buckets]
         parts = [w.index_select(0, b) for w, b in zip(weights, flat, strict=True)]
+        masks = tuple(None if m is None else m.reshape(-1, 1) for m in masks)
+        identity = 1.0 if operation == "mult" else 0.0
+        for j, m in enumerate(masks):
+            if m is not None:  # rows without this partition contribute the identity
+                parts[j] = torch.where(m, parts[j], identity)
         if operation == "concat":
             out = torch.cat(parts, dim=-1)
             saved: list[torch.Tensor] = []
         elif operation == "add":
-            out = parts[0].clone() if k == 1 else parts[0] + parts[1]
+            out = parts[0] if k == 1 else parts[0] + parts[1]
             for p in parts[2:]:
                 out.add_(p)
             saved = []
         else:
-            out = parts[0].clone() if k == 1 else parts[0] * parts[1]
+            out = parts[0] if k == 1 else parts[0] * parts[1]
             for p in parts[2:]:
                 out.mul_(p)
             saved = parts if k > 1 else []
-        ctx.operation, ctx.sparse = operation, sparse
+        ctx.operation, ctx.sparse, ctx.masks = operation, sparse, masks
         ctx.table_shapes = [w.shape for w in weights]
         ctx.widths = [w.shape[1] for w in weights]
         ctx.save_for_backward(*flat, *saved)
@@ -50,7 +55,7 @@ class _ComposeLookup(torch.autograd.Function):
         grads = []
         start = 0
         for j in range(k):
-            if not ctx.needs_input_grad[2 + k + j]:
+            if not ctx.needs_input_grad[3 + k + j]:
                 grads.append(None)
                 continue
             if ctx.operation == "concat":
@@ -62,9 +67,11 @@ class _ComposeLookup(torch.autograd.Function):
                 for i, p in enumerate(parts):
                     if i != j:
                         rows = rows * p
+            if ctx.masks[j] is not None:
+                rows = rows * ctx.masks[j]
             grads.append(_table_grad(rows, flat[j], ctx.table_shapes[j], ctx.sparse[j]))
             start += ctx.widths[j]
-        return (None, None, *([None] * k), *grads)
+        return (None, None, None, *([None] * k), *grads)
 
 
 def _table_grad(rows: torch.Tensor, index: torch.Tensor, shape: torch.Size, sparse: bool):
@@ -79,6 +86,7 @@ def compose_lookup(
     buckets: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
     sparse: Sequence[bool],
+    masks: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """``omega(W_1[b_1], ..., W_k[b_k])`` for omega in concat, add, mult.
 
@@ -86,11 +94,14 @@ def compose_lookup(
         buckets: k int64 tensors of one shape S, row indices into each table.
         weights: k tables (R_j, D_j).
         sparse: per table, whether its gradient is sparse.
+        masks: per table, None or a bool tensor of shape S: False where the id has no part from
+            that table (it contributes the identity: 1 for mult, 0 for add).
 
     Returns:
         (*S, D) with D = sum D_j for concat, D_j otherwise.
     """
-    return _ComposeLookup.apply(operation, tuple(sparse), *buckets, *weights)
+    masks = tuple(masks) if masks is not None else (None,) * len(buckets)
+    return _ComposeLookup.apply(operation, tuple(sparse), masks, *buckets, *weights)
 
 
 class _Assemble(torch.autograd.Function):

@@ -96,7 +96,9 @@ class BucketIndex(nn.Module):
         super().__init__()
         k = len(layouts[0])
         self.rows = [[lay[j][2] for lay in layouts] for j in range(k)]
-        self.starts = [[sum(r[:f]) for f in range(len(r))] for r in self.rows]
+        # A feature without a partition at some position (rows 0) points at row 0 there; the
+        # group masks that part out.
+        self.starts = [[sum(r[:f]) if r[f] else 0 for f in range(len(r))] for r in self.rows]
 
         def table(values: list[list[int]]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
@@ -157,6 +159,9 @@ class TableGroup(nn.Module):
         self._rows, self._starts = rows, starts
         # Small tables take dense gradients: every batch touches most of their rows anyway.
         self._sparse = tuple(sparse and sum(r) > DENSE_GRAD_MAX_ROWS for r in rows)
+        # Features with fewer partitions (full tables among QR ones) lack some positions.
+        self._partial = [any(r == 0 for r in rows[j]) for j in range(k)]
+        self.register_buffer("present", torch.tensor(rows, device=device) > 0, persistent=False)
         self.reset_parameters()
 
     @property
@@ -166,7 +171,7 @@ class TableGroup(nn.Module):
     def tables(self, i: int) -> list[torch.Tensor]:
         """The group's i-th feature's tables: views into the stacked weights."""
         return [w[self._starts[j][i] : self._starts[j][i] + self._rows[j][i]]
-                for j, w in enumerate(self.weights)]
+                for j, w in enumerate(self.weights) if self._rows[j][i]]
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -184,7 +189,9 @@ class TableGroup(nn.Module):
         if self.kind == "feature":
             return torch.stack([F.embedding(b, w, sparse=s) for b, w, s
                                 in zip(buckets, self.weights, self._sparse, strict=True)], -2)
-        return compose_lookup(self.operation, buckets, list(self.weights), self._sparse)
+        masks = [self.present[j, cols].expand_as(b) if self._partial[j] else None
+                 for j, b in enumerate(buckets)]
+        return compose_lookup(self.operation, buckets, list(self.weights), self._sparse, masks)
 
     def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         """ids (B, G) of this group's features in group order (or of the group's features

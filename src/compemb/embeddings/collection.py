@@ -15,6 +15,21 @@ from compemb.embeddings.factory import EmbeddingSpec, make_embedding_bag, resolv
 from compemb.embeddings.operation import FeatureEmbeddingBag
 
 
+def _merge_full_tables(grouped: dict[GroupKey, list], embedding_dim: int) -> None:
+    """Move the one-table features (full tables, hashing) into the largest add or mult group,
+    where a missing partition contributes the identity: one group, no reassembly."""
+    single: GroupKey = ("compose", "add", (embedding_dim,))
+    targets = [key for key in grouped if key[0] == "compose" and key[1] in ("add", "mult")
+               and len(key[2]) > 1 and set(key[2]) == {embedding_dim}]  # fmt: skip
+    if single not in grouped or not targets:
+        return
+    target = max(targets, key=lambda key: len(grouped[key]))
+    k = len(target[2])
+    for f, layout, bounds in grouped.pop(single):
+        grouped[target].append((f, layout + ((1, 1, 0),) * (k - len(layout)), bounds))
+    grouped[target].sort(key=lambda member: member[0])
+
+
 class EmbeddingBagCollection(nn.Module):
     """F categorical features, each embedded by the module the spec gives it, looked up together.
 
@@ -67,6 +82,7 @@ class EmbeddingBagCollection(nn.Module):
             else:
                 key, layout, bounds = described
                 grouped.setdefault(key, []).append((f, layout, bounds))
+        _merge_full_tables(grouped, embedding_dim)
         self.groups = nn.ModuleList()
         self._group_features: list[tuple[int, ...]] = []
         for key, members in grouped.items():
