@@ -28,6 +28,10 @@ def make_optimizer(
     keeps one accumulator per row of the ``tables`` (a D-th of Adagrad's state there) and exact
     Adagrad for every other parameter.
     """
+    # torch's sparse Adagrad rebuilds sparse tensors from gradients that are valid by
+    # construction; opting out of the invariant checks explicitly (the default) silences the
+    # warning torch otherwise prints on every run.
+    torch.sparse.check_sparse_tensor_invariants.disable()
     if name == "sgd":
         if lr is None:
             raise ValueError("optimizer 'sgd' needs a learning rate (train.lr), e.g. 0.1")
