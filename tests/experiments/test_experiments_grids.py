@@ -84,3 +84,15 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(grids)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_init_rule_reaches_the_stacked_collection():
+    from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec
+
+    spec = EmbeddingSpec("qr", "mult", collisions=4)
+    with init_rule("reference"):
+        ebc = EmbeddingBagCollection([1000, 500], 8, spec)
+    lowest = min(p.detach().min().item() for p in ebc.parameters())
+    assert lowest >= (1 / 1000) ** 0.5  # every table all positive, as the reference draws it
+    library = EmbeddingBagCollection([1000, 500], 8, spec)  # the rule is restored
+    assert min(p.detach().min().item() for p in library.parameters()) < 0
