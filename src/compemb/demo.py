@@ -103,7 +103,8 @@ def run_demo(
     settings = Settings(trials=trials, workers=workers)
     outcome = run_named("demo", settings, out, progress=progress, command=command)
     r = outcome.results
+    optimizers = ", ".join(sorted({t["optimizer"] for t in r["trials"]}))
     return (f"MovieLens-100k, DLRM, D=16, 1 epoch, batch 128, {trials} trials per row "
-            f"(mean ± std), optimizer per operation:\n{format_table(r)}\n\n"
+            f"(mean ± std), optimizer {optimizers}:\n{format_table(r)}\n\n"
             f"wrote {outcome.report} and {outcome.plot} ({len(r['trials'])} runs, "
             f"{outcome.seconds:.0f} s)")
