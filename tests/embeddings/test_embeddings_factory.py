@@ -154,11 +154,15 @@ def _grad_of_view(ebc, view, grads):
 
 def test_collection_init_follows_the_rule():
     torch.manual_seed(0)
-    ebc = EmbeddingBagCollection([200_000, 300_000], 64, EmbeddingSpec("qr", collisions=4))
-    out = ebc(torch.stack([torch.randint(0, 200_000, (3000,)),
-                           torch.randint(0, 300_000, (3000,))], 1))
-    for f, n in enumerate((200_000, 300_000)):
+    cards = (200_000, 300_000)
+    ebc = EmbeddingBagCollection(cards, 64, EmbeddingSpec("qr", "add", collisions=4))
+    out = ebc(torch.stack([torch.randint(0, n, (3000,)) for n in cards], 1))
+    for f, n in enumerate(cards):  # add: the full table's variance, 1 / (3n)
         assert out[:, f].pow(2).mean().item() == pytest.approx(1 / (3 * n), rel=0.2)
+    ebc = EmbeddingBagCollection(cards, 64, EmbeddingSpec("qr", "mult", collisions=4))
+    for f, n in enumerate(cards):  # mult: every table U(-a, a), per feature
+        for table in ebc.tables(f):
+            assert table.abs().max().item() <= (1 / n) ** 0.5
 
 
 def test_collection_groups_features_by_layout():

@@ -1,11 +1,16 @@
 import pytest
 import torch
 
+from compemb.embeddings import _fused
 from compemb.embeddings._fused import compose_lookup
 
 
-def _reference(operation, buckets, weights):
-    parts = [w[b] for b, w in zip(buckets, weights, strict=True)]
+def _reference(operation, buckets, weights, masks):
+    identity = 1.0 if operation == "mult" else 0.0
+    parts = []
+    for b, w, m in zip(buckets, weights, masks, strict=True):
+        p = w[b]
+        parts.append(p if m is None else torch.where(m.unsqueeze(-1), p, identity))
     if operation == "concat":
         return torch.cat(parts, -1)
     out = parts[0]
@@ -14,24 +19,37 @@ def _reference(operation, buckets, weights):
     return out
 
 
+@pytest.fixture(params=[_fused.CHUNK, 5], ids=["one-chunk", "chunks-of-5"])
+def chunk(request, monkeypatch):
+    monkeypatch.setattr(_fused, "CHUNK", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("operation", ["concat", "add", "mult"])
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_compose_lookup_matches_autograd(operation, k):
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("large", [False, True])
+def test_compose_lookup_matches_autograd(operation, k, masked, large, chunk, monkeypatch):
+    if large:  # tables above _KEEP_ROWS: mult keeps their gathered rows for the backward
+        monkeypatch.setattr(_fused, "_KEEP_ROWS", 0)
     torch.manual_seed(k)
     rows = [7, 3, 5][:k]
     widths = [2, 3, 1][:k] if operation == "concat" else [4] * k
     weights = [torch.randn(r, w, dtype=torch.float64, requires_grad=True)
                for r, w in zip(rows, widths, strict=True)]
     buckets = [torch.randint(0, r, (6, 2)) for r in rows]
+    use_masks = masked and operation != "concat"
+    masks = [torch.rand(6, 2) < 0.7 if use_masks and j > 0 else None for j in range(k)]
     assert torch.autograd.gradcheck(
-        lambda *ws: compose_lookup(operation, buckets, ws, [False] * k), tuple(weights)
+        lambda *ws: compose_lookup(operation, buckets, ws, [False] * k, masks), tuple(weights)
     )
-    out = compose_lookup(operation, buckets, weights, [True] * k)
-    expect = _reference(operation, buckets, weights)
-    torch.testing.assert_close(out, expect)
-    g = torch.randn_like(out)
-    sparse_grads = torch.autograd.grad(out, weights, g)
-    dense_grads = torch.autograd.grad(expect, weights, g)
-    for s, d in zip(sparse_grads, dense_grads, strict=True):
-        assert s.is_sparse
-        torch.testing.assert_close(s.to_dense(), d)
+    for sparse in ([True] * k, [False] * k):
+        out = compose_lookup(operation, buckets, weights, sparse, masks)
+        expect = _reference(operation, buckets, weights, masks)
+        torch.testing.assert_close(out, expect)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, weights, g)
+        want = torch.autograd.grad(expect, weights, g)
+        for a, b, is_sparse in zip(got, want, sparse, strict=True):
+            assert a.is_sparse == is_sparse
+            torch.testing.assert_close(a.to_dense() if is_sparse else a, b)

@@ -72,7 +72,11 @@ def test_init_rule_swaps_the_bounds_and_restores_them():
     assert first_table("reference").min() >= (1 / 1000) ** 0.5
     assert first_table("zero_mean").abs().max() <= (1 / 1000) ** 0.5
     assert first_table(None).min() < 0  # restored: the library's zero-mean first table
-    with pytest.raises(ValueError, match="unknown init rule 'he'; valid: scaled"):
+    assert first_table("gates").abs().max() <= (1 / 1000) ** 0.5
+    with init_rule("gates"):
+        gates = make_embedding_bag(1000, 8, scheme="qr", collisions=4)
+    assert gates.weights[1].min() >= 0.5 and gates.weights[1].max() <= 1.5
+    with pytest.raises(ValueError, match="unknown init rule 'he'; valid: library, gates"):
         with init_rule("he"):
             pass
 

@@ -14,6 +14,40 @@ from collections.abc import Sequence
 
 import torch
 
+# Ids per chunk: a chunk's gathered rows and products (1 MiB per tensor at D = 16) stay in cache,
+# where one pass over the whole batch at once would stream every intermediate through memory.
+CHUNK = 16384
+# mult keeps the gathered rows of tables above this size for the backward (gathering them again
+# would mean random reads again); smaller tables are cache-resident and gathered again.
+_KEEP_ROWS = 4096
+
+
+def _gather(weight: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
+            identity: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    rows = torch.index_select(weight, 0, index, out=out) if out is not None else \
+        weight.index_select(0, index)
+    if mask is not None:  # ids without this partition contribute the identity
+        rows.masked_fill_(~mask, identity)
+    return rows
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    """Chunks of the ids; one span when exporting (the batch size is symbolic then)."""
+    if torch.compiler.is_compiling():
+        return [(0, n)]
+    return [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+
+
+def _combine(operation: str, parts: list[torch.Tensor], out: torch.Tensor) -> None:
+    if operation == "concat":
+        torch.cat(parts, dim=1, out=out)
+    elif len(parts) == 1:
+        out.copy_(parts[0])
+    else:
+        (torch.mul if operation == "mult" else torch.add)(parts[0], parts[1], out=out)
+        for p in parts[2:]:
+            out.mul_(p) if operation == "mult" else out.add_(p)
+
 
 class _ComposeLookup(torch.autograd.Function):
     @staticmethod
@@ -22,63 +56,88 @@ class _ComposeLookup(torch.autograd.Function):
         buckets, weights = tensors[:k], tensors[k:]
         shape = buckets[0].shape
         flat = [b.reshape(-1) for b in buckets]
-        parts = [w.index_select(0, b) for w, b in zip(weights, flat, strict=True)]
         masks = tuple(None if m is None else m.reshape(-1, 1) for m in masks)
         identity = 1.0 if operation == "mult" else 0.0
-        for j, m in enumerate(masks):
-            if m is not None:  # rows without this partition contribute the identity
-                parts[j] = torch.where(m, parts[j], identity)
-        if operation == "concat":
-            out = torch.cat(parts, dim=-1)
-            saved: list[torch.Tensor] = []
-        elif operation == "add":
-            out = parts[0] if k == 1 else parts[0] + parts[1]
-            for p in parts[2:]:
-                out.add_(p)
-            saved = []
+        n = flat[0].numel()
+        widths = [w.shape[1] for w in weights]
+        keep = [operation == "mult" and k > 1 and w.shape[0] > _KEEP_ROWS for w in weights]
+        kept = [w.new_empty(n, w.shape[1]) if keep_j else None
+                for w, keep_j in zip(weights, keep, strict=True)]  # fmt: skip
+        if k == 1 and masks[0] is None:
+            out = weights[0].index_select(0, flat[0])
         else:
-            out = parts[0] if k == 1 else parts[0] * parts[1]
-            for p in parts[2:]:
-                out.mul_(p)
-            saved = parts if k > 1 else []
-        ctx.operation, ctx.sparse, ctx.masks = operation, sparse, masks
-        ctx.table_shapes = [w.shape for w in weights]
-        ctx.widths = [w.shape[1] for w in weights]
-        ctx.save_for_backward(*flat, *saved)
+            out = weights[0].new_empty(n, sum(widths) if operation == "concat" else widths[0])
+            for s, e in _spans(n):
+                parts = [
+                    _gather(w, b[s:e], None if m is None else m[s:e], identity,
+                            None if buf is None else buf[s:e])
+                    for w, b, m, buf in zip(weights, flat, masks, kept, strict=True)
+                ]  # fmt: skip
+                _combine(operation, parts, out[s:e])
+        ctx.operation, ctx.sparse, ctx.masks, ctx.widths = operation, sparse, masks, widths
+        ctx.kept = [buf is not None for buf in kept]
+        ctx.save_for_backward(*flat, *weights, *(buf for buf in kept if buf is not None))
         return out.view(*shape, out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         k = len(ctx.sparse)
-        flat, parts = ctx.saved_tensors[:k], ctx.saved_tensors[k:]
-        g = grad.reshape(-1, grad.shape[-1])
-        grads = []
-        start = 0
-        for j in range(k):
-            if not ctx.needs_input_grad[3 + k + j]:
-                grads.append(None)
-                continue
-            if ctx.operation == "concat":
-                rows = g[:, start : start + ctx.widths[j]].contiguous()
-            elif ctx.operation == "add" or k == 1:
-                rows = g
-            else:
-                rows = g
-                for i, p in enumerate(parts):
-                    if i != j:
-                        rows = rows * p
-            if ctx.masks[j] is not None:
-                rows = rows * ctx.masks[j]
-            grads.append(_table_grad(rows, flat[j], ctx.table_shapes[j], ctx.sparse[j]))
-            start += ctx.widths[j]
+        saved = ctx.saved_tensors
+        flat, weights, rest = saved[:k], saved[k : 2 * k], list(saved[2 * k :])
+        kept = [rest.pop(0) if keep_j else None for keep_j in ctx.kept]
+        identity = 1.0 if ctx.operation == "mult" else 0.0
+        g = grad.reshape(-1, grad.shape[-1]).contiguous()
+        n = g.shape[0]
+        need = [ctx.needs_input_grad[3 + k + j] for j in range(k)]
+        offsets = [sum(ctx.widths[:j]) for j in range(k)]
+        direct = [ctx.operation != "mult" or k == 1 for _ in range(k)]
+        # Sparse gradients of add (and of one table) are the incoming gradient itself.
+        values = [
+            g if need[j] and ctx.sparse[j] and direct[j] and ctx.operation != "concat"
+            and ctx.masks[j] is None
+            else (g.new_empty(n, ctx.widths[j]) if need[j] and ctx.sparse[j] else None)
+            for j in range(k)
+        ]  # fmt: skip
+        dense = [torch.zeros_like(w) if need[j] and not ctx.sparse[j] else None
+                 for j, w in enumerate(weights)]  # fmt: skip
+        for s, e in _spans(n):
+            gs = g[s:e]
+            parts = None
+            if ctx.operation == "mult" and k > 1:
+                parts = [
+                    buf[s:e] if buf is not None else
+                    _gather(w, b[s:e], None if m is None else m[s:e], identity)
+                    for w, b, m, buf in zip(weights, flat, ctx.masks, kept, strict=True)
+                ]  # fmt: skip
+            for j in range(k):
+                if not need[j] or values[j] is g:
+                    continue
+                rows = values[j][s:e] if values[j] is not None else None
+                if ctx.operation == "concat":
+                    chunk = gs[:, offsets[j] : offsets[j] + ctx.widths[j]]
+                elif parts is None:
+                    chunk = gs
+                else:
+                    others = [p for i, p in enumerate(parts) if i != j]
+                    chunk = torch.mul(gs, others[0], out=rows)
+                    for p in others[1:]:
+                        chunk.mul_(p)
+                m = ctx.masks[j]
+                if m is not None:
+                    chunk = chunk.masked_fill(~m[s:e], 0.0) if chunk is gs or rows is None \
+                        else chunk.masked_fill_(~m[s:e], 0.0)
+                if rows is not None:
+                    if chunk.data_ptr() != rows.data_ptr():
+                        rows.copy_(chunk)
+                else:
+                    dense[j].index_add_(0, flat[j][s:e], chunk)
+        grads = [
+            None if not need[j] else dense[j] if dense[j] is not None else
+            torch.sparse_coo_tensor(flat[j].unsqueeze(0), values[j], weights[j].shape,
+                                    check_invariants=False)
+            for j in range(k)
+        ]  # fmt: skip
         return (None, None, None, *([None] * k), *grads)
-
-
-def _table_grad(rows: torch.Tensor, index: torch.Tensor, shape: torch.Size, sparse: bool):
-    if sparse:
-        # Uncoalesced, as nn.Embedding(sparse=True) gives it; the optimizer sums duplicates.
-        return torch.sparse_coo_tensor(index.unsqueeze(0), rows, shape, check_invariants=False)
-    return torch.zeros(shape, dtype=rows.dtype, device=rows.device).index_add_(0, index, rows)
 
 
 def compose_lookup(

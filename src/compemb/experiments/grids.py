@@ -200,7 +200,7 @@ def build_experiment(name: str, cardinalities: Sequence[int]) -> Experiment:
     if name == "init":
         variants = tuple(Variant(f"qr {op}", "qr", op, 4, x=4, optimizer=opt, init=rule)
                          for op in ("concat", "add", "mult")
-                         for rule in (None, "reference", "zero_mean")
+                         for rule in (None, "gates", "reference", "zero_mean")
                          for opt in ("adagrad", "amsgrad"))  # fmt: skip
         return Experiment("init", "initialization rules of the QR tables (4 collisions)",
                           variants, "bars", "test log loss")  # fmt: skip
