@@ -76,6 +76,9 @@ def test_init_rule_swaps_the_bounds_and_restores_them():
     with init_rule("gates"):
         gates = make_embedding_bag(1000, 8, scheme="qr", collisions=4)
     assert gates.weights[1].min() >= 0.5 and gates.weights[1].max() <= 1.5
+    with init_rule("gates"):  # other operations keep the library's rule
+        add = make_embedding_bag(1000, 8, scheme="qr", collisions=4, operation="add")
+    assert add.weights[1].abs().max() <= (1 / 1000 / 2) ** 0.5
     with pytest.raises(ValueError, match="unknown init rule 'he'; valid: library, gates"):
         with init_rule("he"):
             pass
