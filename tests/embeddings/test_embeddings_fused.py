@@ -5,12 +5,16 @@ from compemb.embeddings import _fused
 from compemb.embeddings._fused import compose_lookup
 
 
-def _reference(operation, buckets, weights, masks):
+def _reference(operation, buckets, weights, absent):
     identity = 1.0 if operation == "mult" else 0.0
     parts = []
-    for b, w, m in zip(buckets, weights, masks, strict=True):
+    for b, w, a in zip(buckets, weights, absent, strict=True):
         p = w[b]
-        parts.append(p if m is None else torch.where(m.unsqueeze(-1), p, identity))
+        if a is not None:
+            present = torch.ones(b.shape[-1], dtype=torch.bool)
+            present[a] = False
+            p = torch.where(present.unsqueeze(-1), p, identity)
+        parts.append(p)
     if operation == "concat":
         return torch.cat(parts, -1)
     out = parts[0]
@@ -37,9 +41,10 @@ def test_compose_lookup_matches_autograd(operation, k, masked, large, chunk, mon
     widths = [2, 3, 1][:k] if operation == "concat" else [4] * k
     weights = [torch.randn(r, w, dtype=torch.float64, requires_grad=True)
                for r, w in zip(rows, widths, strict=True)]
-    buckets = [torch.randint(0, r, (6, 2)) for r in rows]
-    use_masks = masked and operation != "concat"
-    masks = [torch.rand(6, 2) < 0.7 if use_masks and j > 0 else None for j in range(k)]
+    buckets = [torch.randint(0, r, (6, 3)) for r in rows]  # 6 rows of 3 features
+    use = masked and operation != "concat"
+    masks = [torch.tensor([1]) if use and j == 1 else torch.tensor([0, 2]) if use and j == 2
+             else None for j in range(k)]  # features without table j
     assert torch.autograd.gradcheck(
         lambda *ws: compose_lookup(operation, buckets, ws, [False] * k, masks), tuple(weights)
     )

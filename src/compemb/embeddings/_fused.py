@@ -22,20 +22,22 @@ CHUNK = 16384
 _KEEP_ROWS = 4096
 
 
-def _gather(weight: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
-            identity: float, out: torch.Tensor | None = None) -> torch.Tensor:
+def _gather(weight: torch.Tensor, index: torch.Tensor, absent: torch.Tensor | None,
+            identity: float, columns: int, out: torch.Tensor | None = None) -> torch.Tensor:
     rows = torch.index_select(weight, 0, index, out=out) if out is not None else \
         weight.index_select(0, index)
-    if mask is not None:  # ids without this partition contribute the identity
-        rows.masked_fill_(~mask, identity)
+    if absent is not None:  # columns without this partition contribute the identity
+        rows.view(-1, columns, rows.shape[-1]).index_fill_(1, absent, identity)
     return rows
 
 
-def _spans(n: int) -> list[tuple[int, int]]:
-    """Chunks of the ids; one span when exporting (the batch size is symbolic then)."""
+def _spans(n: int, columns: int) -> list[tuple[int, int]]:
+    """Chunks of the ids, whole rows of ``columns`` each; one span when exporting (the batch
+    size is symbolic then)."""
     if torch.compiler.is_compiling():
         return [(0, n)]
-    return [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+    step = max(1, CHUNK // columns) * columns
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
 def _combine(operation: str, parts: list[torch.Tensor], out: torch.Tensor) -> None:
@@ -51,30 +53,30 @@ def _combine(operation: str, parts: list[torch.Tensor], out: torch.Tensor) -> No
 
 class _ComposeLookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, operation: str, sparse: tuple[bool, ...], masks: tuple, *tensors):
+    def forward(ctx, operation: str, sparse: tuple[bool, ...], absent: tuple, *tensors):
         k = len(sparse)
         buckets, weights = tensors[:k], tensors[k:]
         shape = buckets[0].shape
+        columns = shape[-1] if len(shape) else 1
         flat = [b.reshape(-1) for b in buckets]
-        masks = tuple(None if m is None else m.reshape(-1, 1) for m in masks)
         identity = 1.0 if operation == "mult" else 0.0
         n = flat[0].numel()
         widths = [w.shape[1] for w in weights]
         keep = [operation == "mult" and k > 1 and w.shape[0] > _KEEP_ROWS for w in weights]
         kept = [w.new_empty(n, w.shape[1]) if keep_j else None
                 for w, keep_j in zip(weights, keep, strict=True)]  # fmt: skip
-        if k == 1 and masks[0] is None:
+        if k == 1 and absent[0] is None:
             out = weights[0].index_select(0, flat[0])
         else:
             out = weights[0].new_empty(n, sum(widths) if operation == "concat" else widths[0])
-            for s, e in _spans(n):
+            for s, e in _spans(n, columns):
                 parts = [
-                    _gather(w, b[s:e], None if m is None else m[s:e], identity,
-                            None if buf is None else buf[s:e])
-                    for w, b, m, buf in zip(weights, flat, masks, kept, strict=True)
-                ]  # fmt: skip
+                    _gather(w, b[s:e], a, identity, columns, None if buf is None else buf[s:e])
+                    for w, b, a, buf in zip(weights, flat, absent, kept, strict=True)
+                ]
                 _combine(operation, parts, out[s:e])
-        ctx.operation, ctx.sparse, ctx.masks, ctx.widths = operation, sparse, masks, widths
+        ctx.operation, ctx.sparse, ctx.absent, ctx.widths = operation, sparse, absent, widths
+        ctx.columns = columns
         ctx.kept = [buf is not None for buf in kept]
         ctx.save_for_backward(*flat, *weights, *(buf for buf in kept if buf is not None))
         return out.view(*shape, out.shape[-1])
@@ -94,20 +96,20 @@ class _ComposeLookup(torch.autograd.Function):
         # Sparse gradients of add (and of one table) are the incoming gradient itself.
         values = [
             g if need[j] and ctx.sparse[j] and direct[j] and ctx.operation != "concat"
-            and ctx.masks[j] is None
+            and ctx.absent[j] is None
             else (g.new_empty(n, ctx.widths[j]) if need[j] and ctx.sparse[j] else None)
             for j in range(k)
         ]  # fmt: skip
         dense = [torch.zeros_like(w) if need[j] and not ctx.sparse[j] else None
                  for j, w in enumerate(weights)]  # fmt: skip
-        for s, e in _spans(n):
+        for s, e in _spans(n, ctx.columns):
             gs = g[s:e]
             parts = None
             if ctx.operation == "mult" and k > 1:
                 parts = [
                     buf[s:e] if buf is not None else
-                    _gather(w, b[s:e], None if m is None else m[s:e], identity)
-                    for w, b, m, buf in zip(weights, flat, ctx.masks, kept, strict=True)
+                    _gather(w, b[s:e], a, identity, ctx.columns)
+                    for w, b, a, buf in zip(weights, flat, ctx.absent, kept, strict=True)
                 ]  # fmt: skip
             for j in range(k):
                 if not need[j] or values[j] is g:
@@ -122,10 +124,11 @@ class _ComposeLookup(torch.autograd.Function):
                     chunk = torch.mul(gs, others[0], out=rows)
                     for p in others[1:]:
                         chunk.mul_(p)
-                m = ctx.masks[j]
-                if m is not None:
-                    chunk = chunk.masked_fill(~m[s:e], 0.0) if chunk is gs or rows is None \
-                        else chunk.masked_fill_(~m[s:e], 0.0)
+                a = ctx.absent[j]
+                if a is not None:  # no gradient where this table took no part
+                    if chunk is gs:
+                        chunk = chunk.clone()
+                    chunk.view(-1, ctx.columns, chunk.shape[-1]).index_fill_(1, a, 0.0)
                 if rows is not None:
                     if chunk.data_ptr() != rows.data_ptr():
                         rows.copy_(chunk)
@@ -145,7 +148,7 @@ def compose_lookup(
     buckets: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
     sparse: Sequence[bool],
-    masks: Sequence[torch.Tensor | None] | None = None,
+    absent: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """``omega(W_1[b_1], ..., W_k[b_k])`` for omega in concat, add, mult.
 
@@ -153,14 +156,15 @@ def compose_lookup(
         buckets: k int64 tensors of one shape S, row indices into each table.
         weights: k tables (R_j, D_j).
         sparse: per table, whether its gradient is sparse.
-        masks: per table, None or a bool tensor of shape S: False where the id has no part from
-            that table (it contributes the identity: 1 for mult, 0 for add).
+        absent: per table, None or an int64 tensor of positions along the last dimension of S
+            (the features) that have no part from that table: there it contributes the identity
+            (1 for mult, 0 for add) and gets no gradient.
 
     Returns:
         (*S, D) with D = sum D_j for concat, D_j otherwise.
     """
-    masks = tuple(masks) if masks is not None else (None,) * len(buckets)
-    return _ComposeLookup.apply(operation, tuple(sparse), masks, *buckets, *weights)
+    absent = tuple(absent) if absent is not None else (None,) * len(buckets)
+    return _ComposeLookup.apply(operation, tuple(sparse), absent, *buckets, *weights)
 
 
 class _Assemble(torch.autograd.Function):

@@ -160,8 +160,10 @@ class TableGroup(nn.Module):
         # Small tables take dense gradients: every batch touches most of their rows anyway.
         self._sparse = tuple(sparse and sum(r) > DENSE_GRAD_MAX_ROWS for r in rows)
         # Features with fewer partitions (full tables among QR ones) lack some positions.
-        self._partial = [any(r == 0 for r in rows[j]) for j in range(k)]
-        self.register_buffer("present", torch.tensor(rows, device=device) > 0, persistent=False)
+        self._absent = [[f for f, r in enumerate(rows[j]) if r == 0] for j in range(k)]
+        for j, cols in enumerate(self._absent):
+            self.register_buffer(f"_absent{j}", torch.tensor(cols, device=device) if cols else None,
+                                 persistent=False)
         self.reset_parameters()
 
     @property
@@ -189,9 +191,18 @@ class TableGroup(nn.Module):
         if self.kind == "feature":
             return torch.stack([F.embedding(b, w, sparse=s) for b, w, s
                                 in zip(buckets, self.weights, self._sparse, strict=True)], -2)
-        masks = [self.present[j, cols].expand_as(b) if self._partial[j] else None
-                 for j, b in enumerate(buckets)]
-        return compose_lookup(self.operation, buckets, list(self.weights), self._sparse, masks)
+        absent = [self._absent_in(j, cols, ids.device) for j in range(len(buckets))]
+        return compose_lookup(self.operation, buckets, list(self.weights), self._sparse, absent)
+
+    def _absent_in(self, j: int, cols: slice | int | list[int],
+                   device: torch.device) -> torch.Tensor | None:
+        """Positions, among the columns ``cols``, of the features without a table at j."""
+        if not self._absent[j]:
+            return None
+        if isinstance(cols, slice):
+            return getattr(self, f"_absent{j}")
+        picked = [i for i, f in enumerate(cols) if f in self._absent[j]]
+        return torch.tensor(picked, device=device) if picked else None
 
     def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         """ids (B, G) of this group's features in group order (or of the group's features
@@ -202,7 +213,7 @@ class TableGroup(nn.Module):
     def forward_bag(self, f: int, bags: Bags, mode: str) -> torch.Tensor:
         """One multi-hot feature (the group's f-th): compose per id, then pool -> (B, D) or
         (B, k, D) for feature generation (each partition pooled on its own)."""
-        out = self._lookup(bags.ids, f)
+        out = self._lookup(bags.ids.unsqueeze(1), [f]).squeeze(1)
         if self.kind == "feature":
             return torch.stack([pool(out[:, j], bags, mode, False)
                                 for j in range(out.shape[1])], dim=1)
