@@ -94,9 +94,11 @@ def test_make_optimizer_groups_tables_row_wise():
 
 def test_training_with_rowwise_adagrad_learns(tmp_path):
     data = trainkit.synth_folder(tmp_path / "data")
-    result = train(trainkit.tiny_config(data, "train.optimizer=rowwise_adagrad"),
-                   tmp_path / "run", progress=False)
-    assert result["test_logloss"] < 0.62
+    # add, not mult: 54 steps are too few for a product of two small zero-mean tables to leave
+    # the saddle it starts near (see CompositionalEmbeddingBag's init); base rate is about 0.64
+    config = trainkit.tiny_config(data, "train.optimizer=rowwise_adagrad", "model.operation=add")
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["test_logloss"] < 0.6 and result["test_auc"] > 0.7
     spec = EmbeddingSpec("qr", collisions=4)
     rows = count_parameters("dlrm", [10**6], spec, optimizer="rowwise_adagrad")
     full = count_parameters("dlrm", [10**6], spec, optimizer="adagrad")

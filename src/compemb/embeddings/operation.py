@@ -72,7 +72,8 @@ class CompositionalEmbeddingBag(BagModule):
       row. Chosen by measurement (``compemb experiment init``, docs/movielens/init): it beat
       both a first table at the full scale times U(1/2, 3/2) gates and zero-mean tables scaled
       so the product has the full table's variance, on MovieLens-100k and synthetic data. (The
-      reference's all-positive U(sqrt(1/n), 1) was the worst of all.)
+      reference's all-positive U(sqrt(1/n), 1) was the worst of all.) A product of small
+      zero-mean factors starts near a saddle: very short runs (tens of steps) may not leave it.
 
     Args:
         num_categories: n.
