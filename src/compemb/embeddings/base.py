@@ -153,3 +153,18 @@ class BagModule(nn.Module, EmbeddingAccounting):
 
     def _pool(self, values: torch.Tensor, bags: Bags) -> torch.Tensor:
         return pool(values, bags, self.mode, self.include_last_offset)
+
+    def compose(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each id's own vector, composed from its partitions' rows: (N,) -> (N, D)."""
+        raise TypeError(f"{type(self).__name__} embeds bags in its own forward")
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embed bags: input (B, L) or (N,) with offsets -> (B, D). Composes each id's vector,
+        then pools the bag: a per-sample weight scales its id's composed vector once."""
+        bags = self._bags(input, offsets, per_sample_weights)
+        return self._pool(self.compose(bags.ids), bags)

@@ -166,16 +166,6 @@ class CompositionalEmbeddingBag(BagModule):
             out = out + p if self.operation == "add" else out * p
         return out
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        offsets: torch.Tensor | None = None,
-        per_sample_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Embed bags: input (B, L) or (N,) with offsets -> (B, D)."""
-        bags = self._bags(input, offsets, per_sample_weights)
-        return self._pool(self.compose(bags.ids), bags)
-
     def extra_repr(self) -> str:
         return (
             f"{self.num_categories}, {self.embedding_dim}, sizes={self.partitions.sizes}, "

@@ -141,16 +141,6 @@ class PathEmbeddingBag(BagModule):
                 z = layers[1](torch.relu(layers[0](z, bucket)), bucket)
         return z
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        offsets: torch.Tensor | None = None,
-        per_sample_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Embed bags: input (B, L) or (N,) with offsets -> (B, D)."""
-        bags = self._bags(input, offsets, per_sample_weights)
-        return self._pool(self.compose(bags.ids), bags)
-
     def extra_repr(self) -> str:
         return (
             f"{self.num_categories}, {self.embedding_dim}, sizes={self.partitions.sizes}, "
