@@ -11,10 +11,12 @@ $(PY):
 
 # torch first, pinned, so nothing later resolves a CUDA build. recbole is installed without its
 # dependencies: we only read the MovieLens-100k files it ships (their licence forbids copying them).
+# torchrec too: it requires `fbgemm-gpu` (the CUDA build) and torchmetrics; the `torchrec` extra
+# brings the CPU build fbgemm-gpu-cpu and the light dependencies torchrec imports.
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[test]'
-	$(PIP) install -q --no-deps -c constraints.txt recbole==1.2.1
+	$(PIP) install -q -c constraints.txt -e '.[test,torchrec]'
+	$(PIP) install -q --no-deps -c constraints.txt recbole==1.2.1 torchrec==1.8.0
 	touch $(STAMP)
 
 lint: $(STAMP)
