@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,12 @@ from compemb.data import (
     SynthOptions,
     generate_synthetic,
     open_dataset,
+)
+from compemb.data.storage import (
+    DatasetMetadata,
+    read_category_counts,
+    read_metadata,
+    write_category_counts,
 )
 
 
@@ -165,3 +173,57 @@ def test_folder_batches_are_writable_copies_of_the_memory_map(tmp_path) -> None:
         batch.dense.add_(1.0)  # must not touch the file
     again = next(ds.batches("train", 8))
     assert torch.equal(again.dense, torch.from_numpy(np.load(tmp_path / "s/train/dense.npy")[:8]))
+
+
+def _metadata(**changes) -> DatasetMetadata:
+    fields = {
+        "name": "toy",
+        "feature_names": ("a", "b"),
+        "cardinalities": (3, 2),
+        "dense_names": ("x",),
+        "rows": {"train": 4, "val": 1, "test": 1},
+        "split_lines": {"train": (0, 4), "test": (4, 5), "val": (5, 6)},
+        "options": {"seed": 3},
+    }
+    return DatasetMetadata(**{**fields, **changes})
+
+
+def test_metadata_round_trips_and_is_strict_about_keys(tmp_path) -> None:
+    meta = _metadata(hidden_model={"optimal_test_log_loss": 0.5})
+    meta.write(tmp_path)
+    assert read_metadata(tmp_path) == meta and meta.num_dense == 1
+    data = json.loads((tmp_path / "metadata.json").read_text())
+    assert data["format"] == "compemb-dataset-v2" and data["num_dense"] == 1
+    (tmp_path / "metadata.json").write_text(json.dumps({**data, "cardinality": [3, 2]}))
+    with pytest.raises(ValueError, match=r"metadata.json: unknown keys \['cardinality'\]"):
+        read_metadata(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({**data, "num_dense": 2}))
+    with pytest.raises(ValueError, match="num_dense 2 but 1 dense_names"):
+        read_metadata(tmp_path)
+    del data["rows"]
+    (tmp_path / "metadata.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"missing keys \['rows'\]"):
+        read_metadata(tmp_path)
+
+
+def test_version_1_metadata_is_still_read(tmp_path) -> None:
+    data = _metadata().to_json()
+    data.update(format="compemb-dataset-v1", input={"name": "train.txt", "bytes": 9})
+    del data["inputs"], data["counts"]
+    (tmp_path / "metadata.json").write_text(json.dumps(data))
+    meta = read_metadata(tmp_path)
+    assert meta.inputs == ({"name": "train.txt", "bytes": 9},) and not meta.counts
+    with pytest.raises(FileNotFoundError, match="records no category counts"):
+        read_category_counts(tmp_path)
+
+
+def test_category_counts_round_trip_per_feature(tmp_path) -> None:
+    _metadata(counts=True).write(tmp_path)
+    write_category_counts(tmp_path, [np.array([3, 0, 1]), np.array([2, 2], dtype=np.int32)])
+    a, b = read_category_counts(tmp_path)
+    assert a.tolist() == [3, 0, 1] and b.tolist() == [2, 2] and a.dtype == b.dtype == np.int64
+    write_category_counts(tmp_path, [np.array([3, 0]), np.array([2, 2])])
+    with pytest.raises(ValueError, match=r"counts.npy: shape \(4,\), expected \(5,\)"):
+        read_category_counts(tmp_path)
+    with pytest.raises(ValueError, match="feature 1"):
+        write_category_counts(tmp_path, [np.array([1]), np.array([-1])])

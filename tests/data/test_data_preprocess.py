@@ -13,7 +13,7 @@ from conftest import criteo_line, malformed
 
 import compemb.data.preprocess as preprocess_module
 from compemb.data import PreprocessOptions, open_dataset, preprocess_criteo
-from compemb.data.storage import day_split
+from compemb.data.storage import day_split, read_category_counts, read_metadata
 
 
 def _meta(folder: Path) -> dict:
@@ -51,8 +51,11 @@ def test_rejects_are_counted_and_every_line_is_accounted_for(write_criteo, tmp_p
     cat = np.load(out / "train" / "categorical.npy", mmap_mode="r")
     assert cat.dtype == np.int32 and cat.shape == (53, 26)
     assert np.load(out / "test" / "dense.npy").shape == (5, 13)
-    assert meta["input"]["sha256"] == hashlib.sha256((tmp_path / "in.tsv").read_bytes()).hexdigest()
-    assert meta["input"]["bytes"] == (tmp_path / "in.tsv").stat().st_size
+    assert (
+        meta["inputs"][0]["sha256"]
+        == hashlib.sha256((tmp_path / "in.tsv").read_bytes()).hexdigest()
+    )
+    assert meta["inputs"][0]["bytes"] == (tmp_path / "in.tsv").stat().st_size
 
 
 def test_ids_are_first_seen_over_all_days_and_hex_is_unsigned(write_criteo, tmp_path) -> None:
@@ -94,7 +97,7 @@ def test_gzip_input_gives_the_same_arrays(write_criteo, tmp_path) -> None:
     assert {k: v for k, v in plain.items() if k.endswith(".npy")} == {
         k: v for k, v in gz.items() if k.endswith(".npy")
     }
-    assert _meta(tmp_path / "gz")["input"]["gzip"] is True
+    assert _meta(tmp_path / "gz")["inputs"][0]["gzip"] is True
 
 
 def test_truncated_gzip_is_an_error_and_leaves_no_folder(write_criteo, tmp_path) -> None:
@@ -208,3 +211,16 @@ def test_explicit_day_lines_skip_counting_and_must_add_up(write_criteo, tmp_path
 def test_invalid_options_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         PreprocessOptions(**bad)
+
+
+@pytest.mark.parametrize("max_index", [None, 3])
+def test_train_category_counts_are_recorded_per_final_id(write_criteo, tmp_path, max_index) -> None:
+    out = tmp_path / "out"
+    preprocess_criteo(write_criteo("in.tsv"), out, PreprocessOptions(max_index=max_index))
+    meta = read_metadata(out)
+    assert meta.counts
+    counts = read_category_counts(out)
+    train = np.load(out / "train" / "categorical.npy")
+    for f, c in enumerate(counts):
+        assert len(c) == meta.cardinalities[f]
+        assert c.tolist() == np.bincount(train[:, f], minlength=len(c)).tolist()

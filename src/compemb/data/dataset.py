@@ -206,11 +206,10 @@ def load_dataset_folder(directory: str | os.PathLike[str]) -> ArrayDataset:
         ]
         splits[split] = SplitArrays(*arrays)
     return ArrayDataset(
-        name=metadata["name"],
-        feature_names=metadata["feature_names"],
-        cardinalities=metadata["cardinalities"],
-        num_dense=metadata["num_dense"],
+        name=metadata.name,
+        feature_names=metadata.feature_names,
+        cardinalities=metadata.cardinalities,
+        num_dense=metadata.num_dense,
         splits=splits,
-        num_bag_features=metadata.get("num_bag_features", 0),
+        num_bag_features=metadata.num_bag_features,
     )
-

@@ -49,11 +49,12 @@ from compemb.data.criteo import (
 )
 from compemb.data.reader import InputStream, count_lines
 from compemb.data.storage import (
+    DatasetMetadata,
     SplitWriter,
     atomic_output_dir,
     day_split,
     explicit_day_split,
-    write_metadata,
+    write_category_counts,
 )
 from compemb.data.vocab import CategoryCounter, Vocabulary
 
@@ -176,6 +177,15 @@ def _count_categories(
     return [counter.frequent(options.min_count) for counter in counters]
 
 
+def _add_counts(counts: list[np.ndarray], ids: np.ndarray) -> None:
+    """Add the occurrences of each id of ``ids`` ((n, F)) to ``counts`` (grown as needed)."""
+    for f in range(ids.shape[1]):
+        block = np.bincount(ids[:, f])
+        if len(block) > len(counts[f]):
+            counts[f] = np.pad(counts[f], (0, len(block) - len(counts[f])))
+        counts[f][: len(block)] += block
+
+
 def preprocess_criteo(
     input_path: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -213,6 +223,7 @@ def preprocess_criteo(
     vocabs = [Vocabulary(bucket=options.bucket, allowed=keys) for keys in allowed]
     rejected = dict.fromkeys(REJECT_REASONS, 0)
     lines_read = 0
+    train_counts = [np.zeros(0, dtype=np.int64) for _ in range(NUM_CATEGORICAL)]
 
     with atomic_output_dir(output_dir) as tmp, InputStream(path, progress=progress) as stream:
         writers = {name: SplitWriter(tmp / name, NUM_CATEGORICAL, NUM_DENSE) for name in bounds}
@@ -232,6 +243,8 @@ def preprocess_criteo(
                         ids[:, f] = vocab.encode(parsed.keys[f][rows], grow=grow)
                     if options.max_index is not None:
                         ids %= options.max_index
+                    if name == "train":
+                        _add_counts(train_counts, ids)
                     writers[name].append(ids, parsed.dense[rows], parsed.labels[rows])
         for writer in writers.values():
             writer.close()
@@ -247,34 +260,35 @@ def preprocess_criteo(
             raise ValueError(f"{path}: none of its {lines_read} lines is valid ({rejected})")
         sizes = [v.size for v in vocabs]
         cap = options.max_index
-        write_metadata(
-            tmp,
-            {
-                "name": "criteo",
-                "feature_names": list(CATEGORICAL_NAMES),
-                "dense_names": list(DENSE_NAMES),
-                "num_dense": NUM_DENSE,
-                "num_bag_features": 0,
-                "cardinalities": [size if cap is None else min(size, cap) for size in sizes],
-                "vocabulary_sizes": sizes,
-                "bucket_id": 0 if options.bucket else None,
-                "rows": rows,
-                "split_lines": {name: list(bounds[name]) for name in bounds},
-                "lines": {
-                    "read": lines_read,
-                    "kept": kept,
-                    "rejected": sum(rejected.values()),
-                    "rejected_by_reason": rejected,
-                },
-                "input": {
+        cardinalities = tuple(size if cap is None else min(size, cap) for size in sizes)
+        padded = zip(train_counts, cardinalities, strict=True)
+        write_category_counts(tmp, [np.pad(c, (0, n - len(c))) for c, n in padded])
+        DatasetMetadata(
+            name="criteo",
+            feature_names=CATEGORICAL_NAMES,
+            dense_names=DENSE_NAMES,
+            cardinalities=cardinalities,
+            vocabulary_sizes=tuple(sizes),
+            bucket_id=0 if options.bucket else None,
+            rows=rows,
+            split_lines={name: bounds[name] for name in bounds},
+            counts=True,
+            lines={
+                "read": lines_read,
+                "kept": kept,
+                "rejected": sum(rejected.values()),
+                "rejected_by_reason": rejected,
+            },
+            inputs=(
+                {
                     "name": path.name,
                     "bytes": stream.size,
                     "sha256": stream.sha256,
                     "gzip": stream.compressed,
                 },
-                "options": options.recorded(),
-            },
-        )
+            ),
+            options=options.recorded(),
+        ).write(tmp)
     return PreprocessSummary(
         output_dir=Path(output_dir),
         rows=rows,

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compemb.data.criteo import CRITEO_KAGGLE_CARDINALITIES
-from compemb.data.storage import SplitWriter, atomic_output_dir, day_split, write_metadata
+from compemb.data.storage import DatasetMetadata, SplitWriter, atomic_output_dir, day_split
 
 __all__ = [
     "SynthOptions",
@@ -197,30 +197,25 @@ def generate_synthetic(
             "constant_test_log_loss": _log_loss(y, np.full(len(y), rate)),
             "test_base_rate": rate,
         }
-        write_metadata(
-            tmp,
-            {
-                "name": "synthetic",
-                "feature_names": [f"C{i + 1}" for i in range(num_features)],
-                "dense_names": [f"I{j + 1}" for j in range(options.num_dense)],
-                "num_dense": options.num_dense,
-                "num_bag_features": 0,
-                "cardinalities": list(options.cardinalities),
-                "rows": {name: writers[name].rows for name in ("train", "val", "test")},
-                "split_lines": {name: list(bounds[name]) for name in bounds},
-                "hidden_model": {
-                    "latent_dim": _LATENT_DIM,
-                    "bias": _BIAS,
-                    "terms": ["dense", "per-category weight", "pairwise latent dot products"],
-                    **losses,
-                },
-                "options": {
-                    "rows": options.rows,
-                    "cardinalities": list(options.cardinalities),
-                    "seed": options.seed,
-                    "zipf": options.zipf,
-                    "num_dense": options.num_dense,
-                },
+        DatasetMetadata(
+            name="synthetic",
+            feature_names=tuple(f"C{i + 1}" for i in range(num_features)),
+            dense_names=tuple(f"I{j + 1}" for j in range(options.num_dense)),
+            cardinalities=tuple(options.cardinalities),
+            rows={name: writers[name].rows for name in ("train", "val", "test")},
+            split_lines={name: bounds[name] for name in bounds},
+            hidden_model={
+                "latent_dim": _LATENT_DIM,
+                "bias": _BIAS,
+                "terms": ["dense", "per-category weight", "pairwise latent dot products"],
+                **losses,
             },
-        )
+            options={
+                "rows": options.rows,
+                "cardinalities": list(options.cardinalities),
+                "seed": options.seed,
+                "zipf": options.zipf,
+                "num_dense": options.num_dense,
+            },
+        ).write(tmp)
     return losses

@@ -246,7 +246,7 @@ def planted_optimum(dataset_spec: str) -> float | None:
     """The planted model's test log loss of a synthetic dataset folder, else None."""
     if dataset_spec == "movielens":
         return None
-    hidden = read_metadata(dataset_spec).get("hidden_model", {})
+    hidden = read_metadata(dataset_spec).hidden_model or {}
     return hidden.get("optimal_test_log_loss")
 
 
