@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from compemb.optim import OPTIMIZERS
+
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from compemb.data.preprocess import PreprocessOptions, parse_days, preprocess_criteo
@@ -146,7 +148,7 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--epochs", type=int, default=1)
     exp.add_argument("--batch-size", type=int, default=128)
     exp.add_argument("--embedding-dim", type=int, default=16)
-    exp.add_argument("--optimizer", choices=["auto", "adagrad", "amsgrad"], default="auto",
+    exp.add_argument("--optimizer", choices=["auto", *OPTIMIZERS], default="auto",
                      help="auto: the better one per operation (see the README)")
     exp.add_argument("--threads", type=int, default=1,
                      help="torch CPU threads per run (default 1)")  # fmt: skip
@@ -229,8 +231,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--path-hidden", type=int, default=64)
     par.add_argument("--embedding-dim", type=int, default=16)
     par.add_argument("--num-dense", type=int, default=13)
-    par.add_argument("--optimizer", choices=["adagrad", "amsgrad", "rowwise_adagrad", "sgd"],
-                     default=None, help="also count this optimizer's state")  # fmt: skip
+    par.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
+                     help="also count this optimizer's state")
     par.add_argument("--json", action="store_true", help="print one JSON object")
     par.set_defaults(func=_cmd_params)
 

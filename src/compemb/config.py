@@ -28,15 +28,14 @@ from typing import Any
 
 import yaml
 
+from compemb.optim import OPTIMIZERS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: TOML configs need 3.11's tomllib; YAML works
     tomllib = None  # type: ignore[assignment]
 
-OPTIMIZERS = ("adagrad", "amsgrad", "rowwise_adagrad", "sgd")
 DEVICES = ("cpu", "cuda")
-# torch.optim.Adagrad and SGD accept sparse gradients; Adam (AMSGrad) does not.
-SPARSE_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = "adagrad"  # adagrad, amsgrad, rowwise_adagrad or sgd (paper: the first two)
+    optimizer: str = "adagrad"  # a name of compemb.optim.OPTIMIZERS (paper: adagrad, amsgrad)
     lr: float | None = None  # None: the optimizer's default (Adagrad 0.01, AMSGrad 0.001)
     batch_size: int = 128  # global rows per step, split across ranks under torchrun
     epochs: int = 1  # the paper trains one epoch
@@ -146,15 +145,20 @@ def _section(cls: type, raw: Any, name: str, source: str) -> Any:
 def _resolve(config: Config, source: str) -> Config:
     """Fill ``model.sparse`` from the optimizer and reject impossible combinations."""
     t, m = config.train, config.model
+    if t.optimizer not in OPTIMIZERS:
+        raise ValueError(f"{source}: train.optimizer={t.optimizer!r}: use one of "
+                         f"{tuple(OPTIMIZERS)}")  # fmt: skip
+    optimizer = OPTIMIZERS[t.optimizer]
+    sparse_ones = "/".join(name for name, kind in OPTIMIZERS.items() if kind.sparse)
     checks = [
-        (t.optimizer in OPTIMIZERS, f"train.optimizer={t.optimizer!r}: use one of {OPTIMIZERS}"),
         (t.device is None or t.device in DEVICES,
          f"train.device={t.device!r}: use one of {DEVICES} or leave it out (auto)"),
-        (not (t.optimizer == "sgd" and t.lr is None),
-         "train.optimizer='sgd' has no default learning rate: set train.lr (e.g. 0.1)"),
-        (not (t.optimizer == "amsgrad" and m.sparse),
-         "train.optimizer='amsgrad' cannot take sparse gradients (torch's Adam has no sparse "
-         "variant): set model.sparse=false or use adagrad/sgd"),
+        (not (optimizer.default_lr is None and t.lr is None),
+         f"train.optimizer={t.optimizer!r} has no default learning rate: set train.lr "
+         f"(e.g. 0.1)"),
+        (not (m.sparse and not optimizer.sparse),
+         f"train.optimizer={t.optimizer!r} cannot take sparse gradients: set "
+         f"model.sparse=false or use {sparse_ones}"),
         (t.lr is None or t.lr > 0, f"train.lr={t.lr}: must be > 0"),
     ]  # fmt: skip
     positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every")
@@ -169,7 +173,7 @@ def _resolve(config: Config, source: str) -> Config:
             raise ValueError(f"{source}: {message}")
     if m.sparse is None:
         config = dataclasses.replace(
-            config, model=dataclasses.replace(m, sparse=t.optimizer in SPARSE_OPTIMIZERS)
+            config, model=dataclasses.replace(m, sparse=optimizer.sparse)
         )
     return config
 
@@ -245,7 +249,8 @@ def apply_overrides(config: Config, overrides: typing.Iterable[str]) -> Config:
 
 
 def _derived_sparse(config: Config) -> bool:
-    return config.model.sparse == (config.train.optimizer in SPARSE_OPTIMIZERS)
+    optimizer = OPTIMIZERS.get(config.train.optimizer)
+    return optimizer is not None and config.model.sparse == optimizer.sparse
 
 
 def dump_config(config: Config) -> str:

@@ -4,8 +4,8 @@ import trainkit
 
 from compemb.embeddings import EmbeddingSpec
 from compemb.models import build_model
+from compemb.optim.rowwise import RowWiseAdagrad
 from compemb.training import count_parameters, make_optimizer, train
-from compemb.training.rowwise import RowWiseAdagrad
 
 
 def _grads(steps, shape, sparse, seed=0):

@@ -1,17 +1,16 @@
-"""Training and evaluation: the resumable loop, optimizers, metrics, checkpoints, torchrun
-scale-out and parameter accounting."""
+"""Training and evaluation: the resumable loop, metrics, checkpoints, torchrun scale-out and
+parameter accounting (the optimizers it builds are registered in :mod:`compemb.optim`)."""
 
+from compemb.optim import make_optimizer
 from compemb.training.build import embedding_spec, forward, model_for
 from compemb.training.checkpoint import load_checkpoint, save_checkpoint
 from compemb.training.distributed import DistInfo, pick_device
 from compemb.training.evaluate import evaluate, evaluate_run
 from compemb.training.loop import TrainingDiverged, resume, train
 from compemb.training.metrics import binary_metrics
-from compemb.training.optim import DEFAULT_LR, make_optimizer
 from compemb.training.params import count_parameters, load_cardinalities, parameter_report
 
 __all__ = [
-    "DEFAULT_LR",
     "DistInfo",
     "TrainingDiverged",
     "binary_metrics",

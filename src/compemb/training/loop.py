@@ -22,6 +22,7 @@ from tqdm import tqdm
 from compemb.config import Config, dump_config, load_config
 from compemb.data import Batch, Dataset, open_dataset
 from compemb.models import RankingModel
+from compemb.optim import make_optimizer
 from compemb.training import distributed as D
 from compemb.training.build import embedding_spec, forward, model_for
 from compemb.training.checkpoint import (
@@ -34,7 +35,6 @@ from compemb.training.checkpoint import (
     set_rng_state,
 )
 from compemb.training.evaluate import CONFIG_FILE, evaluate
-from compemb.training.optim import make_optimizer
 from compemb.training.params import parameter_report
 from compemb.training.state import TrainState
 

@@ -12,10 +12,7 @@ from torch import nn
 
 from compemb.embeddings import EmbeddingSpec
 from compemb.models import RankingModel, build_model
-
-# Optimizer state per parameter, in parameters: Adagrad keeps a sum of squares; AMSGrad keeps
-# exp_avg, exp_avg_sq and max_exp_avg_sq; plain SGD (no momentum) keeps nothing.
-STATE_PER_PARAMETER = {"adagrad": 1, "amsgrad": 3, "rowwise_adagrad": 1, "sgd": 0}
+from compemb.optim import optimizer_kind
 
 
 def load_cardinalities(spec: str) -> tuple[int, ...]:
@@ -65,13 +62,10 @@ def parameter_report(model: RankingModel, optimizer: str | None = None) -> dict[
         "compression_ratio": model.sparse_arch.compression_ratio,
     }
     if optimizer is not None:
-        if optimizer not in STATE_PER_PARAMETER:
-            raise ValueError(f"optimizer {optimizer!r}: use one of {sorted(STATE_PER_PARAMETER)}")
-        state = STATE_PER_PARAMETER[optimizer] * total_bytes
-        if optimizer == "rowwise_adagrad":  # one accumulator per table row
-            tables = model.sparse_arch.table_parameters()
-            table_bytes = sum(t.numel() * t.element_size() for t in tables)
-            state += sum(t.shape[0] * t.element_size() for t in tables) - table_bytes
+        kind = optimizer_kind(optimizer)
+        tables = {id(t) for t in model.sparse_arch.table_parameters()}
+        state = sum(kind.state_numel(p.shape, table=id(p) in tables) * p.element_size()
+                    for p in model.parameters())  # fmt: skip
         report.update(optimizer_state_bytes=state, train_bytes=total_bytes + state)
     return report
 
