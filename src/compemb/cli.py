@@ -31,17 +31,21 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from compemb.data.synthetic import SynthOptions, generate_synthetic, parse_cardinalities
 
+    if args.keep_cardinalities and args.numbering is not None:
+        raise ValueError(f"--keep-cardinalities keeps the generator's ids; drop --numbering "
+                         f"{args.numbering}")  # fmt: skip
     options = SynthOptions(
         rows=args.rows,
         cardinalities=parse_cardinalities(args.cardinalities),
         seed=args.seed,
         zipf=args.zipf,
         num_dense=args.num_dense,
+        numbering="population" if args.keep_cardinalities else args.numbering or "first-seen",
     )
     losses = generate_synthetic(args.output_dir, options, progress=args.progress)
     print(
-        f"wrote {args.output_dir}: {options.rows} rows; test log loss of the hidden model "
-        f"{losses['optimal_test_log_loss']:.5f}, of the base rate "
+        f"wrote {args.output_dir}: {options.rows} rows, ids numbered {options.numbering}; test "
+        f"log loss of the hidden model {losses['optimal_test_log_loss']:.5f}, of the base rate "
         f"{losses['constant_test_log_loss']:.5f}"
     )
     return 0
@@ -75,6 +79,13 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     syn.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     syn.add_argument("--zipf", type=float, default=1.1, help="power-law exponent (default 1.1)")
     syn.add_argument("--num-dense", type=int, default=13, help="dense features (default 13)")
+    syn.add_argument("--numbering", choices=["first-seen", "rank", "random"], default=None,
+                     help="ids of the categories present, numbered by first appearance "
+                          "(default, as preprocessing a log does), population rank, or a seeded "
+                          "permutation; each cardinality is the number of ids present")
+    syn.add_argument("--keep-cardinalities", action="store_true",
+                     help="write the generator's ids with the requested cardinalities (for "
+                          "memory and speed benchmarks at full size; most ids never occur)")
     syn.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     syn.set_defaults(func=_cmd_synth)

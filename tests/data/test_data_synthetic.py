@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from compemb.cli import main
 from compemb.data import SynthOptions, generate_synthetic, open_dataset
+from compemb.data.storage import read_category_counts, read_metadata
 from compemb.data.synthetic import category_hash, parse_cardinalities, zipf_ids
 
 
@@ -30,9 +32,10 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path) -> None:
 
 
 def test_folder_follows_the_protocol_and_the_optimum_beats_the_base_rate(tmp_path) -> None:
-    losses = generate_synthetic(
-        tmp_path / "s", SynthOptions(rows=70_000, cardinalities=(1000, 200, 20, 5), seed=0)
+    options = SynthOptions(
+        rows=70_000, cardinalities=(1000, 200, 20, 5), seed=0, numbering="population"
     )
+    losses = generate_synthetic(tmp_path / "s", options)
     meta = json.loads((tmp_path / "s" / "metadata.json").read_text())
     assert meta["rows"] == {"train": 60_000, "test": 5000, "val": 5000}
     hidden = meta["hidden_model"]
@@ -77,3 +80,99 @@ def test_cardinality_parsing_and_option_checks() -> None:
         SynthOptions(rows=100, cardinalities=(5,), zipf=0)
     with pytest.raises(ValueError, match="rows"):
         SynthOptions(rows=3, cardinalities=(5,))
+
+
+def _stream(folder) -> np.ndarray:
+    """Every row's ids (rows, F) in generation order: train, then test, then validation."""
+    return np.concatenate(
+        [np.load(folder / s / "categorical.npy") for s in ("train", "test", "val")]
+    )
+
+
+@pytest.fixture(scope="module")
+def numbered(tmp_path_factory) -> dict[str, object]:
+    """One small planted dataset written under every numbering (same rows)."""
+    root = tmp_path_factory.mktemp("numbered")
+    cards = (7, 5000, 10_000_000)
+    for numbering in ("population", "first-seen", "rank", "random"):
+        options = SynthOptions(rows=7000, cardinalities=cards, seed=3, num_dense=2,
+                               numbering=numbering)  # fmt: skip
+        generate_synthetic(root / numbering, options)
+    return {"root": root, "cards": cards}
+
+
+def test_first_seen_numbers_ids_by_first_appearance_and_counts_what_is_present(numbered) -> None:
+    root = numbered["root"]
+    ids = _stream(root / "first-seen")
+    meta = read_metadata(root / "first-seen")
+    assert meta.options["numbering"] == "first-seen"
+    assert tuple(meta.options["cardinalities"]) == numbered["cards"]
+    for f in range(ids.shape[1]):
+        values, first = np.unique(ids[:, f], return_index=True)
+        # ids 0..n-1 all occur, and id i first appears before id i + 1
+        assert values.tolist() == list(range(meta.cardinalities[f]))
+        assert bool(np.all(np.diff(first) > 0))
+    population = _stream(root / "population")
+    assert meta.cardinalities == tuple(len(np.unique(c)) for c in population.T)
+    assert meta.cardinalities[0] == 7 and meta.cardinalities[2] < 7000  # 10 M drawn from
+    assert read_metadata(root / "population").cardinalities == numbered["cards"]
+
+
+@pytest.mark.parametrize("numbering", ["first-seen", "rank", "random"])
+def test_every_numbering_relabels_the_same_rows_one_to_one(numbered, numbering) -> None:
+    root = numbered["root"]
+    before, after = _stream(root / "population"), _stream(root / numbering)
+    for f in range(before.shape[1]):
+        pairs = np.unique(np.stack([before[:, f], after[:, f]], axis=1), axis=0)
+        # a bijection between the ids present and [0, n)
+        assert len(np.unique(pairs[:, 0])) == len(np.unique(pairs[:, 1])) == len(pairs)
+        if numbering == "rank":  # population order kept
+            assert bool(np.all(np.diff(pairs[:, 1]) > 0))
+    for split in ("train", "val", "test"):
+        for name in ("labels.npy", "dense.npy"):
+            assert (root / "population" / split / name).read_bytes() == (
+                root / numbering / split / name
+            ).read_bytes()
+    assert read_metadata(root / numbering).options["numbering"] == numbering
+    assert (
+        read_metadata(root / numbering).hidden_model
+        == read_metadata(root / "population").hidden_model
+    )
+
+
+def test_random_numbering_is_seeded_and_leaves_no_order(numbered, tmp_path) -> None:
+    root = numbered["root"]
+    again = SynthOptions(rows=7000, cardinalities=numbered["cards"], seed=3, num_dense=2,
+                         numbering="random")  # fmt: skip
+    generate_synthetic(tmp_path / "again", again)
+    assert np.array_equal(_stream(tmp_path / "again"), _stream(root / "random"))
+    population, shuffled = _stream(root / "population"), _stream(root / "random")
+    pairs = np.unique(np.stack([population[:, 1], shuffled[:, 1]], axis=1), axis=0)
+    assert not bool(np.all(np.diff(pairs[:, 1]) > 0))
+
+
+@pytest.mark.parametrize("numbering", ["population", "first-seen"])
+def test_counts_are_the_training_split_ids(numbered, numbering) -> None:
+    folder = numbered["root"] / numbering
+    counts = read_category_counts(folder)
+    train = np.load(folder / "train" / "categorical.npy")
+    meta = read_metadata(folder)
+    assert meta.counts and len(counts) == train.shape[1]
+    for f, card in enumerate(meta.cardinalities):
+        assert np.array_equal(counts[f], np.bincount(train[:, f], minlength=card))
+
+
+def test_synth_cli_numbering_options(tmp_path, capsys) -> None:
+    base = ["--rows", "700", "--cardinalities", "100000,20", "--seed", "1"]
+    assert main(["synth", str(tmp_path / "keep"), *base, "--keep-cardinalities"]) == 0
+    assert read_metadata(tmp_path / "keep").cardinalities == (100_000, 20)
+    assert read_metadata(tmp_path / "keep").options["numbering"] == "population"
+    assert main(["synth", str(tmp_path / "rank"), *base, "--numbering", "rank"]) == 0
+    meta = read_metadata(tmp_path / "rank")
+    assert meta.options["numbering"] == "rank" and meta.cardinalities[0] < 700
+    assert "700 rows" in capsys.readouterr().out
+    argv = ["synth", str(tmp_path / "both"), *base, "--keep-cardinalities", "--numbering", "rank"]
+    assert main(argv) == 2
+    assert "--keep-cardinalities" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="numbering"):
+        SynthOptions(rows=100, cardinalities=(5,), numbering="sorted")

@@ -15,6 +15,25 @@ counter-based hash of ``(seed, feature, id)``: nothing is stored, so memory does
 cardinality. A model that gives every category its own embedding can learn all of it; merging
 categories loses the difference between their ``s`` and ``u``.
 
+The requested cardinalities are the *population* the categories are drawn from. What is written
+is numbered as preprocessing a real log numbers it (``numbering``, recorded in the metadata's
+options):
+
+- ``first-seen`` (default): ids in order of first appearance over the row stream (train, then
+  test, then validation, as the Criteo reference enumerates all 7 days), and each feature's
+  cardinality is the number of distinct categories present. Frequent categories tend to get small
+  ids, but not in exact order.
+- ``rank``: the categories present, numbered by their population rank (the generator's id 0 is
+  the most probable); cardinality as for first-seen.
+- ``random``: the categories present under a seeded random permutation (no order left).
+- ``population``: the generator's own ids and the requested cardinalities (``compemb synth
+  --keep-cardinalities``): what memory and speed benchmarks at Criteo size need, but most ids of
+  a large feature never occur, so compression that merges ids ``i mod m`` merges almost nothing.
+
+The three renumberings take a first pass over the (deterministic) block stream that draws the ids
+only, building one population-sized int32 map per feature (135 MB for Criteo's 33.8 M), then the
+second pass writes. The training split's per-id counts are recorded (``train/counts.npy``).
+
 Splits follow the Criteo protocol (:func:`~compemb.data.storage.day_split`): rows cut into 7 equal
 "days", days 1-6 train, the last day's first half test and second half validation. The metadata
 records the hidden model's own test log loss (the best any model can reach) and the constant
@@ -31,9 +50,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compemb.data.criteo import CRITEO_KAGGLE_CARDINALITIES
-from compemb.data.storage import DatasetMetadata, SplitWriter, atomic_output_dir, day_split
+from compemb.data.storage import (
+    DatasetMetadata,
+    SplitWriter,
+    atomic_output_dir,
+    day_split,
+    write_category_counts,
+)
 
 __all__ = [
+    "NUMBERINGS",
     "SynthOptions",
     "category_hash",
     "generate_synthetic",
@@ -48,6 +74,7 @@ _BLOCK_ROWS = 1 << 17
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+NUMBERINGS = ("first-seen", "rank", "random", "population")
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,8 @@ class SynthOptions:
         seed: seed of everything (rows and hidden model).
         zipf: exponent of the per-feature power law (> 0; larger = more skewed).
         num_dense: number of dense features.
+        numbering: how the written ids are numbered (see the module docstring): first-seen,
+            rank, random, or population (the requested cardinalities kept).
     """
 
     rows: int
@@ -67,6 +96,7 @@ class SynthOptions:
     seed: int = 0
     zipf: float = 1.1
     num_dense: int = 13
+    numbering: str = "first-seen"
 
     def __post_init__(self) -> None:
         if self.rows < 7:
@@ -79,6 +109,10 @@ class SynthOptions:
             raise ValueError(f"zipf exponent must be positive, got {self.zipf}")
         if self.num_dense < 0 or self.seed < 0:
             raise ValueError(f"num_dense and seed must be >= 0, got {self.num_dense}, {self.seed}")
+        if self.numbering not in NUMBERINGS:
+            raise ValueError(
+                f"numbering must be one of {', '.join(NUMBERINGS)}, got {self.numbering!r}"
+            )
 
 
 def parse_cardinalities(text: str) -> tuple[int, ...]:
@@ -123,16 +157,23 @@ def zipf_ids(uniforms: np.ndarray, cardinality: int, exponent: float) -> np.ndar
     return np.minimum(np.floor(x).astype(np.int64) - 1, cardinality - 1).clip(0)
 
 
+def _block_ids(rng: np.random.Generator, options: SynthOptions, rows: int) -> np.ndarray:
+    """A block's population ids (rows, F) int32: the first draws of the block's stream."""
+    ids = np.empty((rows, len(options.cardinalities)), dtype=np.int32)
+    for f, card in enumerate(options.cardinalities):
+        ids[:, f] = zipf_ids(rng.random(rows), card, options.zipf)
+    return ids
+
+
 def _block(options: SynthOptions, index: int, rows: int):
     """One block: ids (rows, F) int32, dense (rows, D) float32, labels (rows,) uint8, p (rows,)."""
     rng = np.random.default_rng([options.seed, index])
     num_features = len(options.cardinalities)
-    ids = np.empty((rows, num_features), dtype=np.int32)
+    ids = _block_ids(rng, options, rows)
     first = np.zeros(rows)
     latent_sum = np.zeros((rows, _LATENT_DIM))
     latent_sq = np.zeros(rows)
-    for f, card in enumerate(options.cardinalities):
-        ids[:, f] = zipf_ids(rng.random(rows), card, options.zipf)
+    for f in range(num_features):
         values = _unit_uniforms(category_hash(options.seed, f, ids[:, f]), _LATENT_DIM + 1)
         first += values[:, 0]
         latent = values[:, 1:]
@@ -153,6 +194,42 @@ def _block(options: SynthOptions, index: int, rows: int):
     return ids, dense, labels, p
 
 
+def _blocks(rows: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + _BLOCK_ROWS, rows)) for lo in range(0, rows, _BLOCK_ROWS)]
+
+
+def _numbering_maps(options: SynthOptions, disable: bool | None) -> list[np.ndarray]:
+    """Per feature, population id -> written id ((cardinality,) int32, -1 for ids never drawn).
+
+    First pass over the block stream, drawing ids only (the same draws :func:`_block` makes).
+    """
+    maps = [np.full(card, -1, dtype=np.int32) for card in options.cardinalities]
+    sizes = [0] * len(maps)
+    with tqdm(total=options.rows, unit="row", unit_scale=True, disable=disable,
+              desc=f"numbering ({options.numbering})") as bar:  # fmt: skip
+        for index, (lo, hi) in enumerate(_blocks(options.rows)):
+            ids = _block_ids(np.random.default_rng([options.seed, index]), options, hi - lo)
+            for f, mapping in enumerate(maps):
+                if options.numbering != "first-seen":
+                    mapping[ids[:, f]] = 0  # present; numbered below
+                    continue
+                values, first = np.unique(ids[:, f], return_index=True)
+                new = mapping[values] < 0
+                values = values[new][np.argsort(first[new], kind="stable")]
+                mapping[values] = np.arange(sizes[f], sizes[f] + len(values), dtype=np.int32)
+                sizes[f] += len(values)
+            bar.update(hi - lo)
+    if options.numbering != "first-seen":
+        for f, mapping in enumerate(maps):
+            present = np.flatnonzero(mapping >= 0)
+            order = np.arange(len(present), dtype=np.int32)
+            if options.numbering == "random":
+                # A stream of its own (key 2**32 - 1 - f), apart from every block's [seed, index].
+                order = np.random.default_rng([options.seed, 2**32 - 1 - f]).permutation(order)
+            mapping[present] = order
+    return maps
+
+
 def _log_loss(labels: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(p, 1e-12, 1 - 1e-12)
     return float(-np.mean(np.where(labels == 1, np.log(p), np.log1p(-p))))
@@ -168,17 +245,29 @@ def generate_synthetic(
     """
     bounds = day_split(options.rows, 7)
     test_lo, test_hi = bounds["test"]
+    train_hi = bounds["train"][1]
     test_labels, test_p = [], []
+    disable = None if progress is None else not progress
+    maps = None if options.numbering == "population" else _numbering_maps(options, disable)
+    if maps is None:
+        cardinalities = tuple(options.cardinalities)
+    else:
+        cardinalities = tuple(int(m.max()) + 1 for m in maps)
+    counts = [np.zeros(card, dtype=np.int64) for card in cardinalities]
     with atomic_output_dir(output_dir) as tmp:
         num_features = len(options.cardinalities)
         writers = {
             name: SplitWriter(tmp / name, num_features, options.num_dense) for name in bounds
         }
-        disable = None if progress is None else not progress
-        with tqdm(total=options.rows, unit="row", unit_scale=True, disable=disable) as bar:
-            for index, lo in enumerate(range(0, options.rows, _BLOCK_ROWS)):
-                hi = min(lo + _BLOCK_ROWS, options.rows)
+        with tqdm(total=options.rows, unit="row", unit_scale=True, disable=disable,
+                  desc="writing") as bar:  # fmt: skip
+            for index, (lo, hi) in enumerate(_blocks(options.rows)):
                 ids, dense, labels, p = _block(options, index, hi - lo)
+                for f in range(num_features):
+                    if maps is not None:
+                        ids[:, f] = maps[f][ids[:, f]]
+                    values, n = np.unique(ids[: max(0, train_hi - lo), f], return_counts=True)
+                    counts[f][values] += n
                 for name, (a, b) in bounds.items():
                     a, b = max(a, lo) - lo, min(b, hi) - lo
                     if b > a:
@@ -197,13 +286,15 @@ def generate_synthetic(
             "constant_test_log_loss": _log_loss(y, np.full(len(y), rate)),
             "test_base_rate": rate,
         }
+        write_category_counts(tmp, counts)
         DatasetMetadata(
             name="synthetic",
             feature_names=tuple(f"C{i + 1}" for i in range(num_features)),
             dense_names=tuple(f"I{j + 1}" for j in range(options.num_dense)),
-            cardinalities=tuple(options.cardinalities),
+            cardinalities=cardinalities,
             rows={name: writers[name].rows for name in ("train", "val", "test")},
             split_lines={name: bounds[name] for name in bounds},
+            counts=True,
             hidden_model={
                 "latent_dim": _LATENT_DIM,
                 "bias": _BIAS,
@@ -216,6 +307,7 @@ def generate_synthetic(
                 "seed": options.seed,
                 "zipf": options.zipf,
                 "num_dense": options.num_dense,
+                "numbering": options.numbering,
             },
         ).write(tmp)
     return losses
