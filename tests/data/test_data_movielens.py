@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from compemb.data import open_dataset
-from compemb.data.movielens import MOVIELENS_FEATURES, load_movielens_100k, movielens_100k_dir
+from compemb.data.movielens import (
+    MOVIELENS_FEATURES,
+    load_movielens_100k,
+    movielens_100k_counts,
+    movielens_100k_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +67,16 @@ def test_split_is_seeded_and_disjoint() -> None:
     assert len(keys[0] & keys[1]) == len(keys[0] & keys[2]) == len(keys[1] & keys[2]) == 0
     assert sum(len(k) for k in keys) == 100_000
     assert np.isclose(sum(len(k) for k in keys[1:]) / 100_000, 0.2)
+
+
+def test_counts_are_the_training_split_ids(movielens) -> None:
+    counts = movielens_100k_counts(seed=0)
+    assert [len(c) for c in counts] == list(movielens.cardinalities)
+    (train,) = movielens.batches("train", 100_000)
+    for f in range(train.categorical.shape[1]):
+        expected = torch.bincount(train.categorical[:, f], minlength=len(counts[f]))
+        assert counts[f].tolist() == expected.tolist()
+    values, offsets = train.bags[0]
+    assert counts[7].sum() == len(values) > len(offsets) == 80_000  # genre entries, not rows
+    assert counts[0].sum() == 80_000 and counts[0].dtype == np.int64
+    assert not np.array_equal(movielens_100k_counts(seed=1)[0], counts[0])

@@ -23,7 +23,8 @@ release_year  72           71 years + missing (items 267, 1412: "unkonwn", "V")
 genres        19           multi-hot bag (1 to 6 genres per movie), "unknown" included
 ============  ===========  ==========================================================
 
-No dense features.
+No dense features. :func:`movielens_100k_counts` gives the training split's per-id counts in the
+form :func:`~compemb.data.storage.read_category_counts` gives a dataset folder's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ import polars as pl
 
 from compemb.data.dataset import ArrayDataset, SplitArrays
 
-__all__ = ["MOVIELENS_FEATURES", "movielens_100k_dir", "load_movielens_100k"]
+__all__ = [
+    "MOVIELENS_FEATURES",
+    "movielens_100k_dir",
+    "load_movielens_100k",
+    "movielens_100k_counts",
+]
 
 MOVIELENS_FEATURES: tuple[str, ...] = (
     "user_id", "item_id", "age", "gender", "occupation", "zip_code", "release_year", "genres",
@@ -86,6 +92,19 @@ def load_movielens_100k(seed: int = 0) -> ArrayDataset:
     Args:
         seed: seed of the 80/10/10 split permutation.
     """
+    splits, cardinalities = _splits(seed)
+    return ArrayDataset(
+        name="movielens-100k",
+        feature_names=MOVIELENS_FEATURES,
+        cardinalities=cardinalities,
+        num_dense=0,
+        splits=splits,
+        num_bag_features=1,
+    )
+
+
+def _splits(seed: int) -> tuple[dict[str, SplitArrays], list[int]]:
+    """The three splits' arrays and every feature's cardinality."""
     folder = movielens_100k_dir()
     ratings = _read_atomic(folder / "ml-100k.inter")
     users = _read_atomic(folder / "ml-100k.user")
@@ -134,11 +153,22 @@ def load_movielens_100k(seed: int = 0) -> ArrayDataset:
             labels=labels[part],
             bags=((genre_ids[index], offsets),),
         )
-    return ArrayDataset(
-        name="movielens-100k",
-        feature_names=MOVIELENS_FEATURES,
-        cardinalities=cardinalities,
-        num_dense=0,
-        splits=splits,
-        num_bag_features=1,
-    )
+    return splits, cardinalities
+
+
+def movielens_100k_counts(seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Per-id counts of the training split of :func:`load_movielens_100k` ``(seed)``.
+
+    Returns one (cardinality_f,) int64 array per feature, in ``MOVIELENS_FEATURES`` order, as
+    :func:`~compemb.data.storage.read_category_counts` returns a dataset folder's: ``counts[f][i]``
+    is how many training rows hold id ``i`` of feature ``f``; for the ``genres`` bag, how many bag
+    entries (a movie of 3 genres counts once for each).
+    """
+    splits, cards = _splits(seed)
+    train = splits["train"]
+    counts = [np.bincount(train.categorical[:, f], minlength=cards[f]).astype(np.int64)
+              for f in range(train.categorical.shape[1])]  # fmt: skip
+    for b, (values, _) in enumerate(train.bags):
+        f = train.categorical.shape[1] + b
+        counts.append(np.bincount(values, minlength=cards[f]).astype(np.int64))
+    return tuple(counts)
