@@ -1,0 +1,133 @@
+"""The TorchRec collection equals compemb's local modules given the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("torchrec")
+
+from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec  # noqa: E402
+from compemb.embeddings.factory import make_embedding_bag, resolve_spec  # noqa: E402
+from compemb.embeddings.torchrec import (  # noqa: E402
+    TorchRecEmbeddingCollection,
+    ids_to_kjt,
+    keyed_to_batch,
+)
+
+CARDS = [1000, 37, 5, 250]  # the 5-category feature falls back to full under every scheme
+D = 8
+SPECS = [
+    EmbeddingSpec("full"),
+    EmbeddingSpec("hash", collisions=4),
+    *(EmbeddingSpec("qr", operation=op, collisions=4) for op in ("concat", "add", "mult")),
+    EmbeddingSpec("mixed_radix", operation="mult", k=3),
+    EmbeddingSpec("crt", operation="add", k=2),
+    EmbeddingSpec("qr", operation="concat", collisions=4, threshold=40),
+    EmbeddingSpec("path", collisions=4, path_transform="mlp", path_hidden=6),
+    EmbeddingSpec("path", collisions=4, path_transform="linear"),
+    EmbeddingSpec("feature", collisions=4),
+]
+IDS = {spec: f"{spec.scheme}-{spec.operation}-{spec.threshold}-{spec.path_transform}"
+       for spec in SPECS}
+
+
+def _local_modules(trc: TorchRecEmbeddingCollection) -> list[torch.nn.Module]:
+    """Per-feature modules holding copies of the TorchRec collection's weights."""
+    tables = trc.named_tables()
+    modules = []
+    for route, n in zip(trc.routes, trc.cardinalities, strict=True):
+        module = make_embedding_bag(n, D, resolve_spec(trc.spec, n))
+        own = getattr(module, "weights", None)
+        targets = list(own) if own is not None else [module.weight]
+        with torch.no_grad():
+            for t, target in zip(route.tables, targets, strict=True):
+                target.copy_(tables[t])
+            if route.spec.scheme == "path":
+                module.paths.load_state_dict(trc.paths[route.name].state_dict())
+        modules.append(module)
+    return modules
+
+
+def _bags(batch: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Multi-hot bags for every feature (one empty bag, repeated ids)."""
+    bags = []
+    for n in CARDS:
+        lengths = torch.randint(0, 4, (batch,), generator=gen)
+        lengths[1] = 0
+        values = torch.randint(0, n, (int(lengths.sum()),), generator=gen)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+        bags.append((values, offsets))
+    return bags
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS.get)
+def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
+    torch.manual_seed(0)
+    trc = TorchRecEmbeddingCollection(CARDS, D, spec)
+    local = EmbeddingBagCollection(CARDS, D, spec)
+    with torch.no_grad():
+        for f, (route, module) in enumerate(zip(trc.routes, _local_modules(trc), strict=True)):
+            for dst, src in zip(local.tables(f), module.parameters(), strict=True):
+                assert dst.shape == src.shape, route
+                dst.copy_(src)
+    ids = torch.stack([torch.randint(0, n, (16,)) for n in CARDS], dim=1)
+    ids[0] = torch.tensor([n - 1 for n in CARDS])
+    kt = trc(ids_to_kjt(ids, trc.feature_names))
+    assert kt.keys() == list(trc.output_names)
+    torch.testing.assert_close(keyed_to_batch(kt, D), local(ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
+@pytest.mark.parametrize("spec", SPECS, ids=IDS.get)
+def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None:
+    """Bags (empty and repeated ids included) through every pooling, and per-sample weights:
+    outputs and every table's gradient equal the per-feature modules'."""
+    torch.manual_seed(1)
+    gen = torch.Generator().manual_seed(2)
+    weighted = mode == "weighted"
+    spec = spec.with_(mode="sum" if weighted else mode)
+    trc = TorchRecEmbeddingCollection(CARDS, D, spec, weighted=weighted)
+    modules = _local_modules(trc)
+    bags = _bags(6, gen)
+    weights = [torch.rand(v.shape, generator=gen) for v, _ in bags] if weighted else None
+    out = keyed_to_batch(trc(ids_to_kjt(torch.empty(6, 0, dtype=torch.long),
+                                        trc.feature_names, bags, weights)), D)
+    expected = []
+    for j, (module, (v, o)) in enumerate(zip(modules, bags, strict=True)):
+        y = module(v, o, None if weights is None else weights[j])
+        expected.append(y if y.dim() == 3 else y.unsqueeze(1))
+    expected = torch.cat(expected, dim=1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    probe = torch.randn(out.shape, generator=gen)
+    (out * probe).sum().backward()
+    (expected * probe).sum().backward()
+    tables = trc.named_tables()
+    for route, module in zip(trc.routes, modules, strict=True):
+        own = getattr(module, "weights", None)
+        targets = list(own) if own is not None else [module.weight]
+        for t, target in zip(route.tables, targets, strict=True):
+            torch.testing.assert_close(tables[t].grad, target.grad, rtol=0, atol=1e-6)
+        if route.spec.scheme == "path":
+            for a, b in zip(trc.paths[route.name].parameters(), module.paths.parameters(),
+                            strict=True):
+                torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6)
+
+
+def test_routes_pool_only_what_commutes() -> None:
+    cards = [1000, 3]
+    route = {
+        (op, mode): TorchRecEmbeddingCollection(
+            cards, D, EmbeddingSpec("qr", operation=op, collisions=4, mode=mode)).routes
+        for op in ("concat", "add", "mult") for mode in ("sum", "max")
+    }  # fmt: skip
+    assert route["concat", "sum"][0].pooled and route["add", "sum"][0].pooled
+    assert not route["mult", "sum"][0].pooled
+    assert not route["add", "max"][0].pooled and not route["concat", "max"][0].pooled
+    assert route["mult", "sum"][1].spec.scheme == "full" and route["mult", "sum"][1].pooled
+    assert route["mult", "sum"][0].tables == ("f0__0", "f0__1")
+
+
+def test_weighted_needs_sum() -> None:
+    with pytest.raises(ValueError, match="mode 'sum'"):
+        TorchRecEmbeddingCollection([10], D, EmbeddingSpec(mode="mean"), weighted=True)
