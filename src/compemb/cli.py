@@ -110,7 +110,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     from compemb.experiments.pipeline import dataset_spec, default_out, run_named
     from compemb.experiments.report import format_table
-    from compemb.experiments.runner import Settings
+    from compemb.experiments.runner import RESULT_FILES, Settings
 
     spec = dataset_spec(args.data)
     settings = Settings(
@@ -123,8 +123,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
     outcome = run_named(args.name, settings, out, progress=args.progress, command=command)
     print(format_table(outcome.results))
-    print(f"\nwrote {outcome.folder}/ (report.md, {outcome.plot.name}, trials.csv, summary.csv, "
-          f"results.json) in {outcome.seconds:.0f} s")
+    files = ", ".join([outcome.report.name, outcome.plot.name, *RESULT_FILES])
+    print(f"\nwrote {outcome.folder}/ ({files}) in {outcome.seconds:.0f} s")
     return 0
 
 

@@ -32,8 +32,11 @@ from compemb.data.storage import read_metadata
 from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
 from compemb.experiments.init_rules import init_rule
 from compemb.training import train
+from compemb.training.run_folder import RunFolder
 
 METRICS = ("test_logloss", "test_auc", "test_accuracy", "val_logloss")
+TRIALS_FILE, SUMMARY_FILE, RESULTS_FILE = "trials.csv", "summary.csv", "results.json"
+RESULT_FILES = (TRIALS_FILE, SUMMARY_FILE, RESULTS_FILE)
 CURVE_POINTS = 25  # validation points per run for experiments that record curves
 
 
@@ -124,15 +127,15 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]:
-    """Train ``run`` (or read its ``final.json`` if it finished before); its final metrics."""
-    final = run.folder / "final.json"
-    if final.is_file():
-        return json.loads(final.read_text())
-    resume = (run.folder / "config.yaml").is_file()
+    """Train ``run`` (or read its final metrics if it finished before); its final metrics."""
+    folder = RunFolder(run.folder)
+    if folder.is_done():
+        return folder.read_final()
+    resume = folder.config.is_file()
     with init_rule(run.variant.init):
         metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
     if not keep_checkpoint:
-        (run.folder / "checkpoint.pt").unlink(missing_ok=True)
+        folder.checkpoint.unlink(missing_ok=True)
     return metrics
 
 
@@ -154,7 +157,7 @@ def _execute_all(
     finals: list[dict[str, Any] | None] = [None] * len(runs)
     pending = []
     for i, run in enumerate(runs):
-        if (run.folder / "final.json").is_file() or settings.workers == 1:
+        if RunFolder(run.folder).is_done() or settings.workers == 1:
             bar.set_postfix_str(f"{run.variant.label} seed {run.seed}")
             finals[i] = execute(run, dataset, settings.keep_checkpoints)
             bar.update()
@@ -223,9 +226,8 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
 
 
 def read_curve(folder: Path) -> list[tuple[int, float]]:
-    """(step, val log loss) records of a run's metrics.jsonl."""
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["val_logloss"]) for r in map(json.loads, filter(None, lines))]
+    """(step, val log loss) of a run's validation records."""
+    return [(r["step"], r["val_logloss"]) for r in RunFolder(folder).read_metrics()]
 
 
 def aggregate_curves(runs: Sequence[Run]) -> dict[str, dict[str, list[float]]]:
@@ -292,7 +294,7 @@ def run_experiment(
         results["curves"] = aggregate_curves(runs)
     folder = out / experiment.name
     folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(folder / "trials.csv", rows)
-    _write_csv(folder / "summary.csv", results["summary"])
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write_csv(folder / TRIALS_FILE, rows)
+    _write_csv(folder / SUMMARY_FILE, results["summary"])
+    (folder / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-CHECKPOINT_FILE = "checkpoint.pt"
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason on one line."""
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -32,7 +36,61 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+    """Load a checkpoint with ``torch.load(weights_only=True)``: tensors and plain values only.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: a file torch refuses (one carrying code, say) or cannot read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: torch.load(weights_only=True) refused it, as it does a file holding "
+            f"more than tensors and plain values: {_reason(err)}"
+        ) from err
+    except Exception as err:  # a truncated or foreign file fails in many ways inside torch
+        raise CheckpointError(f"{path}: not a readable checkpoint: {_reason(err)}") from err
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a compemb checkpoint (a {type(saved).__name__})")
+    return saved
+
+
+def restore(target: Any, saved: dict[str, Any], key: str, path: Path) -> None:
+    """``target.load_state_dict(saved[key])`` (a model or an optimizer), failing in one line."""
+    if key not in saved:
+        raise CheckpointError(f"{path}: not a compemb checkpoint (no {key!r} entry)")
+    try:
+        target.load_state_dict(saved[key])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: its {key} does not fit the configured one: {_reason(err)}"
+        ) from err
+
+
+def _reason(err: BaseException) -> str:
+    """The informative part of an exception's message, on one line.
+
+    torch wraps the cause of a refused load in paragraphs of general advice; keep the cause.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch bolds part of its advice
+    marker = "WeightsUnpickler error:"
+    cause = marker in text
+    if cause:
+        text = text.split(marker, 1)[1]
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    kept = [p for p in paragraphs if p and not p.startswith(advice)]
+    text = kept[0] if kept else " ".join(text.split())
+    if cause:  # its first sentence names the refused global; the rest is how to allow it
+        text = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+    text = text if len(text) <= 300 else text[:297] + "..."
+    if isinstance(err, KeyError) or not text:  # a KeyError's message is the bare key
+        return f"{type(err).__name__}: {text}".rstrip(": ")
+    return text
 
 
 def rng_state() -> dict[str, Any]:

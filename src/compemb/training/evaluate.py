@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from compemb.config import load_config
 from compemb.data import Dataset, open_dataset
 from compemb.training.build import forward, model_for
-from compemb.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from compemb.training.checkpoint import load_checkpoint, restore
 from compemb.training.distributed import pick_device
 from compemb.training.metrics import binary_metrics
-
-CONFIG_FILE = "config.yaml"
+from compemb.training.run_folder import RunFolder
 
 
 @torch.no_grad()
@@ -45,20 +42,16 @@ def evaluate_run(
     run_dir: str | Path, split: str = "test", *, device: str | None = None
 ) -> dict[str, Any]:
     """Metrics of a run folder's last checkpoint on ``split`` (``test`` or ``val``)."""
-    run_dir = Path(run_dir)
     if split not in ("test", "val"):
         raise ValueError(f"split {split!r}: use test or val")
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT_FILE}: train it first")
-    config = load_config(run_dir / CONFIG_FILE)
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    checkpoint = folder.require(folder.checkpoint, "not trained yet, or an experiment run "
+                                "finished without --keep-checkpoints")  # fmt: skip
     dataset = open_dataset(config.data.dataset)
     dev = pick_device(device)
     model = model_for(config, dataset, dev)
-    model.load_state_dict(load_checkpoint(checkpoint, dev)["model"])
+    restore(model, load_checkpoint(checkpoint, dev), "model", checkpoint)
     metrics = evaluate(model, dataset, split, config.train.eval_batch_size, dev)
-    return {"run": str(run_dir), "split": split, **{f"{split}_{k}": v for k, v in metrics.items()}}
-
-
-def read_final(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "final.json").read_text())
+    return {"run": str(folder.path), "split": split,
+            **{f"{split}_{k}": v for k, v in metrics.items()}}  # fmt: skip

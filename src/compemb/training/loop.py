@@ -1,8 +1,8 @@
 """The training loop behind ``compemb train``: set up, fit, record, checkpoint, finish.
 
-A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one record per
-validation: step, train loss, val log loss), ``checkpoint.pt`` (the last atomic checkpoint) and,
-when done, ``final.json``. Under ``torchrun`` every rank trains its share of each global batch;
+The run folder (:class:`~compemb.training.run_folder.RunFolder`) gets the resolved config, one
+metrics record per validation (step, train loss, val log loss), the last atomic checkpoint and,
+when done, the final metrics. Under ``torchrun`` every rank trains its share of each global batch;
 rank 0 alone evaluates and writes files while the others wait.
 """
 
@@ -26,20 +26,19 @@ from compemb.optim import make_optimizer
 from compemb.training import distributed as D
 from compemb.training.build import embedding_spec, forward, model_for
 from compemb.training.checkpoint import (
-    CHECKPOINT_FILE,
+    CheckpointError,
     atomic_write,
     load_checkpoint,
+    restore,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
-from compemb.training.evaluate import CONFIG_FILE, evaluate
+from compemb.training.evaluate import evaluate
 from compemb.training.params import parameter_report
+from compemb.training.run_folder import RunFolder
 from compemb.training.state import TrainState
-
-METRICS_FILE = "metrics.jsonl"
-FINAL_FILE = "final.json"
 
 
 class TrainingDiverged(ValueError):
@@ -51,7 +50,7 @@ class Trainer:
     """Everything a run needs; ``net`` is ``model`` or its DDP wrapper."""
 
     config: Config
-    out_dir: Path
+    folder: RunFolder
     dataset: Dataset
     model: RankingModel
     net: torch.nn.Module
@@ -88,34 +87,30 @@ def train(
     device = D.pick_device(config.train.device, D.local_rank_from_env())
     info = D.init_distributed(device)
     try:
-        trainer = _setup(config, Path(out_dir), resume, dataset, device, info)
-        final_path = trainer.out_dir / FINAL_FILE
-        if not final_path.is_file():
+        trainer = _setup(config, RunFolder(out_dir), resume, dataset, device, info)
+        if not trainer.folder.is_done():
             _fit(trainer, progress)
             _finish(trainer)
         D.barrier(info)
-        return json.loads(final_path.read_text())
+        return trainer.folder.read_final()
     finally:
         D.shutdown(info)
 
 
 def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """Continue the run in ``run_dir`` with the config it was started with."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: {path} is missing")
-    return train(load_config(path), run_dir, resume=True, **kwargs)
+    return train(RunFolder(run_dir).read_config(), run_dir, resume=True, **kwargs)
 
 
 def _setup(
     config: Config,
-    out_dir: Path,
+    folder: RunFolder,
     resume: bool,
     dataset: Dataset | None,
     device: torch.device,
     info: D.DistInfo,
 ) -> Trainer:
-    _prepare_folder(config, out_dir, resume, info)
+    _prepare_folder(config, folder, resume, info)
     seed_everything(config.train.seed)
     dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
     sparse = bool(config.model.sparse) and D.sparse_allowed(device, info)
@@ -125,40 +120,48 @@ def _setup(
     optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr,
                                tables=model.sparse_arch.table_parameters())
     state = TrainState()
-    checkpoint = out_dir / CHECKPOINT_FILE
-    if resume and checkpoint.is_file():
-        saved = load_checkpoint(checkpoint, device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        state = TrainState.from_dict(saved["state"])
-        set_rng_state(saved["rng"])
+    if resume and folder.checkpoint.is_file():
+        state = _restore(folder.checkpoint, model, optimizer, device)
     if info.is_main:
         lines = "".join(json.dumps(r) + "\n" for r in state.history)
-        atomic_write(out_dir / METRICS_FILE, lambda tmp: tmp.write_text(lines))
+        atomic_write(folder.metrics, lambda tmp: tmp.write_text(lines))
     D.barrier(info)
     net = D.wrap_model(model, device, info, sparse_tables=sparse)
-    return Trainer(config, out_dir, dataset, model, net, optimizer, device, info, state,
+    return Trainer(config, folder, dataset, model, net, optimizer, device, info, state,
                    tables_outside_ddp=info.enabled and sparse)  # fmt: skip
 
 
-def _prepare_folder(config: Config, out_dir: Path, resume: bool, info: D.DistInfo) -> None:
+def _restore(
+    path: Path, model: RankingModel, optimizer: torch.optim.Optimizer, device: torch.device
+) -> TrainState:
+    """Load a checkpoint into ``model``, ``optimizer`` and the RNGs; the progress it saved."""
+    saved = load_checkpoint(path, device)
+    restore(model, saved, "model", path)
+    restore(optimizer, saved, "optimizer", path)
+    try:
+        state = TrainState.from_dict(saved["state"])
+        set_rng_state(saved["rng"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its progress or RNG state is unreadable ({err!r})") from err
+    return state
+
+
+def _prepare_folder(config: Config, folder: RunFolder, resume: bool, info: D.DistInfo) -> None:
     if resume:
-        saved = out_dir / CONFIG_FILE
-        if not saved.is_file():
-            raise FileNotFoundError(f"cannot resume {out_dir}: {saved} is missing")
+        saved = folder.require(folder.config, f"cannot resume {folder.path}")
         if load_config(saved) != config:
-            raise ValueError(f"cannot resume {out_dir} with a config that differs from {saved}")
+            raise ValueError(f"cannot resume {folder.path} with a config that differs from {saved}")
         return
-    if any((out_dir / name).exists() for name in (CONFIG_FILE, CHECKPOINT_FILE, FINAL_FILE)):
+    if folder.holds_run():
         raise FileExistsError(
-            f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose "
-            f"another --out"
+            f"{folder.path} already holds a run; continue it with --resume {folder.path} or "
+            f"choose another --out"
         )
     D.barrier(info)  # every rank has looked before rank 0 writes
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folder.path.mkdir(parents=True, exist_ok=True)
         text = dump_config(config)
-        atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+        atomic_write(folder.config, lambda tmp: tmp.write_text(text))
 
 
 def _fit(trainer: Trainer, progress: bool | None) -> None:
@@ -215,7 +218,7 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
         raise TrainingDiverged(
             f"the training loss is {total_loss} at iteration {state.step + 1} (epoch "
             f"{state.epoch}); the run stopped and its last good checkpoint stays in "
-            f"{trainer.out_dir / CHECKPOINT_FILE} (try a smaller train.lr)"
+            f"{trainer.folder.checkpoint} (try a smaller train.lr)"
         )
     trainer.optimizer.step()
     state.step += 1
@@ -236,7 +239,7 @@ def _record(trainer: Trainer) -> None:
         t = trainer.config.train
         val = evaluate(trainer.model, trainer.dataset, "val", t.eval_batch_size, trainer.device)
         record.update({f"val_{k}": v for k, v in val.items()})
-        with open(trainer.out_dir / METRICS_FILE, "a") as f:
+        with open(trainer.folder.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
     state.history.append(record)
     D.barrier(trainer.dist)
@@ -244,7 +247,7 @@ def _record(trainer: Trainer) -> None:
 
 def _checkpoint(trainer: Trainer) -> None:
     if trainer.dist.is_main:
-        save_checkpoint(trainer.out_dir / CHECKPOINT_FILE, {
+        save_checkpoint(trainer.folder.checkpoint, {
             "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
             "state": trainer.state.to_dict(),
@@ -282,4 +285,4 @@ def _finish(trainer: Trainer) -> None:
         "device": str(trainer.device),
     }
     text = json.dumps(final, indent=2) + "\n"
-    atomic_write(trainer.out_dir / FINAL_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write(trainer.folder.final, lambda tmp: tmp.write_text(text))

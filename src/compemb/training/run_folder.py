@@ -1,0 +1,86 @@
+"""A run folder and the files ``compemb train`` writes into it, named in one place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from compemb.config import Config, load_config
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder of one training run.
+
+    It holds ``config.yaml`` (the resolved config, written first), ``metrics.jsonl`` (one record
+    per validation), ``checkpoint.pt`` (the last atomic checkpoint) and, once the run is done,
+    ``final.json`` (its final metrics).
+
+    >>> RunFolder(Path("runs/a")).checkpoint.as_posix()
+    'runs/a/checkpoint.pt'
+    """
+
+    path: Path  # a str is taken as a path
+
+    CONFIG: ClassVar[str] = "config.yaml"
+    METRICS: ClassVar[str] = "metrics.jsonl"
+    CHECKPOINT: ClassVar[str] = "checkpoint.pt"
+    FINAL: ClassVar[str] = "final.json"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def final(self) -> Path:
+        return self.path / self.FINAL
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here (its config, a checkpoint or final metrics exist)."""
+        return any(p.exists() for p in (self.config, self.checkpoint, self.final))
+
+    def is_done(self) -> bool:
+        return self.final.is_file()
+
+    def require(self, file: Path, hint: str) -> Path:
+        """``file`` if it exists, else a FileNotFoundError naming it and what to do."""
+        if not file.is_file():
+            raise FileNotFoundError(f"{self.path}: {file.name} is missing ({hint})")
+        return file
+
+    def read_config(self) -> Config:
+        """The config the run was started with."""
+        return load_config(self.require(self.config, "not a run folder"))
+
+    def read_final(self) -> dict[str, Any]:
+        """The final metrics of a finished run."""
+        return _read_json(self.require(self.final, "the run has not finished"))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The validation records, in order."""
+        path = self.require(self.metrics, "not a run folder, or not started")
+        lines = path.read_text().splitlines()
+        try:
+            return [json.loads(line) for line in lines if line]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON lines ({err})") from err
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
