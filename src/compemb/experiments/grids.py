@@ -10,7 +10,7 @@ feature keep its full table on smaller data are dropped or replaced (see :func:`
 ['full', 'hash c=4', 'qr mult c=4']
 >>> build_experiment("fig8", (943,))
 Traceback (most recent call last):
-ValueError: unknown experiment 'fig8'; valid: fig4, fig5, fig6, fig7, table1, optimizers, init, demo
+ValueError: unknown experiment 'fig8'; valid: fig4, fig5, fig6, fig7, table1, optimizers, init, demo, frontier
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Figures 4-7 and table 1 of the paper, and two of ours (see EXPERIMENT_HELP).
-EXPERIMENTS = ("fig4", "fig5", "fig6", "fig7", "table1", "optimizers", "init", "demo")
+EXPERIMENTS = ("fig4", "fig5", "fig6", "fig7", "table1", "optimizers", "init", "demo", "frontier")
 EXPERIMENT_HELP = {
     "fig4": "validation loss against iterations: full, hash and QR mult at 4 collisions",
     "fig5": "test loss against parameters: collisions 2-7 and 60, every operation, full table",
@@ -29,6 +29,7 @@ EXPERIMENT_HELP = {
     "optimizers": "Adagrad against AMSGrad for each QR operation and the baselines",
     "init": "initialization rules of the QR tables (see init_rules), with both optimizers",
     "demo": "the main job: every scheme at 3 compression levels",
+    "frontier": "test loss against embedding parameters, every scheme at 2x to 1000x compression",
 }
 PAPER_COLLISIONS = (2, 3, 4, 5, 6, 7, 60)
 PAPER_THRESHOLDS = (1, 20, 200, 2000, 20000)
@@ -213,4 +214,8 @@ def build_experiment(name: str, cardinalities: Sequence[int]) -> Experiment:
         return Experiment("demo", "every scheme at three compression levels",
                           tuple(variants), "params", "number of parameters",
                           notes=(note,) if note else ())  # fmt: skip
+    if name == "frontier":  # its own module, which builds on this one: imported when asked for
+        from compemb.experiments.frontier import build_frontier
+
+        return build_frontier(cards)
     raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")

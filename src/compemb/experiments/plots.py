@@ -51,7 +51,7 @@ def _against(x_key: str, y_key: str, log_x: bool, log_y: bool) -> Callable[[Axes
     def draw(ax: Axes, results: Results) -> None:
         for series, entries in _series(results).items():
             if series == "full":
-                if x_key != "num_parameters":
+                if x_key not in ("num_parameters", "embedding_parameters"):
                     _full_line(ax, entries[0], y_key)
                     continue
             entries = sorted(entries, key=lambda e: e[x_key])
@@ -84,6 +84,7 @@ def _bars(ax: Axes, results: Results) -> None:
 _DRAW: dict[str, Callable[[Axes, Results], None]] = {
     "curve": _curve,
     "params": _against("num_parameters", "test_logloss", log_x=True, log_y=False),
+    "embedding_params": _against("embedding_parameters", "test_logloss", log_x=True, log_y=False),
     "threshold": _against("x", "test_logloss", log_x=True, log_y=False),
     "threshold_params": _against("x", "num_parameters", log_x=True, log_y=True),
     "hidden": _against("x", "test_logloss", log_x=True, log_y=False),

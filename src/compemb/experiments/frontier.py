@@ -1,0 +1,180 @@
+"""The memory-versus-loss frontier: every scheme over a range of embedding-parameter budgets.
+
+Each :class:`Scheme` is one line of the plot: fixed model fields and a knob (``collisions`` or
+``k``) that sets its size. For every target compression of :data:`TARGET_COMPRESSIONS` (the full
+tables' embedding parameters over the scheme's, about 2x to 1000x) the knob value whose
+compression on the data's cardinalities comes nearest is trained, if it lands within a factor
+:data:`TOLERANCE` of the target; a scheme that cannot reach a target (QR saturates near
+``c = sqrt(n)``, mixed radix only has a few sizes, small features keep full tables) skips it,
+and the report says so. Sizes are counted on the meta device with the library's own modules,
+so they are the trained models' sizes.
+
+A new scheme (the frequency-aware partitions, say) is one more entry of :data:`FRONTIER_SCHEMES`.
+
+>>> exp = build_frontier((943, 1682, 61, 2, 21, 795, 72, 19), targets=(2, 4))
+>>> [v.label for v in exp.variants][:4]
+['full', 'hash c=2', 'hash c=4', 'qr concat c=2']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+from compemb.embeddings import EmbeddingSpec, make_embedding_bag, resolve_spec
+from compemb.experiments.grids import Experiment, Variant
+
+TARGET_COMPRESSIONS = (2, 4, 16, 60, 250, 1000)
+TOLERANCE = 1.5  # a knob value counts for a target within this factor of its compression
+_VARIANT_FIELDS = {f.name for f in fields(Variant)}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One line of the frontier.
+
+    Attributes:
+        series: its legend entry.
+        fields: fixed ``ModelConfig`` fields (scheme, operation, path_hidden, ...).
+        knob: the field that sets the size: ``collisions`` or ``k``.
+        values: the knob's candidate values; None: collisions from 2 upward, four per octave.
+        mirrored: collisions past the square root of the largest cardinality only mirror smaller
+            ones (QR's quotient and remainder swap roles; concat then reaches 2x with a
+            3-row quotient table), so candidates stop there; False for the hashing trick.
+    """
+
+    series: str
+    fields: tuple[tuple[str, Any], ...]
+    knob: str = "collisions"
+    values: tuple[int, ...] | None = None
+    mirrored: bool = True
+
+
+FRONTIER_SCHEMES: tuple[Scheme, ...] = (
+    Scheme("hash", (("scheme", "hash"),), mirrored=False),
+    Scheme("qr concat", (("scheme", "qr"), ("operation", "concat"))),
+    Scheme("qr add", (("scheme", "qr"), ("operation", "add"))),
+    Scheme("qr mult", (("scheme", "qr"), ("operation", "mult"))),
+    Scheme("mixed radix mult", (("scheme", "mixed_radix"), ("operation", "mult")), "k",
+           (2, 3, 4, 5)),
+    Scheme("crt mult", (("scheme", "crt"), ("operation", "mult"))),
+    # table1 found the path loss flat in the hidden size: the smallest MLPs make its frontier.
+    Scheme("path h=16", (("scheme", "path"), ("path_hidden", 16))),
+    Scheme("feature", (("scheme", "feature"),)),
+)
+
+
+@dataclass(frozen=True)
+class FrontierVariant(Variant):
+    """A :class:`Variant` with model fields of its own beyond Variant's (``k``, ...).
+
+    Attributes:
+        extra: ``(field, value)`` pairs added to the model config and the label.
+    """
+
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return " ".join([super().label, *(f"{k}={v}" for k, v in self.extra)])
+
+    def model_fields(self) -> dict[str, object]:
+        return {**super().model_fields(), **dict(self.extra)}
+
+
+def make_variant(scheme: Scheme, value: int | None, x: float | None = None) -> FrontierVariant:
+    """The variant of ``scheme`` with its knob at ``value`` (None: the scheme as it stands)."""
+    given = dict(scheme.fields)
+    if value is not None:
+        given[scheme.knob] = value
+    own = {k: v for k, v in given.items() if k in _VARIANT_FIELDS}
+    extra = tuple((k, v) for k, v in given.items() if k not in _VARIANT_FIELDS)
+    return FrontierVariant(scheme.series, x=x, extra=extra, **own)
+
+
+@cache
+def _feature_parameters(num_categories: int, embedding_dim: int, spec: EmbeddingSpec) -> int:
+    module = make_embedding_bag(
+        num_categories, embedding_dim, resolve_spec(spec, num_categories), device="meta"
+    )
+    return sum(p.numel() for p in module.parameters())
+
+
+def embedding_parameters(
+    variant: Variant, cardinalities: Sequence[int], embedding_dim: int = 16
+) -> int:
+    """Embedding parameters of ``variant`` over features of ``cardinalities`` (meta device)."""
+    spec = EmbeddingSpec(**variant.model_fields())  # type: ignore[arg-type]
+    return sum(_feature_parameters(n, embedding_dim, spec) for n in cardinalities)
+
+
+def collision_candidates(cardinalities: Sequence[int], mirrored: bool = False) -> tuple[int, ...]:
+    """2, 3, 4, 5, 6, 7, 8, 10, ... (four per octave) while below half the largest feature
+    (``mirrored``: up to its square root, rounded up)."""
+    largest = max(cardinalities)
+    top = math.isqrt(largest - 1) + 1 if mirrored else largest // 2
+    steps = int(4 * math.log2(max(top, 2) / 2)) + 1
+    return tuple(sorted({c for i in range(steps) if 2 <= (c := round(2 * 2 ** (i / 4))) <= top}))
+
+
+def pick_values(
+    scheme: Scheme,
+    cardinalities: Sequence[int],
+    targets: Sequence[float] = TARGET_COMPRESSIONS,
+    embedding_dim: int = 16,
+) -> dict[float, tuple[int, float]]:
+    """Per reachable target: the knob value nearest it (in log compression) and its compression."""
+    full = sum(cardinalities) * embedding_dim
+    values = scheme.values or collision_candidates(cardinalities, scheme.mirrored)
+    sizes = {}
+    for value in values:
+        try:
+            sizes[value] = full / embedding_parameters(
+                make_variant(scheme, value), cardinalities, embedding_dim
+            )
+        except ValueError:  # a size the scheme refuses for these cardinalities
+            continue
+    picked: dict[float, tuple[int, float]] = {}
+    for target in targets:
+        if not sizes:
+            break
+        value = min(sizes, key=lambda v: (abs(math.log(sizes[v] / target)), v))
+        if abs(math.log(sizes[value] / target)) <= math.log(TOLERANCE):
+            picked[target] = (value, sizes[value])
+    return picked
+
+
+def build_frontier(
+    cardinalities: Sequence[int],
+    schemes: Sequence[Scheme] = FRONTIER_SCHEMES,
+    targets: Sequence[float] = TARGET_COMPRESSIONS,
+    embedding_dim: int = 16,
+) -> Experiment:
+    """The frontier grid for data of ``cardinalities``: the full table, then every scheme at
+    every target compression it can reach (a knob value picked twice is trained once)."""
+    variants: list[Variant] = [Variant("full", "full")]
+    notes = []
+    for scheme in schemes:
+        picked = pick_values(scheme, cardinalities, targets, embedding_dim)
+        seen = set()
+        for target, (value, _) in picked.items():
+            if value not in seen:
+                seen.add(value)
+                variants.append(make_variant(scheme, value, x=target))
+        missed = [t for t in targets if t not in picked]
+        if missed:
+            reach = ", ".join(f"{c:.1f}x" for _, c in sorted(picked.values()))
+            notes.append(f"{scheme.series}: no {scheme.knob} within {TOLERANCE}x of "
+                         f"{', '.join(f'{t:g}x' for t in missed)} on these cardinalities "
+                         f"(reached: {reach or 'none'})")  # fmt: skip
+    return Experiment(
+        "frontier",
+        "test loss against embedding parameters, every scheme",
+        tuple(variants),
+        "embedding_params",
+        "embedding parameters",
+        notes=tuple(notes),
+    )
