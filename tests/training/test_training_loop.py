@@ -129,9 +129,12 @@ def test_cli_train_and_evaluate(synth: Path, tmp_path: Path, capsys) -> None:
     argv = ["train", "--config", str(cfg), "--set", "train.max_steps=3", "--out", str(out),
             "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    final = json.loads(capsys.readouterr().out)
+    assert final["steps"] == 3 and final == json.loads((out / "final.json").read_text())
     assert main(["evaluate", str(out), "--split", "val"]) == 0
-    assert "val_logloss" in json.loads(capsys.readouterr().out)
+    evaluated = json.loads(capsys.readouterr().out)  # the saved weights give the same metrics
+    assert evaluated["val_logloss"] == pytest.approx(final["val_logloss"], abs=1e-6)
+    assert evaluated["val_auc"] == pytest.approx(final["val_auc"], abs=1e-6)
     assert main(["train", "--config", str(cfg), "--set", "model.colisions=4", "--out",
                  str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "did you mean 'collisions'" in capsys.readouterr().err
