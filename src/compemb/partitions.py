@@ -25,11 +25,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import reduce
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 __all__ = [
+    "FAMILIES",
+    "Digit",
+    "PartitionFamily",
     "PartitionSet",
     "ModuloPartitions",
     "MixedRadixPartitions",
@@ -42,6 +46,8 @@ __all__ = [
     "balanced_chinese_remainder",
     "for_collisions",
     "explicit",
+    "get_family",
+    "register_family",
 ]
 
 _INT64_MAX = 2**63 - 1
@@ -63,6 +69,25 @@ def _as_index(idx: torch.Tensor) -> torch.Tensor:
     return idx.long()
 
 
+class Digit(NamedTuple):
+    """One partition written as index arithmetic: bucket ``(i // place) mod modulus``, with
+    ``rows`` buckets. A modulus that no quotient below n reaches is a no-op."""
+
+    place: int
+    modulus: int
+    rows: int
+
+
+def digit(idx: torch.Tensor, place: int | torch.Tensor, modulus: int | torch.Tensor, *,
+          divide: bool = True, reduce: bool = True) -> torch.Tensor:
+    """``(idx // place) mod modulus`` in exact int64 arithmetic; ``place``/``modulus`` may be
+    tensors broadcasting against ``idx`` (the stacked collection's per-feature values).
+    ``divide``/``reduce`` false skip a step known to be a no-op."""
+    if divide:
+        idx = torch.div(idx, place, rounding_mode="floor")
+    return torch.remainder(idx, modulus) if reduce else idx
+
+
 class PartitionSet(ABC):
     """k partitions of the categories ``[0, num_categories)``.
 
@@ -73,6 +98,12 @@ class PartitionSet(ABC):
 
     num_categories: int
     sizes: tuple[int, ...]
+
+    def layout(self) -> tuple[Digit, ...] | None:
+        """Each partition as a :class:`Digit`, when every partition is one; None when the
+        family is not index arithmetic of that form (attribute tables, relabellings), which the
+        stacked collection then embeds feature by feature."""
+        return None
 
     @abstractmethod
     def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -121,6 +152,9 @@ class ModuloPartitions(PartitionSet):
         # A modulus above n only ever sees residues below n.
         self.sizes = tuple(min(m, self.num_categories) for m in self.moduli)
 
+    def layout(self) -> tuple[Digit, ...]:
+        return tuple(Digit(1, m, s) for m, s in zip(self.moduli, self.sizes, strict=True))
+
     def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         idx = _as_index(idx)
         return tuple(torch.remainder(idx, m) for m in self.moduli)
@@ -159,23 +193,27 @@ class MixedRadixPartitions(PartitionSet):
             raise ValueError(f"order must be a permutation of 0..{k - 1}, got {self.order}")
         # Place values, capped at n: beyond n every quotient is 0 and the product would only
         # risk int64 overflow.
-        self._place = []
+        places = []
         place = 1
         for r in self.radices:
-            self._place.append(min(place, n))
+            places.append(min(place, n))
             place *= r
-        digit_sizes = [min(r, n) for r in self.radices[:-1]]
-        digit_sizes.append(-(-n // self._place[-1]))
-        self._digit_sizes = tuple(digit_sizes)
-        self.sizes = tuple(self._digit_sizes[d] for d in self.order)
+        top = -(-n // places[-1])
+        # The top digit is never reduced: its modulus is its size, a no-op below n.
+        digits = [Digit(p, r, min(r, n))
+                  for p, r in zip(places[:-1], self.radices[:-1], strict=True)]
+        digits.append(Digit(places[-1], top, top))
+        self._layout = tuple(digits[d] for d in self.order)
+        self.sizes = tuple(d.rows for d in self._layout)
 
-    def _digit(self, idx: torch.Tensor, d: int) -> torch.Tensor:
-        q = idx if self._place[d] == 1 else torch.div(idx, self._place[d], rounding_mode="floor")
-        return q if d == len(self.radices) - 1 else torch.remainder(q, self.radices[d])
+    def layout(self) -> tuple[Digit, ...]:
+        return self._layout
 
     def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         idx = _as_index(idx)
-        return tuple(self._digit(idx, d) for d in self.order)
+        n = self.num_categories
+        return tuple(digit(idx, d.place, d.modulus, divide=d.place != 1,
+                           reduce=-(-n // d.place) > d.modulus) for d in self._layout)
 
     def is_complementary(self) -> bool:
         return math.prod(self.radices) >= self.num_categories
@@ -383,3 +421,81 @@ def explicit(
     ((2, 2), True)
     """
     return ExplicitPartitions(bucket_ids, sizes)
+
+
+class PartitionFamily(ABC):
+    """A way to build complementary partitions for a feature from the spec's ``collisions``
+    (categories per bucket of the largest table) or ``k`` (number of partitions).
+
+    Registered in :data:`FAMILIES` under ``name``, a family is at once an operation-based scheme
+    of :class:`~compemb.spec.EmbeddingSpec` (``scheme=name``) and a choice of partitions for
+    path-based composition and feature generation (``partitions=name``).
+    """
+
+    name: ClassVar[str]
+    takes: ClassVar[tuple[str, ...]] = ("collisions", "k")
+
+    @abstractmethod
+    def build(self, num_categories: int, collisions: int | None, k: int | None) -> PartitionSet:
+        """The partitions for n categories; exactly one of ``collisions`` and ``k`` is set."""
+
+
+class QuotientRemainderFamily(PartitionFamily):
+    """``quotient_remainder(n, collisions)``; with k, the balanced k-digit mixed radix."""
+
+    name = "qr"
+    takes = ("collisions",)
+
+    def build(self, num_categories, collisions, k):
+        if k is not None:
+            return balanced_mixed_radix(num_categories, k)
+        return quotient_remainder(num_categories, collisions)
+
+
+class MixedRadixFamily(PartitionFamily):
+    """``balanced_mixed_radix(n, k)``; with collisions, quotient-remainder (two digits)."""
+
+    name = "mixed_radix"
+
+    def build(self, num_categories, collisions, k):
+        if k is not None:
+            return balanced_mixed_radix(num_categories, k)
+        return quotient_remainder(num_categories, collisions)
+
+
+class ChineseRemainderFamily(PartitionFamily):
+    """``balanced_chinese_remainder(n, k)``; with collisions, ``for_collisions(n, c, "crt")``."""
+
+    name = "crt"
+
+    def build(self, num_categories, collisions, k):
+        if k is not None:
+            return balanced_chinese_remainder(num_categories, k)
+        return for_collisions(num_categories, collisions, "crt")
+
+
+FAMILIES: dict[str, PartitionFamily] = {}
+
+
+def register_family(family: PartitionFamily) -> PartitionFamily:
+    """Add a family to :data:`FAMILIES` under its ``name`` (a name is taken once)."""
+    if not isinstance(family, PartitionFamily):
+        raise TypeError(f"register a PartitionFamily instance, got {type(family).__name__}")
+    if family.name in FAMILIES:
+        raise ValueError(f"partition family {family.name!r} is already registered")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> PartitionFamily:
+    """The registered family called ``name``; raises with the valid names otherwise."""
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown partition family {name!r}; registered: {', '.join(FAMILIES)}"
+        ) from None
+
+
+for _family in (QuotientRemainderFamily(), MixedRadixFamily(), ChineseRemainderFamily()):
+    register_family(_family)

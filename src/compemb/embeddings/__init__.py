@@ -2,34 +2,42 @@
 
 from compemb.embeddings.base import FullEmbeddingBag, full_table_bound
 from compemb.embeddings.collection import EmbeddingBagCollection
-from compemb.embeddings.factory import (
-    SCHEMES,
-    EmbeddingSpec,
-    make_embedding_bag,
-    resolve_spec,
-    spec_partitions,
-)
+from compemb.embeddings.factory import make_embedding_bag, module_from_plan
 from compemb.embeddings.operation import (
-    OPERATIONS,
     CompositionalEmbeddingBag,
     FeatureEmbeddingBag,
     HashEmbeddingBag,
 )
-from compemb.embeddings.path import TRANSFORMS, PathEmbeddingBag
+from compemb.embeddings.path import PathEmbeddingBag
+from compemb.operations import OPERATIONS, get_operation, register_operation
+from compemb.spec import (
+    TRANSFORMS,
+    EmbeddingSpec,
+    FeaturePlan,
+    plan_feature,
+    resolve_spec,
+    schemes,
+    spec_partitions,
+)
 
 __all__ = [
     "OPERATIONS",
-    "SCHEMES",
     "TRANSFORMS",
     "CompositionalEmbeddingBag",
     "EmbeddingBagCollection",
     "EmbeddingSpec",
     "FeatureEmbeddingBag",
+    "FeaturePlan",
     "FullEmbeddingBag",
     "HashEmbeddingBag",
     "PathEmbeddingBag",
     "full_table_bound",
+    "get_operation",
     "make_embedding_bag",
+    "module_from_plan",
+    "plan_feature",
+    "register_operation",
     "resolve_spec",
+    "schemes",
     "spec_partitions",
 ]

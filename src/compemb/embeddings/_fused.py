@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from compemb.operations import Operation, get_operation
+
 # Ids per chunk: a chunk's gathered rows and products (1 MiB per tensor at D = 16) stay in cache,
 # where one pass over the whole batch at once would stream every intermediate through memory.
 CHUNK = 16384
@@ -40,41 +42,31 @@ def _spans(n: int, columns: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
-def _combine(operation: str, parts: list[torch.Tensor], out: torch.Tensor) -> None:
-    if operation == "concat":
-        torch.cat(parts, dim=1, out=out)
-    elif len(parts) == 1:
-        out.copy_(parts[0])
-    else:
-        (torch.mul if operation == "mult" else torch.add)(parts[0], parts[1], out=out)
-        for p in parts[2:]:
-            out.mul_(p) if operation == "mult" else out.add_(p)
-
-
 class _ComposeLookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, operation: str, sparse: tuple[bool, ...], absent: tuple, *tensors):
+    def forward(ctx, operation: Operation, sparse: tuple[bool, ...], absent: tuple, *tensors):
         k = len(sparse)
         buckets, weights = tensors[:k], tensors[k:]
         shape = buckets[0].shape
         columns = shape[-1] if len(shape) else 1
         flat = [b.reshape(-1) for b in buckets]
-        identity = 1.0 if operation == "mult" else 0.0
+        identity = operation.identity
         n = flat[0].numel()
         widths = [w.shape[1] for w in weights]
-        keep = [operation == "mult" and k > 1 and w.shape[0] > _KEEP_ROWS for w in weights]
+        needs_parts = operation.needs_parts_for_backward and k > 1
+        keep = [needs_parts and w.shape[0] > _KEEP_ROWS for w in weights]
         kept = [w.new_empty(n, w.shape[1]) if keep_j else None
                 for w, keep_j in zip(weights, keep, strict=True)]  # fmt: skip
         if k == 1 and absent[0] is None:
             out = weights[0].index_select(0, flat[0])
         else:
-            out = weights[0].new_empty(n, sum(widths) if operation == "concat" else widths[0])
+            out = weights[0].new_empty(n, operation.output_width(widths))
             for s, e in _spans(n, columns):
                 parts = [
                     _gather(w, b[s:e], a, identity, columns, None if buf is None else buf[s:e])
                     for w, b, a, buf in zip(weights, flat, absent, kept, strict=True)
                 ]
-                _combine(operation, parts, out[s:e])
+                operation.combine(parts, out=out[s:e])
         ctx.operation, ctx.sparse, ctx.absent, ctx.widths = operation, sparse, absent, widths
         ctx.columns = columns
         ctx.kept = [buf is not None for buf in kept]
@@ -87,16 +79,17 @@ class _ComposeLookup(torch.autograd.Function):
         saved = ctx.saved_tensors
         flat, weights, rest = saved[:k], saved[k : 2 * k], list(saved[2 * k :])
         kept = [rest.pop(0) if keep_j else None for keep_j in ctx.kept]
-        identity = 1.0 if ctx.operation == "mult" else 0.0
+        op: Operation = ctx.operation
+        identity = op.identity
         g = grad.reshape(-1, grad.shape[-1]).contiguous()
         n = g.shape[0]
         need = [ctx.needs_input_grad[3 + k + j] for j in range(k)]
-        offsets = [sum(ctx.widths[:j]) for j in range(k)]
-        direct = [ctx.operation != "mult" or k == 1 for _ in range(k)]
-        # Sparse gradients of add (and of one table) are the incoming gradient itself.
+        needs_parts = op.needs_parts_for_backward and k > 1
+        # Where the gradient of a table is the incoming gradient itself (add, or one table), its
+        # sparse gradient's values are that tensor: no copy.
+        passes = k == 1 or op.gradient_is_identity
         values = [
-            g if need[j] and ctx.sparse[j] and direct[j] and ctx.operation != "concat"
-            and ctx.absent[j] is None
+            g if need[j] and ctx.sparse[j] and passes and ctx.absent[j] is None
             else (g.new_empty(n, ctx.widths[j]) if need[j] and ctx.sparse[j] else None)
             for j in range(k)
         ]  # fmt: skip
@@ -105,7 +98,7 @@ class _ComposeLookup(torch.autograd.Function):
         for s, e in _spans(n, ctx.columns):
             gs = g[s:e]
             parts = None
-            if ctx.operation == "mult" and k > 1:
+            if needs_parts:
                 parts = [
                     buf[s:e] if buf is not None else
                     _gather(w, b[s:e], a, identity, ctx.columns)
@@ -115,19 +108,11 @@ class _ComposeLookup(torch.autograd.Function):
                 if not need[j] or values[j] is g:
                     continue
                 rows = values[j][s:e] if values[j] is not None else None
-                if ctx.operation == "concat":
-                    chunk = gs[:, offsets[j] : offsets[j] + ctx.widths[j]]
-                elif parts is None:
-                    chunk = gs
-                else:
-                    others = [p for i, p in enumerate(parts) if i != j]
-                    chunk = torch.mul(gs, others[0], out=rows)
-                    for p in others[1:]:
-                        chunk.mul_(p)
+                chunk = gs if k == 1 else op.partial(gs, parts, j, ctx.widths, out=rows)
                 a = ctx.absent[j]
                 if a is not None:  # no gradient where this table took no part
-                    if chunk is gs:
-                        chunk = chunk.clone()
+                    if chunk is gs or not chunk.is_contiguous():
+                        chunk = chunk.clone(memory_format=torch.contiguous_format)
                     chunk.view(-1, ctx.columns, chunk.shape[-1]).index_fill_(1, a, 0.0)
                 if rows is not None:
                     if chunk.data_ptr() != rows.data_ptr():
@@ -144,26 +129,30 @@ class _ComposeLookup(torch.autograd.Function):
 
 
 def compose_lookup(
-    operation: str,
+    operation: Operation | str,
     buckets: Sequence[torch.Tensor],
     weights: Sequence[torch.Tensor],
     sparse: Sequence[bool],
     absent: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """``omega(W_1[b_1], ..., W_k[b_k])`` for omega in concat, add, mult.
+    """``omega(W_1[b_1], ..., W_k[b_k])`` for any registered operation omega.
 
     Args:
+        operation: an :class:`~compemb.operations.Operation` or its registered name; tables
+            may be absent only if it has an identity.
         buckets: k int64 tensors of one shape S, row indices into each table.
         weights: k tables (R_j, D_j).
         sparse: per table, whether its gradient is sparse.
         absent: per table, None or an int64 tensor of positions along the last dimension of S
-            (the features) that have no part from that table: there it contributes the identity
-            (1 for mult, 0 for add) and gets no gradient.
+            (the features) that have no part from that table: there it contributes the
+            operation's identity (1 for mult, 0 for add) and gets no gradient.
 
     Returns:
         (*S, D) with D = sum D_j for concat, D_j otherwise.
     """
     absent = tuple(absent) if absent is not None else (None,) * len(buckets)
+    if not isinstance(operation, Operation):
+        operation = get_operation(operation)
     return _ComposeLookup.apply(operation, tuple(sparse), absent, *buckets, *weights)
 
 

@@ -3,21 +3,13 @@ table itself, and the initialization scale they all start from."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from compemb.embeddings._bags import Bags, check_mode, pool, prepare_bags
+from compemb.operations import full_table_bound
 
-
-def full_table_bound(num_categories: int) -> float:
-    """a = sqrt(1 / n): the full table's init is U(-a, a), the reference DLRM's choice.
-
-    Every compemb module starts its composed vectors at this scale: each coordinate has mean 0
-    and variance a^2 / 3, whatever the scheme, so schemes differ by structure, not by init.
-    """
-    return math.sqrt(1.0 / num_categories)
+__all__ = ["BagModule", "EmbeddingAccounting", "FullEmbeddingBag", "full_table_bound"]
 
 
 class EmbeddingAccounting:

@@ -18,70 +18,14 @@ from torch import nn
 
 from compemb.embeddings._bags import Bags, pool
 from compemb.embeddings._fused import compose_lookup
-from compemb.embeddings.base import FullEmbeddingBag, full_table_bound
-from compemb.embeddings.operation import (
-    CompositionalEmbeddingBag,
-    FeatureEmbeddingBag,
-    HashEmbeddingBag,
-    init_bounds,
-)
-from compemb.embeddings.path import PathEmbeddingBag
-from compemb.partitions import MixedRadixPartitions, ModuloPartitions, PartitionSet
-
-# Path features are grouped up to this many buckets per function (see batched_path).
-PATH_MAX_BUCKETS = 8
+from compemb.operations import Operation
+from compemb.partitions import Digit, digit
 
 # Stacked tables up to this many rows get dense gradients even with sparse=True.
 DENSE_GRAD_MAX_ROWS = 4096
 
-# (place, modulus, rows) of each partition of one feature.
-Layout = tuple[tuple[int, int, int], ...]
-# (kind, operation, dims): features with equal keys share a group.
-GroupKey = tuple[str, str, tuple[int, ...]]
-
-
-def _partition_layout(parts: PartitionSet) -> Layout | None:
-    if isinstance(parts, ModuloPartitions):
-        return tuple((1, m, s) for m, s in zip(parts.moduli, parts.sizes, strict=True))
-    if isinstance(parts, MixedRadixPartitions):
-        last = len(parts.radices) - 1
-        return tuple(
-            # The top digit is never reduced: its modulus is its size, a no-op below n.
-            (parts._place[d], s if d == last else parts.radices[d], s)
-            for d, s in zip(parts.order, parts.sizes, strict=True)
-        )
-    return None
-
-
-def describe(module: nn.Module) -> tuple[GroupKey, Layout, list[tuple[float, float]]] | None:
-    """How a single-feature module can join a group: key, layout and init bounds; None when it
-    cannot (attribute partitions, paths over more than 2 partitions or 8 buckets)."""
-    if isinstance(module, (FullEmbeddingBag, HashEmbeddingBag)):
-        if isinstance(module, FullEmbeddingBag):
-            layout: Layout = ((1, module.num_embeddings, module.num_embeddings),)
-        else:
-            layout = _partition_layout(module.partitions)
-        a = full_table_bound(module.num_categories)
-        return ("compose", "add", (module.embedding_dim,)), layout, [(-a, a)]
-    if isinstance(module, (CompositionalEmbeddingBag, FeatureEmbeddingBag)):
-        layout = _partition_layout(module.partitions)
-        if layout is None:
-            return None
-        k, n = len(layout), module.num_categories
-        if isinstance(module, FeatureEmbeddingBag):
-            a = full_table_bound(n)
-            return ("feature", "-", (module.embedding_dim,) * k), layout, [(-a, a)] * k
-        operation = "add" if k == 1 else module.operation
-        return ("compose", operation, module.dims), layout, init_bounds(module.operation, k, n)
-    if isinstance(module, PathEmbeddingBag):
-        layout = _partition_layout(module.partitions)
-        m = module.partitions.sizes[-1]
-        if layout is None or len(layout) != 2 or m > PATH_MAX_BUCKETS:
-            return None
-        key = ("path", module.transform, (module.embedding_dim, module.hidden or 0, m))
-        a = full_table_bound(module.num_categories)
-        return key, layout, [(-a, a)]
-    return None
+# One Digit per partition of one feature.
+Layout = tuple[Digit, ...]
 
 
 class BucketIndex(nn.Module):
@@ -94,25 +38,26 @@ class BucketIndex(nn.Module):
     def __init__(self, num_categories: Sequence[int], layouts: Sequence[Layout], *,
                  device: torch.device | str | None = None):
         super().__init__()
-        k = len(layouts[0])
-        self.rows = [[lay[j][2] for lay in layouts] for j in range(k)]
+        k = max(len(lay) for lay in layouts)
         # A feature without a partition at some position (rows 0) points at row 0 there; the
-        # group masks that part out.
+        # group masks that part out. Layouts are padded to k with Digit(1, 1, 0).
+        layouts = [tuple(lay) + (Digit(1, 1, 0),) * (k - len(lay)) for lay in layouts]
+        self.rows = [[lay[j].rows for lay in layouts] for j in range(k)]
         self.starts = [[sum(r[:f]) if r[f] else 0 for f in range(len(r))] for r in self.rows]
 
         def table(values: list[list[int]]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
-        self.register_buffer("place", table([[lay[j][0] for lay in layouts] for j in range(k)]),
-                             persistent=False)
-        self.register_buffer("modulus", table([[lay[j][1] for lay in layouts] for j in range(k)]),
-                             persistent=False)
+        self.register_buffer("place", table([[lay[j].place for lay in layouts]
+                                             for j in range(k)]), persistent=False)
+        self.register_buffer("modulus", table([[lay[j].modulus for lay in layouts]
+                                               for j in range(k)]), persistent=False)
         self.register_buffer("start", table(self.starts), persistent=False)
         # Skip the division where every place is 1, and the remainder where no digit reaches
         # its modulus (full tables, the top digit of a radix).
-        self._divide = [any(lay[j][0] != 1 for lay in layouts) for j in range(k)]
+        self._divide = [any(lay[j].place != 1 for lay in layouts) for j in range(k)]
         self._reduce = [
-            any(-(-n // lay[j][0]) > lay[j][1]
+            any(-(-n // lay[j].place) > lay[j].modulus
                 for n, lay in zip(num_categories, layouts, strict=True))
             for j in range(k)
         ]  # fmt: skip
@@ -120,33 +65,37 @@ class BucketIndex(nn.Module):
     def forward(self, ids: torch.Tensor, cols: slice | int | list[int], j: int,
                 offset: bool = True) -> torch.Tensor:
         """ids (any shape, last dim the features ``cols``) -> rows at position j (same shape)."""
-        b = ids
-        if self._divide[j]:
-            b = torch.div(b, self.place[j, cols], rounding_mode="floor")
-        if self._reduce[j]:
-            b = torch.remainder(b, self.modulus[j, cols])
+        b = digit(ids, self.place[j, cols], self.modulus[j, cols], divide=self._divide[j],
+                  reduce=self._reduce[j])
         return b + self.start[j, cols] if offset else b
 
 
 class TableGroup(nn.Module):
-    """G features with one layout kind, one stacked table per partition position.
+    """G features composed by one operation from k stacked tables (one per partition position),
+    or, with ``operation=None``, G feature-generation features (each table its own output).
+
+    Features with fewer than k partitions (full tables among QR ones) contribute the
+    operation's identity where they have no table.
 
     Shapes: ids (B, G) -> (B, G, D), or (B, G * k, D) for feature generation.
     """
 
     def __init__(
         self,
-        key: GroupKey,
+        operation: Operation | None,
+        dims: Sequence[int],
         num_categories: Sequence[int],
         layouts: Sequence[Layout],
-        bounds: Sequence[list[tuple[float, float]]],
+        bounds: Sequence[Sequence[tuple[float, float]]],
         *,
         sparse: bool,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.kind, self.operation, self.dims = key
+        self.op = operation
+        self.kind = "feature" if operation is None else "compose"
+        self.dims = tuple(dims)
         self.sparse = sparse
         self._bounds = [list(b) for b in bounds]
         k = len(self.dims)
@@ -192,7 +141,7 @@ class TableGroup(nn.Module):
             return torch.stack([F.embedding(b, w, sparse=s) for b, w, s
                                 in zip(buckets, self.weights, self._sparse, strict=True)], -2)
         absent = [self._absent_in(j, cols, ids.device) for j in range(len(buckets))]
-        return compose_lookup(self.operation, buckets, list(self.weights), self._sparse, absent)
+        return compose_lookup(self.op, buckets, list(self.weights), self._sparse, absent)
 
     def _absent_in(self, j: int, cols: slice | int | list[int],
                    device: torch.device) -> torch.Tensor | None:

@@ -13,7 +13,6 @@ Letters: B batch, G features, m buckets, D width, H hidden units.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +21,12 @@ from torch import nn
 
 from compemb.embeddings._bags import Bags, pool
 from compemb.embeddings.batched import DENSE_GRAD_MAX_ROWS, BucketIndex, Layout
+from compemb.embeddings.path import apply_paths, init_path_layer_
+from compemb.operations import full_table_bound
+
+# Path features are grouped up to this many buckets per function: under torch.export every
+# bucket's function runs on every row.
+PATH_MAX_BUCKETS = 8
 
 
 class PathGroup(nn.Module):
@@ -68,70 +73,21 @@ class PathGroup(nn.Module):
         with torch.no_grad():
             for f, n in enumerate(self.num_categories):
                 s, r = self.index.starts[0][f], self.index.rows[0][f]
-                a = math.sqrt(1.0 / n)
+                a = full_table_bound(n)
                 self.weight[s : s + r].uniform_(-a, a)
-            for i in range(0, len(self.layers), 2):
-                w, b = self.layers[i], self.layers[i + 1]
-                b.zero_()
-                if self.transform == "linear":
-                    w.copy_(torch.eye(w.shape[-1], dtype=w.dtype).expand_as(w))
-                else:
-                    bound = math.sqrt((6.0 if i == 0 else 3.0) / w.shape[-1])
-                    w.uniform_(-bound, bound)
+        for i in range(0, len(self.layers), 2):
+            init_path_layer_(self.layers[i], self.layers[i + 1], self.transform, first=i == 0)
 
     def tables(self, i: int) -> list[torch.Tensor]:
         """Feature i's parameters in PathEmbeddingBag's order (views)."""
         s, r = self.index.starts[0][i], self.index.rows[0][i]
         return [self.weight[s : s + r], *(p[i] for p in self.layers)]
 
-    def _apply_every(self, z: torch.Tensor, bucket: torch.Tensor, weight: torch.Tensor,
-                     bias: torch.Tensor) -> torch.Tensor:
-        """Each row through its own bucket's map by running all m: z (B, G, in) -> (B, G, out).
-
-        Shapes stay static (for torch.export); costs m times the necessary multiply-adds."""
-        every = torch.einsum("bgi,gmoi->bgmo", z, weight)
-        out = weight.shape[2]
-        picked = every.gather(2, bucket[..., None, None].expand(*bucket.shape, 1, out))
-        flat = torch.arange(bias.shape[0], device=z.device) * bias.shape[1] + bucket
-        return picked.squeeze(2) + F.embedding(flat, bias.reshape(-1, out))
-
     def _lookup(self, ids: torch.Tensor, cols: slice | list[int]) -> torch.Tensor:
         z = F.embedding(self.index(ids, cols, 0), self.weight, sparse=self.sparse_first)
         bucket = self.index(ids, cols, 1, offset=False)
         params = [p[cols] for p in self.layers]
-        if torch.compiler.is_compiling():
-            z = self._apply_every(z, bucket, params[0], params[1])
-            if self.transform == "mlp":
-                z = self._apply_every(torch.relu(z), bucket, params[2], params[3])
-            return z
-        return self._apply_segments(z, bucket, params)
-
-    def _apply_segments(self, z: torch.Tensor, bucket: torch.Tensor,
-                        params: list[torch.Tensor]) -> torch.Tensor:
-        """Rows sorted into one padded segment per (feature, bucket), each segment through its
-        map by one batched matmul: z (B, G, D) -> (B, G, D), no wasted multiply-adds beyond the
-        padding to the fullest segment."""
-        b, g, d = z.shape
-        m = self.num_buckets
-        key = (torch.arange(g, device=z.device) * m + bucket).reshape(-1)
-        order = torch.argsort(key, stable=True)
-        skey = key[order]
-        counts = torch.bincount(skey, minlength=g * m)
-        width = max(int(counts.max()), 1) if skey.numel() else 1
-        # Each row's slot in the padded (G*m, width) layout, in the rows' own order.
-        slot = torch.empty_like(order)
-        ranks = torch.arange(skey.numel(), device=z.device) - (counts.cumsum(0) - counts)[skey]
-        slot[order] = skey * width + ranks
-        x = z.new_zeros(g * m * width, d).index_copy(0, slot, z.reshape(-1, d))
-        x = x.view(g * m, width, d)
-        for i in range(0, len(params), 2):
-            weight, bias = params[i], params[i + 1]
-            out, inp = weight.shape[2], weight.shape[3]
-            x = torch.baddbmm(bias.reshape(g * m, 1, out), x,
-                              weight.reshape(g * m, out, inp).transpose(1, 2))
-            if i + 2 < len(params):
-                x = x.relu_()
-        return x.reshape(-1, x.shape[-1]).index_select(0, slot).view(b, g, -1)
+        return apply_paths(z, bucket, list(zip(params[0::2], params[1::2], strict=True)))
 
     def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         """ids (B, G) (or of the group's features ``members`` only) -> (B, G', D)."""

@@ -9,37 +9,68 @@ from torch import nn
 
 from compemb.embeddings._bags import prepare_bags
 from compemb.embeddings._fused import assemble
-from compemb.embeddings.batched import GroupKey, Layout, TableGroup, describe
-from compemb.embeddings.batched_path import PathGroup
-from compemb.embeddings.factory import EmbeddingSpec, make_embedding_bag, resolve_spec
-from compemb.embeddings.operation import FeatureEmbeddingBag
+from compemb.embeddings.batched import Layout, TableGroup
+from compemb.embeddings.batched_path import PATH_MAX_BUCKETS, PathGroup
+from compemb.embeddings.factory import module_from_plan
+from compemb.operations import OPERATIONS
+from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
+
+# (kind, operation name, widths or path shape): features with equal keys share a group.
+GroupKey = tuple[str, str | None, tuple[int, ...]]
 
 
-def _merge_full_tables(grouped: dict[GroupKey, list], embedding_dim: int) -> None:
-    """Move the one-table features (full tables, hashing) into the largest add or mult group,
-    where a missing partition contributes the identity: one group, no reassembly."""
-    single: GroupKey = ("compose", "add", (embedding_dim,))
-    targets = [key for key in grouped if key[0] == "compose" and key[1] in ("add", "mult")
-               and len(key[2]) > 1 and set(key[2]) == {embedding_dim}]  # fmt: skip
+def _group_key(plan: FeaturePlan) -> tuple[GroupKey | None, Layout | None, str]:
+    """The stacked group a feature can join, with its layout; or None and the reason it is
+    embedded by its own module instead."""
+    layout = plan.partitions.layout()
+    if layout is None:
+        return None, None, (f"{type(plan.partitions).__name__} is not index arithmetic of the "
+                            f"form (i // place) mod modulus")
+    widths = tuple(t.width for t in plan.tables)
+    if plan.kind in ("full", "hash"):
+        return ("table", None, widths), layout, ""
+    if plan.kind == "feature":
+        return ("feature", None, widths), layout, ""
+    if plan.kind == "compose":
+        return ("compose", plan.operation.name, widths), layout, ""
+    m = plan.partitions.sizes[-1]
+    if plan.partitions.k != 2 or m > PATH_MAX_BUCKETS:
+        return None, None, (f"path over {plan.partitions.k} partitions with {m} buckets (stacked "
+                            f"paths take 2 partitions and at most {PATH_MAX_BUCKETS} buckets)")
+    spec = plan.spec
+    return ("path", spec.path_transform, (plan.embedding_dim, spec.path_hidden, m)), layout, ""
+
+
+def _merge_single_tables(grouped: dict[GroupKey, list[int]], embedding_dim: int) -> None:
+    """Move the one-table features (full tables, hashing) into the largest composed group whose
+    operation has an identity, where a missing partition contributes it: one group, no
+    reassembly."""
+    single: GroupKey = ("table", None, (embedding_dim,))
+    targets = [key for key in grouped if key[0] == "compose" and len(key[2]) > 1
+               and OPERATIONS[key[1]].identity is not None
+               and set(key[2]) == {embedding_dim}]  # fmt: skip
     if single not in grouped or not targets:
         return
     target = max(targets, key=lambda key: len(grouped[key]))
-    k = len(target[2])
-    for f, layout, bounds in grouped.pop(single):
-        grouped[target].append((f, layout + ((1, 1, 0),) * (k - len(layout)), bounds))
-    grouped[target].sort(key=lambda member: member[0])
+    grouped[target] = sorted(grouped[target] + grouped.pop(single))
 
 
 class EmbeddingBagCollection(nn.Module):
-    """F categorical features, each embedded by the module the spec gives it, looked up together.
+    """F categorical features, each embedded as its :class:`~compemb.spec.FeaturePlan` says,
+    looked up together.
 
     Features with at most ``spec.threshold`` categories, or too few to compress, keep full
-    tables (:func:`~compemb.embeddings.factory.resolve_spec`); ``specs`` records what each got.
-    Features whose tables share a layout kind (all full tables; all QR-mult ones; ...) are stored
-    stacked in one :class:`~compemb.embeddings.batched.TableGroup`, so a batch costs a few large
-    lookups rather than two small ones per feature (path-based ones too, up to 8 buckets).
-    Outputs and initialization equal those of the per-feature modules of
-    :func:`~compemb.embeddings.factory.make_embedding_bag`.
+    tables (:func:`~compemb.spec.resolve_spec`); ``plans`` records what each got. Features
+    whose plans share a layout kind (all full tables; all QR-mult ones; ...) are stored stacked
+    in one :class:`~compemb.embeddings.batched.TableGroup`, so a batch costs a few large lookups
+    rather than two small ones per feature (two-partition path features too, up to 8 buckets).
+    A feature whose partitions are not index arithmetic (attribute tables) gets its own module;
+    ``unstacked`` says which and why. Outputs and initialization rules equal those of the
+    per-feature modules of :func:`~compemb.embeddings.factory.make_embedding_bag`.
+
+    The state dict names each feature's tables as its per-feature module does
+    (``features.<f>.weights.<j>``, ``features.<f>.paths.0.0.weight``, ...), whatever group
+    stores them, so checkpoints survive a change of grouping.
 
     Shapes: ``ids`` (B, F1) int64, one id per single-valued feature; ``bags`` the remaining
     F - F1 multi-hot features as ``(values (N,), offsets (B,))`` pairs. Output (B, F_out, D):
@@ -66,49 +97,51 @@ class EmbeddingBagCollection(nn.Module):
         self.cardinalities = tuple(int(n) for n in cardinalities)
         self.embedding_dim = embedding_dim
         self.spec = spec
-        self.specs = tuple(resolve_spec(spec, n) for n in self.cardinalities)
+        self.plans = tuple(plan_feature(n, embedding_dim, spec) for n in self.cardinalities)
+        self.specs = tuple(plan.spec for plan in self.plans)
         self.validate = validate
-        # Per-feature modules on the meta device only describe the layout (nothing allocated).
-        grouped: dict[GroupKey, list[tuple[int, Layout, list]]] = {}
-        modules: dict[int, nn.Module] = {}
-        widths = []
-        for f, (n, s) in enumerate(zip(self.cardinalities, self.specs, strict=True)):
-            module = make_embedding_bag(n, embedding_dim, s, validate=False, device="meta")
-            widths.append(module.num_features if isinstance(module, FeatureEmbeddingBag) else 1)
-            described = describe(module)
-            if described is None:
-                modules[f] = make_embedding_bag(n, embedding_dim, s, validate=False,
-                                                device=device, dtype=dtype)
+        grouped: dict[GroupKey, list[int]] = {}
+        layouts: dict[int, Layout] = {}
+        self.unstacked: dict[int, str] = {}
+        for f, plan in enumerate(self.plans):
+            key, layout, reason = _group_key(plan)
+            if key is None:
+                self.unstacked[f] = reason
             else:
-                key, layout, bounds = described
-                grouped.setdefault(key, []).append((f, layout, bounds))
-        _merge_full_tables(grouped, embedding_dim)
+                grouped.setdefault(key, []).append(f)
+                layouts[f] = layout
+        _merge_single_tables(grouped, embedding_dim)
         self.groups = nn.ModuleList()
         self._group_features: list[tuple[int, ...]] = []
         for key, members in grouped.items():
-            features = tuple(f for f, _, _ in members)
+            features = tuple(members)
             cards = [self.cardinalities[f] for f in features]
-            layouts = [lay for _, lay, _ in members]
+            lays = [layouts[f] for f in features]
             if key[0] == "path":
                 d, hidden, _ = key[2]
-                group: nn.Module = PathGroup(key[1], d, hidden, cards, layouts,
-                                             sparse=spec.sparse, device=device, dtype=dtype)
+                group: nn.Module = PathGroup(key[1], d, hidden, cards, lays, sparse=spec.sparse,
+                                             device=device, dtype=dtype)
             else:
-                group = TableGroup(key, cards, layouts, [b for _, _, b in members],
+                # A group of one-table features composes one table: any operation is the
+                # identity there, add is as good as any.
+                op = OPERATIONS[key[1] or "add"] if key[0] != "feature" else None
+                group = TableGroup(op, key[2], cards, lays,
+                                   [[t.bounds for t in self.plans[f].tables] for f in features],
                                    sparse=spec.sparse, device=device, dtype=dtype)
             self.groups.append(group)
             self._group_features.append(features)
-        self.modules_by_feature = nn.ModuleDict({str(f): m for f, m in modules.items()})
+        self.modules_by_feature = nn.ModuleDict({
+            str(f): module_from_plan(self.plans[f], validate=False, device=device, dtype=dtype)
+            for f in self.unstacked
+        })  # fmt: skip
+        widths = [plan.num_outputs for plan in self.plans]
         self._widths = tuple(widths)
         self._slot = [sum(widths[:f]) for f in range(len(widths))]
         # The common case, every feature single-valued: each group's columns and the output
         # order, precomputed (None where no gather is needed).
-        dense_features: list[int] = []
         for g, members in enumerate(self._group_features):
             cols = None if members == tuple(range(len(cardinalities))) else torch.tensor(members)
             self.register_buffer(f"_cols{g}", cols, persistent=False)
-            dense_features.extend(members)
-        self._dense_slots = []
         for p, f in enumerate(int(f) for f in self.modules_by_feature):
             self.register_buffer(f"_module_cols{p}", torch.tensor([f]), persistent=False)
         for p, features in enumerate(self._piece_features()):
@@ -116,6 +149,34 @@ class EmbeddingBagCollection(nn.Module):
         self.register_buffer(
             "_limits", torch.tensor(self.cardinalities, device=device), persistent=False
         )
+        self._key_map = self._feature_keys()
+        self.register_state_dict_post_hook(_to_feature_keys)
+        self.register_load_state_dict_pre_hook(_from_feature_keys)
+
+    def _feature_keys(self) -> list[tuple[str, str, slice | int | None]]:
+        """(feature key, internal key, where in the internal tensor) for every stored tensor."""
+        keys: list[tuple[str, str, slice | int | None]] = []
+        for g, (group, members) in enumerate(zip(self.groups, self._group_features,
+                                                 strict=True)):
+            for i, f in enumerate(members):
+                tables = self.plans[f].tables
+                if isinstance(group, PathGroup):
+                    s, r = group.index.starts[0][i], group.index.rows[0][i]
+                    keys.append((f"features.{f}.{tables[0].name}", f"groups.{g}.weight",
+                                 slice(s, s + r)))
+                    for layer in range(len(group.layers) // 2):
+                        for j, what in enumerate(("weight", "bias")):
+                            keys.append((f"features.{f}.paths.0.{layer}.{what}",
+                                         f"groups.{g}.layers.{2 * layer + j}", i))
+                    continue
+                for j, table in enumerate(tables):
+                    s = group.index.starts[j][i]
+                    keys.append((f"features.{f}.{table.name}", f"groups.{g}.weights.{j}",
+                                 slice(s, s + table.rows)))
+        for key, module in self.modules_by_feature.items():
+            for name in module.state_dict():
+                keys.append((f"features.{key}.{name}", f"modules_by_feature.{key}.{name}", None))
+        return keys
 
     @property
     def num_outputs(self) -> int:
@@ -255,3 +316,37 @@ class EmbeddingBagCollection(nn.Module):
                 f"EmbeddingBagCollection feature {f}", self.cardinalities[f], values, offsets,
                 None, "sum", False, True,
             )  # fmt: skip
+
+
+def _to_feature_keys(module: EmbeddingBagCollection, state_dict: dict, prefix: str,
+                     local_metadata: dict) -> None:
+    internal = {ikey: state_dict.pop(prefix + ikey) for _, ikey, _ in module._key_map
+                if prefix + ikey in state_dict}  # fmt: skip
+    for fkey, ikey, where in module._key_map:
+        tensor = internal[ikey]
+        state_dict[prefix + fkey] = tensor if where is None else tensor[where]
+
+
+def _from_feature_keys(module: EmbeddingBagCollection, state_dict: dict, prefix: str,
+                       local_metadata: dict, strict: bool, missing_keys: list,
+                       unexpected_keys: list, error_msgs: list) -> None:
+    if not any(k.startswith(prefix + "features.") for k in state_dict):
+        return  # stored under the internal names (an older checkpoint): load as it is
+    own = dict(module.named_parameters())
+    own.update(module.named_buffers())
+    targets: dict[str, torch.Tensor] = {}
+    for fkey, ikey, where in module._key_map:
+        if ikey not in targets:
+            targets[ikey] = own[ikey].detach().clone()
+        value = state_dict.pop(prefix + fkey, None)
+        if value is None:
+            missing_keys.append(prefix + fkey)
+            continue
+        slot = targets[ikey] if where is None else targets[ikey][where]
+        if value.shape != slot.shape:
+            error_msgs.append(f"size mismatch for {prefix + fkey}: copying a param with shape "
+                              f"{tuple(value.shape)}, the model's is {tuple(slot.shape)}")
+            continue
+        slot.copy_(value)
+    for ikey, tensor in targets.items():
+        state_dict[prefix + ikey] = tensor

@@ -6,7 +6,6 @@ Letters: B bags, N ids in all, k partitions, D output width, n categories.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -14,10 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compemb.embeddings.base import BagModule, full_table_bound
+from compemb.embeddings.base import BagModule
+from compemb.operations import (
+    OPERATIONS,
+    Operation,
+    full_table_bound,
+    get_operation,
+    table_bounds,
+)
 from compemb.partitions import PartitionSet, remainder
 
-OPERATIONS = ("concat", "add", "mult")
+__all__ = ["OPERATIONS", "CompositionalEmbeddingBag", "FeatureEmbeddingBag", "HashEmbeddingBag"]
 
 
 def _check_partitions(where: str, num_categories: int, partitions: PartitionSet) -> None:
@@ -33,56 +39,32 @@ def _check_partitions(where: str, num_categories: int, partitions: PartitionSet)
         )
 
 
-def init_bounds(operation: str, k: int, num_categories: int) -> list[tuple[float, float]]:
-    """U(lo, hi) for each of k tables: :class:`CompositionalEmbeddingBag`'s rule.
-
-    k = 1 gives the full table's U(-a, a), a = sqrt(1/n), for every operation.
-    """
-    a = full_table_bound(num_categories)
-    if operation == "add":
-        a = a / math.sqrt(k)
-    return [(-a, a)] * k
-
-
-def split_dims(embedding_dim: int, k: int, where: str) -> tuple[int, ...]:
-    """Widths of k concatenated tables adding up to D: as equal as possible, wider ones first."""
-    if embedding_dim < k:
-        raise ValueError(
-            f"{where}: concat of {k} tables needs embedding_dim >= {k}, got {embedding_dim}"
-        )
-    base, extra = divmod(embedding_dim, k)
-    return tuple(base + (j < extra) for j in range(k))
-
-
 class CompositionalEmbeddingBag(BagModule):
     """Operation-based compositional embedding over complementary partitions (eq. 6).
 
-    Category i gets ``omega(W_1[p_1(i)], ..., W_k[p_k(i)])`` with omega one of ``concat``,
-    ``add`` (element-wise sum) or ``mult`` (element-wise product). Each category's vector is
-    composed first, then the bag is pooled (sum, mean or max); a per-sample weight multiplies
-    its category's composed vector once.
+    Category i gets ``omega(W_1[p_1(i)], ..., W_k[p_k(i)])`` with omega a registered
+    :class:`~compemb.operations.Operation`: ``concat``, ``add`` (element-wise sum) or ``mult``
+    (element-wise product). Each category's vector is composed first, then the bag is pooled
+    (sum, mean or max); a per-sample weight multiplies its category's composed vector once.
 
-    Initialization (n = num_categories, a = sqrt(1/n); the full table is U(-a, a), so each of its
-    coordinates has mean 0 and variance a^2/3):
-
-    - concat: every table U(-a, a); each coordinate is one table entry, as in the full table.
-    - add: every table U(-a/sqrt(k), a/sqrt(k)); the k terms add up to the full table's variance.
-    - mult: every table U(-a, a), zero mean, so the composed vectors start much smaller than the
-      full table's (variance (a^2/3)^k) with independent signs for the categories that share a
-      row. Chosen by measurement (``compemb experiment init``, docs/movielens/init): it beat
-      both a first table at the full scale times U(1/2, 3/2) gates and zero-mean tables scaled
-      so the product has the full table's variance, on MovieLens-100k and synthetic data. (The
-      reference's all-positive U(sqrt(1/n), 1) was the worst of all.) A product of small
-      zero-mean factors starts near a saddle: very short runs (tens of steps) may not leave it.
+    Initialization (n = num_categories, a = sqrt(1/n); the full table is U(-a, a)) follows the
+    init rule ``init`` (:func:`compemb.operations.table_bounds`); the ``default`` rule is each
+    operation's own: concat U(-a, a) per table; add U(-a/sqrt(k), a/sqrt(k)), so the k terms add
+    up to the full table's variance; mult U(-a, a) per table, zero mean, chosen by measurement
+    (``compemb experiment init``, docs/movielens/init; see :class:`~compemb.operations.Mult`).
+    A product of small zero-mean factors starts near a saddle: very short runs (tens of steps)
+    may not leave it.
 
     Args:
         num_categories: n.
         embedding_dim: D, the width of the composed vector.
         partitions: a complementary :class:`~compemb.partitions.PartitionSet` over n.
-        operation: ``"concat"``, ``"add"`` or ``"mult"``.
+        operation: a registered operation's name (``"concat"``, ``"add"``, ``"mult"``) or an
+            :class:`~compemb.operations.Operation`.
         mode: ``"sum"``, ``"mean"`` or ``"max"`` pooling over each bag.
-        dims: concat only: the width of each table (adding up to D); default as equal as
-            possible.
+        dims: the width of each table (the operation's own split by default: concat divides D
+            as equally as possible, the others use D for every table).
+        init: the init rule's name (:data:`compemb.operations.INIT_RULES`).
         sparse: sparse gradients for the tables (``torch.optim.Adagrad``/``SGD`` take them).
         validate: check ids and offsets on every call (off for speed once inputs are trusted).
 
@@ -99,10 +81,11 @@ class CompositionalEmbeddingBag(BagModule):
         num_categories: int,
         embedding_dim: int,
         partitions: PartitionSet,
-        operation: str = "mult",
+        operation: str | Operation = "mult",
         mode: str = "sum",
         *,
         dims: Sequence[int] | None = None,
+        init: str = "default",
         sparse: bool = False,
         include_last_offset: bool = False,
         validate: bool = True,
@@ -112,20 +95,16 @@ class CompositionalEmbeddingBag(BagModule):
         super().__init__(num_categories, embedding_dim, mode, include_last_offset, validate)
         where = self._where()
         _check_partitions(where, num_categories, partitions)
-        if operation not in OPERATIONS:
-            raise ValueError(f"{where}: operation must be one of {OPERATIONS}, got {operation!r}")
-        if operation != "concat" and dims is not None:
-            raise ValueError(f"{where}: dims only applies to concat; {operation} tables are D wide")
+        op = operation if isinstance(operation, Operation) else get_operation(operation)
         k = partitions.k
-        if operation == "concat":
-            dims = split_dims(embedding_dim, k, where) if dims is None else tuple(dims)
-            if len(dims) != k or sum(dims) != embedding_dim or min(dims) < 1:
-                raise ValueError(
-                    f"{where}: concat dims {dims} must be {k} positive widths adding up to "
-                    f"embedding_dim={embedding_dim}"
-                )
-        else:
-            dims = (embedding_dim,) * k
+        default = op.table_widths(embedding_dim, k, where)
+        dims = default if dims is None else tuple(dims)
+        if len(dims) != k or min(dims) < 1 or not op.accepts_widths(dims, embedding_dim):
+            raise ValueError(
+                f"{where}: dims {dims} must be {k} positive widths that {op.name} makes "
+                f"embedding_dim={embedding_dim} from (default {default})"
+            )
+        table_bounds(op, k, num_categories, init)  # an unknown rule fails here, not later
         if not partitions.is_complementary():
             warnings.warn(
                 f"{where}: the partitions {partitions} are not complementary; some categories "
@@ -133,7 +112,8 @@ class CompositionalEmbeddingBag(BagModule):
                 stacklevel=2,
             )
         self.partitions = partitions
-        self.operation = operation
+        self.op = op
+        self.init = init
         self.dims = tuple(dims)
         self.sparse = sparse
         self.weights = nn.ParameterList(
@@ -148,7 +128,7 @@ class CompositionalEmbeddingBag(BagModule):
 
     def reset_parameters(self) -> None:
         """Draw the tables by the rule in the class docstring."""
-        bounds = init_bounds(self.operation, len(self.weights), self.num_categories)
+        bounds = table_bounds(self.op, len(self.weights), self.num_categories, self.init)
         with torch.no_grad():
             for w, (lo, hi) in zip(self.weights, bounds, strict=True):
                 w.uniform_(lo, hi)
@@ -159,12 +139,12 @@ class CompositionalEmbeddingBag(BagModule):
             F.embedding(b, w, sparse=self.sparse)
             for b, w in zip(self.partitions.buckets(ids), self.weights, strict=True)
         ]
-        if self.operation == "concat":
-            return torch.cat(parts, dim=-1)
-        out = parts[0]
-        for p in parts[1:]:
-            out = out + p if self.operation == "add" else out * p
-        return out
+        return self.op.combine(parts)
+
+    @property
+    def operation(self) -> str:
+        """The operation's registry name."""
+        return self.op.name
 
     def extra_repr(self) -> str:
         return (

@@ -6,6 +6,7 @@ Letters: B bags, N ids in all, m buckets of a partition, D width, H hidden width
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,19 +15,85 @@ from torch import nn
 from compemb.embeddings.base import BagModule, full_table_bound
 from compemb.embeddings.operation import _check_partitions
 from compemb.partitions import PartitionSet
+from compemb.spec import TRANSFORMS
 
-TRANSFORMS = ("linear", "mlp")
+__all__ = ["TRANSFORMS", "BucketedLinear", "PathEmbeddingBag", "apply_paths", "init_path_layer_"]
 
-# Up to this many buckets, every bucket's map is applied to every row and the own one picked:
-# one dense matmul beats gathering an (N, out, in) weight per row.
-_DENSE_MAX_BUCKETS = 8
+
+def init_path_layer_(weight: torch.Tensor, bias: torch.Tensor, transform: str, first: bool
+                     ) -> None:
+    """Draw one layer of per-bucket maps, weight (..., out, in) and bias (..., out), in place,
+    so the path keeps its input's scale: linear ``A = I, c = 0``; mlp hidden layer
+    U(-sqrt(6/in), sqrt(6/in)) (He), output layer U(-sqrt(3/in), sqrt(3/in)), biases 0; then the
+    output's second moment equals the input's in expectation."""
+    with torch.no_grad():
+        bias.zero_()
+        if transform == "linear":
+            weight.copy_(torch.eye(weight.shape[-1], dtype=weight.dtype).expand_as(weight))
+        else:
+            bound = math.sqrt((6.0 if first else 3.0) / weight.shape[-1])
+            weight.uniform_(-bound, bound)
+
+
+def _apply_every(z: torch.Tensor, bucket: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+    """Each row through its own bucket's map by running all m: z (B, G, in) -> (B, G, out).
+    Shapes stay static (for torch.export); costs m times the necessary multiply-adds."""
+    every = torch.einsum("bgi,gmoi->bgmo", z, weight)
+    out = weight.shape[2]
+    picked = every.gather(2, bucket[..., None, None].expand(*bucket.shape, 1, out))
+    flat = torch.arange(bias.shape[0], device=z.device) * bias.shape[1] + bucket
+    return picked.squeeze(2) + F.embedding(flat, bias.reshape(-1, out))
+
+
+def _apply_segments(z: torch.Tensor, bucket: torch.Tensor,
+                    layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Rows sorted into one zero-padded segment per (feature, bucket), each segment through its
+    maps by one batched matmul per layer: no wasted multiply-adds beyond the padding to the
+    fullest segment."""
+    b, g, d = z.shape
+    m = layers[0][0].shape[1]
+    key = (torch.arange(g, device=z.device) * m + bucket).reshape(-1)
+    order = torch.argsort(key, stable=True)
+    skey = key[order]
+    counts = torch.bincount(skey, minlength=g * m)
+    width = max(int(counts.max()), 1) if skey.numel() else 1
+    # Each row's slot in the padded (G*m, width) layout, in the rows' own order.
+    slot = torch.empty_like(order)
+    ranks = torch.arange(skey.numel(), device=z.device) - (counts.cumsum(0) - counts)[skey]
+    slot[order] = skey * width + ranks
+    x = z.new_zeros(g * m * width, d).index_copy(0, slot, z.reshape(-1, d))
+    x = x.view(g * m, width, d)
+    for i, (weight, bias) in enumerate(layers):
+        out, inp = weight.shape[2], weight.shape[3]
+        x = torch.baddbmm(bias.reshape(g * m, 1, out), x,
+                          weight.reshape(g * m, out, inp).transpose(1, 2))
+        if i + 1 < len(layers):
+            x = x.relu_()
+    return x.reshape(-1, x.shape[-1]).index_select(0, slot).view(b, g, -1)
+
+
+def apply_paths(z: torch.Tensor, bucket: torch.Tensor,
+                layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-bucket maps of G features: every row through its own bucket's layers, with ReLU
+    between layers.
+
+    Shapes: z (B, G, D_in), bucket (B, G) int64 in [0, m), layers [(weight (G, m, out, in),
+    bias (G, m, out))] -> (B, G, D_out). The one implementation of a path's functions, used by
+    :class:`PathEmbeddingBag` (G = 1) and the stacked collection.
+    """
+    if not torch.compiler.is_compiling():
+        return _apply_segments(z, bucket, layers)
+    for i, (weight, bias) in enumerate(layers):
+        z = _apply_every(z, bucket, weight, bias)
+        if i + 1 < len(layers):
+            z = torch.relu(z)
+    return z
 
 
 class BucketedLinear(nn.Module):
-    """One affine map per bucket: row r goes through ``A[b_r] z_r + c[b_r]``.
-
-    Shapes: z (N, in), bucket (N,) int64 in [0, m) -> (N, out).
-    """
+    """The parameters of one affine map per bucket, ``A[b] z + c[b]``: weight (m, out, in),
+    bias (m, out). Applied by :func:`apply_paths`."""
 
     def __init__(self, num_buckets: int, in_features: int, out_features: int, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -34,15 +101,6 @@ class BucketedLinear(nn.Module):
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_buckets, out_features, in_features, **kw))
         self.bias = nn.Parameter(torch.zeros(num_buckets, out_features, **kw))
-
-    def forward(self, z: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
-        m, out, inp = self.weight.shape
-        if m <= _DENSE_MAX_BUCKETS:
-            every = (z @ self.weight.reshape(m * out, inp).T).view(-1, m, out)
-            picked = every.gather(1, bucket.view(-1, 1, 1).expand(-1, 1, out)).squeeze(1)
-        else:
-            picked = torch.bmm(self.weight[bucket], z.unsqueeze(-1)).squeeze(-1)
-        return picked + F.embedding(bucket, self.bias)
 
 
 class PathEmbeddingBag(BagModule):
@@ -55,9 +113,7 @@ class PathEmbeddingBag(BagModule):
     category, then pooled over the bag.
 
     Initialization: ``W`` is U(-a, a) with a = sqrt(1/n), the full table's scale; the functions
-    keep that scale. linear: ``A = I, c = 0``. mlp: the hidden layer He-uniform
-    U(-sqrt(6/D), sqrt(6/D)), the output layer U(-sqrt(3/H), sqrt(3/H)), biases 0, so the
-    output's second moment equals the input's in expectation.
+    keep that scale (:func:`init_path_layer_`).
 
     Shapes: input (B, L) or (N,) with offsets (B,); output (B, D).
 
@@ -118,28 +174,24 @@ class PathEmbeddingBag(BagModule):
         a = full_table_bound(self.num_categories)
         with torch.no_grad():
             self.weight.uniform_(-a, a)
-            for layers in self.paths:
-                for layer in layers:
-                    layer.bias.zero_()
-                    if self.transform == "linear":
-                        eye = torch.eye(self.embedding_dim, dtype=layer.weight.dtype)
-                        layer.weight.copy_(eye.expand_as(layer.weight))
-                    else:
-                        fan_in = layer.weight.shape[-1]
-                        gain = 6.0 if layer is layers[0] else 3.0
-                        bound = math.sqrt(gain / fan_in)
-                        layer.weight.uniform_(-bound, bound)
+        for layers in self.paths:
+            for i, layer in enumerate(layers):
+                init_path_layer_(layer.weight, layer.bias, self.transform, first=i == 0)
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         """The composed vector of every id: (N,) int64 -> (N, D), no range check."""
         first, *rest = self.partitions.buckets(ids)
-        z = F.embedding(first, self.weight, sparse=self.sparse)
-        for bucket, layers in zip(rest, self.paths, strict=True):
-            if self.transform == "linear":
-                z = layers[0](z, bucket)
-            else:
-                z = layers[1](torch.relu(layers[0](z, bucket)), bucket)
-        return z
+        return self.transform_rows(F.embedding(first, self.weight, sparse=self.sparse), rest)
+
+    def transform_rows(self, z: torch.Tensor, buckets: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Looked-up first-table rows through the per-bucket functions of the further
+        partitions: z (N, D), buckets k - 1 tensors (N,) -> (N, D). (A backend that looks up
+        the first table itself, such as the TorchRec collection, composes with this.)"""
+        z = z.unsqueeze(1)
+        for bucket, layers in zip(buckets, self.paths, strict=True):
+            params = [(layer.weight.unsqueeze(0), layer.bias.unsqueeze(0)) for layer in layers]
+            z = apply_paths(z, bucket.unsqueeze(1), params)
+        return z.squeeze(1)
 
     def extra_repr(self) -> str:
         return (

@@ -196,6 +196,8 @@ class TorchRecEmbeddingCollection(nn.Module):
                         num_embeddings=w.shape[0], embedding_dim=w.shape[1], name=t,
                         feature_names=[t]))  # fmt: skip
         self.routes = tuple(routes)
+        # Kept apart from the modules, which DMP replaces by sharded ones.
+        self.table_shapes = {t: (int(w.shape[0]), int(w.shape[1])) for t, w in initial.items()}
         dev = torch.device("cpu") if device is None else torch.device(device)
         self.pooled = trec.EmbeddingBagCollection(pooled_cfgs, is_weighted=weighted, device=dev) \
             if pooled_cfgs else None
@@ -218,7 +220,7 @@ class TorchRecEmbeddingCollection(nn.Module):
         return len(self.output_names)
 
     def named_tables(self) -> dict[str, torch.Tensor]:
-        """Every table's weight by TorchRec table name (unsharded module only)."""
+        """Every table's weight by TorchRec table name (before sharding)."""
         out = {}
         if self.pooled is not None:
             out.update({t: m.weight for t, m in self.pooled.embedding_bags.items()})
@@ -228,7 +230,7 @@ class TorchRecEmbeddingCollection(nn.Module):
 
     def table_bytes(self) -> dict[str, int]:
         """Bytes of each table (float32), by table name."""
-        return {t: w.numel() * w.element_size() for t, w in self.named_tables().items()}
+        return {t: 4 * rows * width for t, (rows, width) in self.table_shapes.items()}
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Embed a batch: a KJT keyed by feature name (B samples) -> KeyedTensor (B, F_out * D)."""

@@ -1,0 +1,270 @@
+"""What embedding a feature gets: the spec a user writes, and the per-feature plan made from it.
+
+:class:`EmbeddingSpec` is the user's request (one for a feature or for every feature of a
+model). :func:`plan_feature` turns it into a :class:`FeaturePlan` for one feature of n
+categories: which scheme it really gets (small features keep their full table), its partitions,
+its composition operation, and each table's rows, width and init bounds. The per-feature modules,
+the stacked collection and the TorchRec collection are all built from plans, so a rule lives in
+one place.
+
+Schemes: ``full``, ``hash`` (the hashing trick), ``path`` (path-based composition), ``feature``
+(feature generation), and one operation-based scheme per registered partition family
+(:data:`compemb.partitions.FAMILIES`: ``qr``, ``mixed_radix``, ``crt``).
+
+>>> plan = plan_feature(10_000, 16, EmbeddingSpec("qr", "mult", collisions=4))
+>>> plan.kind, [(t.name, t.rows, t.width) for t in plan.tables]
+('compose', [('weights.0', 2500, 16), ('weights.1', 4, 16)])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from compemb import partitions as P
+from compemb.operations import (
+    INIT_RULES,
+    OPERATIONS,
+    Operation,
+    full_table_bound,
+    get_operation,
+    table_bounds,
+)
+
+__all__ = [
+    "KINDS",
+    "TRANSFORMS",
+    "EmbeddingSpec",
+    "FeaturePlan",
+    "TablePlan",
+    "plan_feature",
+    "resolve_spec",
+    "schemes",
+    "spec_partitions",
+]
+
+# Schemes that are not a partition family; every family name is an operation-based scheme.
+KINDS = ("full", "hash", "path", "feature")
+TRANSFORMS = ("linear", "mlp")
+
+
+def schemes() -> tuple[str, ...]:
+    """Every valid ``scheme``: the fixed kinds and the registered partition families."""
+    return (*KINDS, *P.FAMILIES)
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """How to embed one categorical feature (or every feature of a model).
+
+    Attributes:
+        scheme: full, hash, path, feature, or a partition family (qr, mixed_radix, crt) whose
+            tables an ``operation`` composes.
+        operation: a registered composition operation (concat, add, mult).
+        collisions: categories per bucket of the largest table (hash, families, path, feature).
+        k: number of partitions (mixed_radix, crt, feature) instead of collisions.
+        threshold: a feature with at most this many categories keeps its full table (0: none).
+        family: the partitions of ``path`` and ``feature`` (default qr).
+        path_transform: linear or mlp, for scheme path.
+        path_hidden: hidden units of each path MLP.
+        mode: sum, mean or max pooling over a bag.
+        sparse: sparse gradients for the tables (for Adagrad and SGD).
+        init: the init rule of operation-based tables (:data:`compemb.operations.INIT_RULES`;
+            ``default`` is each operation's own rule); other schemes start at the full table's
+            U(-sqrt(1/n), sqrt(1/n)).
+    """
+
+    scheme: str = "full"
+    operation: str = "mult"
+    collisions: int | None = None
+    k: int | None = None
+    threshold: int = 0
+    family: str | None = None
+    path_transform: str = "mlp"
+    path_hidden: int = 64
+    mode: str = "sum"
+    sparse: bool = False
+    init: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in schemes():
+            raise ValueError(f"scheme must be one of {schemes()}, got {self.scheme!r}")
+        if self.operation not in OPERATIONS:
+            raise ValueError(
+                f"operation must be one of {tuple(OPERATIONS)}, got {self.operation!r}"
+            )
+        if self.init not in INIT_RULES:
+            raise ValueError(f"init must be one of {tuple(INIT_RULES)}, got {self.init!r}")
+        if self.path_transform not in TRANSFORMS:
+            raise ValueError(
+                f"path_transform must be one of {TRANSFORMS}, got {self.path_transform!r}"
+            )
+        for name in ("collisions", "k"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
+                raise ValueError(f"{name} must be an int >= 2 or None, got {v!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) \
+                or self.threshold < 0:
+            raise ValueError(f"threshold must be an int >= 0, got {self.threshold!r}")
+        if self.family is not None:
+            if self.scheme not in ("path", "feature"):
+                raise ValueError(
+                    f"family applies to schemes path and feature; scheme {self.scheme!r} is "
+                    f"itself the partition family (family={self.family!r})"
+                )
+            P.get_family(self.family)
+        if self.scheme == "full":
+            return
+        if self.collisions is None and self.k is None:
+            raise ValueError(f"scheme {self.scheme!r} needs collisions or k")
+        if self.collisions is not None and self.k is not None:
+            raise ValueError(
+                f"give collisions or k, not both (collisions={self.collisions}, k={self.k})"
+            )
+        takes = {"hash": ("collisions",), "path": ("collisions",), "feature": ("collisions", "k")}
+        allowed = takes.get(self.scheme) or P.FAMILIES[self.scheme].takes
+        if self.k is not None and "k" not in allowed:
+            raise ValueError(f"scheme {self.scheme!r} takes collisions, not k (k={self.k})")
+        if self.collisions is not None and "collisions" not in allowed:
+            raise ValueError(f"scheme {self.scheme!r} takes k, not collisions")
+
+    @property
+    def kind(self) -> str:
+        """full, hash, path, feature, or compose (a partition family composed by an operation)."""
+        return self.scheme if self.scheme in KINDS else "compose"
+
+    def keeps_full(self, num_categories: int) -> bool:
+        """Whether a feature of ``num_categories`` stays a full table under the threshold."""
+        return self.scheme == "full" or num_categories <= self.threshold
+
+    def with_(self, **changes: object) -> EmbeddingSpec:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def spec_partitions(spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    """The partitions a spec uses for a feature of ``num_categories`` (hash: one remainder)."""
+    n = num_categories
+    if spec.scheme == "hash":
+        return P.remainder(n, -(-n // spec.collisions))
+    if spec.scheme == "full":
+        return P.remainder(n, n)
+    family = spec.family or ("qr" if spec.kind in KINDS else spec.scheme)
+    return P.get_family(family).build(n, spec.collisions, spec.k)
+
+
+def _cannot_shrink(spec: EmbeddingSpec, n: int) -> str | None:
+    """Why a spec cannot make a feature of n categories smaller than its full table, or None."""
+    if spec.collisions is not None and spec.collisions >= n:
+        return (f"collisions={spec.collisions} >= num_categories={n}: the compressed tables would "
+                f"hold at least as many rows as the full table")
+    if spec.scheme != "hash":
+        parts = spec_partitions(spec, n)
+        if parts.num_buckets >= n:
+            return (f"{spec.scheme} partitions of sizes {parts.sizes} for num_categories={n} "
+                    f"hold {parts.num_buckets} rows, no fewer than the full table's {n}")
+    return None
+
+
+def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
+    """The spec a feature of ``num_categories`` actually gets inside a multi-feature model.
+
+    A feature that the spec cannot shrink (at most ``threshold`` categories, no more categories
+    than ``collisions``, or partitions with as many rows as the full table) keeps its full table,
+    as the paper's thresholding does; :func:`plan_feature` with ``strict=True`` refuses instead.
+    """
+    if spec.scheme == "full":
+        return spec
+    if spec.keeps_full(num_categories) or _cannot_shrink(spec, num_categories):
+        return spec.with_(scheme="full", collisions=None, k=None, family=None, init="default")
+    return spec
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """One embedding table of a feature.
+
+    Attributes:
+        name: its key in the per-feature module's state dict (``weight``, ``weights.j``): the
+            name checkpoints use whatever stores it.
+        rows: R, the number of rows (buckets of its partition).
+        width: D_j.
+        bounds: the U(lo, hi) its rows are drawn from.
+    """
+
+    name: str
+    rows: int
+    width: int
+    bounds: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Everything needed to build one feature's embedding, by any backend.
+
+    Attributes:
+        num_categories: n.
+        embedding_dim: D, the width of each output vector.
+        spec: the resolved spec (full when the feature keeps its full table).
+        partitions: the partitions (full: ``i mod n``; hash: one remainder).
+        operation: the composition operation (``kind == "compose"`` only, else None).
+        tables: the tables in partition order (path: the first partition's table only; its
+            per-bucket functions are built by the path module).
+    """
+
+    num_categories: int
+    embedding_dim: int
+    spec: EmbeddingSpec
+    partitions: P.PartitionSet
+    operation: Operation | None
+    tables: tuple[TablePlan, ...]
+
+    @property
+    def kind(self) -> str:
+        """full, hash, compose, path or feature."""
+        return self.spec.kind
+
+    @property
+    def num_outputs(self) -> int:
+        """Vectors per sample: k for feature generation, else 1."""
+        return self.partitions.k if self.kind == "feature" else 1
+
+
+def plan_feature(
+    num_categories: int, embedding_dim: int, spec: EmbeddingSpec, *, strict: bool = False
+) -> FeaturePlan:
+    """The plan for a feature of ``num_categories``: the one place where a spec becomes tables.
+
+    Args:
+        strict: refuse (ValueError) a compression that cannot shrink the table instead of
+            keeping the full table (what a single module asked for explicitly should do).
+    """
+    n, d = num_categories, embedding_dim
+    for name, value in (("num_categories", n), ("embedding_dim", d)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if strict and not spec.keeps_full(n):
+        why = _cannot_shrink(spec, n)
+        if why is not None:
+            fewer = "collisions" if spec.collisions is not None else "partitions"
+            raise ValueError(f"{why}; use fewer {fewer} or threshold >= {n} to keep this "
+                             f"feature full")
+    spec = resolve_spec(spec, n)
+    parts = spec_partitions(spec, n)
+    a = full_table_bound(n)
+    kind = spec.kind
+    operation = None
+    if kind in ("full", "hash"):
+        tables = (TablePlan("weight", parts.sizes[0], d, (-a, a)),)
+    elif kind == "path":
+        tables = (TablePlan("weight", parts.sizes[0], d, (-a, a)),)
+    elif kind == "feature":
+        tables = tuple(TablePlan(f"weights.{j}", r, d, (-a, a))
+                       for j, r in enumerate(parts.sizes))
+    else:
+        operation = get_operation(spec.operation)
+        where = f"{spec.scheme} {spec.operation} (num_categories={n})"
+        widths = operation.table_widths(d, parts.k, where)
+        bounds = table_bounds(operation, parts.k, n, spec.init)
+        tables = tuple(TablePlan(f"weights.{j}", r, w, tuple(b)) for j, (r, w, b)
+                       in enumerate(zip(parts.sizes, widths, bounds, strict=True)))
+    return FeaturePlan(n, d, spec, parts, operation, tables)
