@@ -8,12 +8,13 @@ import torch
 pytest.importorskip("torchrec")
 
 from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec  # noqa: E402
-from compemb.embeddings.factory import make_embedding_bag, resolve_spec  # noqa: E402
+from compemb.embeddings.factory import make_embedding_bag  # noqa: E402
 from compemb.embeddings.torchrec import (  # noqa: E402
     TorchRecEmbeddingCollection,
     ids_to_kjt,
     keyed_to_batch,
 )
+from compemb.spec import resolve_spec  # noqa: E402
 
 CARDS = [1000, 37, 5, 250]  # the 5-category feature falls back to full under every scheme
 D = 8
@@ -32,19 +33,19 @@ IDS = {spec: f"{spec.scheme}-{spec.operation}-{spec.threshold}-{spec.path_transf
        for spec in SPECS}
 
 
+def _local_state(trc: TorchRecEmbeddingCollection) -> dict[str, torch.Tensor]:
+    return trc.local_state_dict({k: v.detach() for k, v in trc.state_dict().items()})
+
+
 def _local_modules(trc: TorchRecEmbeddingCollection) -> list[torch.nn.Module]:
     """Per-feature modules holding copies of the TorchRec collection's weights."""
-    tables = trc.named_tables()
+    state = _local_state(trc)
     modules = []
     for route, n in zip(trc.routes, trc.cardinalities, strict=True):
         module = make_embedding_bag(n, D, resolve_spec(trc.spec, n))
-        own = getattr(module, "weights", None)
-        targets = list(own) if own is not None else [module.weight]
-        with torch.no_grad():
-            for t, target in zip(route.tables, targets, strict=True):
-                target.copy_(tables[t])
-            if route.spec.scheme == "path":
-                module.paths.load_state_dict(trc.paths[route.name].state_dict())
+        prefix = f"features.{route.index}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                if k.startswith(prefix)})  # fmt: skip
         modules.append(module)
     return modules
 
@@ -66,11 +67,7 @@ def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
     torch.manual_seed(0)
     trc = TorchRecEmbeddingCollection(CARDS, D, spec)
     local = EmbeddingBagCollection(CARDS, D, spec)
-    with torch.no_grad():
-        for f, (route, module) in enumerate(zip(trc.routes, _local_modules(trc), strict=True)):
-            for dst, src in zip(local.tables(f), module.parameters(), strict=True):
-                assert dst.shape == src.shape, route
-                dst.copy_(src)
+    local.load_state_dict(_local_state(trc))
     ids = torch.stack([torch.randint(0, n, (16,)) for n in CARDS], dim=1)
     ids[0] = torch.tensor([n - 1 for n in CARDS])
     kt = trc(ids_to_kjt(ids, trc.feature_names))
@@ -104,14 +101,13 @@ def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None
     (expected * probe).sum().backward()
     tables = trc.named_tables()
     for route, module in zip(trc.routes, modules, strict=True):
-        own = getattr(module, "weights", None)
-        targets = list(own) if own is not None else [module.weight]
-        for t, target in zip(route.tables, targets, strict=True):
+        for t, table in zip(route.tables, route.plan.tables, strict=True):
+            target = module.get_parameter(table.name)
             torch.testing.assert_close(tables[t].grad, target.grad, rtol=0, atol=1e-6)
-        if route.spec.scheme == "path":
-            for a, b in zip(trc.paths[route.name].parameters(), module.paths.parameters(),
-                            strict=True):
-                torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6)
+        if route.kind == "path":
+            for name, p in trc.paths[route.name].named_parameters():
+                torch.testing.assert_close(p.grad, module.get_parameter(name).grad,
+                                           rtol=0, atol=1e-6)
 
 
 def test_routes_pool_only_what_commutes() -> None:
@@ -124,7 +120,7 @@ def test_routes_pool_only_what_commutes() -> None:
     assert route["concat", "sum"][0].pooled and route["add", "sum"][0].pooled
     assert not route["mult", "sum"][0].pooled
     assert not route["add", "max"][0].pooled and not route["concat", "max"][0].pooled
-    assert route["mult", "sum"][1].spec.scheme == "full" and route["mult", "sum"][1].pooled
+    assert route["mult", "sum"][1].kind == "full" and route["mult", "sum"][1].pooled
     assert route["mult", "sum"][0].tables == ("f0__0", "f0__1")
 
 

@@ -10,6 +10,7 @@ of one feature in the batch, D output width.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compemb.embeddings.factory import EmbeddingSpec, make_embedding_bag, resolve_spec
-from compemb.partitions import PartitionSet
+from compemb.embeddings.factory import module_from_plan
+from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor, KeyedTensor
@@ -46,50 +47,27 @@ class FeatureRoute:
 
     Attributes:
         name: the feature's key in the input KeyedJaggedTensor.
-        spec: the resolved spec (small features fall back to full).
-        tables: TorchRec table names, in partition order (path: the first table only).
-        widths: each table's width.
+        index: the feature's position (f in the local collection's ``features.<f>`` keys).
+        plan: the feature's :class:`~compemb.spec.FeaturePlan` (resolved spec, partitions,
+            operation, tables).
+        tables: TorchRec table names, in the plan's table order: ``<feature>__<j>``.
         pooled: tables in the pooled EmbeddingBagCollection and combined after pooling (the
             operation commutes with the pooling); otherwise looked up unpooled, composed per
             id, then pooled here.
-        outputs: output keys: the feature's name, or k of them under scheme ``feature``.
+        outputs: output keys: the feature's name, or k of them (``<feature>_<j>``) under scheme
+            ``feature``.
     """
 
     name: str
-    spec: EmbeddingSpec
+    index: int
+    plan: FeaturePlan
     tables: tuple[str, ...]
-    widths: tuple[int, ...]
     pooled: bool
     outputs: tuple[str, ...]
 
-
-def _tables_of(module: nn.Module) -> list[torch.Tensor]:
-    """A per-feature module's embedding tables in partition order (path: the first table)."""
-    own = getattr(module, "weights", None)
-    return list(own) if own is not None else [module.weight]
-
-
-def _combine(operation: str, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """omega over k (N, D_j) parts -> (N, D)."""
-    if operation == "concat":
-        return torch.cat(list(parts), dim=-1)
-    out = parts[0]
-    for p in parts[1:]:
-        out = out + p if operation == "add" else out * p
-    return out
-
-
-class _GradScale(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by a constant."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
+    @property
+    def kind(self) -> str:
+        return self.plan.kind
 
 
 def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None,
@@ -107,11 +85,10 @@ class TorchRecEmbeddingCollection(nn.Module):
     """F categorical features embedded with partition tables that are stock TorchRec tables.
 
     Takes a ``KeyedJaggedTensor`` keyed by feature name and returns a ``KeyedTensor`` with one
-    D-wide pooled vector per feature (k, keyed ``name_j``, under scheme ``feature``). Each
-    feature gets what :func:`~compemb.embeddings.factory.resolve_spec` gives it, as in the
-    local :class:`~compemb.embeddings.collection.EmbeddingBagCollection`, and starts from the
-    same values: its tables are copied from the per-feature module of
-    :func:`~compemb.embeddings.factory.make_embedding_bag`.
+    D-wide pooled vector per feature (k, keyed ``<feature>_<j>``, under scheme ``feature``).
+    Each feature is built from its :func:`~compemb.spec.plan_feature` plan, as in the local
+    :class:`~compemb.embeddings.collection.EmbeddingBagCollection`: same tables, same init
+    bounds (TorchRec's ``init_fn``), same path functions (the per-feature module's own).
 
     Each batch, the ids of every feature are mapped to their partitions' buckets (exact int64)
     and sent as one KeyedJaggedTensor keyed by table name. Tables whose operation commutes
@@ -122,7 +99,8 @@ class TorchRecEmbeddingCollection(nn.Module):
     weight scales the composed vector once. Path functions stay ordinary modules
     (data-parallel under DMP).
 
-    Table names are ``<feature>__<j>``: feature name and partition index.
+    Table names are ``<feature>__<j>``: feature name and index in the plan's tables.
+    :meth:`local_state_dict` renames a state dict to the local collection's feature keys.
 
     Args:
         cardinalities: n of each feature.
@@ -162,53 +140,46 @@ class TorchRecEmbeddingCollection(nn.Module):
         self.spec = spec
         self.feature_names = tuple(names)
         self.weighted = weighted
-        # Set to 1/world_size by the sharding code: TorchRec sums table gradients over ranks,
-        # DDP averages the rest, and a step must equal a single process's mean-loss step.
-        self.grad_scale = 1.0
-        routes, pooled_cfgs, unpooled_cfgs, initial = [], [], {}, {}
+        routes, pooled_cfgs, unpooled_cfgs = [], [], {}
+        # Path features: the per-feature module without its first table (TorchRec looks that
+        # up) applies the per-bucket functions.
         self.paths = nn.ModuleDict()
-        self._partitions: dict[str, PartitionSet | None] = {}
         pooling = trec.PoolingType.MEAN if spec.mode == "mean" else trec.PoolingType.SUM
-        for name, n in zip(names, self.cardinalities, strict=True):
-            s = resolve_spec(spec, n)
-            module = make_embedding_bag(n, embedding_dim, s, validate=False)
-            tables = _tables_of(module)
+        for f, (name, n) in enumerate(zip(names, self.cardinalities, strict=True)):
+            plan = plan_feature(n, embedding_dim, spec)
+            op = plan.operation
             pooled = spec.mode != "max" and (
-                s.scheme in ("full", "hash", "feature")
-                or (s.scheme in ("qr", "mixed_radix", "crt") and s.operation in ("concat", "add"))
+                plan.kind in ("full", "hash", "feature")
+                or (op is not None and op.commutes_with_sum_pooling)
             )
-            table_names = tuple(f"{name}__{j}" for j in range(len(tables)))
-            widths = tuple(int(t.shape[1]) for t in tables)
+            tables = tuple(f"{name}__{j}" for j in range(len(plan.tables)))
             outputs = tuple(f"{name}_{j}" for j in range(len(tables))) \
-                if s.scheme == "feature" else (name,)
-            routes.append(FeatureRoute(name, s, table_names, widths, pooled, outputs))
-            self._partitions[name] = getattr(module, "partitions", None)
-            if s.scheme == "path":
-                self.paths[name] = module.paths
-            for t, w in zip(table_names, tables, strict=True):
-                initial[t] = w.detach()
+                if plan.kind == "feature" else (name,)
+            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs))
+            if plan.kind == "path":
+                module = module_from_plan(plan, validate=False, device=device)
+                module.weight = None
+                self.paths[name] = module
+            for t, table in zip(tables, plan.tables, strict=True):
+                lo, hi = table.bounds
+                common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
+                          "feature_names": [t],
+                          "init_fn": functools.partial(nn.init.uniform_, a=lo, b=hi)}
                 if pooled:
-                    pooled_cfgs.append(trec.EmbeddingBagConfig(
-                        num_embeddings=w.shape[0], embedding_dim=w.shape[1], name=t,
-                        feature_names=[t], pooling=pooling))  # fmt: skip
+                    pooled_cfgs.append(trec.EmbeddingBagConfig(pooling=pooling, **common))
                 else:
-                    unpooled_cfgs.setdefault(int(w.shape[1]), []).append(trec.EmbeddingConfig(
-                        num_embeddings=w.shape[0], embedding_dim=w.shape[1], name=t,
-                        feature_names=[t]))  # fmt: skip
+                    unpooled_cfgs.setdefault(table.width, []).append(
+                        trec.EmbeddingConfig(**common))
         self.routes = tuple(routes)
         # Kept apart from the modules, which DMP replaces by sharded ones.
-        self.table_shapes = {t: (int(w.shape[0]), int(w.shape[1])) for t, w in initial.items()}
+        self.table_shapes = {t: (table.rows, table.width) for r in routes
+                             for t, table in zip(r.tables, r.plan.tables, strict=True)}
         dev = torch.device("cpu") if device is None else torch.device(device)
         self.pooled = trec.EmbeddingBagCollection(pooled_cfgs, is_weighted=weighted, device=dev) \
             if pooled_cfgs else None
         self.unpooled = nn.ModuleDict({
             f"d{d}": trec.EmbeddingCollection(cfgs, device=dev) for d, cfgs in unpooled_cfgs.items()
         })  # fmt: skip
-        self.paths.to(dev)
-        if dev.type != "meta":
-            with torch.no_grad():
-                for t, w in self.named_tables().items():
-                    w.copy_(initial[t])
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -232,23 +203,43 @@ class TorchRecEmbeddingCollection(nn.Module):
         """Bytes of each table (float32), by table name."""
         return {t: 4 * rows * width for t, (rows, width) in self.table_shapes.items()}
 
+    def state_key_map(self) -> dict[str, str]:
+        """This collection's state-dict keys -> the local collection's (``features.<f>.<name>``,
+        the per-feature module's keys), tables and path functions alike."""
+        out = {}
+        width = {t: w for t, (_, w) in self.table_shapes.items()}
+        for r in self.routes:
+            for t, table in zip(r.tables, r.plan.tables, strict=True):
+                where = f"pooled.embedding_bags.{t}" if r.pooled \
+                    else f"unpooled.d{width[t]}.embeddings.{t}"
+                out[f"{where}.weight"] = f"features.{r.index}.{table.name}"
+            if r.kind == "path":
+                for k in self.paths[r.name].state_dict():
+                    out[f"paths.{r.name}.{k}"] = f"features.{r.index}.{k}"
+        return out
+
+    def local_state_dict(self, state: dict[str, torch.Tensor], prefix: str = ""
+                         ) -> dict[str, torch.Tensor]:
+        """A state dict of this collection (keys under ``prefix``, whole tables, e.g. from
+        :func:`compemb.training.sharding.full_state_dict`) renamed for the local collection."""
+        return {local: state[prefix + own] for own, local in self.state_key_map().items()}
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Embed a batch: a KJT keyed by feature name (B samples) -> KeyedTensor (B, F_out * D)."""
         trec = require_torchrec()
         jts = features.to_dict()
         pooled_in: dict[str, list] = {"keys": [], "values": [], "lengths": [], "weights": []}
         unpooled_in: dict[int, dict[str, list]] = {}
-        extra: dict[str, tuple[torch.Tensor, ...]] = {}
+        rest: dict[str, tuple[torch.Tensor, ...]] = {}
         for r in self.routes:
             jt = jts[r.name]
             ids, lengths = jt.values().long(), jt.lengths()
-            parts = self._partitions[r.name]
-            buckets = parts.buckets(ids) if parts is not None else (ids,)
-            if r.spec.scheme == "path":
-                buckets, extra[r.name] = buckets[:1], buckets[1:]
-            for t, width, b in zip(r.tables, r.widths, buckets, strict=True):
+            buckets = (ids,) if r.kind == "full" else r.plan.partitions.buckets(ids)
+            if r.kind == "path":
+                buckets, rest[r.name] = buckets[:1], buckets[1:]
+            for t, table, b in zip(r.tables, r.plan.tables, buckets, strict=True):
                 dest = pooled_in if r.pooled else unpooled_in.setdefault(
-                    width, {"keys": [], "values": [], "lengths": []})
+                    table.width, {"keys": [], "values": [], "lengths": []})
                 dest["keys"].append(t)
                 dest["values"].append(b)
                 dest["lengths"].append(lengths)
@@ -262,44 +253,30 @@ class TorchRecEmbeddingCollection(nn.Module):
                 weights=torch.cat(pooled_in["weights"]) if self.weighted else None,
             )  # fmt: skip
             kt = self.pooled(kjt)
-            values = _GradScale.apply(kt.values(), self.grad_scale)
-            pooled = dict(zip(kt.keys(), values.split(kt.length_per_key(), dim=1), strict=True))
+            pooled = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1),
+                              strict=True))
         rows: dict[str, torch.Tensor] = {}
-        for width, spec_in in unpooled_in.items():
+        for width, inputs in unpooled_in.items():
             kjt = trec.KeyedJaggedTensor(
-                keys=spec_in["keys"], values=torch.cat(spec_in["values"]),
-                lengths=torch.cat(spec_in["lengths"]),
+                keys=inputs["keys"], values=torch.cat(inputs["values"]),
+                lengths=torch.cat(inputs["lengths"]),
             )  # fmt: skip
-            for t, jt in self.unpooled[f"d{width}"](kjt).items():
-                rows[t] = _GradScale.apply(jt.values(), self.grad_scale)
+            rows.update({t: jt.values() for t, jt in self.unpooled[f"d{width}"](kjt).items()})
         outs = []
         for r in self.routes:
             if r.pooled:
                 parts = [pooled[t] for t in r.tables]
-                outs.extend(parts if r.spec.scheme == "feature"
-                            else [_combine(r.spec.operation, parts)])
+                outs.extend([r.plan.operation.combine(parts)] if r.kind == "compose" else parts)
                 continue
             jt = jts[r.name]
             parts = [rows[t] for t in r.tables]
-            if r.spec.scheme == "feature":
-                outs.extend(_pool(p, jt.lengths(), jt.weights_or_none(), r.spec.mode)
-                            for p in parts)
-                continue
-            if r.spec.scheme == "path":
-                composed = self._path(r.name, parts[0], extra[r.name])
-            else:
-                composed = _combine(r.spec.operation, parts)
-            outs.append(_pool(composed, jt.lengths(), jt.weights_or_none(), r.spec.mode))
+            if r.kind == "path":
+                parts = [self.paths[r.name].transform_rows(parts[0], rest[r.name])]
+            elif r.kind == "compose":
+                parts = [r.plan.operation.combine(parts)]
+            outs.extend(_pool(p, jt.lengths(), jt.weights_or_none(), self.spec.mode)
+                        for p in parts)
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
-
-    def _path(self, name: str, z: torch.Tensor, buckets: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Apply a path feature's per-bucket functions to its first-table rows (N, D)."""
-        for bucket, layers in zip(buckets, self.paths[name], strict=True):
-            if len(layers) == 1:
-                z = layers[0](z, bucket)
-            else:
-                z = layers[1](torch.relu(layers[0](z, bucket)), bucket)
-        return z
 
 
 def ids_to_kjt(

@@ -1,0 +1,124 @@
+"""Run under torchrun by test_training_torchrec.py: on every rank, a model whose embeddings are
+TorchRec-sharded takes two optimizer steps on its share of each global batch; the results must
+equal one process's steps on the whole batches (computed here too, unsharded). Between the
+steps the sharded model and its optimizer go through full state and back, as a checkpoint would.
+
+Usage: torchrun --nproc_per_node=N torchrec_worker.py OPTIMIZER
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from compemb.embeddings import EmbeddingSpec
+from compemb.embeddings.torchrec import TorchRecEmbeddingCollection, ids_to_kjt, keyed_to_batch
+from compemb.optim import make_optimizer
+from compemb.training import sharding
+
+CARDS = [4000, 900, 30, 3]
+D = 8
+SPECS = [
+    EmbeddingSpec("qr", operation="mult", collisions=4),
+    EmbeddingSpec("qr", operation="concat", collisions=4, threshold=100),
+    EmbeddingSpec("path", collisions=4, path_hidden=3),
+    EmbeddingSpec("feature", collisions=4, mode="mean"),
+]
+TOL = 1e-5
+
+
+class Model(nn.Module):
+    def __init__(self, spec: EmbeddingSpec):
+        super().__init__()
+        self.emb = TorchRecEmbeddingCollection(CARDS, D, spec)
+        self.top = nn.Linear(self.emb.num_outputs * D, 1)
+
+    def forward(self, ids: torch.Tensor, bag: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        kt = self.emb(ids_to_kjt(ids, self.emb.feature_names, [bag]))
+        return self.top(keyed_to_batch(kt, D).flatten(1)).squeeze(1)
+
+
+def share(seed: int, rows: int, rank: int = 0, world: int = 1) -> tuple:
+    """This rank's contiguous share of a global batch (ranks may get different counts): ids of
+    the first three features, the last one as bags of 0-3 ids, labels."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randint(0, n, (rows,), generator=g) for n in CARDS[:-1]], 1)
+    lengths = torch.randint(0, 4, (rows,), generator=g)
+    values = torch.randint(0, CARDS[-1], (int(lengths.sum()),), generator=g)
+    labels = torch.randint(0, 2, (rows,), generator=g).float()
+    ends = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    lo, hi = rows * rank // world, rows * (rank + 1) // world
+    bag = (values[ends[lo] : ends[hi]], ends[lo:hi] - ends[lo])
+    return ids[lo:hi], bag, labels[lo:hi], rows
+
+
+def check(what: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    if err > TOL:
+        raise AssertionError(f"rank {dist.get_rank()}: {what} differs by {err:.3g}")
+
+
+def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = Model(spec)
+    reference = copy.deepcopy(model)
+    ref_opt = make_optimizer(optimizer, reference.parameters(), lr,
+                             tables=list(reference.emb.named_tables().values()))
+    sharded = sharding.shard(model, torch.device("cpu"), optimizer=optimizer, lr=lr,
+                             small_bytes=2000)
+    dense = sharded.dense_parameters()
+    opt = make_optimizer(optimizer, [p for _, p in dense], lr, tables=sharded.replicated_tables())
+    for step, (seed, rows) in enumerate([(1, 13), (2, 10)]):
+        ids, bag, labels, _ = share(seed, rows)
+        ref_opt.zero_grad()
+        ref_logits = reference(ids, bag)
+        nn.functional.binary_cross_entropy_with_logits(ref_logits, labels).backward()
+        ref_opt.step()
+
+        ids, bag, labels, global_rows = share(seed, rows, rank, world)
+        opt.zero_grad()
+        logits = sharded.model(ids, bag)
+        lo = rows * rank // world
+        check(f"step {step} logits", logits.detach(), ref_logits.detach()[lo : lo + len(labels)])
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        (loss * world / global_rows).backward()
+        ref_grads = dict(reference.named_parameters())
+        for name, p in dense:
+            check(f"step {step} gradient of {name}", p.grad, ref_grads[name].grad)
+        opt.step()
+        state = sharding.full_state_dict(sharded.model)
+        for name, value in reference.state_dict().items():
+            check(f"step {step} {name} after the step", state[name], value)
+        if step == 0:  # through full state and back, as checkpoint and resume do
+            moments = sharding.full_optimizer_state(sharded.model)
+            torch.manual_seed(1)
+            model = Model(spec)
+            sharded = sharding.shard(model, torch.device("cpu"), optimizer=optimizer, lr=lr,
+                                     small_bytes=2000)
+            sharding.load_full_state_dict(sharded.model, state)
+            sharding.load_full_optimizer_state(sharded.model, moments)
+            dense_state = opt.state_dict()
+            dense = sharded.dense_parameters()
+            opt = make_optimizer(optimizer, [p for _, p in dense], lr,
+                                 tables=sharded.replicated_tables())
+            opt.load_state_dict(dense_state)
+    if rank == 0:
+        print(f"ok {spec.scheme}-{spec.operation} {optimizer}\n{sharded.summary}", flush=True)
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    optimizer = sys.argv[1]
+    lr = {"sgd": 0.5, "adagrad": 0.1, "rowwise_adagrad": 0.1}[optimizer]
+    for spec in SPECS:
+        run(spec, optimizer, lr)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
