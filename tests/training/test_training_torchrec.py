@@ -7,9 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import trainkit
 
 pytest.importorskip("torchrec")
+
+from compemb.embeddings import EmbeddingSpec  # noqa: E402
+from compemb.embeddings.torchrec import TorchRecSparseArch  # noqa: E402
+from compemb.models import build_model  # noqa: E402
+from compemb.training import sharding  # noqa: E402
 
 WORKER = Path(__file__).with_name("torchrec_worker.py")
 
@@ -29,7 +35,31 @@ def test_two_ranks_match_one_process(optimizer: str) -> None:
 
 
 def test_unknown_fused_optimizer_is_refused() -> None:
-    from compemb.training.sharding import fused_optimizer_params
-
     with pytest.raises(ValueError, match="amsgrad.*no fused kernel"):
-        fused_optimizer_params("amsgrad", 0.001)
+        sharding.fused_optimizer_params("amsgrad", 0.001)
+
+
+@pytest.mark.parametrize("name", ["dlrm", "dcn"])
+@pytest.mark.parametrize("spec", [
+    EmbeddingSpec("qr", operation="mult", collisions=4),
+    EmbeddingSpec("path", collisions=4, path_hidden=4),
+    EmbeddingSpec("feature", collisions=4),
+], ids=lambda s: s.scheme)  # fmt: skip
+def test_model_on_torchrec_keeps_outputs_and_checkpoints(name: str, spec: EmbeddingSpec) -> None:
+    """A model whose sparse_arch moves to TorchRec gives the same logits; its state in the
+    checkpoint form loads into the replicated model, and back."""
+    torch.manual_seed(0)
+    cards = [500, 40, 3]
+    model = build_model(name, cards, 2, 8, spec)
+    dense = torch.randn(6, 2)
+    ids = torch.stack([torch.randint(0, n, (6,)) for n in cards], 1)
+    before = model(dense, ids)
+    moved = sharding.to_torchrec(model)
+    assert isinstance(moved.sparse_arch, TorchRecSparseArch)
+    torch.testing.assert_close(moved(dense, ids), before, rtol=0, atol=1e-6)
+    state = sharding.local_model_state(dict(moved.state_dict()), moved.sparse_arch)
+    fresh = build_model(name, cards, 2, 8, spec)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(dense, ids), before, rtol=0, atol=1e-6)
+    again = sharding.sharded_model_state(state, moved.sparse_arch)
+    assert again.keys() == moved.state_dict().keys()

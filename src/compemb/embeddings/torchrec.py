@@ -279,6 +279,57 @@ class TorchRecEmbeddingCollection(nn.Module):
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
 
 
+class TorchRecSparseArch(nn.Module):
+    """A :class:`TorchRecEmbeddingCollection` behind the local collection's call: a model's
+    ``sparse_arch`` that DMP can shard.
+
+    Forward: ``(ids (B, F1), bags) -> (B, F_out, D)``, as
+    :class:`~compemb.embeddings.collection.EmbeddingBagCollection`. Its state dict converts to
+    and from the local collection's (feature keys) with :meth:`local_state_dict` and
+    :meth:`load_local_state_dict`.
+    """
+
+    def __init__(self, cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec, *,
+                 validate: bool = True, device: torch.device | str | None = None):
+        super().__init__()
+        self.collection = TorchRecEmbeddingCollection(cardinalities, embedding_dim, spec,
+                                                      device=device)
+        self.cardinalities = self.collection.cardinalities
+        self.embedding_dim = embedding_dim
+        self.spec = spec
+        self.validate = validate
+
+    @property
+    def num_outputs(self) -> int:
+        return self.collection.num_outputs
+
+    def local_state_dict(self, state: dict[str, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """This module's state (or ``state``, with its keys) under the local collection's keys."""
+        if state is None:
+            state = {k: v.detach() for k, v in self.state_dict().items()}
+        return self.collection.local_state_dict(state, prefix="collection.")
+
+    def load_local_state_dict(self, local: dict[str, torch.Tensor]) -> None:
+        """Load a local collection's state dict (before sharding)."""
+        state = {f"collection.{own}": local[key]
+                 for own, key in self.collection.state_key_map().items()}  # fmt: skip
+        self.load_state_dict(state)
+
+    def forward(self, ids: torch.Tensor,
+                bags: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+        """Embed a batch: ids (B, F1) and F - F1 bags -> (B, F_out, D)."""
+        if self.validate:
+            limits = torch.tensor(self.cardinalities[: ids.shape[1]], device=ids.device)
+            bad = (ids < 0) | (ids >= limits)
+            if bool(bad.any()):
+                row, f = (int(v) for v in bad.nonzero()[0])
+                raise IndexError(f"TorchRecSparseArch: feature {f} id {int(ids[row, f])} in row "
+                                 f"{row} is out of range 0..{self.cardinalities[f] - 1}")
+        kjt = ids_to_kjt(ids, self.collection.feature_names, bags)
+        return keyed_to_batch(self.collection(kjt), self.embedding_dim)
+
+
 def ids_to_kjt(
     ids: torch.Tensor,
     names: Sequence[str],

@@ -23,11 +23,47 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from compemb.embeddings.torchrec import TorchRecEmbeddingCollection, require_torchrec
+from compemb.embeddings.torchrec import (
+    TorchRecEmbeddingCollection,
+    TorchRecSparseArch,
+    require_torchrec,
+)
 
 # Tables of at most this many bytes are replicated (data-parallel) rather than sharded: sharding
 # a few kilobytes buys nothing and costs an all-to-all.
 SMALL_BYTES = 1 << 20
+
+
+def to_torchrec(model: nn.Module) -> nn.Module:
+    """Replace ``model.sparse_arch`` (the local collection) by a :class:`TorchRecSparseArch`
+    holding the same weights; the rest of the model is untouched. Returns the model."""
+    local = model.sparse_arch
+    arch = TorchRecSparseArch(local.cardinalities, local.embedding_dim, local.spec,
+                              validate=getattr(local, "validate", True))  # fmt: skip
+    arch.load_local_state_dict(local.state_dict())
+    model.sparse_arch = arch
+    return model
+
+
+def local_model_state(state: dict[str, torch.Tensor], arch: TorchRecSparseArch,
+                      prefix: str = "sparse_arch.") -> dict[str, torch.Tensor]:
+    """A full state dict of a model whose ``sparse_arch`` is ``arch`` (e.g. from
+    :func:`full_state_dict`) renamed to the same model with the local collection: the form
+    checkpoints keep, so a replicated model loads them."""
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    out.update({prefix + k: v for k, v in arch.local_state_dict(own).items()})
+    return out
+
+
+def sharded_model_state(local: dict[str, torch.Tensor], arch: TorchRecSparseArch,
+                        prefix: str = "sparse_arch.") -> dict[str, torch.Tensor]:
+    """The inverse of :func:`local_model_state`: a checkpoint's model state for the sharded
+    model (load with :func:`load_full_state_dict`)."""
+    out = {k: v for k, v in local.items() if not k.startswith(prefix)}
+    for own, key in arch.collection.state_key_map().items():
+        out[f"{prefix}collection.{own}"] = local[prefix + key]
+    return out
 
 
 def fused_optimizer_params(optimizer: str, lr: float, *, eps: float = 1e-10) -> dict[str, Any]:
