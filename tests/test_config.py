@@ -11,25 +11,46 @@ from compemb.config import (
     load_config,
     load_config_text,
 )
+from compemb.spec import EmbeddingSpec
 
 
 def test_defaults_follow_the_paper() -> None:
     c = load_config_text("", "empty")
     assert (c.train.optimizer, c.train.batch_size, c.train.epochs) == ("adagrad", 128, 1)
     assert c.model.embedding_dim == 16 and c.model.sparse is True
+    assert c.model.embedding == EmbeddingSpec(sparse=True)
 
 
-def test_sparse_follows_the_optimizer() -> None:
-    assert load_config_text("train: {optimizer: amsgrad}", "x").model.sparse is False
-    assert load_config_text("train: {optimizer: sgd, lr: 0.1}", "x").model.sparse is True
-    c = load_config_text("model: {scheme: qr, collisions: 4}", "x")
-    assert apply_overrides(c, ["train.optimizer=amsgrad"]).model.sparse is False
+def test_sparse_follows_the_optimizer_and_reaches_the_spec() -> None:
+    for text, sparse in [("train: {optimizer: amsgrad}", False),
+                         ("train: {optimizer: sgd, lr: 0.1}", True),
+                         ("train: {optimizer: adagrad}\nmodel: {sparse: false}", False)]:
+        c = load_config_text(text, "x")
+        assert c.model.sparse is sparse and c.model.embedding.sparse is sparse, text
+    c = load_config_text("model: {embedding: {scheme: qr, collisions: 4}}", "x")
+    assert c.model.embedding.sparse is True
+    amsgrad = apply_overrides(c, ["train.optimizer=amsgrad"])
+    assert amsgrad.model.sparse is False and amsgrad.model.embedding.sparse is False
+    # set explicitly, sparse stays when the optimizer changes
+    dense = apply_overrides(c, ["model.sparse=false"])
+    assert apply_overrides(dense, ["train.optimizer=sgd", "train.lr=1"]).model.sparse is False
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model: {colisions: 4}", r"f.yaml: unknown key 'model.colisions'; did you mean"),
+        ("model: {colisions: 4}",
+         r"f.yaml: unknown key 'model.colisions'; did you mean 'model.embedding.collisions'"),
+        ("model: {embedding: {colisions: 4}}",
+         r"unknown key 'model.embedding.colisions'; did you mean 'collisions'"),
+        ("model: {embedding: {scheme: qr, collisions: 4, sparse: true}}",
+         r"model.embedding.sparse follows model.sparse: set that"),
+        ("model: {embedding: {scheme: hash}}",
+         r"f.yaml: model.embedding: scheme 'hash' needs collisions"),
+        ("model: {embedding: {scheme: qr, collisions: 4, init: he}}", r"model.embedding: init"),
+        ("model: {embedding: {collisions: four}}",
+         r"model.embedding.collisions: expected int, got 'four'"),
+        ("model: {embedding: qr}", r"section 'model.embedding' must be a mapping"),
         ("modle: {}", r"unknown section 'modle'; did you mean 'model'"),
         ("train: {batch_size: 1.5}", r"train.batch_size: expected int, got 1.5"),
         ("train: {batch_size: true}", r"train.batch_size: expected int, got True"),
@@ -56,23 +77,41 @@ def test_ints_and_exponent_notation_are_accepted_for_floats() -> None:
 
 def test_overrides_are_type_checked() -> None:
     c = Config()
-    c2 = apply_overrides(c, ["model.collisions=4", "model.scheme=qr", "train.lr=0.05",
-                             "data.dataset=123", "train.max_steps=null"])  # fmt: skip
-    assert (c2.model.collisions, c2.model.scheme, c2.train.lr) == (4, "qr", 0.05)
+    c2 = apply_overrides(c, ["model.embedding.collisions=4", "model.embedding.scheme=qr",
+                             "train.lr=0.05", "data.dataset=123", "train.max_steps=null",
+                             "model.embedding.init=zero_mean"])  # fmt: skip
+    e = c2.model.embedding
+    assert (e.collisions, e.scheme, e.init, c2.train.lr) == (4, "qr", "zero_mean", 0.05)
     assert c2.data.dataset == "123" and c2.train.max_steps is None
-    with pytest.raises(ValueError, match=r"--set model.collisions=four: expected int"):
-        apply_overrides(c, ["model.collisions=four"])
-    with pytest.raises(ValueError, match=r"did you mean 'collisions'"):
-        apply_overrides(c, ["model.colisions=4"])
-    with pytest.raises(ValueError, match=r"expected section.key=value"):
-        apply_overrides(c, ["collisions=4"])
+    assert apply_overrides(c2, ["model.embedding.collisions=60"]).model.embedding == \
+        e.with_(collisions=60)  # fmt: skip
+    bad = [
+        ("model.embedding.collisions=four", r"--set model.embedding.collisions=four: expected int"),
+        ("model.collisions=4", r"unknown key 'model.collisions'; did you mean "
+                               r"'model.embedding.collisions'"),
+        ("model.embedding.colisions=4", r"unknown key 'model.embedding.colisions'; did you mean "
+                                        r"'collisions'"),
+        ("model.embedding.sparse=true", r"model.embedding.sparse follows model.sparse"),
+        ("model.embedding=qr", r"model.embedding is a section: set model.embedding.KEY=VALUE"),
+        ("model.name.x=1", r"model.name is a value, not a section"),
+        ("model.embedding.scheme=hash", r"model.embedding: scheme 'hash' needs collisions"),
+        ("collisions=4", r"expected section.key=value"),
+        ("model..k=4", r"expected section.key=value"),
+    ]
+    for item, message in bad:
+        with pytest.raises(ValueError, match=message):
+            apply_overrides(c, [item])
 
 
 def test_yaml_and_toml_round_trip(tmp_path) -> None:
-    c = apply_overrides(Config(), ["model.scheme=qr", "model.collisions=4", "train.seed=3"])
-    (tmp_path / "c.yaml").write_text(dump_config(c))
+    c = apply_overrides(Config(), ["model.embedding.scheme=qr", "model.embedding.collisions=4",
+                                   "train.seed=3"])  # fmt: skip
+    text = dump_config(c)
+    assert "init: default" in text and "sparse: true" in text  # the run's init rule is recorded
+    (tmp_path / "c.yaml").write_text(text)
     assert load_config(tmp_path / "c.yaml") == c
-    (tmp_path / "c.toml").write_text('[model]\nscheme = "qr"\ncollisions = 4\n[train]\nseed = 3\n')
+    (tmp_path / "c.toml").write_text('[model.embedding]\nscheme = "qr"\ncollisions = 4\n'
+                                     '[train]\nseed = 3\n')  # fmt: skip
     assert load_config(tmp_path / "c.toml") == c
     with pytest.raises(ValueError, match=r"end in .yaml, .yml or .toml"):
         load_config(tmp_path / "c.json")

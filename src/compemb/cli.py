@@ -17,9 +17,9 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         min_count=args.min_count,
         vocab=args.vocab,
         strict=args.strict,
-        **parse_days(args.days),
+        **(parse_days(args.days) if args.days is not None else {}),
     )
-    summary = preprocess_criteo(args.input, args.output_dir, options, progress=args.progress)
+    summary = preprocess_criteo(args.inputs, args.output_dir, options, progress=args.progress)
     rejected = sum(summary.rejected.values())
     print(
         f"wrote {summary.output_dir}: {summary.rows} from {summary.lines_read} lines "
@@ -54,14 +54,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     pre = sub.add_parser("preprocess", help="preprocess a raw dataset into a dataset folder")
     pre.add_argument("source", choices=["criteo"], help="input format")
-    pre.add_argument("input", help="Criteo Kaggle/Terabyte TSV, plain or gzip")
+    pre.add_argument("inputs", nargs="+", metavar="input",
+                     help="Criteo TSV, plain or gzip: one file (Kaggle), or the day files in "
+                          "order or their folder (Terabyte: day_0 ... day_23[.gz])")
     pre.add_argument("output_dir", help="dataset folder to create (must not exist)")
     pre.add_argument("--max-index", type=int, default=None, metavar="N",
                      help="take every categorical id modulo N (default: no cap)")
     pre.add_argument("--min-count", type=int, default=1, metavar="K",
                      help="categories seen fewer than K times share the bucket id 0 (default 1)")
-    pre.add_argument("--days", default="7", metavar="N|A,B,...",
-                     help="number of equal-count days (default 7), or every day's line count")
+    pre.add_argument("--days", default=None, metavar="N|A,B,...",
+                     help="one input: number of equal-count days (default 7), or every day's "
+                          "line count; several inputs are one day each")
     pre.add_argument("--vocab", choices=["all", "train"], default="all",
                      help="enumerate categories over all days (default, the reference) or the "
                           "train days only, unseen ones sharing the bucket id 0")
@@ -175,7 +178,7 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
 def _cmd_params(args: argparse.Namespace) -> int:
     import json
 
-    from compemb.embeddings import EmbeddingSpec
+    from compemb.spec import EmbeddingSpec
     from compemb.training import count_parameters, load_cardinalities
 
     spec = EmbeddingSpec(
@@ -212,7 +215,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("give --config FILE (or --resume RUN_DIR)")
         config = apply_overrides(load_config(args.config), overrides)
         m = config.model
-        out = args.out or (f"runs/{m.name}-{m.scheme}-{config.train.optimizer}-"
+        out = args.out or (f"runs/{m.name}-{m.embedding.scheme}-{config.train.optimizer}-"
                            f"seed{config.train.seed}")  # fmt: skip
         final = train(config, out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank reports
@@ -250,7 +253,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a model from a config (resumable, torchrun-ready)")
     tr.add_argument("--config", help="YAML or TOML config file")
     tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a config value, type-checked (repeatable)")  # fmt: skip
+                    help="override a config value, type-checked (repeatable), e.g. "
+                         "model.embedding.collisions=60")  # fmt: skip
     tr.add_argument("--out", help="run folder (default runs/MODEL-SCHEME-OPTIMIZER-seedN)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
     tr.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")

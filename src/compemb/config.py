@@ -1,18 +1,21 @@
 """Experiment configuration: frozen dataclasses, a strict YAML/TOML loader, typed overrides.
 
-A config file has three sections, each optional::
+A config file has three sections, each optional; ``model.embedding`` is an
+:class:`~compemb.spec.EmbeddingSpec`, its keys that class's fields::
 
     data:  {dataset: movielens}
-    model: {name: dlrm, embedding_dim: 16, scheme: qr, operation: mult, collisions: 4}
+    model: {name: dlrm, embedding_dim: 16,
+            embedding: {scheme: qr, operation: mult, collisions: 4, init: default}}
     train: {optimizer: adagrad, batch_size: 128, epochs: 1, seed: 0}
 
-Unknown keys, wrong types and impossible combinations fail here, before any training, with a
-message naming the key, the value, where it came from and what would work. Whether the
-embedding fields make a valid scheme is checked by the embedding layer itself when training
-builds the spec (also before the first step).
+Unknown keys, wrong types and impossible combinations (the spec checks its own) fail here,
+before any training, with a message naming the key, the value, where it came from and what
+would work.
 
->>> config = load_config_text("model: {scheme: qr, collisions: 4}", "inline")
->>> apply_overrides(config, ["train.optimizer=amsgrad"]).model.sparse
+>>> config = load_config_text("model: {embedding: {scheme: qr, collisions: 4}}", "inline")
+>>> config.model.embedding.collisions, config.model.embedding.sparse
+(4, True)
+>>> apply_overrides(config, ["train.optimizer=amsgrad"]).model.embedding.sparse
 False
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 import yaml
 
 from compemb.optim import OPTIMIZERS
+from compemb.spec import EmbeddingSpec
 
 try:
     import tomllib
@@ -47,21 +51,14 @@ class DataConfig:
 class ModelConfig:
     name: str = "dlrm"  # dlrm or dcn
     embedding_dim: int = 16  # D: the paper's 16 (32 with thresholding + concat)
-    scheme: str = "full"  # full, hash, qr, mixed_radix, crt, path, feature
-    operation: str = "mult"  # concat, add or mult (qr, mixed_radix, crt)
-    collisions: int | None = None  # categories per bucket of the largest table
-    k: int | None = None  # partitions for mixed_radix / crt instead of collisions
-    threshold: int = 0  # features with at most this many categories keep full tables
-    path_transform: str = "mlp"  # linear or mlp (scheme path)
-    path_hidden: int = 64  # hidden units of each path MLP (table 1: 16, 32, 64, 128)
-    mode: str = "sum"  # pooling over a multi-hot bag
-    sparse: bool | None = None  # sparse table gradients; None: on for adagrad/sgd
+    # How every feature is embedded (scheme, operation, collisions, init, ...); its sparse
+    # field follows model.sparse, which alone sets it.
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
+    sparse: bool | None = None  # sparse table gradients; None: the optimizer's choice
 
-    def spec_fields(self) -> dict[str, Any]:
-        """The fields of an ``EmbeddingSpec`` (everything but name and embedding_dim)."""
-        skip = ("name", "embedding_dim")
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in skip}  # fmt: skip
+    def __post_init__(self) -> None:
+        if self.embedding.sparse != bool(self.sparse):
+            object.__setattr__(self, "embedding", self.embedding.with_(sparse=bool(self.sparse)))
 
 
 @dataclass(frozen=True)
@@ -86,10 +83,20 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """The config as nested dicts, the form config files take."""
+        raw = dataclasses.asdict(self)
+        for key in _SET_ELSEWHERE:
+            *path, last = key.split(".")
+            section = raw
+            for name in path:
+                section = section[name]
+            del section[last]
+        return raw
 
 
 _SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+# Fields of a nested section that another key sets (and that config files leave out).
+_SET_ELSEWHERE = {"model.embedding.sparse": "model.sparse"}
 
 
 def _suggest(word: str, choices: typing.Iterable[str]) -> str:
@@ -97,8 +104,28 @@ def _suggest(word: str, choices: typing.Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(choices)}"
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def _field_types(cls: type, path: str) -> dict[str, Any]:
+    """The keys of the section at ``path`` (``model``, ``model.embedding``) and their types."""
+    hints = typing.get_type_hints(cls)
+    return {k: v for k, v in hints.items() if f"{path}.{k}" not in _SET_ELSEWHERE}
+
+
+def _unknown_key(key: str, cls: type, path: str) -> str:
+    """The message for an unknown key, suggesting the nearest key here or one level down."""
+    hints = _field_types(cls, path)
+    candidates = {name: name for name in hints}
+    for name, annotation in hints.items():
+        if _is_section(annotation):
+            for sub in _field_types(annotation, f"{path}.{name}"):
+                candidates.setdefault(sub, f"{path}.{name}.{sub}")
+    close = difflib.get_close_matches(key, list(candidates), n=1)
+    hint = f"; did you mean {candidates[close[0]]!r}?" if close else \
+        f"; valid keys: {', '.join(hints)}"
+    return f"unknown key '{path}.{key}'{hint}"
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -128,18 +155,28 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _section(cls: type, raw: Any, name: str, source: str) -> Any:
+def _section(cls: type, raw: Any, path: str, source: str) -> Any:
+    """The section at ``path`` (``model``, ``model.embedding``) built from its mapping."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: section {name!r} must be a mapping, got {raw!r}")
-    hints = _field_types(cls)
+        raise ValueError(f"{source}: section {path!r} must be a mapping, got {raw!r}")
+    hints = _field_types(cls, path)
     values = {}
     for key, value in raw.items():
+        where = f"{path}.{key}"
+        if where in _SET_ELSEWHERE:
+            raise ValueError(f"{source}: {where} follows {_SET_ELSEWHERE[where]}: set that")
         if key not in hints:
-            raise ValueError(f"{source}: unknown key '{name}.{key}'{_suggest(str(key), hints)}")
-        values[key] = _check_type(value, hints[key], f"{source}: {name}.{key}")
-    return cls(**values)
+            raise ValueError(f"{source}: {_unknown_key(str(key), cls, path)}")
+        if _is_section(hints[key]):
+            values[key] = _section(hints[key], value, where, source)
+        else:
+            values[key] = _check_type(value, hints[key], f"{source}: {where}")
+    try:
+        return cls(**values)
+    except ValueError as err:  # a section that checks itself (the embedding spec)
+        raise ValueError(f"{source}: {path}: {err}") from err
 
 
 def _resolve(config: Config, source: str) -> Config:
@@ -211,16 +248,18 @@ def load_config(path: str | Path) -> Config:
     return load_config_text(path.read_text(), str(path), toml=path.suffix == ".toml")
 
 
-def _parse_override(item: str) -> tuple[str, str, str]:
+def _parse_override(item: str) -> tuple[list[str], str]:
     key, sep, text = item.partition("=")
-    section, dot, name = key.strip().partition(".")
-    if not sep or not dot:
-        raise ValueError(f"--set {item!r}: expected section.key=value, e.g. model.collisions=4")
-    return section, name, text.strip()
+    path = key.strip().split(".")
+    if not sep or len(path) < 2 or not all(path):
+        raise ValueError(f"--set {item!r}: expected section.key=value, e.g. "
+                         f"model.embedding.collisions=4")  # fmt: skip
+    return path, text.strip()
 
 
 def apply_overrides(config: Config, overrides: typing.Iterable[str]) -> Config:
-    """Apply ``section.key=value`` overrides, each type-checked against its field.
+    """Apply ``section.key=value`` overrides (``model.embedding.collisions=60``), each
+    type-checked against its field.
 
     Values are read as YAML scalars (``4``, ``0.5``, ``true``, ``null``); a ``str`` field takes
     the text as it is.
@@ -230,13 +269,26 @@ def apply_overrides(config: Config, overrides: typing.Iterable[str]) -> Config:
         # Re-derive sparse from the (possibly overridden) optimizer unless it was set explicitly.
         raw["model"]["sparse"] = None if _derived_sparse(config) else raw["model"]["sparse"]
     for item in overrides:
-        section, name, text = _parse_override(item)
+        (section, *inner, name), text = _parse_override(item)
         source = f"--set {item}"
         if section not in _SECTIONS:
             raise ValueError(f"{source}: unknown section {section!r}{_suggest(section, _SECTIONS)}")
-        hints = _field_types(_SECTIONS[section])
-        if name not in hints:
-            raise ValueError(f"{source}: unknown key '{section}.{name}'{_suggest(name, hints)}")
+        cls, path, values = _SECTIONS[section], section, raw[section]
+        keys = [*inner, name]
+        for depth, part in enumerate(keys):
+            where = f"{path}.{part}"
+            if where in _SET_ELSEWHERE:
+                raise ValueError(f"{source}: {where} follows {_SET_ELSEWHERE[where]}: set that")
+            hints = _field_types(cls, path)
+            if part not in hints:
+                raise ValueError(f"{source}: {_unknown_key(part, cls, path)}")
+            if depth == len(keys) - 1:
+                break
+            if not _is_section(hints[part]):
+                raise ValueError(f"{source}: {where} is a value, not a section")
+            cls, path, values = hints[part], where, values[part]
+        if _is_section(hints[name]):
+            raise ValueError(f"{source}: {path}.{name} is a section: set {path}.{name}.KEY=VALUE")
         if hints[name] is str:
             value: Any = text
         else:
@@ -244,7 +296,7 @@ def apply_overrides(config: Config, overrides: typing.Iterable[str]) -> Config:
                 value = yaml.safe_load(text)
             except yaml.YAMLError as err:
                 raise ValueError(f"{source}: cannot read {text!r} as a value") from err
-        raw[section][name] = _check_type(value, hints[name], source)
+        values[name] = _check_type(value, hints[name], source)
     return config_from_dict(raw, "config with --set overrides")
 
 

@@ -11,7 +11,6 @@ from compemb.experiments.grids import (
     build_experiment,
     scaled_grid,
 )
-from compemb.experiments.init_rules import init_rule
 from compemb.experiments.runner import Settings, optimizer_for
 
 MOVIELENS = (943, 1682, 61, 2, 21, 795, 72, 19)
@@ -63,29 +62,29 @@ def test_auto_optimizer_is_per_operation_and_explicit_choices_win():
     assert chosen and all(c == {"adagrad", "amsgrad"} for c in chosen.values())
 
 
-def test_init_rule_swaps_the_bounds_and_restores_them():
-    import torch
+def test_init_experiment_sets_the_rule_through_config():
+    from types import SimpleNamespace
 
-    from compemb.embeddings import make_embedding_bag
+    from compemb.config import dump_config
+    from compemb.data import open_dataset
+    from compemb.experiments.runner import plan_runs
+    from compemb.training import model_for
 
-    def first_table(rule):
-        with init_rule(rule):
-            torch.manual_seed(0)
-            return make_embedding_bag(1000, 8, scheme="qr", collisions=4).weights[0]
-
-    assert first_table("reference").min() >= (1 / 1000) ** 0.5
-    assert first_table("zero_mean").abs().max() <= (1 / 1000) ** 0.5
-    assert first_table(None).min() < 0  # restored: the library's zero-mean first table
-    assert first_table("gates").abs().max() <= (1 / 1000) ** 0.5
-    with init_rule("gates"):
-        gates = make_embedding_bag(1000, 8, scheme="qr", collisions=4)
-    assert gates.weights[1].min() >= 0.5 and gates.weights[1].max() <= 1.5
-    with init_rule("gates"):  # other operations keep the library's rule
-        add = make_embedding_bag(1000, 8, scheme="qr", collisions=4, operation="add")
-    assert add.weights[1].abs().max() <= (1 / 1000 / 2) ** 0.5
-    with pytest.raises(ValueError, match="unknown init rule 'he'; valid: library, gates"):
-        with init_rule("he"):
-            pass
+    runs = plan_runs(build_experiment("init", MOVIELENS), Settings(trials=1),
+                     open_dataset("movielens"), "out")  # fmt: skip
+    compressible = SimpleNamespace(cardinalities=(1000, 500), num_dense=2)  # no full tables
+    assert len({r.folder for r in runs}) == len(runs) == 24
+    lowest = {}
+    for run in runs:
+        rule = run.variant.init or "default"
+        assert run.config.model.embedding.init == rule
+        assert f"init: {rule}" in dump_config(run.config)  # recorded in the run's config.yaml
+        if run.variant.operation == "mult" and run.variant.optimizer == "adagrad":
+            model = model_for(run.config, compressible, "cpu")
+            lowest[rule] = min(p.min().item() for p in model.sparse_arch.parameters())
+    # the reference's U(sqrt(1/n), 1) draws every table positive; the others are zero-mean
+    assert lowest["reference"] > 0
+    assert all(lowest[r] < 0 for r in ("default", "gates", "zero_mean"))
 
 
 def test_docstring_examples_run():
@@ -95,15 +94,3 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(grids)
     assert result.attempted >= 3 and result.failed == 0
-
-
-def test_init_rule_reaches_the_stacked_collection():
-    from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec
-
-    spec = EmbeddingSpec("qr", "mult", collisions=4)
-    with init_rule("reference"):
-        ebc = EmbeddingBagCollection([1000, 500], 8, spec)
-    lowest = min(p.detach().min().item() for p in ebc.parameters())
-    assert lowest >= (1 / 1000) ** 0.5  # every table all positive, as the reference draws it
-    library = EmbeddingBagCollection([1000, 500], 8, spec)  # the rule is restored
-    assert min(p.detach().min().item() for p in library.parameters()) < 0

@@ -124,7 +124,8 @@ def test_existing_run_folder_is_not_overwritten(synth: Path, tmp_path: Path) -> 
 
 def test_cli_train_and_evaluate(synth: Path, tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {{dataset: {synth}}}\nmodel: {{scheme: qr, collisions: 4}}\n")
+    cfg.write_text(f"data: {{dataset: {synth}}}\n"
+                   "model: {embedding: {scheme: qr, collisions: 4}}\n")
     out = tmp_path / "run"
     argv = ["train", "--config", str(cfg), "--set", "train.max_steps=3", "--out", str(out),
             "--device", "cpu"]  # fmt: skip
@@ -135,11 +136,11 @@ def test_cli_train_and_evaluate(synth: Path, tmp_path: Path, capsys) -> None:
     evaluated = json.loads(capsys.readouterr().out)  # the saved weights give the same metrics
     assert evaluated["val_logloss"] == pytest.approx(final["val_logloss"], abs=1e-6)
     assert evaluated["val_auc"] == pytest.approx(final["val_auc"], abs=1e-6)
-    assert main(["train", "--config", str(cfg), "--set", "model.colisions=4", "--out",
+    assert main(["train", "--config", str(cfg), "--set", "model.embedding.colisions=4", "--out",
                  str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "did you mean 'collisions'" in capsys.readouterr().err
-    bad = ["train", "--config", str(cfg), "--set", "model.scheme=hash", "--set",
-           "model.collisions=null", "--out", str(tmp_path / "bad")]  # fmt: skip
+    bad = ["train", "--config", str(cfg), "--set", "model.embedding.scheme=hash", "--set",
+           "model.embedding.collisions=null", "--out", str(tmp_path / "bad")]  # fmt: skip
     assert main(bad) == 2
-    assert "model: scheme 'hash' needs collisions" in capsys.readouterr().err
+    assert "model.embedding: scheme 'hash' needs collisions" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

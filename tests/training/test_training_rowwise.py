@@ -96,7 +96,8 @@ def test_training_with_rowwise_adagrad_learns(tmp_path):
     data = trainkit.synth_folder(tmp_path / "data")
     # add, not mult: 54 steps are too few for a product of two small zero-mean tables to leave
     # the saddle it starts near (see CompositionalEmbeddingBag's init); base rate is about 0.64
-    config = trainkit.tiny_config(data, "train.optimizer=rowwise_adagrad", "model.operation=add")
+    config = trainkit.tiny_config(data, "train.optimizer=rowwise_adagrad",
+                                  "model.embedding.operation=add")
     result = train(config, tmp_path / "run", progress=False)
     assert result["test_logloss"] < 0.6 and result["test_auc"] > 0.7
     spec = EmbeddingSpec("qr", collisions=4)

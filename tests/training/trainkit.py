@@ -45,8 +45,8 @@ def bag_dataset(rows: int = 300, seed: int = 0) -> ArrayDataset:
 
 
 def tiny_config(dataset: str | Path, *overrides: str) -> Config:
-    base = [f"data.dataset={dataset}", "model.embedding_dim=4", "model.scheme=qr",
-            "model.collisions=4", "train.batch_size=32", "train.eval_every=10",
+    base = [f"data.dataset={dataset}", "model.embedding_dim=4", "model.embedding.scheme=qr",
+            "model.embedding.collisions=4", "train.batch_size=32", "train.eval_every=10",
             "train.checkpoint_every=7", "train.eval_batch_size=256"]  # fmt: skip
     return apply_overrides(Config(), [*base, *overrides])
 

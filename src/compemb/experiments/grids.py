@@ -8,9 +8,9 @@ feature keep its full table on smaller data are dropped or replaced (see :func:`
 >>> exp = build_experiment("fig4", (943, 1682, 61))
 >>> [v.label for v in exp.variants]
 ['full', 'hash c=4', 'qr mult c=4']
->>> build_experiment("fig8", (943,))
+>>> build_experiment("fig8", (943,))  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-ValueError: unknown experiment 'fig8'; valid: fig4, fig5, fig6, fig7, table1, optimizers, init, demo, frontier
+ValueError: unknown experiment 'fig8'; valid: fig4, fig5, fig6, fig7, table1, optimizers, ...
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ EXPERIMENT_HELP = {
     "fig7": "parameters against the threshold (4 collisions), per operation",
     "table1": "path-based QR at 4 collisions, MLP hidden 16, 32, 64, 128",
     "optimizers": "Adagrad against AMSGrad for each QR operation and the baselines",
-    "init": "initialization rules of the QR tables (see init_rules), with both optimizers",
+    "init": "initialization rules of the QR tables (model.embedding.init), with both optimizers",
     "demo": "the main job: every scheme at 3 compression levels",
     "frontier": "test loss against embedding parameters, every scheme at 2x to 1000x compression",
 }
@@ -49,11 +49,11 @@ class Variant:
 
     Attributes:
         series: the legend entry it belongs to ("qr mult", "hash", "full").
-        scheme, operation, collisions, threshold, path_hidden: its ``ModelConfig`` fields.
+        scheme, operation, collisions, threshold, path_hidden: its ``EmbeddingSpec`` fields.
         x: its coordinate on the plot's x axis (collisions, threshold or hidden units).
         optimizer: adagrad or amsgrad; None takes the experiment's choice.
-        init: an alternative initialization rule (:mod:`compemb.experiments.init_rules`);
-            None is the library's.
+        init: an init rule of :data:`compemb.operations.INIT_RULES` (the spec's ``init``);
+            None is the library's default.
     """
 
     series: str
@@ -88,10 +88,14 @@ class Variant:
         return self.label.replace(" ", "-").replace("=", "")
 
     def model_fields(self) -> dict[str, object]:
-        """Its fields of ``compemb.config.ModelConfig``."""
-        return {"scheme": self.scheme, "operation": self.operation,
-                "collisions": self.collisions, "threshold": self.threshold,
-                "path_hidden": self.path_hidden}  # fmt: skip
+        """Its ``EmbeddingSpec`` fields: the config's ``model.embedding`` section."""
+        fields: dict[str, object] = {
+            "scheme": self.scheme, "operation": self.operation, "collisions": self.collisions,
+            "threshold": self.threshold, "path_hidden": self.path_hidden,
+        }  # fmt: skip
+        if self.init is not None:
+            fields["init"] = self.init
+        return fields
 
 
 @dataclass(frozen=True)

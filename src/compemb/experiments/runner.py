@@ -30,7 +30,6 @@ from compemb.config import Config, config_from_dict, dump_config
 from compemb.data import Dataset, open_dataset
 from compemb.data.storage import read_metadata
 from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
-from compemb.experiments.init_rules import init_rule
 from compemb.training import train
 from compemb.training.run_folder import RunFolder
 
@@ -102,7 +101,7 @@ def plan_runs(
             raw = {
                 "data": {"dataset": settings.dataset},
                 "model": {"name": settings.model, "embedding_dim": settings.embedding_dim,
-                          **variant.model_fields()},
+                          "embedding": variant.model_fields()},
                 "train": {"optimizer": optimizer_for(variant, settings), "seed": seed,
                           "batch_size": settings.batch_size, "epochs": settings.epochs,
                           "max_steps": settings.max_steps, "eval_every": eval_every,
@@ -132,8 +131,7 @@ def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]
     if folder.is_done():
         return folder.read_final()
     resume = folder.config.is_file()
-    with init_rule(run.variant.init):
-        metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
+    metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
     if not keep_checkpoint:
         folder.checkpoint.unlink(missing_ok=True)
     return metrics

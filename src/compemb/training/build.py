@@ -16,14 +16,10 @@ def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def embedding_spec(config: Config, *, sparse: bool | None = None) -> EmbeddingSpec:
-    """The model's :class:`EmbeddingSpec`, with errors naming the config section."""
-    fields = config.model.spec_fields()
-    if sparse is not None:
-        fields["sparse"] = sparse
-    try:
-        return EmbeddingSpec(**fields)
-    except ValueError as err:
-        raise ValueError(f"model: {err}") from err
+    """The model's :class:`EmbeddingSpec`; ``sparse`` overrides the config's (where the
+    distributed backend cannot all-reduce sparse gradients)."""
+    spec = config.model.embedding
+    return spec if sparse is None else spec.with_(sparse=sparse)
 
 
 def model_for(

@@ -24,7 +24,7 @@ from compemb.data import Batch, Dataset, open_dataset
 from compemb.models import RankingModel
 from compemb.optim import make_optimizer
 from compemb.training import distributed as D
-from compemb.training.build import embedding_spec, forward, model_for
+from compemb.training.build import forward, model_for
 from compemb.training.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -83,7 +83,6 @@ def train(
 
     >>> # final = train(load_config("configs/movielens-dlrm-qr.yaml"), "runs/ml-qr")
     """
-    embedding_spec(config)  # a config that cannot build its model fails before any file exists
     device = D.pick_device(config.train.device, D.local_rank_from_env())
     info = D.init_distributed(device)
     try:
