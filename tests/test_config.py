@@ -117,10 +117,20 @@ def test_yaml_and_toml_round_trip(tmp_path) -> None:
         load_config(tmp_path / "c.json")
 
 
-def test_example_configs_load() -> None:
+def test_example_configs_build_the_models_they_describe() -> None:
     from pathlib import Path
+
+    from compemb.data import CRITEO_KAGGLE_CARDINALITIES
+    from compemb.training import count_parameters
 
     paths = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
     assert len(paths) >= 3
+    totals = {}
     for path in paths:
-        load_config(path)
+        m = load_config(path).model
+        report = count_parameters(m.name, CRITEO_KAGGLE_CARDINALITIES, m.embedding,
+                                  embedding_dim=m.embedding_dim)  # fmt: skip
+        totals[path.stem] = report["total"]
+    # the sizes their comments state
+    assert totals["criteo-dlrm-full"] == pytest.approx(5.4e8, rel=0.01)
+    assert totals["criteo-dlrm-path"] == pytest.approx(1.357e8, rel=0.001)
