@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import compemb.data.vocab as vocab_module
 from compemb.data.criteo import BLANK_KEY, parse_chunk
-from compemb.data.vocab import CategoryCounter, Vocabulary
+from compemb.data.vocab import CategoryCounter, Vocabulary, add_counts
 
 
 def _line(label: str = "1", ints: list[str] | None = None, cats: list[str] | None = None) -> str:
@@ -33,7 +33,7 @@ def test_values_are_converted_as_the_reference_does() -> None:
         0x7FFFFFFF,
         0xABCD,
     ]
-    assert parsed.dense.dtype == np.float32 and parsed.keys[0].dtype == np.int64
+    assert parsed.dense.dtype == np.float32 and parsed.keys[0].dtype == np.uint64
 
 
 def test_every_malformed_line_is_rejected_with_its_number_and_reason() -> None:
@@ -84,36 +84,55 @@ def test_vocabulary_enumerates_in_first_seen_order_across_calls() -> None:
         vocab.encode(np.array([123]), grow=False)
 
 
-def test_vocabulary_bucket_takes_rare_and_unseen_keys() -> None:
-    vocab = Vocabulary(bucket=True, allowed=np.array([5, 8]))
-    assert vocab.encode(np.array([8, 1, 5, 8]), grow=True).tolist() == [1, 0, 2, 1]
-    assert vocab.encode(np.array([9, 5]), grow=False).tolist() == [0, 2]
-    assert vocab.size == 3
-
-
-def test_counter_counts_over_chunks() -> None:
+def test_frequent_vocabulary_puts_rare_and_unseen_keys_in_the_bucket() -> None:
     counter = CategoryCounter()
-    counter.add(np.array([4, 4, 1]))
-    counter.add(np.array([1, 9, 4]))
-    assert counter.frequent(2).tolist() == [1, 4]
-    assert counter.frequent(3).tolist() == [4]
-    assert len(counter) == 3
+    counter.add(np.array([1, 8, 5, 8]))
+    counter.add(np.array([5, 1, 7]))
+    assert counter.counts.tolist() == [2, 2, 2, 1] and len(counter) == 4  # 1, 8, 5, 7
+    vocab = Vocabulary.frequent(counter, 2)
+    assert vocab.encode(np.array([8, 7, 5, 1, 9]), grow=True).tolist() == [2, 0, 3, 1, 0]
+    assert vocab.size == 4
 
 
-@settings(max_examples=60, deadline=None)
+def test_vocabulary_without_bucket_refuses_unseen_keys_and_bad_keys() -> None:
+    vocab = Vocabulary(bucket=True)
+    assert vocab.encode(np.array([4, 4]), grow=True).tolist() == [1, 1]
+    assert vocab.encode(np.array([4, 6]), grow=False).tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*33 - 1\)"):
+        vocab.encode(np.array([-1]), grow=True)
+
+
+def test_add_counts_grows_and_counts_in_both_modes() -> None:
+    counts = add_counts(np.zeros(0, np.int64), np.array([2, 0, 2]))
+    assert counts[:3].tolist() == [1, 0, 2]
+    counts = add_counts(counts, np.array([1000, 2]))  # sparse: counted without a bincount
+    assert counts[2] == 3 and counts[1000] == 1 and counts.sum() == 5
+
+
+# keys in a small range collide in a small table; 2**32 is the blank key
+_KEYS = st.one_of(st.integers(0, 40), st.sampled_from([2**32, 2**32 - 1, 2**31, 77777777]))
+
+
+@settings(max_examples=80, deadline=None)
 @given(
-    chunks=st.lists(st.lists(st.integers(0, 40), max_size=30), min_size=1, max_size=5),
-    sort_from=st.sampled_from([0, 1 << 16]),
+    chunks=st.lists(st.lists(_KEYS, max_size=40), min_size=1, max_size=6),
     min_count=st.integers(1, 3),
+    capacity=st.sampled_from([1, 16, 4096]),
 )
-def test_vocabulary_matches_a_dict_in_both_search_modes(chunks, sort_from, min_count) -> None:
+def test_vocabulary_matches_a_dict(chunks, min_count, capacity) -> None:
     everything = [k for chunk in chunks for k in chunk]
-    allowed = sorted({k for k in everything if everything.count(k) >= min_count})
+    allowed = {k for k in everything if everything.count(k) >= min_count}
     bucket = min_count > 1
-    vocab = Vocabulary(bucket=bucket, allowed=np.array(allowed, dtype=np.int64) if bucket else None)
-    reference: dict[int, int] = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vocab_module, "_SORT_FROM", sort_from)
+        patch.setattr(vocab_module.KeyIndex.__init__, "__defaults__", (capacity,))
+        if bucket:
+            counter = CategoryCounter()
+            for chunk in chunks:
+                counter.add(np.array(chunk, dtype=np.uint64))
+            vocab = Vocabulary.frequent(counter, min_count)
+        else:
+            vocab = Vocabulary()
+        reference: dict[int, int] = {}
         for chunk in chunks:
             got = vocab.encode(np.array(chunk, dtype=np.int64), grow=True).tolist()
             expected = []

@@ -43,9 +43,11 @@ def test_rejects_are_counted_and_every_line_is_accounted_for(write_criteo, tmp_p
     assert meta["rows"] == {"train": 53, "test": 5, "val": 5}
     assert summary.rows == meta["rows"]
     rejects = (out / "rejects.tsv").read_text().splitlines()
-    assert rejects[0] == "line\treason\tdetail"
+    assert rejects[0] == "file\tline\treason\tdetail"
     expected = {n: reason for n, (_, reason) in malformed([criteo_line(0)]).items()}
-    assert {int(r.split("\t")[0]): r.split("\t")[1] for r in rejects[1:]} == expected
+    fields = [r.split("\t") for r in rejects[1:]]
+    assert {int(f[1]): f[2] for f in fields} == expected
+    assert {f[0] for f in fields} == {"in.tsv"}
     ds = open_dataset(out)
     assert [ds.num_rows(s) for s in ("train", "val", "test")] == [53, 5, 5]
     cat = np.load(out / "train" / "categorical.npy", mmap_mode="r")

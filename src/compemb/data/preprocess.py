@@ -1,22 +1,33 @@
 """Criteo TSV -> dataset folder (see :mod:`compemb.data.storage` for the layout).
 
-Why polars: the CSV reader takes an explicit schema and parses multi-threaded in Rust at
-400-560 MB/s on two cores, and its string expressions (regex validation, base-10/base-16 integer
-parsing) run column-wise without a Python call per value. Every column is read as a string and
-validated here, because a schema-less read infers a hex column of digits only as an integer.
+Input: one file (Criteo Kaggle's ``train.txt``), or the Criteo Terabyte layout: several day
+files (``day_0`` ... ``day_23``, each plain or gzip), given as a list or as their folder.
 
-The input is streamed in blocks of whole lines (raw bytes cut at a newline); each block's field
-count is checked per line on the bytes with NumPy before polars parses it, so a bad line is
-counted and reported with its number instead of failing the read. Memory is the block being
-parsed plus the per-feature category dictionaries; the output arrays are appended to disk.
+Why polars: the CSV reader takes an explicit schema and parses multi-threaded in Rust at
+400-560 MB/s on two cores, and its string expressions (base-10/base-16 integer parsing) run
+column-wise without a Python call per value. Every column is read as a string, because a
+schema-less read infers a hex column of digits only as an integer.
+
+How it keeps up with the parser: the input is streamed in blocks of whole lines; a background
+thread reads (and decompresses, and hashes) and parses the next block while the main thread maps
+the current one's categories to ids and appends the arrays to disk, so the two halves run on two
+cores (polars, zlib, hashlib and most NumPy loops release the GIL). A block is validated with a
+few column aggregates; only a block holding a bad line is re-parsed line by line to find it (see
+:mod:`compemb.data.criteo`). Categories are mapped by per-feature open-addressing hash tables in
+NumPy (:mod:`compemb.data.vocab`): a lookup is a gather, and new keys cost amortized constant
+time, so dictionary time grows linearly with the input. Memory is a few blocks plus the
+dictionaries (16 to 32 bytes a distinct category, plus 8 for its count); the outputs are appended
+to disk.
 
 The protocol (the reference one by default):
 
-* The input's lines (all lines read, valid or not) are cut into ``days`` equal-count days, the
-  remainder going to the last. Days 1..days-1 are train; the last day's first half is test, its
-  second half validation. Rejected lines are dropped from whichever split their line number falls
-  in, so on a clean file the split is exactly the reference's. Counting the lines takes a first,
-  fast pass, unless ``day_lines`` gives every day's line count.
+* One input: its lines (all lines read, valid or not) are cut into ``days`` equal-count days,
+  the remainder going to the last. Days 1..days-1 are train; the last day's first half is test,
+  its second half validation. Counting the lines takes a first, fast pass, unless ``day_lines``
+  gives every day's line count. Several inputs: each file is a day, in the order given (a folder:
+  ``day_N`` by N), the last one held out and halved the same way (only it is counted first).
+  Rejected lines are dropped from whichever split their line falls in, so on a clean input the
+  split is exactly the reference's.
 * Dense: a blank integer is 0, a negative one is clamped to 0, then ``log(1 + x)`` (computed in
   float64, stored as float32). A blank label is 0.
 * Categoricals: a blank is a category of its own. Ids are contiguous per feature in first-seen
@@ -25,13 +36,16 @@ The protocol (the reference one by default):
   categories that get no id of their own: those seen fewer than ``min_count`` times in the
   enumerated lines (counted in an extra pass) and, with ``vocab="train"``, those unseen in train.
   ``max_index`` finally takes every id modulo N.
+* ``train/counts.npy``: how many training rows hold each final id of each feature.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +61,9 @@ from compemb.data.criteo import (
     Reject,
     parse_chunk,
 )
-from compemb.data.reader import InputStream, count_lines
+from compemb.data.reader import InputStream, count_lines, prefetch, progress_bar
 from compemb.data.storage import (
+    SPLITS,
     DatasetMetadata,
     SplitWriter,
     atomic_output_dir,
@@ -56,12 +71,20 @@ from compemb.data.storage import (
     explicit_day_split,
     write_category_counts,
 )
-from compemb.data.vocab import CategoryCounter, Vocabulary
+from compemb.data.vocab import CategoryCounter, Vocabulary, add_counts
 
-__all__ = ["PreprocessOptions", "PreprocessSummary", "parse_days", "preprocess_criteo"]
+__all__ = [
+    "PreprocessOptions",
+    "PreprocessSummary",
+    "parse_days",
+    "preprocess_criteo",
+    "resolve_inputs",
+]
 
 # Splits in file order: ids are handed out in first-seen order, so blocks are encoded in it.
 _FILE_ORDER = ("train", "test", "val")
+_DAY_FILE = re.compile(r"day_(\d+)(\.gz)?")
+_Bounds = dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -72,8 +95,11 @@ class PreprocessOptions:
     Attributes:
         max_index: take every categorical id modulo this (the reference's "max index range").
         min_count: categories seen fewer times share the bucket id 0 (1 = keep every category).
-        days: number of equal-count days the lines are cut into (the last is held out).
-        day_lines: line count of every day, instead of ``days`` (skips the line-counting pass).
+        days: number of equal-count days one input is cut into (the last is held out); None:
+            7 for one input; with several inputs every file is a day (``days`` may only repeat
+            their number).
+        day_lines: line count of every day of one input, instead of ``days`` (skips the
+            line-counting pass).
         vocab: "all" enumerates categories over every day (the reference), "train" over the
             train days only, mapping unseen ones to the bucket id 0.
         strict: stop at the first bad line instead of rejecting it.
@@ -82,11 +108,11 @@ class PreprocessOptions:
 
     max_index: int | None = None
     min_count: int = 1
-    days: int = 7
+    days: int | None = None
     day_lines: tuple[int, ...] | None = None
     vocab: str = "all"
     strict: bool = False
-    chunk_bytes: int = 64 << 20
+    chunk_bytes: int = 32 << 20
 
     def __post_init__(self) -> None:
         if self.max_index is not None and self.max_index < 1:
@@ -98,8 +124,10 @@ class PreprocessOptions:
         if self.chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
         if self.day_lines is not None:
+            if self.days is not None:
+                raise ValueError("give days or day_lines, not both")
             explicit_day_split(self.day_lines)
-        else:
+        elif self.days is not None:
             day_split(0, self.days)
 
     @property
@@ -143,7 +171,40 @@ def parse_days(text: str) -> dict[str, Any]:
     return {"day_lines": tuple(int(p) for p in parts)}
 
 
-def _segments(parsed: ParsedChunk, bounds: dict[str, tuple[int, int]]):
+def resolve_inputs(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> list[Path]:
+    """The input files: a file, a list of files (days in order), or a folder of Criteo Terabyte
+    day files ``day_N`` / ``day_N.gz`` (taken by N; nothing else may match).
+
+    Raises:
+        FileNotFoundError: a path that is not there, or a folder without day files.
+        ValueError: a folder holding the same day twice (``day_3`` and ``day_3.gz``).
+    """
+    paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no input given")
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        days: dict[int, Path] = {}
+        for path in folder.iterdir():
+            match = _DAY_FILE.fullmatch(path.name)
+            if match and path.is_file():
+                day = int(match.group(1))
+                if day in days:
+                    raise ValueError(f"{folder}: day {day} is there twice ({days[day].name}, "
+                                     f"{path.name}); keep one")  # fmt: skip
+                days[day] = path
+        if not days:
+            raise FileNotFoundError(f"{folder} holds no Criteo day files (day_0, day_1.gz, ...)")
+        return [days[d] for d in sorted(days)]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"input {path} does not exist or is not a file")
+    return paths
+
+
+def _segments(parsed: ParsedChunk, bounds: _Bounds) -> Iterator[tuple[str, slice]]:
     """(split, row slice) of the parsed rows falling in each split, in file order."""
     for name in _FILE_ORDER:
         lo, hi = bounds[name]
@@ -152,126 +213,192 @@ def _segments(parsed: ParsedChunk, bounds: dict[str, tuple[int, int]]):
             yield name, slice(int(a), int(b))
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Where every line goes: per input, the ``[lo, hi)`` line range of each split."""
+
+    paths: list[Path]
+    bounds: list[_Bounds]
+    expected_lines: list[int | None]  # a count to check the pass against, where one was taken
+    counted_by: str  # where expected_lines come from, for the error
+    days: int
+
+
+def _plan(paths: list[Path], options: PreprocessOptions, progress: bool | None) -> _Plan:
+    if len(paths) == 1:
+        if options.day_lines is not None:
+            total = sum(options.day_lines)
+            bounds = explicit_day_split(options.day_lines)
+            days = len(options.day_lines)
+        else:
+            days = options.days or 7
+            total = count_lines(paths[0], progress=progress)
+            bounds = day_split(total, days)
+        if total == 0:
+            raise ValueError(f"{paths[0]} is empty: there are no lines to preprocess")
+        counted_by = "the --days counts add up to" if options.day_lines else "a first pass counted"
+        return _Plan(paths, [bounds], [total], counted_by, days)
+    if options.day_lines is not None or options.days not in (None, len(paths)):
+        raise ValueError(
+            f"{len(paths)} input files are {len(paths)} days (the last held out); "
+            "--days does not apply to them"
+        )
+    last = count_lines(paths[-1], progress=progress)
+    if last == 0:
+        raise ValueError(f"{paths[-1]} is empty: the held-out day has no lines")
+    everything = 1 << 62
+    train = {"train": (0, everything), "test": (everything,) * 2, "val": (everything,) * 2}
+    held_out = day_split(last, 2)  # the day's first half test, its second half validation
+    n = len(paths)
+    return _Plan(
+        paths, [train] * (n - 1) + [held_out], [None] * (n - 1) + [last], "a first pass counted", n
+    )
+
+
+def _blocks(
+    plan: _Plan, chunk_bytes: int, bar: Any, records: list[dict[str, Any]]
+) -> Iterator[tuple[int, ParsedChunk]]:
+    """(input number, parsed block) over every input; appends each input's record when read."""
+    for i, path in enumerate(plan.paths):
+        lines = 0
+        with InputStream(path, bar=bar) as stream:
+            for chunk in stream.chunks(chunk_bytes):
+                parsed = parse_chunk(chunk, lines)
+                lines += parsed.num_lines
+                yield i, parsed
+            expected = plan.expected_lines[i]
+            if expected is not None and lines != expected:
+                raise ValueError(f"{path} has {lines} lines, but {plan.counted_by} {expected}")
+            records.append(stream.record(lines))
+
+
 def _check_rejects(rejects: tuple[Reject, ...], options: PreprocessOptions, path: Path) -> None:
     if options.strict and rejects:
         first = rejects[0]
         raise ValueError(f"{path}:{first.line}: {first.reason}: {first.detail} (--strict)")
 
 
+def _train_rows(parsed: ParsedChunk, bounds: _Bounds) -> int:
+    """How many of the block's rows are train (train lines come first in a file)."""
+    lo, hi = bounds["train"]
+    return int(np.searchsorted(parsed.lines, hi)) if lo == 0 else 0
+
+
 def _count_categories(
-    path: Path, options: PreprocessOptions, train_end: int, progress: bool | None
-) -> list[np.ndarray]:
-    """Sorted keys of each feature seen at least ``min_count`` times in the enumerated lines."""
+    plan: _Plan, options: PreprocessOptions, progress: bool | None
+) -> list[CategoryCounter]:
+    """Occurrences of each feature's keys over the enumerated lines (train only, or all)."""
     counters = [CategoryCounter() for _ in range(NUM_CATEGORICAL)]
-    first_line = 0
-    with InputStream(path, desc="count categories", progress=progress) as stream:
-        for chunk in stream.chunks(options.chunk_bytes):
-            parsed = parse_chunk(chunk, first_line)
-            first_line += parsed.num_lines
-            _check_rejects(parsed.rejects, options, path)
+    total = sum(p.stat().st_size for p in plan.paths)
+    with progress_bar(total, "count categories", progress) as bar:
+        for i, parsed in prefetch(_blocks(plan, options.chunk_bytes, bar, [])):
+            _check_rejects(parsed.rejects, options, plan.paths[i])
             rows = len(parsed.lines)
             if options.vocab == "train":
-                rows = int(np.searchsorted(parsed.lines, train_end))
+                rows = _train_rows(parsed, plan.bounds[i])
             for f, counter in enumerate(counters):
                 counter.add(parsed.keys[f][:rows])
-    return [counter.frequent(options.min_count) for counter in counters]
+    return counters
 
 
-def _add_counts(counts: list[np.ndarray], ids: np.ndarray) -> None:
-    """Add the occurrences of each id of ``ids`` ((n, F)) to ``counts`` (grown as needed)."""
-    for f in range(ids.shape[1]):
-        block = np.bincount(ids[:, f])
-        if len(block) > len(counts[f]):
-            counts[f] = np.pad(counts[f], (0, len(block) - len(counts[f])))
-        counts[f][: len(block)] += block
+def _encode(
+    vocabs: list[Vocabulary], keys: tuple[np.ndarray, ...], rows: slice, grow: bool
+) -> list[np.ndarray]:
+    return [vocab.encode(k[rows], grow=grow) for vocab, k in zip(vocabs, keys, strict=True)]
 
 
 def preprocess_criteo(
-    input_path: str | os.PathLike[str],
+    input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output_dir: str | os.PathLike[str],
     options: PreprocessOptions | None = None,
     *,
     progress: bool | None = None,
 ) -> PreprocessSummary:
-    """Preprocess a Criteo Kaggle/Terabyte TSV (plain or gzip) into a dataset folder.
+    """Preprocess Criteo Kaggle/Terabyte TSV input (plain or gzip) into a dataset folder.
+
+    Args:
+        input_path: one file, the day files in order, or a folder of ``day_N[.gz]`` files.
+        output_dir: the folder to create; hidden leftovers of a killed run into it are removed.
+        options: the protocol (default: the reference's).
+        progress: progress bars over all the input bytes; None shows them only on a terminal.
 
     Raises:
-        FileNotFoundError: the input does not exist.
+        FileNotFoundError: an input does not exist.
         FileExistsError: ``output_dir`` exists already.
         ValueError: empty input, corrupt gzip, a bad line under ``strict``, a ``day_lines``
             total that does not match the input, or no valid line at all. No folder is left.
     """
     options = options or PreprocessOptions()
-    path = Path(input_path)
     started = time.perf_counter()
-    if not path.is_file():
-        raise FileNotFoundError(f"input {path} does not exist or is not a file")
+    paths = resolve_inputs(input_path)
     if Path(output_dir).exists():
         raise FileExistsError(f"output {output_dir} already exists; remove it or choose another")
+    plan = _plan(paths, options, progress)
     if options.day_lines is None:
-        total = count_lines(path, progress=progress)
-        bounds = day_split(total, options.days)
-    else:
-        total = sum(options.day_lines)
-        bounds = explicit_day_split(options.day_lines)
-    if total == 0:
-        raise ValueError(f"{path} is empty: there are no lines to preprocess")
+        options = replace(options, days=plan.days)
 
-    allowed: list[np.ndarray | None] = [None] * NUM_CATEGORICAL
     if options.min_count > 1:
-        allowed = list(_count_categories(path, options, bounds["train"][1], progress))
-    vocabs = [Vocabulary(bucket=options.bucket, allowed=keys) for keys in allowed]
+        counters = _count_categories(plan, options, progress)
+        vocabs = [Vocabulary.frequent(c, options.min_count) for c in counters]
+        del counters
+    else:
+        vocabs = [Vocabulary(bucket=options.bucket) for _ in range(NUM_CATEGORICAL)]
     rejected = dict.fromkeys(REJECT_REASONS, 0)
     lines_read = 0
-    train_counts = [np.zeros(0, dtype=np.int64) for _ in range(NUM_CATEGORICAL)]
+    counts = [np.zeros(0, dtype=np.int64) for _ in range(NUM_CATEGORICAL)]
+    records: list[dict[str, Any]] = []
+    total_bytes = sum(p.stat().st_size for p in paths)
+    # one encode per block where growth does not depend on the split
+    whole_blocks = options.vocab == "all" or options.min_count > 1
 
-    with atomic_output_dir(output_dir) as tmp, InputStream(path, progress=progress) as stream:
-        writers = {name: SplitWriter(tmp / name, NUM_CATEGORICAL, NUM_DENSE) for name in bounds}
+    with (
+        atomic_output_dir(output_dir) as tmp,
+        progress_bar(total_bytes, "preprocess", progress) as bar,
+    ):
+        writers = {name: SplitWriter(tmp / name, NUM_CATEGORICAL, NUM_DENSE) for name in SPLITS}
         with open(tmp / "rejects.tsv", "w", encoding="utf-8") as rejects_file:
-            rejects_file.write("line\treason\tdetail\n")
-            for chunk in stream.chunks(options.chunk_bytes):
-                parsed = parse_chunk(chunk, lines_read)
+            rejects_file.write("file\tline\treason\tdetail\n")
+            for i, parsed in prefetch(_blocks(plan, options.chunk_bytes, bar, records)):
                 lines_read += parsed.num_lines
-                _check_rejects(parsed.rejects, options, path)
+                _check_rejects(parsed.rejects, options, paths[i])
                 for r in parsed.rejects:
                     rejected[r.reason] += 1
-                    rejects_file.write(f"{r.line}\t{r.reason}\t{r.detail}\n")
-                for name, rows in _segments(parsed, bounds):
-                    grow = name == "train" or options.vocab == "all"
+                    rejects_file.write(f"{paths[i].name}\t{r.line}\t{r.reason}\t{r.detail}\n")
+                block = _encode(vocabs, parsed.keys, slice(None), True) if whole_blocks else None
+                for name, rows in _segments(parsed, plan.bounds[i]):
+                    if block is None:
+                        columns = _encode(vocabs, parsed.keys, rows, name == "train")
+                    else:
+                        columns = [column[rows] for column in block]
                     ids = np.empty((rows.stop - rows.start, NUM_CATEGORICAL), dtype=np.int32)
-                    for f, vocab in enumerate(vocabs):
-                        ids[:, f] = vocab.encode(parsed.keys[f][rows], grow=grow)
-                    if options.max_index is not None:
-                        ids %= options.max_index
-                    if name == "train":
-                        _add_counts(train_counts, ids)
+                    for f, column in enumerate(columns):
+                        if options.max_index is not None:
+                            column = column % options.max_index
+                        if name == "train":
+                            counts[f] = add_counts(counts[f], column)
+                        ids[:, f] = column
                     writers[name].append(ids, parsed.dense[rows], parsed.labels[rows])
         for writer in writers.values():
             writer.close()
-        if lines_read != total:
-            raise ValueError(
-                f"{path} has {lines_read} lines, but "
-                + ("the --days counts add up to" if options.day_lines else "a first pass counted")
-                + f" {total}"
-            )
         rows = {name: writers[name].rows for name in ("train", "val", "test")}
         kept = sum(rows.values())
         if kept == 0:
-            raise ValueError(f"{path}: none of its {lines_read} lines is valid ({rejected})")
-        sizes = [v.size for v in vocabs]
+            names = ", ".join(str(p) for p in paths)
+            raise ValueError(f"{names}: none of the {lines_read} lines is valid ({rejected})")
+        sizes = tuple(v.size for v in vocabs)
         cap = options.max_index
         cardinalities = tuple(size if cap is None else min(size, cap) for size in sizes)
-        padded = zip(train_counts, cardinalities, strict=True)
-        write_category_counts(tmp, [np.pad(c, (0, n - len(c))) for c, n in padded])
+        sized = zip(counts, cardinalities, strict=True)
+        write_category_counts(tmp, [np.pad(c[:n], (0, max(n - len(c), 0))) for c, n in sized])
         DatasetMetadata(
             name="criteo",
             feature_names=CATEGORICAL_NAMES,
             dense_names=DENSE_NAMES,
             cardinalities=cardinalities,
-            vocabulary_sizes=tuple(sizes),
+            vocabulary_sizes=sizes,
             bucket_id=0 if options.bucket else None,
             rows=rows,
-            split_lines={name: bounds[name] for name in bounds},
+            split_lines=_split_lines(plan, records),
             counts=True,
             lines={
                 "read": lines_read,
@@ -279,14 +406,7 @@ def preprocess_criteo(
                 "rejected": sum(rejected.values()),
                 "rejected_by_reason": rejected,
             },
-            inputs=(
-                {
-                    "name": path.name,
-                    "bytes": stream.size,
-                    "sha256": stream.sha256,
-                    "gzip": stream.compressed,
-                },
-            ),
+            inputs=tuple(records),
             options=options.recorded(),
         ).write(tmp)
     return PreprocessSummary(
@@ -294,6 +414,19 @@ def preprocess_criteo(
         rows=rows,
         lines_read=lines_read,
         rejected=rejected,
-        input_bytes=stream.size,
+        input_bytes=total_bytes,
         seconds=time.perf_counter() - started,
     )
+
+
+def _split_lines(plan: _Plan, records: list[dict[str, Any]]) -> _Bounds:
+    """``[lo, hi)`` of each split in the lines of all inputs one after the other."""
+    if len(plan.paths) == 1:
+        return plan.bounds[0]
+    train = sum(r["lines"] for r in records[:-1])
+    test, val = plan.bounds[-1]["test"], plan.bounds[-1]["val"]
+    return {
+        "train": (0, train),
+        "test": (train + test[0], train + test[1]),
+        "val": (train + val[0], train + val[1]),
+    }

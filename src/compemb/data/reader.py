@@ -1,27 +1,37 @@
-"""Streaming a plain or gzip text file as blocks of whole lines, hashing it as it is read."""
+"""Streaming plain or gzip text files as blocks of whole lines, hashing them as they are read."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import queue
+import threading
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
+import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["InputStream", "count_lines"]
+__all__ = ["InputStream", "count_lines", "progress_bar", "prefetch"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+T = TypeVar("T")
+
+
+def progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
+    """A bar over ``total`` stored bytes with MB/s and ETA; ``progress=None``: only on a tty."""
+    disable = None if progress is None else not progress
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=disable)
 
 
 class _RawCounter:
     """The file as stored on disk: counts bytes and updates a sha256 as they are read."""
 
-    def __init__(self, file: BinaryIO, bar: tqdm) -> None:
+    def __init__(self, file: BinaryIO, bar: tqdm | None) -> None:
         self._file = file
         self._bar = bar
         self.sha256 = hashlib.sha256()
@@ -46,8 +56,17 @@ class _RawCounter:
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()
         self.bytes_read += len(data)
-        self._bar.update(len(data))
+        if self._bar is not None:
+            self._bar.update(len(data))
         return data
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._file.readline(size)
+        self._pending.append(self._hasher.submit(self.sha256.update, line))
+        self.bytes_read += len(line)
+        if self._bar is not None:
+            self._bar.update(len(line))
+        return line
 
 
 class InputStream:
@@ -59,32 +78,27 @@ class InputStream:
 
     Args:
         path: the input file.
-        desc: progress bar label; the bar shows MB/s and the ETA from the stored bytes read.
-        progress: show the bar; ``None`` shows it only on a terminal.
+        bar: a progress bar to advance by the stored bytes read (shared by several files).
     """
 
-    def __init__(self, path: str | Path, *, desc: str = "read", progress: bool | None = None):
+    def __init__(self, path: str | Path, *, bar: tqdm | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"input {self.path} does not exist or is not a file")
         self.size = self.path.stat().st_size
         with open(self.path, "rb") as probe:
             self.compressed = probe.read(2) == _GZIP_MAGIC
-        self._desc = desc
-        self._progress = progress
+        self._bar = bar
 
     def __enter__(self) -> InputStream:
         self._file = open(self.path, "rb")  # noqa: SIM115 - closed by __exit__
-        disable = None if self._progress is None else not self._progress
-        self._bar = tqdm(
-            total=self.size, unit="B", unit_scale=True, desc=self._desc, disable=disable
-        )
         self._raw = _RawCounter(self._file, self._bar)
-        self._stream = gzip.GzipFile(fileobj=self._raw, mode="rb") if self.compressed else self._raw
+        self._stream: Any = (
+            gzip.GzipFile(fileobj=self._raw, mode="rb") if self.compressed else self._raw
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._bar.close()
         self._raw.close()
         self._file.close()
 
@@ -92,37 +106,101 @@ class InputStream:
     def sha256(self) -> str:
         return self._raw.hexdigest()
 
-    def read(self, size: int) -> bytes:
-        """Up to ``size`` decompressed bytes; b"" at the end."""
+    def record(self, lines: int) -> dict[str, Any]:
+        """What the metadata says of this input after a full pass of ``lines`` lines."""
+        return {
+            "name": self.path.name,
+            "bytes": self.size,
+            "sha256": self.sha256,
+            "gzip": self.compressed,
+            "lines": lines,
+        }
+
+    def _guard(self, read: Callable[[int], bytes], size: int) -> bytes:
         try:
-            return self._stream.read(size)
+            return read(size)
         except (EOFError, OSError, zlib.error) as err:
             raise ValueError(f"{self.path}: corrupt or truncated gzip input ({err})") from err
 
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` decompressed bytes; b"" at the end."""
+        return self._guard(self._stream.read, size)
+
     def chunks(self, chunk_bytes: int) -> Iterator[bytes]:
         """Blocks of about ``chunk_bytes`` holding whole lines; the last may lack a newline."""
-        rest = b""
-        while True:
-            block = self.read(chunk_bytes)
-            if not block:
-                if rest:
-                    yield rest
-                return
-            data = rest + block if rest else block
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # a line longer than a block: keep reading
-                rest = data
-                continue
-            rest = data[cut:]
-            yield data[:cut]
+        while block := self.read(chunk_bytes):
+            if not block.endswith(b"\n"):
+                # finish the line: one copy of the block, instead of cutting it and carrying
+                # the rest over (two)
+                block += self._guard(self._stream.readline, -1)
+            yield block
 
 
 def count_lines(path: str | Path, *, progress: bool | None = None) -> int:
     """Number of lines of ``path`` (plain or gzip); a last line without a newline counts."""
     lines = 0
     last = b"\n"
-    with InputStream(path, desc="count lines", progress=progress) as stream:
-        while block := stream.read(16 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
+    stream = InputStream(path)
+    with progress_bar(stream.size, f"count lines of {stream.path.name}", progress) as bar:
+        stream._bar = bar
+        with stream:
+            while block := stream.read(16 << 20):
+                lines += int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == 10))
+                last = block[-1:]
     return lines + (last != b"\n")
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Yield ``items``, computing up to ``depth`` of them ahead in a background thread.
+
+    Why: parsing (polars, zlib, file reads) releases the GIL, so the next block is read and
+    parsed on one core while the caller encodes the current one in NumPy on the other. An
+    exception in the producer is raised in the consumer; closing the consumer stops the
+    producer.
+    """
+    box: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item,)):
+                    return
+            put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            put(err)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # a generator's open files close in this thread
+
+    worker = threading.Thread(target=produce, name="compemb-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = box.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item[0]
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                box.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
