@@ -58,9 +58,9 @@ class Operation(ABC):
 
     Attributes:
         name: the registry key (``EmbeddingSpec.operation``).
-        identity: what a missing part contributes (1 for mult, 0 for add), so a feature with
-            fewer tables can share a stacked group with k-table features; None when parts
-            cannot be missing (concat).
+        identity: a value e with ``combine(x, e, ..., e) == x`` (1 for mult, 0 for add): what
+            a missing part contributes, so a feature with fewer tables can share a stacked
+            group with k-table features; None when there is none (concat).
         commutes_with_sum_pooling: sum-pooling each table's rows and then combining equals
             combining per category and then pooling (add, concat); mult does not.
         needs_parts_for_backward: the gradient of a part depends on the other parts' values.

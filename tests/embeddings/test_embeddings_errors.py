@@ -44,10 +44,26 @@ def _message(module, x):
 
 
 def test_validate_false_skips_value_checks(make):
+    torch.manual_seed(0)
+    checked = make()
     module = make(validate=False)
-    module(torch.tensor([[0, 1]]))  # valid input still works
-    # an unsorted offsets tensor is no longer read (nn.EmbeddingBag semantics apply)
-    module(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 3]))
+    module.load_state_dict(checked.state_dict())
+    x = torch.tensor([[0, 1], [7, 99]])
+    torch.testing.assert_close(module(x), checked(x))  # valid input: the same result
+    ids, offsets = torch.tensor([5, 2, 3]), torch.tensor([0, 2])
+    torch.testing.assert_close(module(ids, offsets), checked(ids, offsets))
+
+
+def test_validate_false_trusts_the_ids():
+    # an id past n that the hashing trick can still place: refused when validating, looked up
+    # (as id mod buckets) without reading the values otherwise
+    checked = HashEmbeddingBag(N, 4, 13)
+    trusting = HashEmbeddingBag(N, 4, 13, validate=False)
+    trusting.load_state_dict(checked.state_dict())
+    with pytest.raises(IndexError, match="out of range"):
+        checked(torch.tensor([[N + 1]]))
+    torch.testing.assert_close(trusting(torch.tensor([[N + 1]])),
+                               checked(torch.tensor([[(N + 1) % 13]])))
 
 
 def test_float_input_raises(make):
@@ -108,11 +124,11 @@ def test_constructor_errors():
         CompositionalEmbeddingBag(N, 4, P.quotient_remainder(99, 4))
     with pytest.raises(TypeError, match="PartitionSet"):
         CompositionalEmbeddingBag(N, 4, (25, 4))
-    with pytest.raises(ValueError, match=r"dims \(3, 3\) must be 2 positive widths that concat makes embedding_dim=4"):
+    with pytest.raises(ValueError, match=r"dims \(3, 3\) must be 2 .* concat makes embedding_dim=4"):
         CompositionalEmbeddingBag(N, 4, qr, "concat", dims=(3, 3))
     with pytest.raises(ValueError, match="concat of 2 tables needs embedding_dim >= 2"):
         CompositionalEmbeddingBag(N, 1, qr, "concat")
-    with pytest.raises(ValueError, match=r"dims \(2, 2\) must be 2 positive widths that mult makes"):
+    with pytest.raises(ValueError, match=r"dims \(2, 2\) must be 2 positive widths that mult"):
         CompositionalEmbeddingBag(N, 4, qr, "mult", dims=(2, 2))
     with pytest.raises(ValueError, match="embedding_dim must be an int >= 1"):
         CompositionalEmbeddingBag(N, 0, qr)

@@ -46,7 +46,12 @@ def test_factory_picks_the_right_module():
     assert isinstance(make_embedding_bag(100, 4, scheme="path", collisions=4), PathEmbeddingBag)
     assert isinstance(make_embedding_bag(100, 4, scheme="feature", k=2), FeatureEmbeddingBag)
     crt = make_embedding_bag(100, 4, scheme="crt", collisions=4)
-    assert crt.partitions.sizes == (25, 4) or crt.partitions.is_complementary()
+    assert crt.partitions.sizes == (25, 4) and crt.partitions.is_complementary()
+    assert crt.partitions.moduli == (25, 4)  # coprime as they are: no search needed
+    crt6 = make_embedding_bag(100, 4, scheme="crt", collisions=6)
+    assert crt6.partitions.moduli == (17, 6)  # ceil(100/6) = 17 is already coprime with 6
+    crt10 = make_embedding_bag(1000, 4, scheme="crt", collisions=10)
+    assert crt10.partitions.moduli == (101, 10)  # 100 shares 10's factors; 101 does not
     hashed = make_embedding_bag(100, 4, scheme="hash", collisions=3)
     assert hashed.num_rows == 34
 
@@ -172,7 +177,9 @@ def test_collection_groups_features_by_layout():
     # identity in place of their missing remainder table, so no reassembly is needed
     (group,) = ebc.groups
     assert [tuple(w.shape) for w in group.weights] == [(8_440_659, 16), (96, 16)]
-    assert ebc._cols0 is None
+    assert ebc.unstacked == {}
+    # C9 has no remainder table: only its full table is a view into the first stacked weight
+    assert len(ebc.tables(8)) == 1 and len(ebc.tables(0)) == 2
 
 
 def test_collection_with_feature_generation_and_bags():

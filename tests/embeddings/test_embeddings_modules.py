@@ -271,13 +271,31 @@ def test_dtype_and_meta_device():
     assert half.weight.dtype == torch.float64 and half.num_bytes == 10 * 4 * 8
 
 
+# Counted by hand (N = 50, D = 6): rows of each table x width, plus the path functions'
+# D*H + H + H*D + D (mlp) or D*D + D (linear) per bucket.
+HAND_COUNTS = {
+    "concat": (13 * 3 + 4 * 3, 17),  # QR (13, 4), widths (3, 3)
+    "add": (17 * 6, 17),
+    "mult": (17 * 6, 17),
+    "mult3": ((3 + 4 + 5) * 6, 12),  # radices (3, 4, 5): the top digit has ceil(50/12) = 5
+    "crt": ((7 + 8) * 6, 15),
+    "path_mlp": (13 * 6 + 4 * (6 * 5 + 5 + 5 * 6 + 6), 17),
+    "path_linear": (3 * 6 + (4 + 5) * (6 * 6 + 6), 12),
+    "path_gather": (5 * 6 + 10 * (6 * 4 + 4 + 4 * 6 + 6), 15),
+    "hash": (13 * 6, 13),
+    "feature": (17 * 6, 17),
+    "full": (50 * 6, 50),
+}
+
+
 @pytest.mark.parametrize("name", list(_modules()))
-def test_accounting_counts_every_parameter(name):
+def test_accounting_by_hand(name):
     module = _modules()[name]
-    assert module.num_parameters == sum(p.numel() for p in module.parameters())
+    params, rows = HAND_COUNTS[name]
+    assert module.num_parameters == params
+    assert module.num_rows == rows
     assert module.full_parameters == N * 6
-    if name != "full":
-        assert module.num_rows < N or name in ("path_gather",)
+    assert module.compression_ratio == pytest.approx(N * 6 / params)
 
 
 def test_path_parameters_follow_table1_formula():
