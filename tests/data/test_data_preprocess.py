@@ -5,15 +5,26 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import criteo_line, malformed
+from tqdm import tqdm
 
 import compemb.data.preprocess as preprocess_module
 from compemb.data import PreprocessOptions, open_dataset, preprocess_criteo
-from compemb.data.storage import day_split, read_category_counts, read_metadata
+from compemb.data.preprocess import resolve_inputs
+from compemb.data.storage import (
+    day_split,
+    partial_leftovers,
+    read_category_counts,
+    read_metadata,
+)
 
 
 def _meta(folder: Path) -> dict:
@@ -226,3 +237,156 @@ def test_train_category_counts_are_recorded_per_final_id(write_criteo, tmp_path,
     for f, c in enumerate(counts):
         assert len(c) == meta.cardinalities[f]
         assert c.tolist() == np.bincount(train[:, f], minlength=len(c)).tolist()
+
+
+def _write_days(folder: Path, days: int = 4, per_day: int = 10) -> list[Path]:
+    """Day files day_0 .. day_{days-1} (day_1 gzip), ``per_day`` lines each; day_0 has two bad
+    lines. Returns them in day order; their concatenation is ``_days_as_one``."""
+    folder.mkdir()
+    paths = []
+    for d in range(days):
+        lines = [criteo_line(d * per_day + i) for i in range(per_day)]
+        if d == 0:
+            lines[2], lines[6] = "1\t2", lines[6].replace("\t", "\tzz", 1)
+        data = ("\n".join(lines) + "\n").encode()
+        path = folder / (f"day_{d}.gz" if d == 1 else f"day_{d}")
+        path.write_bytes(gzip.compress(data, mtime=0) if d == 1 else data)
+        paths.append(path)
+    return paths
+
+
+def _days_as_one(paths: list[Path], target: Path) -> Path:
+    target.write_bytes(
+        b"".join(
+            gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes() for p in paths
+        )  # fmt: skip
+    )
+    return target
+
+
+def test_terabyte_day_files_split_by_day_like_one_file_cut_at_their_lengths(tmp_path) -> None:
+    paths = _write_days(tmp_path / "days")
+    summary = preprocess_criteo(tmp_path / "days", tmp_path / "tb")
+    # the same lines as one file whose days are the files: the same arrays, counts and rejects
+    one = _days_as_one(paths, tmp_path / "all.tsv")
+    preprocess_criteo(one, tmp_path / "one", PreprocessOptions(day_lines=(10, 10, 10, 10)))
+    tb, single = _files(tmp_path / "tb"), _files(tmp_path / "one")
+    assert {k: v for k, v in tb.items() if k.endswith(".npy")} == {
+        k: v for k, v in single.items() if k.endswith(".npy")
+    }
+    meta = _meta(tmp_path / "tb")
+    assert meta["rows"] == {"train": 28, "test": 5, "val": 5} == summary.rows
+    assert meta["split_lines"] == {"train": [0, 30], "test": [30, 35], "val": [35, 40]}
+    assert meta["lines"]["read"] == 40 and meta["lines"]["rejected"] == 2
+    assert [(r["name"], r["lines"], r["gzip"]) for r in meta["inputs"]] == [
+        ("day_0", 10, False), ("day_1.gz", 10, True), ("day_2", 10, False), ("day_3", 10, False)
+    ]  # fmt: skip
+    assert meta["options"]["days"] == 4
+    rejects = (tmp_path / "tb" / "rejects.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[:3] for r in rejects] == [
+        ["day_0", "3", "field_count"], ["day_0", "7", "bad_integer"]
+    ]  # fmt: skip
+    # a list of the files in day order is the same input as their folder
+    preprocess_criteo(paths, tmp_path / "listed")
+    assert _files(tmp_path / "listed") == tb
+
+
+def test_day_folders_sort_by_day_number_and_refuse_ambiguity(tmp_path) -> None:
+    folder = tmp_path / "days"
+    folder.mkdir()
+    for name in ("day_10", "day_9", "day_2.gz", "notes.txt", "day_x"):
+        (folder / name).write_text("")
+    assert [p.name for p in resolve_inputs(folder)] == ["day_2.gz", "day_9", "day_10"]
+    (folder / "day_9.gz").write_text("")
+    with pytest.raises(ValueError, match="day 9 is there twice"):
+        resolve_inputs(folder)
+    with pytest.raises(FileNotFoundError, match="no Criteo day files"):
+        resolve_inputs(tmp_path / "days" / ".." / "days" / "..")
+
+
+def test_day_files_refuse_a_days_option_and_an_empty_last_day(tmp_path) -> None:
+    paths = _write_days(tmp_path / "days", days=3)
+    with pytest.raises(ValueError, match="3 input files are 3 days"):
+        preprocess_criteo(paths, tmp_path / "out", PreprocessOptions(days=7))
+    paths[-1].write_bytes(b"")
+    with pytest.raises(ValueError, match="day_2 is empty"):
+        preprocess_criteo(paths, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_day_files_with_train_vocabulary_and_min_count(tmp_path) -> None:
+    paths = _write_days(tmp_path / "days")
+    one = _days_as_one(paths, tmp_path / "all.tsv")
+    for i, options in enumerate(
+        [PreprocessOptions(vocab="train"), PreprocessOptions(min_count=2, max_index=7)]
+    ):
+        preprocess_criteo(paths, tmp_path / f"tb{i}", options)
+        lines = PreprocessOptions(**{**options.recorded(), "day_lines": (10, 10, 10, 10)})
+        preprocess_criteo(one, tmp_path / f"one{i}", lines)
+        tb, single = _files(tmp_path / f"tb{i}"), _files(tmp_path / f"one{i}")
+        assert {k: v for k, v in tb.items() if k.endswith(".npy")} == {
+            k: v for k, v in single.items() if k.endswith(".npy")
+        }
+
+
+def test_progress_covers_every_input_file(tmp_path, capsys) -> None:
+    paths = _write_days(tmp_path / "days", days=3)
+    preprocess_criteo(paths, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    total = sum(p.stat().st_size for p in paths)
+    size = tqdm.format_sizeof(total)
+    assert f"preprocess: 100%|██████████| {size}/{size}" in err
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(done.stdout)
+
+
+def test_leftovers_of_a_dead_run_are_removed_and_a_live_ones_kept(write_criteo, tmp_path) -> None:
+    src = write_criteo("in.tsv")
+    dead = tmp_path / f".out.partial-{_dead_pid()}-0badf00d"
+    live = tmp_path / f".out.partial-{os.getpid()}-0badf00d"
+    other = tmp_path / f".outside.partial-{_dead_pid()}-0badf00d"  # another output's
+    for folder in (dead, live, other):
+        (folder / "train").mkdir(parents=True)
+        (folder / "metadata.json").write_text("{}")
+    with pytest.raises(FileNotFoundError):  # a leftover is never taken for the dataset
+        open_dataset(tmp_path / "out")
+    assert sorted(partial_leftovers(tmp_path / "out")) == sorted([(dead, False), (live, True)])
+    with pytest.warns(UserWarning) as warned:
+        preprocess_criteo(src, tmp_path / "out")
+    assert {str(w.message) for w in warned} == {
+        f"removing {dead}, left by an interrupted run",
+        f"{live}: a partial output of a process that is still running; left alone",
+    }
+    assert not dead.exists() and live.exists() and other.exists()
+    assert open_dataset(tmp_path / "out").num_rows("train") == 53
+
+
+def test_a_killed_run_leaves_a_hidden_partial_that_the_next_run_cleans(write_criteo, tmp_path):
+    src, out = write_criteo("in.tsv"), tmp_path / "out"
+    script = (
+        "import time, compemb.data.preprocess as m\n"
+        "real = m.SplitWriter.append\n"
+        "def stall(self, *a):\n"
+        "    real(self, *a)\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(600)\n"
+        "m.SplitWriter.append = stall\n"
+        f"m.preprocess_criteo({str(src)!r}, {str(out)!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+        leftovers = partial_leftovers(out)
+        assert [alive for _, alive in leftovers] == [True]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ((partial, alive),) = partial_leftovers(out)
+    assert not alive and (partial / "train" / "categorical.npy").exists() and not out.exists()
+    with pytest.warns(UserWarning, match="left by an interrupted run"):
+        preprocess_criteo(src, out)
+    assert partial_leftovers(out) == [] and (out / "metadata.json").exists()

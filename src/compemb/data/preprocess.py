@@ -248,7 +248,7 @@ def _plan(paths: list[Path], options: PreprocessOptions, progress: bool | None) 
         raise ValueError(f"{paths[-1]} is empty: the held-out day has no lines")
     everything = 1 << 62
     train = {"train": (0, everything), "test": (everything,) * 2, "val": (everything,) * 2}
-    held_out = day_split(last, 2)  # the day's first half test, its second half validation
+    held_out = explicit_day_split((0, last))  # its first half test, its second validation
     n = len(paths)
     return _Plan(
         paths, [train] * (n - 1) + [held_out], [None] * (n - 1) + [last], "a first pass counted", n
