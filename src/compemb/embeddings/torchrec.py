@@ -81,6 +81,19 @@ def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | N
                            include_last_offset=True)
 
 
+def _split(features: KeyedJaggedTensor
+           ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """(values, lengths (B,), weights or None) of every key; unlike ``KJT.to_dict`` it takes
+    an empty batch (a rank's share of a short last batch)."""
+    keys, batch = features.keys(), features.stride()
+    lengths = features.lengths().view(len(keys), batch)
+    counts = lengths.sum(1).tolist() if batch else [0] * len(keys)
+    values = features.values().split(counts)
+    w = features.weights_or_none()
+    weights = w.split(counts) if w is not None else [None] * len(keys)
+    return {k: (v, n, x) for k, v, n, x in zip(keys, values, lengths, weights, strict=True)}
+
+
 class TorchRecEmbeddingCollection(nn.Module):
     """F categorical features embedded with partition tables that are stock TorchRec tables.
 
@@ -227,13 +240,26 @@ class TorchRecEmbeddingCollection(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Embed a batch: a KJT keyed by feature name (B samples) -> KeyedTensor (B, F_out * D)."""
         trec = require_torchrec()
-        jts = features.to_dict()
+        batch = features.stride()
+        if batch == 0:
+            # TorchRec's sharded lookups fail on an empty batch (a rank's share of a short last
+            # batch), and every rank must join the collectives: look up one padding sample (id
+            # 0 everywhere) and drop it, so its gradient is zero.
+            n = len(features.keys())
+            pad = trec.KeyedJaggedTensor(
+                keys=features.keys(), values=features.values().new_zeros(n),
+                lengths=features.lengths().new_ones(n), stride=1,
+                weights=torch.zeros(n) if self.weighted else None,
+            )  # fmt: skip
+            kt = self(pad)
+            return trec.KeyedTensor(kt.keys(), kt.length_per_key(), kt.values()[:0])
+        jts = _split(features)
         pooled_in: dict[str, list] = {"keys": [], "values": [], "lengths": [], "weights": []}
         unpooled_in: dict[int, dict[str, list]] = {}
         rest: dict[str, tuple[torch.Tensor, ...]] = {}
         for r in self.routes:
-            jt = jts[r.name]
-            ids, lengths = jt.values().long(), jt.lengths()
+            ids, lengths, weights = jts[r.name]
+            ids = ids.long()
             buckets = (ids,) if r.kind == "full" else r.plan.partitions.buckets(ids)
             if r.kind == "path":
                 buckets, rest[r.name] = buckets[:1], buckets[1:]
@@ -244,13 +270,14 @@ class TorchRecEmbeddingCollection(nn.Module):
                 dest["values"].append(b)
                 dest["lengths"].append(lengths)
                 if r.pooled and self.weighted:
-                    pooled_in["weights"].append(jt.weights())
+                    pooled_in["weights"].append(weights)
         pooled: dict[str, torch.Tensor] = {}
         if pooled_in["keys"]:
             kjt = trec.KeyedJaggedTensor(
                 keys=pooled_in["keys"], values=torch.cat(pooled_in["values"]),
                 lengths=torch.cat(pooled_in["lengths"]),
                 weights=torch.cat(pooled_in["weights"]) if self.weighted else None,
+                stride=batch,
             )  # fmt: skip
             kt = self.pooled(kjt)
             pooled = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1),
@@ -259,7 +286,7 @@ class TorchRecEmbeddingCollection(nn.Module):
         for width, inputs in unpooled_in.items():
             kjt = trec.KeyedJaggedTensor(
                 keys=inputs["keys"], values=torch.cat(inputs["values"]),
-                lengths=torch.cat(inputs["lengths"]),
+                lengths=torch.cat(inputs["lengths"]), stride=batch,
             )  # fmt: skip
             rows.update({t: jt.values() for t, jt in self.unpooled[f"d{width}"](kjt).items()})
         outs = []
@@ -268,14 +295,13 @@ class TorchRecEmbeddingCollection(nn.Module):
                 parts = [pooled[t] for t in r.tables]
                 outs.extend([r.plan.operation.combine(parts)] if r.kind == "compose" else parts)
                 continue
-            jt = jts[r.name]
+            _, lengths, weights = jts[r.name]
             parts = [rows[t] for t in r.tables]
             if r.kind == "path":
                 parts = [self.paths[r.name].transform_rows(parts[0], rest[r.name])]
             elif r.kind == "compose":
                 parts = [r.plan.operation.combine(parts)]
-            outs.extend(_pool(p, jt.lengths(), jt.weights_or_none(), self.spec.mode)
-                        for p in parts)
+            outs.extend(_pool(p, lengths, weights, self.spec.mode) for p in parts)
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
 
 
@@ -354,10 +380,10 @@ def ids_to_kjt(
         lengths.append((ends - offsets).long())
     w = None if weights is None else torch.cat([x.reshape(-1) for x in weights])
     return trec.KeyedJaggedTensor(keys=list(names), values=torch.cat(values),
-                                  lengths=torch.cat(lengths), weights=w)
+                                  lengths=torch.cat(lengths), weights=w, stride=batch)
 
 
 def keyed_to_batch(kt: KeyedTensor, embedding_dim: int) -> torch.Tensor:
     """A KeyedTensor of D-wide vectors as the local collection's output: (B, F_out, D)."""
     values = kt.values()
-    return values.view(values.shape[0], -1, embedding_dim)
+    return values.view(values.shape[0], values.shape[1] // embedding_dim, embedding_dim)
