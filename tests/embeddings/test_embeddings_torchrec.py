@@ -6,6 +6,9 @@ import pytest
 import torch
 
 pytest.importorskip("torchrec")
+# TorchRec 1.8 deprecation notices (ShardedTensor, broadcast_buffers) and FBGEMM's autograd
+# fallback notice, which the gradient checks here cover.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec  # noqa: E402
 from compemb.embeddings.factory import make_embedding_bag  # noqa: E402

@@ -11,6 +11,9 @@ import torch
 import trainkit
 
 pytest.importorskip("torchrec")
+# TorchRec 1.8 deprecation notices (ShardedTensor, broadcast_buffers) and FBGEMM's autograd
+# fallback notice, which the gradient checks here cover.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 from compemb.embeddings import EmbeddingSpec  # noqa: E402
 from compemb.embeddings.torchrec import TorchRecSparseArch  # noqa: E402
@@ -63,3 +66,56 @@ def test_model_on_torchrec_keeps_outputs_and_checkpoints(name: str, spec: Embedd
     torch.testing.assert_close(fresh(dense, ids), before, rtol=0, atol=1e-6)
     again = sharding.sharded_model_state(state, moved.sparse_arch)
     assert again.keys() == moved.state_dict().keys()
+
+
+def test_one_process_training_resumes_exactly() -> None:
+    """One rank (a gloo group of its own): three steps straight equal one step, a checkpoint
+    (replicated model state, dense and fused optimizer state), a new process's worth of setup
+    from it, and two more steps; the replica follows the sharded model."""
+    started = sharding.ensure_process_group()
+    try:
+        cards, spec = [300, 20, 3], EmbeddingSpec("qr", operation="mult", collisions=4)
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(8, 2, generator=g),
+                    torch.stack([torch.randint(0, n, (8,), generator=g) for n in cards], 1),
+                    torch.randint(0, 2, (8,), generator=g).float()) for _ in range(3)]
+
+        def steps(run: sharding.ShardedTraining, todo: list) -> None:
+            for dense, ids, labels in todo:
+                run.optimizer.zero_grad()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    run.net(dense, ids), labels)
+                loss.backward()
+                run.optimizer.step()
+
+        def fresh() -> sharding.ShardedTraining:
+            torch.manual_seed(0)
+            model = build_model("dlrm", cards, 2, 8, spec)
+            return sharding.prepare_training(model, "adagrad", 0.05, torch.device("cpu"),
+                                             verbose=False)
+
+        straight = fresh()
+        steps(straight, batches)
+        straight.sync()
+
+        first = fresh()
+        steps(first, batches[:1])
+        first.sync()
+        saved = {"model": {k: v.clone() for k, v in first.replica.state_dict().items()},
+                 "optimizer": first.optimizer.state_dict(), "fused": first.fused_state()}
+        model = build_model("dlrm", cards, 2, 8, spec)
+        model.load_state_dict(saved["model"])
+        second = sharding.prepare_training(model, "adagrad", 0.05, torch.device("cpu"),
+                                           verbose=False)
+        second.optimizer.load_state_dict(saved["optimizer"])
+        second.load_fused_state(saved["fused"])
+        steps(second, batches[1:])
+        second.sync()
+        for name, value in straight.replica.state_dict().items():
+            torch.testing.assert_close(second.replica.state_dict()[name], value,
+                                       rtol=0, atol=1e-6, msg=name)
+        dense, ids, _ = batches[0]
+        torch.testing.assert_close(straight.replica(dense, ids), straight.net(dense, ids),
+                                   rtol=0, atol=1e-6)
+    finally:
+        sharding.end_process_group(started)

@@ -15,6 +15,8 @@ R ranks equals a single process's step on the whole batch.
 
 from __future__ import annotations
 
+import copy
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -328,3 +330,71 @@ def describe_plan(plan: Any, collection: TorchRecEmbeddingCollection, world_size
     lines.append("tables + optimizer state per rank: " + ", ".join(
         f"rank {r}: {b / 2**20:.2f} MiB" for r, b in enumerate(per_rank)))  # fmt: skip
     return "\n".join(lines)
+
+
+def ensure_process_group() -> bool:
+    """DMP needs a process group: start a one-rank gloo group when there is none (a run
+    without torchrun). Returns whether it started one (then :func:`end_process_group` it)."""
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+def end_process_group(started: bool) -> None:
+    if started and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass
+class ShardedTraining:
+    """A training run's model sharded by TorchRec, beside a replicated copy of it.
+
+    The replica (the model as ``train.sharding: replicate`` builds it) is what evaluation,
+    checkpoints and parameter counts see: :meth:`sync` copies the sharded weights into it
+    (collective: every rank calls it), so evaluation and ``compemb evaluate`` are unchanged
+    and a checkpoint of a sharded run loads into a replicated model.
+
+    Attributes:
+        sharded: the DMP-wrapped model and its plan.
+        replica: the replicated model, in step with the sharded one after :meth:`sync`.
+        optimizer: compemb's optimizer for everything the fused optimizers do not train.
+    """
+
+    sharded: Sharded
+    replica: nn.Module
+    optimizer: torch.optim.Optimizer
+    arch: TorchRecSparseArch
+
+    @property
+    def net(self) -> nn.Module:
+        """The model to train (DMP)."""
+        return self.sharded.model
+
+    def sync(self) -> None:
+        """Copy the sharded weights into the replica (collective)."""
+        state = local_model_state(full_state_dict(self.sharded.model), self.arch)
+        self.replica.load_state_dict(state)
+
+    def fused_state(self) -> dict[str, torch.Tensor]:
+        """The fused optimizers' state, whole tensors (collective)."""
+        return full_optimizer_state(self.sharded.model)
+
+    def load_fused_state(self, state: dict[str, torch.Tensor]) -> None:
+        load_full_optimizer_state(self.sharded.model, state)
+
+
+def prepare_training(replica: nn.Module, optimizer: str, lr: float, device: torch.device, *,
+                     verbose: bool = True) -> ShardedTraining:
+    """Shard a copy of ``replica`` (a model with the local collection, weights as they are)
+    and build the optimizer for its unfused parameters. Prints the plan when ``verbose``."""
+    from compemb.optim import make_optimizer
+
+    moved = to_torchrec(copy.deepcopy(replica))
+    sharded = shard(moved, device, optimizer=optimizer, lr=lr)
+    dense = [p for _, p in sharded.dense_parameters()]
+    opt = make_optimizer(optimizer, dense, lr, tables=sharded.replicated_tables())
+    if verbose:
+        print(f"TorchRec sharding plan ({dist.get_world_size()} ranks):\n{sharded.summary}",
+              file=sys.stderr, flush=True)
+    return ShardedTraining(sharded, replica, opt, moved.sparse_arch)
