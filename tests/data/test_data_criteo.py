@@ -8,6 +8,7 @@ from conftest import criteo_line, malformed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import compemb.data.criteo as criteo_module
 import compemb.data.vocab as vocab_module
 from compemb.data.criteo import BLANK_KEY, parse_chunk
 from compemb.data.vocab import CategoryCounter, Vocabulary, add_counts
@@ -151,3 +152,74 @@ def test_a_short_and_a_long_line_are_caught_when_the_tab_total_looks_right() -> 
     parsed = parse_chunk("\n".join(lines).encode(), first_line=0)
     assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "field_count"), (5, "field_count")]
     assert parsed.lines.tolist() == [0, 2, 3, 5]
+
+
+# (valid, invalid) values of each kind of field; the valid ones are parsed by the clean-block path
+_LABELS = (["0", "1", ""], ["00", "2", "-0", "+1", " 1"])
+_INTS = (["", "0", "7", "-3", "007", "-0"], ["+5", " 5", "5 ", "-", "1.5", "9" * 20])
+_CATS = (
+    ["", "0", "ff", "FF", "0a1B2c3D", "ffffffff", "0000000f"],
+    ["000000001", "-0", "-1", "+a", "g", " a", "é"],
+)
+
+
+@st.composite
+def _rows(draw):
+    """A row of valid fields, maybe with one invalid field (a block of such rows is often clean
+    but for one subtle field, which only one of the two paths might miss)."""
+    label = draw(st.sampled_from(_LABELS[0]))
+    ints = draw(st.lists(st.sampled_from(_INTS[0]), min_size=13, max_size=13))
+    cats = draw(st.lists(st.sampled_from(_CATS[0]), min_size=26, max_size=26))
+    which = draw(st.sampled_from(["none", "label", "int", "cat"]))
+    if which == "label":
+        label = draw(st.sampled_from(_LABELS[1]))
+    elif which == "int":
+        ints[draw(st.integers(0, 12))] = draw(st.sampled_from(_INTS[1]))
+    elif which == "cat":
+        cats[draw(st.integers(0, 25))] = draw(st.sampled_from(_CATS[1]))
+    return label, ints, cats
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(_rows(), min_size=1, max_size=4))
+def test_the_clean_block_path_agrees_with_the_line_by_line_path(rows) -> None:
+    """Whatever a block holds, parse_chunk (which tries the aggregate-checked path first) gives
+    exactly what the line-by-line path gives."""
+    chunk = ("\n".join(_line(label, ints, cats) for label, ints, cats in rows) + "\n").encode()
+    got = parse_chunk(chunk, first_line=3)
+    want = criteo_module._parse_checked(chunk, len(rows), 3)
+    assert got.rejects == want.rejects and got.num_lines == want.num_lines
+    for field in ("lines", "labels", "dense"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    for a, b in zip(got.keys, want.keys, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype == np.uint64
+
+
+def test_a_clean_block_takes_the_aggregate_path() -> None:
+    lines = [criteo_line(i) for i in range(20)]
+    lines.append(_line("", ["007", "-0", *[""] * 11], ["FF", "0000000f", "0a1B2c3D", *[""] * 23]))
+    chunk = ("\n".join(lines) + "\n").encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(criteo_module, "_parse_checked", None)  # would fail if called
+        parsed = parse_chunk(chunk, 0)
+    assert len(parsed.lines) == 21
+    assert parsed.dense[-1, :2].tolist() == [np.float32(np.log1p(7.0)), 0.0]
+    assert [int(k[-1]) for k in parsed.keys[:4]] == [0xFF, 0xF, 0x0A1B2C3D, BLANK_KEY]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [(0, v) for v in _LABELS[0] + _LABELS[1]]
+    + [(3, v) for v in _INTS[0] + _INTS[1]]
+    + [(30, v) for v in _CATS[0] + _CATS[1]],
+)
+def test_each_subtle_field_gets_the_same_verdict_on_both_paths(column: int, value: str) -> None:
+    fields = criteo_line(1).split("\t")
+    fields[column] = value
+    chunk = (criteo_line(0) + "\n" + "\t".join(fields) + "\n").encode()
+    got, want = parse_chunk(chunk, 0), criteo_module._parse_checked(chunk, 2, 0)
+    assert got.rejects == want.rejects
+    np.testing.assert_array_equal(got.dense, want.dense)
+    for a, b in zip(got.keys, want.keys, strict=True):
+        np.testing.assert_array_equal(a, b)

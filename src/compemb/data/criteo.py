@@ -45,6 +45,9 @@ _COLUMNS: tuple[str, ...] = ("label", *DENSE_NAMES, *CATEGORICAL_NAMES)
 _NUM_TABS = len(_COLUMNS) - 1
 # Every column is read as a string: polars would infer a hex column of digits only as integers.
 _SCHEMA = pl.Schema({name: pl.Utf8 for name in _COLUMNS})
+# A clean block reads its integers directly (polars' CSV integers are Rust's, as str.to_integer,
+# but for a leading space, which sends a block to the checked path).
+_FAST_SCHEMA = pl.Schema({name: pl.Int64 if name in DENSE_NAMES else pl.Utf8 for name in _COLUMNS})
 
 # A blank categorical is its own category; it gets a key outside the 32-bit range of real values.
 BLANK_KEY = 1 << 32
@@ -100,15 +103,15 @@ def _short(value: str | None) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def _read(text: bytes, *, lossy: bool = True) -> pl.DataFrame:
+def _read(text: bytes, *, fast: bool = False) -> pl.DataFrame:
     # strict utf8 decoding is about 1.4x faster; a block that is not valid utf8 is re-read lossy
     return pl.read_csv(
         text,
         has_header=False,
         separator="\t",
-        schema=_SCHEMA,
+        schema=_FAST_SCHEMA if fast else _SCHEMA,
         quote_char=None,
-        encoding="utf8-lossy" if lossy else "utf8",
+        encoding="utf8" if fast else "utf8-lossy",
     )
 
 
@@ -149,17 +152,17 @@ def _parse_clean(chunk: bytes, num_lines: int, first_line: int) -> ParsedChunk |
     line is bad). Same values as the line-by-line path, checked per column instead of per field:
     a field that fails to parse shows as one null more than its column had blanks."""
     try:
-        raw = _read(chunk, lossy=False)
+        raw = _read(chunk, fast=True)  # a bad integer fails the read
     except pl.exceptions.PolarsError:
         return None
     if raw.height != num_lines:
         return None
     parsed = raw.select(
         pl.col("label").str.to_integer(base=10, dtype=pl.UInt8, strict=False),
-        *[pl.col(c).str.to_integer(base=10, strict=False) for c in DENSE_NAMES],
+        *DENSE_NAMES,
         # unsigned parsing refuses a sign; a "+" anywhere sent the chunk to the checked path
         *[
-            pl.col(c).str.to_integer(base=16, dtype=pl.UInt32, strict=False)
+            pl.col(c).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
             for c in CATEGORICAL_NAMES
         ],
     )
@@ -184,8 +187,13 @@ def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
     buf = np.frombuffer(chunk, dtype=np.uint8)
     num_lines = int(np.count_nonzero(buf == 10)) + (len(chunk) > 0 and chunk[-1:] != b"\n")
     # With 39 tabs a line on average, a line with too few fields implies one with too many,
-    # which polars refuses; a "+" is accepted by polars' integer parsing but not by the format.
-    if int(np.count_nonzero(buf == 9)) == _NUM_TABS * num_lines and b"+" not in chunk:
+    # which polars refuses; polars' integer parsing accepts a "+" (refused in a category) and a
+    # leading space (refused everywhere).
+    if (
+        int(np.count_nonzero(buf == 9)) == _NUM_TABS * num_lines
+        and b"+" not in chunk
+        and b" " not in chunk
+    ):
         clean = _parse_clean(chunk, num_lines, first_line)
         if clean is not None:
             return clean
@@ -240,7 +248,8 @@ def _arrays(
     num_lines: int,
     first_line: int,
 ) -> ParsedChunk:
-    """The ParsedChunk of valid rows parsed to label (UInt8), I1..I13 (Int64), C1..C26 (UInt32)."""
+    """The ParsedChunk of valid rows parsed to label (UInt8), I1..I13 (Int64), C1..C26 (UInt32 or
+    UInt64)."""
     values = parsed.select(
         pl.col("label").fill_null(0),
         *[

@@ -112,7 +112,7 @@ class PreprocessOptions:
     day_lines: tuple[int, ...] | None = None
     vocab: str = "all"
     strict: bool = False
-    chunk_bytes: int = 32 << 20
+    chunk_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         if self.max_index is not None and self.max_index < 1:

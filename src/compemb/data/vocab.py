@@ -33,14 +33,17 @@ def _shifted_keys(keys: np.ndarray) -> np.ndarray:
     signed = keys.dtype.kind != "u"
     if keys.size and ((signed and keys.min() < 0) or keys.max() > _MAX_KEY):
         raise ValueError(f"keys must lie in [0, 2**33 - 1), got [{keys.min()}, {keys.max()}]")
-    return keys.astype(np.uint64) + np.uint64(1)
+    return np.add(keys, 1, dtype=np.uint64, casting="unsafe")
 
 
 def _codes(entries: np.ndarray) -> np.ndarray:
     """The code (index + 1, 0 for an empty slot) of each entry, as int32."""
-    # bits 33..63 are the high 32-bit word (little-endian view) shifted down by one
-    high = entries.view(np.uint32)[1::2] if np.little_endian else entries >> np.uint64(32)
-    return (high >> 1).astype(np.int32)
+    out = np.empty(len(entries), dtype=np.uint32)
+    if np.little_endian:  # bits 33..63: the high 32-bit word shifted down by one
+        np.right_shift(entries.view(np.uint32)[1::2], 1, out=out)
+    else:
+        out[:] = entries >> _KEY_BITS
+    return out.view(np.int32)
 
 
 class KeyIndex:
@@ -78,8 +81,9 @@ class KeyIndex:
         sequence; and that slot's entry (0 when empty)."""
         slots = self._home(keys1)
         entries = self._table[slots]
-        pending = np.flatnonzero(entries != 0)
-        pending = pending[(entries[pending] & _KEY_MASK) != keys1[pending]]
+        # collisions and misses (few once a dictionary is warm); the misses stop at their empty slot
+        pending = np.flatnonzero(np.bitwise_and(entries, _KEY_MASK) != keys1)
+        pending = pending[entries[pending] != 0]
         while pending.size:
             s = (slots[pending] + 1) & self._mask
             e = self._table[s]
