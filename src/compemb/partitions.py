@@ -32,7 +32,12 @@ import torch
 
 __all__ = [
     "FAMILIES",
+    "ORDERS",
     "Digit",
+    "HeadPartitions",
+    "HotSlots",
+    "RelabeledPartitions",
+    "frequency_relabeling",
     "PartitionFamily",
     "PartitionSet",
     "ModuloPartitions",
@@ -88,6 +93,14 @@ def digit(idx: torch.Tensor, place: int | torch.Tensor, modulus: int | torch.Ten
     return torch.remainder(idx, modulus) if reduce else idx
 
 
+class HotSlots(NamedTuple):
+    """A partition that gives each of the ``hot`` ids (sorted, (H,) int64) a bucket of its own
+    (its position among them) and every other id the shared bucket H: ``rows`` = H + 1."""
+
+    ids: torch.Tensor
+    rows: int
+
+
 class PartitionSet(ABC):
     """k partitions of the categories ``[0, num_categories)``.
 
@@ -99,10 +112,15 @@ class PartitionSet(ABC):
     num_categories: int
     sizes: tuple[int, ...]
 
-    def layout(self) -> tuple[Digit, ...] | None:
-        """Each partition as a :class:`Digit`, when every partition is one; None when the
-        family is not index arithmetic of that form (attribute tables, relabellings), which the
-        stacked collection then embeds feature by feature."""
+    def layout(self) -> tuple[Digit | HotSlots, ...] | None:
+        """Each partition as a :class:`Digit` (or :class:`HotSlots`) of the relabelled id
+        (:meth:`relabeling`); None when the family is not of that form (attribute tables),
+        which the stacked collection then embeds feature by feature."""
+        return None
+
+    def relabeling(self) -> torch.Tensor | None:
+        """The (n,) int64 map applied to every id before :meth:`layout`'s arithmetic, or None
+        (ids are used as they are)."""
         return None
 
     @abstractmethod
@@ -421,6 +439,168 @@ def explicit(
     ((2, 2), True)
     """
     return ExplicitPartitions(bucket_ids, sizes)
+
+
+
+ORDERS = ("natural", "frequency", "interleaved", "random")
+
+
+def frequency_relabeling(base: PartitionSet, order: str, counts: np.ndarray | None = None,
+                         seed: int = 0) -> np.ndarray | None:
+    """The new id of every category under ``order``: (n,) int64 permutation, or None for
+    ``natural`` (ids as they are).
+
+    - ``frequency``: the i-th most frequent category becomes id i (ties by old id), so the
+      head shares buckets with the head (QR: the top c share quotient row 0).
+    - ``interleaved``: the i-th most frequent category gets the i-th id in the order that
+      changes the largest partition's bucket fastest (ids sorted by their buckets from the
+      smallest partition to the largest), so the most frequent categories land in different
+      rows of the largest table (QR: the top ceil(n/c) have quotient rows of their own and
+      share remainder 0).
+    - ``random``: a permutation seeded by ``seed`` (removes the effect of first-seen order).
+
+    Args:
+        counts: (n,) training-split counts per category (``frequency``, ``interleaved``).
+    """
+    n = base.num_categories
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if order == "natural":
+        return None
+    if order == "random":
+        return np.random.default_rng(seed).permutation(n).astype(np.int64)
+    if counts is None:
+        raise ValueError(f"order {order!r} needs the training split's category counts")
+    counts = np.asarray(counts)
+    if counts.shape != (n,):
+        raise ValueError(f"counts must have shape ({n},) for {n} categories, got {counts.shape}")
+    rank_of = np.empty(n, dtype=np.int64)
+    rank_of[np.argsort(-counts.astype(np.int64), kind="stable")] = np.arange(n)
+    if order == "frequency":
+        return rank_of
+    ids = torch.arange(n)
+    buckets = [b.numpy() for b in base.buckets(ids)]
+    by_size = sorted(range(base.k), key=lambda j: (base.sizes[j], -j))
+    # lexsort sorts by the last key first: the smallest partition is the primary key.
+    slots = np.lexsort([buckets[j] for j in reversed(by_size)])
+    return slots[rank_of]
+
+
+class RelabeledPartitions(PartitionSet):
+    """``base`` applied to ``relabel[i]``: the categories renumbered before partitioning (by
+    frequency rank or at random; see :func:`frequency_relabeling`).
+
+    Complementary exactly when ``base`` is: ``relabel`` must be a permutation of ``[0, n)``
+    (checked), so distinct categories keep distinct ids.
+    """
+
+    def __init__(self, base: PartitionSet, relabel: np.ndarray | torch.Tensor):
+        if base.relabeling() is not None:
+            raise ValueError(f"{base} is already relabelled; relabel its base instead")
+        a = relabel.cpu().numpy() if isinstance(relabel, torch.Tensor) else np.asarray(relabel)
+        n = base.num_categories
+        if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"relabel must be ({n},) integers, got {a.shape} {a.dtype}")
+        seen = np.zeros(n, dtype=bool)
+        inside = (a >= 0) & (a < n)
+        seen[a[inside]] = True
+        if not inside.all() or not seen.all():
+            raise ValueError(f"relabel must be a permutation of 0..{n - 1}")
+        self.base = base
+        self.num_categories = n
+        self.sizes = base.sizes
+        self._relabel = torch.from_numpy(a.astype(np.int64))
+        self._on: dict[torch.device, torch.Tensor] = {self._relabel.device: self._relabel}
+
+    def relabeling(self) -> torch.Tensor:
+        return self._relabel
+
+    def layout(self) -> tuple[Digit | HotSlots, ...] | None:
+        return self.base.layout()
+
+    def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        idx = _as_index(idx)
+        if idx.device not in self._on:
+            self._on[idx.device] = self._relabel.to(idx.device)
+        return self.base.buckets(self._on[idx.device][idx])
+
+    def is_complementary(self) -> bool:
+        return self.base.is_complementary()
+
+    def __repr__(self) -> str:
+        return f"RelabeledPartitions({self.base!r})"
+
+
+class HeadPartitions(PartitionSet):
+    """``base`` plus one more partition that gives each of the ``hot`` categories a bucket of
+    its own and every other category one shared bucket (:class:`HotSlots`, last).
+
+    Composed by an operation, a hot category's vector combines its private row with its
+    ``base`` rows, so it can take any value (add: the private row is a free offset; mult: a
+    free gate on non-zero base rows), while the tail shares one row and is composed by ``base``
+    as before. Complementary when ``base`` is (a partition added never merges categories).
+
+    Args:
+        base: the tail's partitions (possibly relabelled).
+        hot: the hot category ids (distinct, in ``[0, n)``).
+    """
+
+    def __init__(self, base: PartitionSet, hot: np.ndarray | torch.Tensor | Sequence[int]):
+        a = hot.cpu().numpy() if isinstance(hot, torch.Tensor) else np.asarray(hot)
+        n = base.num_categories
+        a = a.astype(np.int64).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= n):
+            raise ValueError(f"hot ids must be in 0..{n - 1}")
+        if np.unique(a).size != a.size:
+            raise ValueError("hot ids must be distinct")
+        relabel = base.relabeling()
+        # Slots are positions among the sorted relabelled ids: what the stacked collection
+        # computes from the relabelled id it already has.
+        keys = a if relabel is None else relabel.numpy()[a]
+        self.base = base
+        self.num_categories = n
+        self.hot = torch.from_numpy(np.sort(keys))
+        self.sizes = (*base.sizes, a.size + 1)
+        self._on: dict[torch.device, torch.Tensor] = {self.hot.device: self.hot}
+
+    def relabeling(self) -> torch.Tensor | None:
+        return self.base.relabeling()
+
+    def layout(self) -> tuple[Digit | HotSlots, ...] | None:
+        inner = self.base.layout()
+        return None if inner is None else (*inner, HotSlots(self.hot, self.sizes[-1]))
+
+    def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        idx = _as_index(idx)
+        if idx.device not in self._on:
+            self._on[idx.device] = self.hot.to(idx.device)
+        relabel = self.relabeling()
+        key = idx if relabel is None else relabel.to(idx.device)[idx]
+        return (*self.base.buckets(idx), hot_slot(key, self._on[idx.device]))
+
+    def is_complementary(self) -> bool:
+        return self.base.is_complementary()
+
+    def __repr__(self) -> str:
+        return f"HeadPartitions({self.base!r}, hot={self.hot.numel()})"
+
+
+def hot_slot(key: torch.Tensor, hot: torch.Tensor) -> torch.Tensor:
+    """Bucket of each key under :class:`HotSlots`: its position in the sorted ``hot`` (H,), or
+    H when it is not hot. ``hot`` may be (G, H) with keys (..., G): one sorted row per feature,
+    padded with int64 max."""
+    h = hot.shape[-1]
+    if h == 0:
+        return torch.zeros_like(key)
+    if hot.dim() == 1:
+        key = key.contiguous()
+        pos = torch.searchsorted(hot, key)
+        found = hot[pos.clamp(max=h - 1)] == key
+        return torch.where(found, pos, h)
+    flat = key.reshape(-1, hot.shape[0]).T.contiguous()  # (G, N)
+    pos = torch.searchsorted(hot, flat)
+    found = hot.gather(1, pos.clamp(max=h - 1)) == flat
+    return torch.where(found, pos, h).T.reshape(key.shape)
 
 
 class PartitionFamily(ABC):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from compemb import partitions as P
 from compemb.operations import (
     INIT_RULES,
@@ -36,6 +38,7 @@ __all__ = [
     "EmbeddingSpec",
     "FeaturePlan",
     "TablePlan",
+    "compose_bounds",
     "plan_feature",
     "resolve_spec",
     "schemes",
@@ -71,6 +74,15 @@ class EmbeddingSpec:
         init: the init rule of operation-based tables (:data:`compemb.operations.INIT_RULES`;
             ``default`` is each operation's own rule); other schemes start at the full table's
             U(-sqrt(1/n), sqrt(1/n)).
+        order: how ids are renumbered before partitioning (:data:`compemb.partitions.ORDERS`):
+            natural (as they come), frequency (by rank), interleaved (by rank, the most
+            frequent in different rows of the largest table) or random (seeded by
+            ``order_seed``). frequency and interleaved need the training split's counts.
+        order_seed: the seed of ``order="random"``.
+        hot: the number of most frequent categories of each feature that get a private row
+            (a partition of singletons plus one shared tail bucket, composed with the others:
+            :class:`~compemb.partitions.HeadPartitions`); needs the training split's counts.
+            Operation-based schemes, hash (composed by add) and feature generation.
     """
 
     scheme: str = "full"
@@ -84,6 +96,9 @@ class EmbeddingSpec:
     mode: str = "sum"
     sparse: bool = False
     init: str = "default"
+    order: str = "natural"
+    order_seed: int = 0
+    hot: int = 0
 
     def __post_init__(self) -> None:
         if self.scheme not in schemes():
@@ -105,6 +120,21 @@ class EmbeddingSpec:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) \
                 or self.threshold < 0:
             raise ValueError(f"threshold must be an int >= 0, got {self.threshold!r}")
+        if self.order not in P.ORDERS:
+            raise ValueError(f"order must be one of {P.ORDERS}, got {self.order!r}")
+        for name in ("hot", "order_seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.hot and self.scheme in ("full", "path"):
+            raise ValueError(
+                f"hot applies to operation-based schemes, hash and feature, not {self.scheme!r} "
+                f"(hot={self.hot})"
+            )
+        if self.order != "natural" and self.scheme == "full":
+            raise ValueError(
+                f"order={self.order!r} renumbers partitioned ids; scheme full has none"
+            )
         if self.family is not None:
             if self.scheme not in ("path", "feature"):
                 raise ValueError(
@@ -129,8 +159,16 @@ class EmbeddingSpec:
 
     @property
     def kind(self) -> str:
-        """full, hash, path, feature, or compose (a partition family composed by an operation)."""
+        """full, hash, path, feature, or compose (partitions composed by an operation: the
+        families, and hash with hot categories, whose private rows are added)."""
+        if self.scheme == "hash" and self.hot:
+            return "compose"
         return self.scheme if self.scheme in KINDS else "compose"
+
+    @property
+    def needs_counts(self) -> bool:
+        """Whether the plan reads the training split's category counts."""
+        return self.hot > 0 or self.order in ("frequency", "interleaved")
 
     def keeps_full(self, num_categories: int) -> bool:
         """Whether a feature of ``num_categories`` stays a full table under the threshold."""
@@ -141,15 +179,43 @@ class EmbeddingSpec:
         return replace(self, **changes)
 
 
-def spec_partitions(spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
-    """The partitions a spec uses for a feature of ``num_categories`` (hash: one remainder)."""
-    n = num_categories
+def _base_partitions(spec: EmbeddingSpec, n: int) -> P.PartitionSet:
     if spec.scheme == "hash":
         return P.remainder(n, -(-n // spec.collisions))
     if spec.scheme == "full":
         return P.remainder(n, n)
-    family = spec.family or ("qr" if spec.kind in KINDS else spec.scheme)
+    family = spec.family or ("qr" if spec.scheme in KINDS else spec.scheme)
     return P.get_family(family).build(n, spec.collisions, spec.k)
+
+
+def spec_partitions(spec: EmbeddingSpec, num_categories: int,
+                    counts: np.ndarray | None = None) -> P.PartitionSet:
+    """The partitions a spec uses for a feature of ``num_categories`` (hash: one remainder),
+    renumbered by ``spec.order`` and with ``spec.hot`` private rows.
+
+    Args:
+        counts: (n,) the training split's count of each category (``spec.needs_counts``).
+    """
+    n = num_categories
+    parts = _base_partitions(spec, n)
+    if spec.needs_counts:
+        if counts is None:
+            raise ValueError(
+                f"order={spec.order!r}, hot={spec.hot}: this spec needs the training split's "
+                f"category counts of each feature (a dataset's counts, e.g. "
+                f"compemb.data.storage.read_category_counts)"
+            )
+        counts = np.asarray(counts)
+        if counts.shape != (n,):
+            raise ValueError(f"counts of a feature of {n} categories must have shape ({n},), "
+                             f"got {counts.shape}")
+    relabel = P.frequency_relabeling(parts, spec.order, counts, spec.order_seed)
+    if relabel is not None:
+        parts = P.RelabeledPartitions(parts, relabel)
+    if spec.hot:
+        hot = np.argsort(-counts.astype(np.int64), kind="stable")[: min(spec.hot, n)]
+        parts = P.HeadPartitions(parts, hot)
+    return parts
 
 
 def _cannot_shrink(spec: EmbeddingSpec, n: int) -> str | None:
@@ -158,10 +224,12 @@ def _cannot_shrink(spec: EmbeddingSpec, n: int) -> str | None:
         return (f"collisions={spec.collisions} >= num_categories={n}: the compressed tables would "
                 f"hold at least as many rows as the full table")
     if spec.scheme != "hash":
-        parts = spec_partitions(spec, n)
-        if parts.num_buckets >= n:
-            return (f"{spec.scheme} partitions of sizes {parts.sizes} for num_categories={n} "
-                    f"hold {parts.num_buckets} rows, no fewer than the full table's {n}")
+        parts = _base_partitions(spec, n)
+        if parts.num_buckets + spec.hot >= n:
+            hot = f" and {spec.hot} hot rows" if spec.hot else ""
+            return (f"{spec.scheme} partitions of sizes {parts.sizes}{hot} for num_categories={n}"
+                    f" hold {parts.num_buckets + spec.hot} rows, no fewer than the full table's "
+                    f"{n}")
     return None
 
 
@@ -175,7 +243,8 @@ def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
     if spec.scheme == "full":
         return spec
     if spec.keeps_full(num_categories) or _cannot_shrink(spec, num_categories):
-        return spec.with_(scheme="full", collisions=None, k=None, family=None, init="default")
+        return spec.with_(scheme="full", collisions=None, k=None, family=None, init="default",
+                          order="natural", hot=0)
     return spec
 
 
@@ -229,14 +298,32 @@ class FeaturePlan:
         return self.partitions.k if self.kind == "feature" else 1
 
 
+def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categories: int,
+                   init: str = "default") -> list[tuple[float, float]]:
+    """U(lo, hi) of each table composed by ``operation`` over ``partitions``: rule ``init`` for
+    the partitions, and for a :class:`~compemb.partitions.HeadPartitions`' hot table the
+    operation's identity (every vector starts as its tail composition; the private rows learn
+    the difference), or the full table's U(-a, a) where there is no identity."""
+    head = isinstance(partitions, P.HeadPartitions)
+    bounds = table_bounds(operation, partitions.k - head, num_categories, init)
+    if head:
+        e = operation.identity
+        a = full_table_bound(num_categories)
+        bounds.append((e, e) if e is not None else (-a, a))
+    return bounds
+
+
 def plan_feature(
-    num_categories: int, embedding_dim: int, spec: EmbeddingSpec, *, strict: bool = False
+    num_categories: int, embedding_dim: int, spec: EmbeddingSpec, *, strict: bool = False,
+    counts: np.ndarray | None = None,
 ) -> FeaturePlan:
     """The plan for a feature of ``num_categories``: the one place where a spec becomes tables.
 
     Args:
         strict: refuse (ValueError) a compression that cannot shrink the table instead of
             keeping the full table (what a single module asked for explicitly should do).
+        counts: (n,) the training split's count of each category, for specs that renumber by
+            frequency or keep hot rows (``spec.needs_counts``).
     """
     n, d = num_categories, embedding_dim
     for name, value in (("num_categories", n), ("embedding_dim", d)):
@@ -249,7 +336,7 @@ def plan_feature(
             raise ValueError(f"{why}; use fewer {fewer} or threshold >= {n} to keep this "
                              f"feature full")
     spec = resolve_spec(spec, n)
-    parts = spec_partitions(spec, n)
+    parts = spec_partitions(spec, n, counts)
     a = full_table_bound(n)
     kind = spec.kind
     operation = None
@@ -261,10 +348,11 @@ def plan_feature(
         tables = tuple(TablePlan(f"weights.{j}", r, d, (-a, a))
                        for j, r in enumerate(parts.sizes))
     else:
-        operation = get_operation(spec.operation)
-        where = f"{spec.scheme} {spec.operation} (num_categories={n})"
+        # hash with hot rows: the private rows are added to the hashed one
+        operation = get_operation("add" if spec.scheme == "hash" else spec.operation)
+        where = f"{spec.scheme} {operation.name} (num_categories={n})"
         widths = operation.table_widths(d, parts.k, where)
-        bounds = table_bounds(operation, parts.k, n, spec.init)
+        bounds = compose_bounds(operation, parts, n, spec.init)
         tables = tuple(TablePlan(f"weights.{j}", r, w, tuple(b)) for j, (r, w, b)
                        in enumerate(zip(parts.sizes, widths, bounds, strict=True)))
     return FeaturePlan(n, d, spec, parts, operation, tables)

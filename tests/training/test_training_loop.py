@@ -11,6 +11,7 @@ import trainkit
 
 from compemb.cli import main
 from compemb.config import load_config
+from compemb.data import open_dataset
 from compemb.training import evaluate_run, loop, resume, train
 from compemb.training.checkpoint import load_checkpoint
 
@@ -144,3 +145,17 @@ def test_cli_train_and_evaluate(synth: Path, tmp_path: Path, capsys) -> None:
     assert main(bad) == 2
     assert "model.embedding: scheme 'hash' needs collisions" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_frequency_aware_run_evaluates_with_its_own_maps(synth: Path, tmp_path: Path) -> None:
+    """hot rows and a frequency order read the dataset's counts; the maps they make are in the
+    checkpoint, so evaluation reproduces training's metrics."""
+    config = trainkit.tiny_config(synth, "train.max_steps=5", "model.embedding.hot=8",
+                                  "model.embedding.order=interleaved")
+    final = train(config, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
+    assert state["sparse_arch.features.4.hot_ids"].shape == (8,)
+    n = open_dataset(synth).cardinalities[4]
+    assert state["sparse_arch.features.4.relabel"].shape == (n,)
+    evaluated = evaluate_run(tmp_path / "run", "val")
+    assert evaluated["val_logloss"] == pytest.approx(final["val_logloss"], abs=1e-6)

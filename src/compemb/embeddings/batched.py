@@ -19,23 +19,27 @@ from torch import nn
 from compemb.embeddings._bags import Bags, pool
 from compemb.embeddings._fused import compose_lookup
 from compemb.operations import Operation
-from compemb.partitions import Digit, digit
+from compemb.partitions import Digit, HotSlots, digit, hot_slot
 
 # Stacked tables up to this many rows get dense gradients even with sparse=True.
 DENSE_GRAD_MAX_ROWS = 4096
 
-# One Digit per partition of one feature.
-Layout = tuple[Digit, ...]
+# One Digit (or HotSlots) per partition of one feature.
+Layout = tuple[Digit | HotSlots, ...]
 
 
 class BucketIndex(nn.Module):
     """Bucket arithmetic of G features with k partitions each, on stacked tables.
 
-    Row of id i in the stacked table of position j: ``(i // place) mod modulus + start`` with
-    the feature's place, modulus and row offset (``start``) at that position.
+    Row of id i in the stacked table of position j: ``(i' // place) mod modulus + start`` with
+    the feature's place, modulus and row offset (``start``) at that position, where i' is the
+    relabelled id (frequency order: one stacked int32 map, saved with the model) or i itself.
+    A :class:`~compemb.partitions.HotSlots` position gives i' its slot among the feature's hot
+    ids (saved with the model too), or the feature's shared tail row.
     """
 
     def __init__(self, num_categories: Sequence[int], layouts: Sequence[Layout], *,
+                 relabels: Sequence[torch.Tensor | None] | None = None,
                  device: torch.device | str | None = None):
         super().__init__()
         k = max(len(lay) for lay in layouts)
@@ -44,30 +48,83 @@ class BucketIndex(nn.Module):
         layouts = [tuple(lay) + (Digit(1, 1, 0),) * (k - len(lay)) for lay in layouts]
         self.rows = [[lay[j].rows for lay in layouts] for j in range(k)]
         self.starts = [[sum(r[:f]) if r[f] else 0 for f in range(len(r))] for r in self.rows]
+        self._hot = [any(isinstance(lay[j], HotSlots) for lay in layouts) for j in range(k)]
+        for j in range(k):
+            if self._hot[j] and not all(isinstance(lay[j], HotSlots) or lay[j].rows == 0
+                                        for lay in layouts):
+                raise ValueError(f"position {j} mixes hot slots and digits: cannot stack")
 
         def table(values: list[list[int]]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
-        self.register_buffer("place", table([[lay[j].place for lay in layouts]
-                                             for j in range(k)]), persistent=False)
-        self.register_buffer("modulus", table([[lay[j].modulus for lay in layouts]
-                                               for j in range(k)]), persistent=False)
+        def field(j: int, name: str) -> list[int]:
+            return [getattr(lay[j], name) if isinstance(lay[j], Digit) else 1 for lay in layouts]
+
+        self.register_buffer("place", table([field(j, "place") for j in range(k)]),
+                             persistent=False)
+        self.register_buffer("modulus", table([field(j, "modulus") for j in range(k)]),
+                             persistent=False)
         self.register_buffer("start", table(self.starts), persistent=False)
         # Skip the division where every place is 1, and the remainder where no digit reaches
         # its modulus (full tables, the top digit of a radix).
-        self._divide = [any(lay[j].place != 1 for lay in layouts) for j in range(k)]
+        self._divide = [any(p != 1 for p in field(j, "place")) for j in range(k)]
         self._reduce = [
-            any(-(-n // lay[j].place) > lay[j].modulus
-                for n, lay in zip(num_categories, layouts, strict=True))
+            any(-(-n // p) > m for n, p, m
+                in zip(num_categories, field(j, "place"), field(j, "modulus"), strict=True))
             for j in range(k)
         ]  # fmt: skip
+        for j in range(k):
+            if not self._hot[j]:
+                continue
+            none = torch.empty(0, dtype=torch.int64)
+            hots = [lay[j].ids if isinstance(lay[j], HotSlots) else none for lay in layouts]
+            width = max(1, max(h.numel() for h in hots))
+            padded = torch.full((len(hots), width), torch.iinfo(torch.int64).max,
+                                dtype=torch.int64)
+            for f, h in enumerate(hots):
+                padded[f, : h.numel()] = h
+            # The hot ids are part of the model: evaluation maps ids as training did.
+            self.register_buffer(f"hot{j}", padded.to(device))
+            self.register_buffer(f"_tail{j}", table([[h.numel() for h in hots]])[0],
+                                 persistent=False)
+        self.hot_counts = {j: [lay[j].rows - 1 if isinstance(lay[j], HotSlots) else 0
+                               for lay in layouts] for j in range(k) if self._hot[j]}
+        self.relabel_rows: list[int] = []
+        if relabels is not None and any(r is not None for r in relabels):
+            if any(r is None for r in relabels):
+                raise ValueError("a stacked group relabels all its features or none")
+            self.relabel_rows = [r.numel() for r in relabels]
+            small = max(self.relabel_rows) <= torch.iinfo(torch.int32).max
+            stacked = torch.cat([r.to(torch.int32 if small else torch.int64) for r in relabels])
+            self.register_buffer("relabel", stacked.to(device))
+            starts = [sum(self.relabel_rows[:f]) for f in range(len(relabels))]
+            self.register_buffer("_relabel_start", table([starts])[0], persistent=False)
+
+    def relabelled(self, ids: torch.Tensor, cols: slice | int | list[int]) -> torch.Tensor:
+        """ids (any shape, last dim the features ``cols``) -> the ids the digits read."""
+        if not self.relabel_rows:
+            return ids
+        return self.relabel[ids + self._relabel_start[cols]].long()
 
     def forward(self, ids: torch.Tensor, cols: slice | int | list[int], j: int,
-                offset: bool = True) -> torch.Tensor:
-        """ids (any shape, last dim the features ``cols``) -> rows at position j (same shape)."""
-        b = digit(ids, self.place[j, cols], self.modulus[j, cols], divide=self._divide[j],
-                  reduce=self._reduce[j])
+                offset: bool = True, relabelled: bool = False) -> torch.Tensor:
+        """ids (any shape, last dim the features ``cols``) -> rows at position j (same shape).
+        ``relabelled``: the ids are already relabelled (:meth:`relabelled`)."""
+        if not relabelled:
+            ids = self.relabelled(ids, cols)
+        if self._hot[j]:
+            hot = getattr(self, f"hot{j}")[cols]
+            b = torch.minimum(hot_slot(ids, hot.view(-1, hot.shape[-1])),
+                              getattr(self, f"_tail{j}")[cols])
+        else:
+            b = digit(ids, self.place[j, cols], self.modulus[j, cols], divide=self._divide[j],
+                      reduce=self._reduce[j])
         return b + self.start[j, cols] if offset else b
+
+    def buckets(self, ids: torch.Tensor, cols: slice | int | list[int]) -> list[torch.Tensor]:
+        """Rows at every position, relabelling once."""
+        ids = self.relabelled(ids, cols)
+        return [self(ids, cols, j, relabelled=True) for j in range(len(self.rows))]
 
 
 class TableGroup(nn.Module):
@@ -89,6 +146,7 @@ class TableGroup(nn.Module):
         bounds: Sequence[Sequence[tuple[float, float]]],
         *,
         sparse: bool,
+        relabels: Sequence[torch.Tensor | None] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -99,7 +157,7 @@ class TableGroup(nn.Module):
         self.sparse = sparse
         self._bounds = [list(b) for b in bounds]
         k = len(self.dims)
-        self.index = BucketIndex(num_categories, layouts, device=device)
+        self.index = BucketIndex(num_categories, layouts, relabels=relabels, device=device)
         rows, starts = self.index.rows, self.index.starts
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(sum(rows[j]), self.dims[j], device=device, dtype=dtype))
@@ -132,7 +190,7 @@ class TableGroup(nn.Module):
                     self.weights[j][s : s + r].uniform_(lo, hi)
 
     def _buckets(self, ids: torch.Tensor, cols: slice | int | list[int]) -> list[torch.Tensor]:
-        return [self.index(ids, cols, j) for j in range(len(self.weights))]
+        return self.index.buckets(ids, cols)
 
     def _lookup(self, ids: torch.Tensor, cols: slice | int | list[int]) -> torch.Tensor:
         """Composed vectors (*ids.shape, D), or (*ids.shape, k, D) for feature generation."""

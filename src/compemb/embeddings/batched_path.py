@@ -44,6 +44,7 @@ class PathGroup(nn.Module):
         layouts: Sequence[Layout],
         *,
         sparse: bool,
+        relabels: Sequence[torch.Tensor | None] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -51,7 +52,7 @@ class PathGroup(nn.Module):
         g, m, d = len(layouts), layouts[0][1][2], embedding_dim
         self.transform, self.num_buckets, self.hidden = transform, m, hidden
         self.num_categories = tuple(num_categories)
-        self.index = BucketIndex(num_categories, layouts, device=device)
+        self.index = BucketIndex(num_categories, layouts, relabels=relabels, device=device)
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(sum(self.index.rows[0]), d, **kw))
         self.sparse_first = sparse and self.weight.shape[0] > DENSE_GRAD_MAX_ROWS
@@ -84,8 +85,10 @@ class PathGroup(nn.Module):
         return [self.weight[s : s + r], *(p[i] for p in self.layers)]
 
     def _lookup(self, ids: torch.Tensor, cols: slice | list[int]) -> torch.Tensor:
-        z = F.embedding(self.index(ids, cols, 0), self.weight, sparse=self.sparse_first)
-        bucket = self.index(ids, cols, 1, offset=False)
+        ids = self.index.relabelled(ids, cols)
+        z = F.embedding(self.index(ids, cols, 0, relabelled=True), self.weight,
+                        sparse=self.sparse_first)
+        bucket = self.index(ids, cols, 1, offset=False, relabelled=True)
         params = [p[cols] for p in self.layers]
         return apply_paths(z, bucket, list(zip(params[0::2], params[1::2], strict=True)))
 

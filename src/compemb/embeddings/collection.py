@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,10 +15,12 @@ from compemb.embeddings.batched import Layout, TableGroup
 from compemb.embeddings.batched_path import PATH_MAX_BUCKETS, PathGroup
 from compemb.embeddings.factory import module_from_plan
 from compemb.operations import OPERATIONS
+from compemb.partitions import HotSlots
 from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
 
-# (kind, operation name, widths or path shape): features with equal keys share a group.
-GroupKey = tuple[str, str | None, tuple[int, ...]]
+# (kind, operation name, widths or path shape, position kinds, relabelled): features with
+# equal keys share a group.
+GroupKey = tuple[str, str | None, tuple[int, ...], tuple[str, ...], bool]
 
 
 def _group_key(plan: FeaturePlan) -> tuple[GroupKey | None, Layout | None, str]:
@@ -27,27 +31,30 @@ def _group_key(plan: FeaturePlan) -> tuple[GroupKey | None, Layout | None, str]:
         return None, None, (f"{type(plan.partitions).__name__} is not index arithmetic of the "
                             f"form (i // place) mod modulus")
     widths = tuple(t.width for t in plan.tables)
+    kinds = tuple("hot" if isinstance(d, HotSlots) else "digit" for d in layout)
+    relabelled = plan.partitions.relabeling() is not None
     if plan.kind in ("full", "hash"):
-        return ("table", None, widths), layout, ""
+        return ("table", None, widths, kinds, relabelled), layout, ""
     if plan.kind == "feature":
-        return ("feature", None, widths), layout, ""
+        return ("feature", None, widths, kinds, relabelled), layout, ""
     if plan.kind == "compose":
-        return ("compose", plan.operation.name, widths), layout, ""
+        return ("compose", plan.operation.name, widths, kinds, relabelled), layout, ""
     m = plan.partitions.sizes[-1]
     if plan.partitions.k != 2 or m > PATH_MAX_BUCKETS:
         return None, None, (f"path over {plan.partitions.k} partitions with {m} buckets (stacked "
                             f"paths take 2 partitions and at most {PATH_MAX_BUCKETS} buckets)")
     spec = plan.spec
-    return ("path", spec.path_transform, (plan.embedding_dim, spec.path_hidden, m)), layout, ""
+    shape = (plan.embedding_dim, spec.path_hidden, m)
+    return ("path", spec.path_transform, shape, kinds, relabelled), layout, ""
 
 
 def _merge_single_tables(grouped: dict[GroupKey, list[int]], embedding_dim: int) -> None:
     """Move the one-table features (full tables, hashing) into the largest composed group whose
     operation has an identity, where a missing partition contributes it: one group, no
     reassembly."""
-    single: GroupKey = ("table", None, (embedding_dim,))
+    single: GroupKey = ("table", None, (embedding_dim,), ("digit",), False)
     targets = [key for key in grouped if key[0] == "compose" and len(key[2]) > 1
-               and OPERATIONS[key[1]].identity is not None
+               and OPERATIONS[key[1]].identity is not None and not key[4]
                and set(key[2]) == {embedding_dim}]  # fmt: skip
     if single not in grouped or not targets:
         return
@@ -87,6 +94,7 @@ class EmbeddingBagCollection(nn.Module):
         embedding_dim: int,
         spec: EmbeddingSpec,
         *,
+        counts: Sequence[np.ndarray] | None = None,
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -97,7 +105,13 @@ class EmbeddingBagCollection(nn.Module):
         self.cardinalities = tuple(int(n) for n in cardinalities)
         self.embedding_dim = embedding_dim
         self.spec = spec
-        self.plans = tuple(plan_feature(n, embedding_dim, spec) for n in self.cardinalities)
+        if counts is not None and len(counts) != len(self.cardinalities):
+            raise ValueError(f"counts for {len(counts)} features, cardinalities for "
+                             f"{len(self.cardinalities)}")
+        self.plans = tuple(
+            plan_feature(n, embedding_dim, spec, counts=None if counts is None else counts[f])
+            for f, n in enumerate(self.cardinalities)
+        )
         self.specs = tuple(plan.spec for plan in self.plans)
         self.validate = validate
         grouped: dict[GroupKey, list[int]] = {}
@@ -117,17 +131,19 @@ class EmbeddingBagCollection(nn.Module):
             features = tuple(members)
             cards = [self.cardinalities[f] for f in features]
             lays = [layouts[f] for f in features]
+            relabels = [self.plans[f].partitions.relabeling() for f in features]
             if key[0] == "path":
                 d, hidden, _ = key[2]
                 group: nn.Module = PathGroup(key[1], d, hidden, cards, lays, sparse=spec.sparse,
-                                             device=device, dtype=dtype)
+                                             relabels=relabels, device=device, dtype=dtype)
             else:
                 # A group of one-table features composes one table: any operation is the
                 # identity there, add is as good as any.
                 op = OPERATIONS[key[1] or "add"] if key[0] != "feature" else None
                 group = TableGroup(op, key[2], cards, lays,
                                    [[t.bounds for t in self.plans[f].tables] for f in features],
-                                   sparse=spec.sparse, device=device, dtype=dtype)
+                                   sparse=spec.sparse, relabels=relabels, device=device,
+                                   dtype=dtype)
             self.groups.append(group)
             self._group_features.append(features)
         self.modules_by_feature = nn.ModuleDict({
@@ -153,12 +169,22 @@ class EmbeddingBagCollection(nn.Module):
         self.register_state_dict_post_hook(_to_feature_keys)
         self.register_load_state_dict_pre_hook(_from_feature_keys)
 
-    def _feature_keys(self) -> list[tuple[str, str, slice | int | None]]:
+    def _feature_keys(self) -> list[tuple[str, str, Any]]:
         """(feature key, internal key, where in the internal tensor) for every stored tensor."""
-        keys: list[tuple[str, str, slice | int | None]] = []
+        keys: list[tuple[str, str, Any]] = []
         for g, (group, members) in enumerate(zip(self.groups, self._group_features,
                                                  strict=True)):
+            index = group.index
             for i, f in enumerate(members):
+                # the frequency maps are part of the model: saved under the feature's name
+                if index.relabel_rows:
+                    s = sum(index.relabel_rows[:i])
+                    keys.append((f"features.{f}.relabel", f"groups.{g}.index.relabel",
+                                 slice(s, s + index.relabel_rows[i])))
+                for j, hot in index.hot_counts.items():
+                    if hot[i]:
+                        keys.append((f"features.{f}.hot_ids", f"groups.{g}.index.hot{j}",
+                                     (i, slice(0, hot[i]))))
                 tables = self.plans[f].tables
                 if isinstance(group, PathGroup):
                     s, r = group.index.starts[0][i], group.index.rows[0][i]

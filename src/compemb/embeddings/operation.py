@@ -19,9 +19,9 @@ from compemb.operations import (
     Operation,
     full_table_bound,
     get_operation,
-    table_bounds,
 )
 from compemb.partitions import PartitionSet, remainder
+from compemb.spec import compose_bounds
 
 __all__ = ["OPERATIONS", "CompositionalEmbeddingBag", "FeatureEmbeddingBag", "HashEmbeddingBag"]
 
@@ -104,7 +104,7 @@ class CompositionalEmbeddingBag(BagModule):
                 f"{where}: dims {dims} must be {k} positive widths that {op.name} makes "
                 f"embedding_dim={embedding_dim} from (default {default})"
             )
-        table_bounds(op, k, num_categories, init)  # an unknown rule fails here, not later
+        compose_bounds(op, partitions, num_categories, init)  # an unknown rule fails here
         if not partitions.is_complementary():
             warnings.warn(
                 f"{where}: the partitions {partitions} are not complementary; some categories "
@@ -128,7 +128,7 @@ class CompositionalEmbeddingBag(BagModule):
 
     def reset_parameters(self) -> None:
         """Draw the tables by the rule in the class docstring."""
-        bounds = table_bounds(self.op, len(self.weights), self.num_categories, self.init)
+        bounds = compose_bounds(self.op, self.partitions, self.num_categories, self.init)
         with torch.no_grad():
             for w, (lo, hi) in zip(self.weights, bounds, strict=True):
                 w.uniform_(lo, hi)

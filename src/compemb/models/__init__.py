@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from compemb.embeddings import EmbeddingSpec
@@ -29,6 +30,7 @@ def build_model(
     embedding_dim: int,
     spec: EmbeddingSpec,
     *,
+    counts: Sequence[np.ndarray] | None = None,
     validate: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -45,8 +47,8 @@ def build_model(
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](cardinalities, num_dense, embedding_dim, spec, validate=validate,
-                        device=device, dtype=dtype)  # fmt: skip
+    return MODELS[name](cardinalities, num_dense, embedding_dim, spec, counts=counts,
+                         validate=validate, device=device, dtype=dtype)  # fmt: skip
 
 
 __all__ = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,7 @@ class RankingModel(nn.Module):
         embedding_dim: int,
         spec: EmbeddingSpec,
         *,
+        counts: Sequence[np.ndarray] | None = None,
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -40,7 +42,8 @@ class RankingModel(nn.Module):
         self.num_dense = _check_count("num_dense", num_dense, 0)
         self.embedding_dim = _check_count("embedding_dim", embedding_dim, 1)
         self.sparse_arch = EmbeddingBagCollection(
-            cardinalities, embedding_dim, spec, validate=validate, device=device, dtype=dtype
+            cardinalities, embedding_dim, spec, counts=counts, validate=validate, device=device,
+            dtype=dtype
         )
 
     @property

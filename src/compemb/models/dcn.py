@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,12 +41,13 @@ class DCN(RankingModel):
         *,
         deep_hidden: Sequence[int] = (512, 256, 64),
         cross_layers: int = 6,
+        counts: Sequence[np.ndarray] | None = None,
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        super().__init__(cardinalities, num_dense, embedding_dim, spec, validate=validate,
-                         device=device, dtype=dtype)  # fmt: skip
+        super().__init__(cardinalities, num_dense, embedding_dim, spec, counts=counts,
+                         validate=validate, device=device, dtype=dtype)  # fmt: skip
         kw = {"device": device, "dtype": dtype}
         width = num_dense + self.sparse_arch.num_outputs * embedding_dim
         self.deep: nn.Module = MLP(width, deep_hidden, final_activation=True, **kw)

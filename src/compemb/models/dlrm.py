@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from compemb.embeddings import EmbeddingSpec
@@ -44,12 +45,13 @@ class DLRM(RankingModel):
         *,
         bottom_hidden: Sequence[int] = (512, 256, 64),
         top_hidden: Sequence[int] = (512, 256),
+        counts: Sequence[np.ndarray] | None = None,
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        super().__init__(cardinalities, num_dense, embedding_dim, spec, validate=validate,
-                         device=device, dtype=dtype)  # fmt: skip
+        super().__init__(cardinalities, num_dense, embedding_dim, spec, counts=counts,
+                         validate=validate, device=device, dtype=dtype)  # fmt: skip
         kw = {"device": device, "dtype": dtype}
         num_vectors = self.sparse_arch.num_outputs
         if num_dense > 0:

@@ -6,6 +6,7 @@ import torch
 
 from compemb.config import Config
 from compemb.data import Batch, Dataset
+from compemb.data.sources import open_category_counts
 from compemb.embeddings import EmbeddingSpec
 from compemb.models import RankingModel, build_model
 
@@ -27,8 +28,12 @@ def model_for(
 ) -> RankingModel:
     """Build the configured model for ``dataset`` (its cardinalities and dense width)."""
     spec = embedding_spec(config, sparse=sparse)
+    # Frequency-aware embeddings read the training split's counts; the maps they make are saved
+    # with the model, so a checkpoint maps ids as its training did.
+    counts = open_category_counts(config.data.dataset) if spec.needs_counts else None
     try:
         return build_model(config.model.name, dataset.cardinalities, dataset.num_dense,
-                           config.model.embedding_dim, spec, device=device)  # fmt: skip
+                           config.model.embedding_dim, spec, counts=counts,
+                           device=device)  # fmt: skip
     except ValueError as err:
         raise ValueError(f"model: {err}") from err
