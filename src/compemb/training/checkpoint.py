@@ -49,8 +49,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         saved = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{path}: torch.load(weights_only=True) refused it, as it does a file holding "
-            f"more than tensors and plain values: {_reason(err)}"
+            f"{path}: torch.load(weights_only=True) refused it: {_reason(err)} (a compemb "
+            f"checkpoint holds only tensors and plain values)"
         ) from err
     except Exception as err:  # a truncated or foreign file fails in many ways inside torch
         raise CheckpointError(f"{path}: not a readable checkpoint: {_reason(err)}") from err
