@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from compemb.operations import Operation, get_operation
+from compemb.optim.fused import Sink, gradient_sink
 
 # Ids per chunk: a chunk's gathered rows and products (1 MiB per tensor at D = 16) stay in cache,
 # where one pass over the whole batch at once would stream every intermediate through memory.
@@ -44,7 +45,8 @@ def _spans(n: int, columns: int) -> list[tuple[int, int]]:
 
 class _ComposeLookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, operation: Operation, sparse: tuple[bool, ...], absent: tuple, *tensors):
+    def forward(ctx, operation: Operation, sparse: tuple[bool, ...], absent: tuple,
+                sinks: tuple[Sink | None, ...], *tensors):
         k = len(sparse)
         buckets, weights = tensors[:k], tensors[k:]
         shape = buckets[0].shape
@@ -68,6 +70,7 @@ class _ComposeLookup(torch.autograd.Function):
                 ]
                 operation.combine(parts, out=out[s:e])
         ctx.operation, ctx.sparse, ctx.absent, ctx.widths = operation, sparse, absent, widths
+        ctx.sinks = sinks
         ctx.columns = columns
         ctx.kept = [buf is not None for buf in kept]
         ctx.save_for_backward(*flat, *weights, *(buf for buf in kept if buf is not None))
@@ -83,7 +86,7 @@ class _ComposeLookup(torch.autograd.Function):
         identity = op.identity
         g = grad.reshape(-1, grad.shape[-1]).contiguous()
         n = g.shape[0]
-        need = [ctx.needs_input_grad[3 + k + j] for j in range(k)]
+        need = [ctx.needs_input_grad[4 + k + j] for j in range(k)]
         needs_parts = op.needs_parts_for_backward and k > 1
         # Where the gradient of a table is the incoming gradient itself (add, or one table), its
         # sparse gradient's values are that tensor: no copy.
@@ -119,13 +122,18 @@ class _ComposeLookup(torch.autograd.Function):
                         rows.copy_(chunk)
                 else:
                     dense[j].index_add_(0, flat[j][s:e], chunk)
-        grads = [
-            None if not need[j] else dense[j] if dense[j] is not None else
-            torch.sparse_coo_tensor(flat[j].unsqueeze(0), values[j], weights[j].shape,
-                                    check_invariants=False)
-            for j in range(k)
-        ]  # fmt: skip
-        return (None, None, None, *([None] * k), *grads)
+        grads = []
+        for j in range(k):
+            sink = ctx.sinks[j]
+            if need[j] and sink is not None and values[j] is not None:
+                sink(flat[j], values[j])  # the optimizer updates these rows: no gradient
+                grads.append(None)
+            elif not need[j] or dense[j] is not None:
+                grads.append(dense[j])
+            else:
+                grads.append(torch.sparse_coo_tensor(flat[j].unsqueeze(0), values[j],
+                                                     weights[j].shape, check_invariants=False))
+        return (None, None, None, None, *([None] * k), *grads)
 
 
 def compose_lookup(
@@ -153,7 +161,11 @@ def compose_lookup(
     absent = tuple(absent) if absent is not None else (None,) * len(buckets)
     if not isinstance(operation, Operation):
         operation = get_operation(operation)
-    return _ComposeLookup.apply(operation, tuple(sparse), absent, *buckets, *weights)
+    # Sparse tables routed to a fused optimizer (compemb.optim.fused) hand it their row
+    # gradients in the backward instead of a sparse gradient tensor.
+    sinks = tuple(gradient_sink(w) if s and torch.is_grad_enabled() and w.requires_grad
+                  else None for w, s in zip(weights, sparse, strict=True))  # fmt: skip
+    return _ComposeLookup.apply(operation, tuple(sparse), absent, sinks, *buckets, *weights)
 
 
 class _Assemble(torch.autograd.Function):

@@ -1,0 +1,178 @@
+"""Table training step on the 26 Criteo Kaggle features: forward + backward + optimizer, samples/s.
+
+The step of the embedding tables alone (loss = sum of the outputs times a fixed random tensor),
+D = 16, one id per bag, uniform ids, lr 0.01. Variants, all in one process and interleaved round
+by round so machine noise hits them alike (the medians of per-round ratios are printed):
+
+- FBGEMM TBE on CPU (fbgemm-gpu-cpu), full tables, the optimizer fused into its backward;
+- compemb's EmbeddingBagCollection, full tables, torch's sparse Adagrad (or RowWiseAdagrad);
+- the same collection with QR mult at 4 and 60 collisions, torch's optimizer and compemb's
+  FusedAdagrad (row gradients routed from the backward, no sparse gradient tensor).
+
+``--optimizer adagrad`` is exact Adagrad (TBE EXACT_ADAGRAD); ``rowwise_adagrad`` row-wise
+(TBE EXACT_ROWWISE_ADAGRAD). The full tables with exact Adagrad hold about 8.7 GB (TBE and
+compemb, weights and state); ``--skip-full-compemb`` or ``--skip-tbe`` leave one out.
+
+    .venv/bin/python benchmarks/table_step.py [--optimizer adagrad rowwise_adagrad]
+        [--batches 2048 16384] [--rounds 7] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from compemb import EmbeddingBagCollection, EmbeddingSpec
+from compemb.data import CRITEO_KAGGLE_CARDINALITIES
+from compemb.optim.fused import FusedAdagrad
+from compemb.optim.rowwise import RowWiseAdagrad
+
+D = 16
+LR = 0.01
+
+Step = Callable[[torch.Tensor], None]
+
+
+def tbe_step(cards: list[int], rowwise: bool) -> Step | None:
+    """FBGEMM's CPU table-batched embedding with its fused optimizer, or None if absent."""
+    try:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except ImportError as err:
+        print(f"FBGEMM TBE unavailable ({err}); its rows are left out")
+        return None
+    kind = EmbOptimType.EXACT_ROWWISE_ADAGRAD if rowwise else EmbOptimType.EXACT_ADAGRAD
+    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+        [(n, D, EmbeddingLocation.HOST, ComputeDevice.CPU) for n in cards],
+        optimizer=kind, learning_rate=LR, eps=1e-10, weights_precision=SparseType.FP32,
+    )  # fmt: skip
+    targets: dict[int, torch.Tensor] = {}
+
+    def step(ids: torch.Tensor) -> None:
+        b, f = ids.shape
+        indices = ids.t().contiguous().view(-1)  # table-major
+        offsets = torch.arange(b * f + 1, dtype=torch.int64)
+        out = tbe(indices, offsets)  # (B, F * D)
+        target = targets.setdefault(b, torch.randn(b, f * D))
+        (out * target).sum().backward()
+
+    return step
+
+
+def compemb_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Step:
+    targets: dict[int, torch.Tensor] = {}
+
+    def step(ids: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = module(ids)
+        target = targets.setdefault(ids.shape[0], torch.randn(out.shape))
+        (out * target).sum().backward()
+        optimizer.step()
+
+    return step
+
+
+def torch_optimizer(module: EmbeddingBagCollection, rowwise: bool) -> torch.optim.Optimizer:
+    if rowwise:
+        return RowWiseAdagrad([{"params": module.table_parameters(), "rowwise": True}], lr=LR)
+    return torch.optim.Adagrad(module.parameters(), lr=LR)
+
+
+def fused_optimizer(module: EmbeddingBagCollection, rowwise: bool) -> torch.optim.Optimizer:
+    tables = module.table_parameters()
+    return FusedAdagrad([{"params": tables, "rowwise": rowwise}], lr=LR, tables=tables)
+
+
+def variants(cards: list[int], rowwise: bool, args: argparse.Namespace) -> dict[str, Step]:
+    torch.sparse.check_sparse_tensor_invariants.disable()
+    steps: dict[str, Step] = {}
+    if not args.skip_tbe:
+        tbe = tbe_step(cards, rowwise)
+        if tbe is not None:
+            steps["TBE full (FBGEMM, fused)"] = tbe
+    if not args.skip_full_compemb:
+        full = EmbeddingBagCollection(cards, D, EmbeddingSpec("full", sparse=True),
+                                      validate=False)  # fmt: skip
+        steps["compemb full, torch optim"] = compemb_step(full, torch_optimizer(full, rowwise))
+    for c in (4, 60):
+        spec = EmbeddingSpec("qr", operation="mult", collisions=c, sparse=True)
+        qr = EmbeddingBagCollection(cards, D, spec, validate=False)
+        steps[f"compemb QR-{c}, torch optim"] = compemb_step(qr, torch_optimizer(qr, rowwise))
+        qr = EmbeddingBagCollection(cards, D, spec, validate=False)
+        steps[f"compemb QR-{c}, fused"] = compemb_step(qr, fused_optimizer(qr, rowwise))
+    return steps
+
+
+def bench(steps: dict[str, Step], make_ids: Callable[[], torch.Tensor], rounds: int,
+          count: int) -> dict[str, list[float]]:
+    batches = [make_ids() for _ in range(count)]
+    for step in steps.values():  # warm-up: optimizer state, allocator, caches
+        for ids in batches[:2]:
+            step(ids)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            for ids in batches:
+                step(ids)
+            times[name].append((time.perf_counter() - started) / count)
+    return times
+
+
+def report(times: dict[str, list[float]], batch: int) -> None:
+    names = list(times)
+    bases = [n for n in ("TBE full (FBGEMM, fused)", "compemb full, torch optim") if n in times]
+    print(f"\nbatch {batch}")
+    print(f"{'variant':30s} {'samples/s':>11s}" + "".join(f"  {'x ' + b[:14]:>17s}" for b in bases))
+    for name in names:
+        row = f"{name:30s} {batch / statistics.median(times[name]):11,.0f}"
+        for base in bases:  # median over rounds of the per-round ratio
+            ratio = statistics.median(b / t for b, t in zip(times[base], times[name],
+                                                             strict=True))  # fmt: skip
+            row += f"  {ratio:17.2f}"
+        print(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--optimizer", nargs="+", default=["adagrad", "rowwise_adagrad"],
+                        choices=["adagrad", "rowwise_adagrad"])  # fmt: skip
+    parser.add_argument("--batches", type=int, nargs="+", default=[2048, 16384])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-tbe", action="store_true")
+    parser.add_argument("--skip-full-compemb", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cards = list(CRITEO_KAGGLE_CARDINALITIES)
+    limits = torch.tensor(cards)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D={D}, 26 Criteo Kaggle "
+          f"features, one id per bag, uniform ids, forward + backward + optimizer, lr {LR}; "
+          f"median of {args.rounds} rounds of {args.steps} steps")  # fmt: skip
+    for name in args.optimizer:
+        print(f"\n== {name} ==")
+        steps = variants(cards, name == "rowwise_adagrad", args)
+        for batch in args.batches:
+            def make_ids(batch=batch) -> torch.Tensor:
+                return (torch.rand(batch, len(cards)) * limits).long()
+
+            report(bench(steps, make_ids, args.rounds, args.steps), batch)
+        del steps
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()

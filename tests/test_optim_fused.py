@@ -1,0 +1,150 @@
+"""FusedAdagrad equals torch's Adagrad and RowWiseAdagrad on the same batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from compemb import EmbeddingBagCollection, EmbeddingSpec
+from compemb.optim.fused import FusedAdagrad, gradient_sink, sparse_adagrad_
+from compemb.optim.rowwise import RowWiseAdagrad
+
+# Big enough that the first tables take sparse gradients (stacks of more than 4,096 rows).
+CARDS = [100_000, 50, 7_000, 3, 20_000]
+SPECS = {
+    "qr-mult": EmbeddingSpec("qr", operation="mult", collisions=4, sparse=True),
+    "qr-add": EmbeddingSpec("qr", operation="add", collisions=4, sparse=True),
+    "qr-concat": EmbeddingSpec("qr", operation="concat", collisions=4, sparse=True),
+    "full": EmbeddingSpec("full", sparse=True),
+    "hash": EmbeddingSpec("hash", collisions=4, sparse=True),
+}
+
+
+class Model(nn.Module):
+    def __init__(self, spec: EmbeddingSpec):
+        super().__init__()
+        self.sparse_arch = EmbeddingBagCollection(CARDS, 8, spec)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, ids, bags=()):
+        return self.head(torch.tanh(self.sparse_arch(ids, bags))).sum()
+
+
+def _batches(steps: int, bags: bool = False):
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        ids = torch.stack([torch.randint(0, n, (64,), generator=gen) for n in CARDS], 1)
+        ids[:8] = ids[8:16]  # repeated rows within a batch
+        if not bags:
+            yield ids, ()
+            continue
+        values = torch.randint(0, CARDS[-1], (150,), generator=gen)
+        offsets = torch.sort(torch.randint(0, 150, (64,), generator=gen)).values
+        offsets[0] = 0
+        yield ids[:, :-1], [(values, offsets)]
+
+
+def _train(model: Model, optimizer: torch.optim.Optimizer, steps: int, bags: bool = False):
+    for ids, bag in _batches(steps, bags):
+        optimizer.zero_grad(set_to_none=True)
+        model(ids, bag).backward()
+        optimizer.step()
+
+
+def _max_diff(a: nn.Module, b: nn.Module) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(),
+                                                           strict=True))  # fmt: skip
+
+
+def _rowwise_groups(model: Model) -> list[dict]:
+    tables = {id(t) for t in model.sparse_arch.table_parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in tables], "rowwise": True},
+            {"params": [p for p in model.parameters() if id(p) not in tables]}]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("bags", [False, True])
+def test_fused_adagrad_equals_torch_adagrad(name, bags):
+    torch.manual_seed(0)
+    reference = Model(SPECS[name])
+    fused = copy.deepcopy(reference)
+    _train(reference, torch.optim.Adagrad(reference.parameters(), lr=0.1), 6, bags)
+    tables = fused.sparse_arch.table_parameters()
+    _train(fused, FusedAdagrad(fused.parameters(), lr=0.1, tables=tables), 6, bags)
+    assert _max_diff(reference, fused) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["qr-mult", "full", "qr-concat"])
+def test_fused_rowwise_equals_rowwise_adagrad(name):
+    torch.manual_seed(0)
+    reference = Model(SPECS[name])
+    fused = copy.deepcopy(reference)
+    _train(reference, RowWiseAdagrad(_rowwise_groups(reference), lr=0.1), 6)
+    tables = fused.sparse_arch.table_parameters()
+    _train(fused, FusedAdagrad(_rowwise_groups(fused), lr=0.1, tables=tables), 6)
+    assert _max_diff(reference, fused) < 1e-6
+
+
+def test_routed_tables_get_no_gradient_and_unrouted_ones_do():
+    torch.manual_seed(0)
+    model = Model(SPECS["qr-mult"])
+    big, small = model.sparse_arch.table_parameters()
+    optimizer = FusedAdagrad(model.parameters(), lr=0.1, tables=[big])
+    assert gradient_sink(big) is not None and gradient_sink(small) is None
+    ids, _ = next(_batches(1))
+    model(ids).backward()
+    assert big.grad is None and small.grad is not None and not small.grad.is_sparse
+    optimizer.zero_grad()
+    assert not optimizer._pending  # routed rows are dropped with the gradients
+
+
+def test_fused_adagrad_takes_sparse_gradients_without_routing():
+    torch.manual_seed(0)
+    reference = Model(SPECS["qr-mult"])
+    fused = copy.deepcopy(reference)
+    _train(reference, torch.optim.Adagrad(reference.parameters(), lr=0.1), 4)
+    _train(fused, FusedAdagrad(fused.parameters(), lr=0.1), 4)
+    assert _max_diff(reference, fused) < 1e-6
+
+
+def test_state_dict_resumes_exactly():
+    torch.manual_seed(0)
+    whole = Model(SPECS["qr-mult"])
+    part = copy.deepcopy(whole)
+    _train(whole, FusedAdagrad(whole.parameters(), lr=0.1,
+                               tables=whole.sparse_arch.table_parameters()), 6)  # fmt: skip
+    first = FusedAdagrad(part.parameters(), lr=0.1, tables=part.sparse_arch.table_parameters())
+    batches = list(_batches(6))
+    for ids, bag in batches[:3]:
+        first.zero_grad()
+        part(ids, bag).backward()
+        first.step()
+    saved = copy.deepcopy((part.state_dict(), first.state_dict()))
+    resumed = Model(SPECS["qr-mult"])
+    resumed.load_state_dict(saved[0])
+    second = FusedAdagrad(resumed.parameters(), lr=0.1,
+                          tables=resumed.sparse_arch.table_parameters())  # fmt: skip
+    second.load_state_dict(saved[1])
+    for ids, bag in batches[3:]:
+        second.zero_grad()
+        resumed(ids, bag).backward()
+        second.step()
+    assert _max_diff(whole, resumed) == 0.0
+
+
+def test_sparse_adagrad_by_hand():
+    weight = torch.zeros(5, 2)
+    state = torch.zeros(5, 2)
+    rows = torch.tensor([3, 1, 3])
+    grads = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])
+    sparse_adagrad_(weight, state, rows, grads, lr=0.5, eps=0.0)
+    # row 3: g = (2, 4), s = (4, 16), w = -0.5 * g / sqrt(s) = (-0.5, -0.5); row 1 likewise
+    assert state[3].tolist() == [4.0, 16.0] and state[1].tolist() == [9.0, 16.0]
+    assert weight[3].tolist() == [-0.5, -0.5] and weight[1].tolist() == [-0.5, -0.5]
+    assert weight[0].tolist() == [0.0, 0.0] and state[4].tolist() == [0.0, 0.0]
+    rowwise = torch.zeros(5, 1)
+    sparse_adagrad_(torch.zeros(5, 2), rowwise, rows, grads, lr=0.5, eps=0.0)
+    assert rowwise[3].item() == 10.0  # mean of (4, 16)
