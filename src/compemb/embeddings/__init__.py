@@ -1,6 +1,7 @@
 """Embedding modules that drop in where ``torch.nn.EmbeddingBag`` was."""
 
 from compemb.embeddings.base import FullEmbeddingBag, full_table_bound
+from compemb.embeddings.budget import embedding_parameters, fit_budget
 from compemb.embeddings.collection import EmbeddingBagCollection
 from compemb.embeddings.factory import make_embedding_bag, module_from_plan
 from compemb.embeddings.operation import (
@@ -31,6 +32,8 @@ __all__ = [
     "FullEmbeddingBag",
     "HashEmbeddingBag",
     "PathEmbeddingBag",
+    "embedding_parameters",
+    "fit_budget",
     "full_table_bound",
     "get_operation",
     "make_embedding_bag",

@@ -1,0 +1,72 @@
+"""Choosing collisions (and hot rows) for a target number of embedding parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from compemb.embeddings.collection import EmbeddingBagCollection
+from compemb.spec import EmbeddingSpec
+
+__all__ = ["embedding_parameters", "fit_budget"]
+
+
+def embedding_parameters(cardinalities: Sequence[int], embedding_dim: int,
+                         spec: EmbeddingSpec) -> int:
+    """Parameters of the embedding layer ``spec`` gives these features (tables, hot rows and
+    path functions), counted on the meta device: nothing is allocated. The frequency order does
+    not change the count, so no counts are needed."""
+    sizing = spec.with_(order="natural")
+    counts = [np.zeros(n, dtype=np.int64) for n in cardinalities] if spec.hot else None
+    return EmbeddingBagCollection(cardinalities, embedding_dim, sizing, counts=counts,
+                                  validate=False, device="meta").num_parameters
+
+
+def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec,
+               budget: int, *, hot_share: float | None = None) -> EmbeddingSpec:
+    """The spec, with ``collisions`` (and ``hot``) chosen, whose embedding parameters come
+    closest to ``budget`` from below.
+
+    Args:
+        spec: the scheme, operation and everything else; its ``collisions`` is replaced.
+        budget: the target number of embedding parameters.
+        hot_share: if given, the share of the budget spent on hot rows: ``hot`` is set so the
+            features that are compressed hold about ``hot_share * budget`` parameters in
+            private rows (D each), and collisions fill the rest.
+
+    Raises:
+        ValueError: when even the largest useful number of collisions exceeds the budget.
+
+    >>> fit_budget([10_000, 500], 16, EmbeddingSpec("qr", collisions=2), 50_000).collisions
+    4
+    """
+    if spec.scheme == "full":
+        raise ValueError("scheme full has no collisions to choose")
+    if hot_share is not None:
+        if not 0 <= hot_share < 1:
+            raise ValueError(f"hot_share must be in [0, 1), got {hot_share}")
+        big = [n for n in cardinalities if n > spec.threshold] or list(cardinalities)
+        spec = spec.with_(hot=int(hot_share * budget / (embedding_dim * len(big))))
+    def size(c: int) -> int:
+        return embedding_parameters(cardinalities, embedding_dim,
+                                    spec.with_(collisions=c, k=None))
+
+    # Size falls as collisions grow until the tables are as small as they get (QR: about
+    # sqrt(n)), then rises (and a feature with no more categories than collisions keeps its
+    # full table): find that point on a geometric grid, then bisect below it.
+    grid = np.unique(np.geomspace(2, max(max(cardinalities), 2), 64).astype(int))
+    hi = int(min(grid, key=lambda c: (size(int(c)), c)))
+    lo = 2
+    if size(hi) > budget:
+        raise ValueError(
+            f"budget {budget:,} is below the smallest {spec.scheme} embedding of these features "
+            f"({size(hi):,} parameters at collisions={hi}); lower hot or raise the budget"
+        )
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if size(mid) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return spec.with_(collisions=lo, k=None)
