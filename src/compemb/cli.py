@@ -176,15 +176,14 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from compemb.spec import EmbeddingSpec
     from compemb.training import count_parameters, load_cardinalities
 
-    spec = EmbeddingSpec(
-        scheme=args.scheme, operation=args.operation, collisions=args.collisions, k=args.k,
-        threshold=args.threshold, path_hidden=args.path_hidden,
-    )  # fmt: skip
+    spec = EmbeddingSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbeddingSpec)
+                            if f.name != "sparse"})
     report = count_parameters(args.model, load_cardinalities(args.cardinalities), spec,
                               embedding_dim=args.embedding_dim, num_dense=args.num_dense,
                               optimizer=args.optimizer)  # fmt: skip
@@ -193,6 +192,8 @@ def _cmd_params(args: argparse.Namespace) -> int:
     else:
         for part in ("total", "embedding", "dense"):
             print(f"{part:>9}: {report[part]:>13,} parameters {report[part + '_bytes']:>15,} bytes")
+        if report["index_bytes"]:
+            print(f"{'id maps':>9}: {report['index_bytes']:>41,} bytes")
         print(f"compression of the embeddings vs full tables: {report['compression_ratio']:.2f}x")
     return 0
 
@@ -232,17 +233,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per EmbeddingSpec field (--scheme, --collisions, --hot, ...), read from the
+    dataclass so a new field needs no edit here."""
+    import dataclasses
+    import typing
+
+    from compemb.spec import EmbeddingSpec
+
+    hints = typing.get_type_hints(EmbeddingSpec)
+    for f in dataclasses.fields(EmbeddingSpec):
+        if f.name == "sparse":  # follows the optimizer; no effect on counts
+            continue
+        kind = hints[f.name]
+        convert = int if kind in (int, int | None) else str
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=convert,
+                            default=f.default, help=f"EmbeddingSpec.{f.name} (default "
+                            f"{f.default!r})")  # fmt: skip
+
+
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     par = sub.add_parser("params", help="parameter counts and bytes of a model (nothing allocated)")
     par.add_argument("--model", choices=["dlrm", "dcn"], default="dlrm")
     par.add_argument("--cardinalities", default="criteo-kaggle", metavar="criteo-kaggle|FILE")
-    par.add_argument("--scheme", default="full", help="full, hash, qr, mixed_radix, crt, path, "
-                     "feature (default full)")  # fmt: skip
-    par.add_argument("--operation", default="mult", help="concat, add or mult (default mult)")
-    par.add_argument("--collisions", type=int, default=None)
-    par.add_argument("--k", type=int, default=None, help="partitions (mixed_radix, crt)")
-    par.add_argument("--threshold", type=int, default=0)
-    par.add_argument("--path-hidden", type=int, default=64)
+    _add_spec_flags(par)
     par.add_argument("--embedding-dim", type=int, default=16)
     par.add_argument("--num-dense", type=int, default=13)
     par.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,

@@ -244,6 +244,15 @@ class EmbeddingBagCollection(nn.Module):
         return sum(p.numel() * p.element_size() for p in self.parameters())
 
     @property
+    def index_bytes(self) -> int:
+        """Bytes of the frequency maps kept beside the tables (relabelled ids: 4 per category
+        of a renumbered feature; hot ids: 8 each); 0 for the paper's partitions."""
+        return sum(
+            index.relabel.numel() * index.relabel.element_size() if index.relabel_rows else 0
+            for index in (group.index for group in self.groups)
+        ) + sum(8 * sum(hot) for group in self.groups for hot in group.index.hot_counts.values())
+
+    @property
     def full_parameters(self) -> int:
         """Parameters of the full tables: sum of n x D."""
         return sum(self.cardinalities) * self.embedding_dim

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from compemb.embeddings import EmbeddingSpec
@@ -60,6 +61,8 @@ def parameter_report(model: RankingModel, optimizer: str | None = None) -> dict[
         "dense_bytes": total_bytes - emb_bytes,
         "full_embedding": model.sparse_arch.full_parameters,
         "compression_ratio": model.sparse_arch.compression_ratio,
+        # frequency-aware embeddings also keep their id maps (relabelling, hot ids)
+        "index_bytes": model.sparse_arch.index_bytes,
     }
     if optimizer is not None:
         kind = optimizer_kind(optimizer)
@@ -85,5 +88,8 @@ def count_parameters(
     >>> count_parameters("dlrm", C, EmbeddingSpec("full"))["total"]
     540677217
     """
-    built = build_model(model, cardinalities, num_dense, embedding_dim, spec, device="meta")
+    # Frequency-aware specs size the same whatever the counts: count with uniform ones.
+    counts = [np.zeros(n, dtype=np.int64) for n in cardinalities] if spec.needs_counts else None
+    built = build_model(model, cardinalities, num_dense, embedding_dim, spec, counts=counts,
+                        device="meta")
     return {"model": model, **parameter_report(built, optimizer)}
