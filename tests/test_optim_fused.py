@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from compemb import EmbeddingBagCollection, EmbeddingSpec
+from compemb.optim import make_optimizer
 from compemb.optim.fused import FusedAdagrad, gradient_sink, sparse_adagrad_
 from compemb.optim.rowwise import RowWiseAdagrad
 
@@ -148,3 +149,24 @@ def test_sparse_adagrad_by_hand():
     rowwise = torch.zeros(5, 1)
     sparse_adagrad_(torch.zeros(5, 2), rowwise, rows, grads, lr=0.5, eps=0.0)
     assert rowwise[3].item() == 10.0  # mean of (4, 16)
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rowwise_adagrad"])
+def test_make_optimizer_fused_variant_trains_alike(name):
+    torch.manual_seed(0)
+    reference = Model(SPECS["qr-mult"])
+    fused = copy.deepcopy(reference)
+    plain = make_optimizer(name, reference.parameters(), 0.1,
+                           tables=reference.sparse_arch.table_parameters())  # fmt: skip
+    routed = make_optimizer(name, fused.parameters(), 0.1,
+                            tables=fused.sparse_arch.table_parameters(), fused=True)  # fmt: skip
+    assert isinstance(routed, FusedAdagrad) and not isinstance(plain, FusedAdagrad)
+    _train(reference, plain, 5)
+    _train(fused, routed, 5)
+    assert _max_diff(reference, fused) < 1e-6
+    # the checkpoints of either load into the other and train on alike
+    plain.load_state_dict(copy.deepcopy(routed.state_dict()))
+    routed.load_state_dict(copy.deepcopy(plain.state_dict()))
+    _train(reference, plain, 2)
+    _train(fused, routed, 2)
+    assert _max_diff(reference, fused) < 1e-6

@@ -40,6 +40,9 @@ class OptimizerKind:
             batch used; otherwise the tables need dense gradients.
         state_per_element: numbers of optimizer state per parameter element.
         rowwise_tables: tables keep one state number per row instead.
+        fused: builds the same optimizer with the tables' row gradients routed from the lookup's
+            backward straight into the update (:mod:`compemb.optim.fused`; the tables get no
+            ``.grad``); None where there is no such variant.
     """
 
     name: str
@@ -48,6 +51,7 @@ class OptimizerKind:
     sparse: bool
     state_per_element: int
     rowwise_tables: bool = False
+    fused: Build | None = None
 
     def state_numel(self, shape: Sequence[int], *, table: bool) -> int:
         """Numbers of state this optimizer keeps for a parameter of ``shape``."""
@@ -83,11 +87,15 @@ def make_optimizer(
     lr: float | None = None,
     *,
     tables: Iterable[torch.nn.Parameter] = (),
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Build optimizer ``name`` over ``parameters``; ``lr=None`` takes its default.
 
     ``tables`` are the embedding tables among ``parameters`` (row-wise Adagrad keeps one
-    accumulator per row of them, and exact Adagrad for every other parameter).
+    accumulator per row of them, and exact Adagrad for every other parameter). ``fused=True``
+    takes the optimizer's fused variant where it has one (same updates; the tables' row
+    gradients go straight into the update and their ``.grad`` stays None, so nothing else may
+    read or all-reduce those gradients).
     """
     import torch
 
@@ -100,7 +108,8 @@ def make_optimizer(
     # construction; opting out of the invariant checks explicitly (the default) silences the
     # warning torch otherwise prints on every run.
     torch.sparse.check_sparse_tensor_invariants.disable()
-    return kind.build(list(parameters), lr, list(tables))
+    build = kind.fused if fused and kind.fused is not None else kind.build
+    return build(list(parameters), lr, list(tables))
 
 
 def _adagrad(parameters: list, lr: float, tables: Sequence) -> torch.optim.Optimizer:
@@ -126,6 +135,24 @@ def _rowwise_adagrad(parameters: list, lr: float, tables: Sequence) -> torch.opt
     return RowWiseAdagrad([g for g in groups if g["params"]], lr=lr)
 
 
+def _fused_adagrad(parameters: list, lr: float, tables: Sequence) -> torch.optim.Optimizer:
+    from compemb.optim.fused import FusedAdagrad
+
+    return FusedAdagrad(parameters, lr=lr, tables=tables)
+
+
+def _fused_rowwise_adagrad(parameters: list, lr: float, tables: Sequence
+                           ) -> torch.optim.Optimizer:  # fmt: skip
+    from compemb.optim.fused import FusedAdagrad
+
+    table_ids = {id(t) for t in tables}
+    groups = [
+        {"params": [p for p in parameters if id(p) in table_ids], "rowwise": True},
+        {"params": [p for p in parameters if id(p) not in table_ids], "rowwise": False},
+    ]
+    return FusedAdagrad([g for g in groups if g["params"]], lr=lr, tables=tables)
+
+
 def _sgd(parameters: list, lr: float, tables: Sequence) -> torch.optim.Optimizer:
     import torch
 
@@ -134,8 +161,10 @@ def _sgd(parameters: list, lr: float, tables: Sequence) -> torch.optim.Optimizer
 
 # Adagrad keeps a sum of squares; AMSGrad (torch's Adam, which has no sparse variant) keeps
 # exp_avg, exp_avg_sq and max_exp_avg_sq; plain SGD (no momentum) keeps nothing.
-register(OptimizerKind("adagrad", _adagrad, default_lr=0.01, sparse=True, state_per_element=1))
+register(OptimizerKind("adagrad", _adagrad, default_lr=0.01, sparse=True, state_per_element=1,
+                       fused=_fused_adagrad))  # fmt: skip
 register(OptimizerKind("amsgrad", _amsgrad, default_lr=0.001, sparse=False, state_per_element=3))
 register(OptimizerKind("rowwise_adagrad", _rowwise_adagrad, default_lr=0.01, sparse=True,
-                       state_per_element=1, rowwise_tables=True))  # fmt: skip
+                       state_per_element=1, rowwise_tables=True,
+                       fused=_fused_rowwise_adagrad))  # fmt: skip
 register(OptimizerKind("sgd", _sgd, default_lr=None, sparse=True, state_per_element=0))

@@ -100,8 +100,9 @@ class FusedAdagrad(torch.optim.Optimizer):
                 f"FusedAdagrad: need lr > 0, eps >= 0 and initial_accumulator_value >= 0; got "
                 f"lr={lr}, eps={eps}, initial_accumulator_value={initial_accumulator_value}"
             )
+        # lr_decay and weight_decay (always 0) keep the groups loadable by torch's Adagrad.
         defaults = {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value,
-                    "rowwise": rowwise}  # fmt: skip
+                    "rowwise": rowwise, "lr_decay": 0.0, "weight_decay": 0.0}  # fmt: skip
         super().__init__(params, defaults)
         own = {id(p) for group in self.param_groups for p in group["params"]}
         self._pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -140,6 +141,9 @@ class FusedAdagrad(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, eps = group["lr"], group["eps"]
+            if group.get("lr_decay") or group.get("weight_decay"):
+                raise ValueError("FusedAdagrad has no lr_decay or weight_decay (a checkpoint of "
+                                 "torch's Adagrad that used them cannot continue here)")
             for p in group["params"]:
                 routed = self._pending.pop(id(p), None)
                 if p.grad is None and not routed:

@@ -116,8 +116,12 @@ def _setup(
     if config.model.sparse and not sparse:
         D.warn_dense_under_nccl()
     model = model_for(config, dataset, device, sparse=sparse)
+    # One process: the tables' row gradients go straight into the optimizer's update (same
+    # result, no sparse gradient tensors). Under DDP the loop all-reduces table gradients, so
+    # they must exist.
     optimizer = make_optimizer(config.train.optimizer, model.parameters(), config.train.lr,
-                               tables=model.sparse_arch.table_parameters())
+                               tables=model.sparse_arch.table_parameters(),
+                               fused=not info.enabled)  # fmt: skip
     state = TrainState()
     if resume and folder.checkpoint.is_file():
         state = _restore(folder.checkpoint, model, optimizer, device)
