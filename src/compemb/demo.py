@@ -34,7 +34,7 @@ DEMO_SPECS: tuple[EmbeddingSpec, ...] = (
 def describe(spec: EmbeddingSpec) -> tuple[str, str]:
     """(scheme, operation-or-detail) labels for a table."""
     size = f"c={spec.collisions}" if spec.collisions else (f"k={spec.k}" if spec.k else "")
-    if spec.scheme in ("qr", "mixed_radix", "crt"):
+    if spec.kind == "compose":
         return f"{spec.scheme} {size}", spec.operation
     if spec.scheme == "path":
         detail = "linear" if spec.path_transform == "linear" else f"mlp h={spec.path_hidden}"

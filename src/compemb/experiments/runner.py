@@ -84,7 +84,9 @@ def optimizer_for(variant: Variant, settings: Settings) -> str:
     name = variant.optimizer or settings.optimizer
     if name != "auto":
         return name
-    return AUTO_OPTIMIZER[variant.operation] if variant.scheme == "qr" else "adagrad"
+    # An operation the study did not cover gets Adagrad, its finding for every operation.
+    return AUTO_OPTIMIZER.get(variant.operation, "adagrad") if variant.scheme == "qr" \
+        else "adagrad"
 
 
 def plan_runs(
