@@ -390,3 +390,21 @@ def test_a_killed_run_leaves_a_hidden_partial_that_the_next_run_cleans(write_cri
     with pytest.warns(UserWarning, match="left by an interrupted run"):
         preprocess_criteo(src, out)
     assert partial_leftovers(out) == [] and (out / "metadata.json").exists()
+
+
+@pytest.mark.parametrize("max_index", [None, 4])
+def test_split_found_after_one_pass_equals_the_split_counted_first(tmp_path, max_index) -> None:
+    # bad lines in every split, the held-out day's included: 63 (test) and 67 (val)
+    lines = [criteo_line(i) for i in range(70)]
+    lines[4], lines[62], lines[66] = "x", lines[62] + "\t1", "2" + lines[66][1:]
+    (tmp_path / "in.tsv").write_text("\n".join(lines) + "\n")
+    one_pass = PreprocessOptions(max_index=max_index, chunk_bytes=3000)
+    counted = PreprocessOptions(max_index=max_index, day_lines=(10,) * 7)
+    preprocess_criteo(tmp_path / "in.tsv", tmp_path / "a", one_pass)
+    preprocess_criteo(tmp_path / "in.tsv", tmp_path / "b", counted)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert {k: v for k, v in a.items() if k != "metadata.json"} == {
+        k: v for k, v in b.items() if k != "metadata.json"
+    }
+    assert _meta(tmp_path / "a")["rows"] == {"train": 59, "test": 4, "val": 4}
+    assert _meta(tmp_path / "a")["split_lines"] == _meta(tmp_path / "b")["split_lines"]

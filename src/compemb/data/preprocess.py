@@ -222,9 +222,18 @@ class _Plan:
     expected_lines: list[int | None]  # a count to check the pass against, where one was taken
     counted_by: str  # where expected_lines come from, for the error
     days: int
+    deferred: bool = False  # one input, every row written to train, the held-out tail moved
+
+
+_EVERYTHING = 1 << 62
+_ALL_TRAIN = {"train": (0, _EVERYTHING), "test": (_EVERYTHING,) * 2, "val": (_EVERYTHING,) * 2}
 
 
 def _plan(paths: list[Path], options: PreprocessOptions, progress: bool | None) -> _Plan:
+    if len(paths) == 1 and options.day_lines is None and not options.bucket:
+        # Nothing but the split depends on the line count: skip the counting pass (a whole
+        # decompression for gzip) and move the held-out rows out of train at the end.
+        return _Plan(paths, [_ALL_TRAIN], [None], "", options.days or 7, deferred=True)
     if len(paths) == 1:
         if options.day_lines is not None:
             total = sum(options.day_lines)
@@ -246,13 +255,46 @@ def _plan(paths: list[Path], options: PreprocessOptions, progress: bool | None) 
     last = count_lines(paths[-1], progress=progress)
     if last == 0:
         raise ValueError(f"{paths[-1]} is empty: the held-out day has no lines")
-    everything = 1 << 62
-    train = {"train": (0, everything), "test": (everything,) * 2, "val": (everything,) * 2}
     held_out = explicit_day_split((0, last))  # its first half test, its second validation
     n = len(paths)
     return _Plan(
-        paths, [train] * (n - 1) + [held_out], [None] * (n - 1) + [last], "a first pass counted", n
+        paths,
+        [_ALL_TRAIN] * (n - 1) + [held_out],
+        [None] * (n - 1) + [last],
+        "a first pass counted",
+        n,
     )
+
+
+def _split_deferred(
+    plan: _Plan,
+    writers: dict[str, SplitWriter],
+    counts: list[np.ndarray],
+    lines: int,
+    reject_lines: list[np.ndarray],
+) -> _Plan:
+    """Cut the rows all written to train by the days of ``lines`` lines: move the held-out
+    rows to test and val, out of the train counts. Returns the plan with the real bounds."""
+    if lines == 0:
+        raise ValueError(f"{plan.paths[0]} is empty: there are no lines to preprocess")
+    bounds = day_split(lines, plan.days)
+    rejects = np.concatenate([np.zeros(0, np.int64), *reject_lines])  # in line order
+
+    def kept_before(line: int) -> int:
+        return line - int(np.searchsorted(rejects, line))
+
+    train_rows = kept_before(bounds["train"][1])
+    test_rows = kept_before(bounds["test"][1]) - train_rows
+    moved = 0
+    for categorical, dense, labels in writers["train"].pop_tail(train_rows):
+        cut = min(max(test_rows - moved, 0), len(labels))
+        writers["test"].append(categorical[:cut], dense[:cut], labels[:cut])
+        writers["val"].append(categorical[cut:], dense[cut:], labels[cut:])
+        moved += len(labels)
+        for f in range(categorical.shape[1]):
+            ids, n = np.unique(categorical[:, f], return_counts=True)
+            counts[f][ids] -= n
+    return replace(plan, bounds=[bounds], deferred=False)
 
 
 def _blocks(
@@ -347,6 +389,7 @@ def preprocess_criteo(
     lines_read = 0
     counts = [np.zeros(0, dtype=np.int64) for _ in range(NUM_CATEGORICAL)]
     records: list[dict[str, Any]] = []
+    reject_lines: list[np.ndarray] = []  # 0-based, for a deferred split
     total_bytes = sum(p.stat().st_size for p in paths)
     # one encode per block where growth does not depend on the split
     whole_blocks = options.vocab == "all" or options.min_count > 1
@@ -364,6 +407,8 @@ def preprocess_criteo(
                 for r in parsed.rejects:
                     rejected[r.reason] += 1
                     rejects_file.write(f"{paths[i].name}\t{r.line}\t{r.reason}\t{r.detail}\n")
+                if plan.deferred and parsed.rejects:
+                    reject_lines.append(np.array([r.line - 1 for r in parsed.rejects]))
                 block = _encode(vocabs, parsed.keys, slice(None), True) if whole_blocks else None
                 for name, rows in _segments(parsed, plan.bounds[i]):
                     if block is None:
@@ -378,6 +423,8 @@ def preprocess_criteo(
                             counts[f] = add_counts(counts[f], column)
                         ids[:, f] = column
                     writers[name].append(ids, parsed.dense[rows], parsed.labels[rows])
+        if plan.deferred:
+            plan = _split_deferred(plan, writers, counts, lines_read, reject_lines)
         for writer in writers.values():
             writer.close()
         rows = {name: writers[name].rows for name in ("train", "val", "test")}

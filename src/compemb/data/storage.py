@@ -97,8 +97,29 @@ class NpyAppender:
         """Append ``block`` of shape (n, *row_shape)."""
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path.name}: block shape {block.shape}, rows {self.row_shape}")
-        self._file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        if block.size:
+            self._file.write(memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"))
         self.rows += len(block)
+
+    def tail(self, start: int, block_rows: int) -> Iterator[np.ndarray]:
+        """Copies of the rows from ``start`` on, ``block_rows`` at a time."""
+        self._file.flush()
+        if self.rows <= start:
+            return
+        data = np.memmap(self.path, dtype=self.dtype, mode="r", offset=_HEADER_BYTES,
+                         shape=(self.rows, *self.row_shape))  # fmt: skip
+        for lo in range(start, self.rows, block_rows):
+            yield np.array(data[lo : lo + block_rows])
+        del data
+
+    def truncate(self, rows: int) -> None:
+        """Drop every row after the first ``rows``."""
+        self._file.flush()
+        self._file.truncate(
+            _HEADER_BYTES + rows * self.dtype.itemsize * int(np.prod(self.row_shape))
+        )
+        self._file.seek(0, os.SEEK_END)
+        self.rows = min(self.rows, rows)
 
     def close(self) -> None:
         """Write the final shape into the header and close the file."""
@@ -125,6 +146,20 @@ class SplitWriter:
         self.categorical.append(categorical)
         self.dense.append(dense)
         self.labels.append(labels)
+
+    def pop_tail(
+        self, keep: int, block_rows: int = 1 << 18
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield the rows after the first ``keep`` as (categorical, dense, labels) blocks, then
+        drop them from the files."""
+        yield from zip(
+            self.categorical.tail(keep, block_rows),
+            self.dense.tail(keep, block_rows),
+            self.labels.tail(keep, block_rows),
+            strict=True,
+        )
+        for appender in (self.categorical, self.dense, self.labels):
+            appender.truncate(keep)
 
     def close(self) -> None:
         for appender in (self.categorical, self.dense, self.labels):
