@@ -40,7 +40,7 @@ def weighted_sum():
     del O.OPERATIONS[op.name]
 
 
-def test_new_operation_in_module_and_collection_gradients_included(weighted_sum):
+def test_new_operation_in_module_and_collection_gradients_included(weighted_sum, view_grad):
     torch.manual_seed(0)
     cards = [5000, 3, 777]  # the 3-category feature keeps a full table: a group of its own
     spec = EmbeddingSpec("qr", "weighted_sum", collisions=4, sparse=True)
@@ -61,24 +61,13 @@ def test_new_operation_in_module_and_collection_gradients_included(weighted_sum)
     state = ebc.state_dict()
     for f, m in enumerate(modules):
         for name, p in m.named_parameters():
-            stacked = dict(ebc.named_parameters())
-            got = _grad_at(ebc, stacked, state[f"features.{f}.{name}"])
+            got = view_grad(ebc.parameters(), state[f"features.{f}.{name}"])
             want = p.grad.to_dense() if p.grad.is_sparse else p.grad
             torch.testing.assert_close(got, want)
     # by hand: category 5 of feature 0 is 2 * W_0[5 // 4] + W_1[5 % 4]
     q, r = ebc.tables(0)
     with torch.no_grad():
         torch.testing.assert_close(ebc(torch.tensor([[5, 0, 0]]))[0, 0], 2 * q[1] + r[1])
-
-
-def _grad_at(ebc, params, view):
-    """The gradient entries under a state-dict view of a stacked parameter."""
-    for p in params.values():
-        if view.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
-            g = p.grad.to_dense() if p.grad.is_sparse else p.grad
-            return g.contiguous().as_strided(view.size(), view.stride(),
-                                             view.storage_offset() - p.storage_offset())
-    raise AssertionError("view of no parameter")
 
 
 def test_operation_without_identity_keeps_full_tables_apart():

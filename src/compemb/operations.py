@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import torch
 
+from compemb.registry import Registry
+
 __all__ = [
     "INIT_RULES",
     "OPERATIONS",
@@ -195,27 +197,19 @@ class Mult(Operation):
         return result
 
 
-OPERATIONS: dict[str, Operation] = {}
+OPERATIONS: Registry[Operation] = Registry("operation")
 
 
 def register_operation(operation: Operation) -> Operation:
     """Add an operation to :data:`OPERATIONS` under its ``name`` (a name is taken once)."""
     if not isinstance(operation, Operation):
         raise TypeError(f"register an Operation instance, got {type(operation).__name__}")
-    if operation.name in OPERATIONS:
-        raise ValueError(f"operation {operation.name!r} is already registered")
-    OPERATIONS[operation.name] = operation
-    return operation
+    return OPERATIONS.register(operation.name, operation)
 
 
 def get_operation(name: str) -> Operation:
     """The registered operation called ``name``; raises with the valid names otherwise."""
-    try:
-        return OPERATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown operation {name!r}; registered: {', '.join(OPERATIONS)}"
-        ) from None
+    return OPERATIONS.lookup(name)
 
 
 for _op in (Concat(), Add(), Mult()):
@@ -250,24 +244,17 @@ def _zero_mean(operation: Operation, k: int, n: int) -> Bounds:
     return [(-a, a)] * k
 
 
-INIT_RULES: dict[str, InitRule] = {}
+INIT_RULES: Registry[InitRule] = Registry("init rule")
 
 
 def register_init_rule(name: str, rule: InitRule) -> InitRule:
     """Add a rule to :data:`INIT_RULES` (a name is taken once)."""
-    if name in INIT_RULES:
-        raise ValueError(f"init rule {name!r} is already registered")
-    INIT_RULES[name] = rule
-    return rule
+    return INIT_RULES.register(name, rule)
 
 
 def get_init_rule(name: str) -> InitRule:
     """The registered init rule called ``name``; raises with the valid names otherwise."""
-    try:
-        return INIT_RULES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown init rule {name!r}; registered: {', '.join(INIT_RULES)}") \
-            from None
+    return INIT_RULES.lookup(name)
 
 
 for _name, _rule in (("default", _library), ("gates", _gates), ("reference", _reference),

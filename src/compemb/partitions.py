@@ -30,6 +30,8 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import torch
 
+from compemb.registry import Registry
+
 __all__ = [
     "FAMILIES",
     "ORDERS",
@@ -654,27 +656,19 @@ class ChineseRemainderFamily(PartitionFamily):
         return for_collisions(num_categories, collisions, "crt")
 
 
-FAMILIES: dict[str, PartitionFamily] = {}
+FAMILIES: Registry[PartitionFamily] = Registry("partition family")
 
 
 def register_family(family: PartitionFamily) -> PartitionFamily:
     """Add a family to :data:`FAMILIES` under its ``name`` (a name is taken once)."""
     if not isinstance(family, PartitionFamily):
         raise TypeError(f"register a PartitionFamily instance, got {type(family).__name__}")
-    if family.name in FAMILIES:
-        raise ValueError(f"partition family {family.name!r} is already registered")
-    FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def get_family(name: str) -> PartitionFamily:
     """The registered family called ``name``; raises with the valid names otherwise."""
-    try:
-        return FAMILIES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown partition family {name!r}; registered: {', '.join(FAMILIES)}"
-        ) from None
+    return FAMILIES.lookup(name)
 
 
 for _family in (QuotientRemainderFamily(), MixedRadixFamily(), ChineseRemainderFamily()):

@@ -115,7 +115,7 @@ BATCHED_SPECS = SPECS + [
 
 @pytest.mark.parametrize("num_bags", [2, 0])
 @pytest.mark.parametrize("spec", BATCHED_SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.mode}")
-def test_collection_matches_per_feature_modules(spec, num_bags):
+def test_collection_matches_per_feature_modules(spec, num_bags, view_grad):
     """The stacked tables give the outputs and gradients of the per-feature modules."""
     torch.manual_seed(0)
     cards = [3, 5000, 40, 777, 120, 9000, 61]  # the last num_bags are multi-hot bags
@@ -135,26 +135,13 @@ def test_collection_matches_per_feature_modules(spec, num_bags):
     weights = torch.randn_like(out)
     (out * weights).sum().backward()
     (expect * weights).sum().backward()
-    grads = {id(p): p.grad for p in ebc.parameters()}
     for f, m in enumerate(ref):
         for p, t in zip(m.parameters(), ebc.tables(f), strict=True):
-            got = _grad_of_view(ebc, t, grads)
+            got = view_grad(ebc.parameters(), t)
             want = p.grad.to_dense() if p.grad.is_sparse else p.grad
             torch.testing.assert_close(got, want)
     assert ebc.num_parameters == sum(m.num_parameters for m in ref)
     assert ebc.num_rows == sum(m.num_rows for m in ref)
-
-
-def _grad_of_view(ebc, view, grads):
-    """The gradient entries of a view into one of the collection's parameters."""
-    for p in ebc.parameters():
-        if view.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
-            g = grads[id(p)]
-            g = (g.to_dense() if g.is_sparse else g).contiguous()
-            assert p.is_contiguous()
-            return g.as_strided(view.size(), view.stride(),
-                                view.storage_offset() - p.storage_offset())
-    raise AssertionError("view of no parameter")
 
 
 def test_collection_init_follows_the_rule():
