@@ -8,6 +8,8 @@ to end (start-up and the line-counting pass included), whose wall time, CPU time
 threads) and peak RSS are read with ``os.wait4``; a plain polars parse of the same file (all
 columns as strings, one read) runs beside it as the ceiling. The load average is printed with
 each row: on a shared machine the wall time reflects the other processes, the CPU time much less.
+The same run through the library (``preprocess_criteo`` in a fresh ``python -c``) shows what the
+``compemb`` command's own start-up adds.
 
 Projections for Criteo Kaggle (11 GB) and Terabyte (1 TB) use the marginal rate between the two
 sizes (start-up and the first blocks' dictionary growth excluded), measured and as bounded by
@@ -82,6 +84,12 @@ def _run_child(argv: list[str]) -> tuple[float, float, float]:
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
+_LIBRARY = """
+import sys
+from compemb.data.preprocess import preprocess_criteo
+preprocess_criteo(sys.argv[1], sys.argv[2], progress=False)
+"""
+
 _POLARS_ONLY = """
 import sys, polars as pl
 names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
@@ -108,9 +116,10 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"cores: {os.cpu_count()}, polars {pl.__version__}, workdir {workdir}")
     print(
-        f"{'lines':>9} {'MB':>6} {'load':>5} | {'wall s':>6} {'MB/s':>6} {'cpu s':>6} "
-        f"{'2-core MB/s':>11} {'peak RSS MiB':>12} | {'polars-only MB/s':>16} {'cpu s':>6} | "
-        "distinct ids (sum)"
+        f"{'lines':>9} {'MB':>6} {'load':>5} | {'compemb preprocess (peak RSS)':^38} | "
+        f"{'library call':^20} | {'polars-only':^13} |\n{'':>22} | {'wall s':>6} {'MB/s':>6} "
+        f"{'cpu s':>6} {'2-core MB/s':>11} {'RSS MiB':>8} | {'wall s':>6} {'MB/s':>5} "
+        f"{'cpu s':>6} | {'MB/s':>5} {'cpu s':>6} | distinct ids (sum)"
     )
     rows = []
     try:
@@ -122,15 +131,19 @@ def main() -> None:
             cmd = [sys.executable, "-m", "compemb.cli", "preprocess", "criteo", str(src), str(out)]
             load = os.getloadavg()[0]
             seconds, cpu, rss = _run_child([*cmd, "--no-progress"])
+            shutil.rmtree(out)
+            lib_seconds, lib_cpu, _ = _run_child(
+                [sys.executable, "-c", _LIBRARY, str(src), str(out)]
+            )
             base_seconds, base_cpu, _ = _run_child([sys.executable, "-c", _POLARS_ONLY, str(src)])
             meta = json.loads((out / "metadata.json").read_text())
             distinct = sum(meta["vocabulary_sizes"])
             rows.append((mb, seconds, cpu, rss, distinct))
             print(
                 f"{lines:>9} {mb:>6.0f} {load:>5.1f} | {seconds:>6.1f} {mb / seconds:>6.1f} "
-                f"{cpu:>6.1f} {mb / (cpu / 2):>11.1f} {rss:>12.0f} | "
-                f"{mb / base_seconds:>16.1f} {base_cpu:>6.1f} | {distinct:,} "
-                f"(largest {max(meta['vocabulary_sizes']):,})",
+                f"{cpu:>6.1f} {mb / (cpu / 2):>11.1f} {rss:>8.0f} | {lib_seconds:>6.1f} "
+                f"{mb / lib_seconds:>5.1f} {lib_cpu:>6.1f} | {mb / base_seconds:>5.1f} "
+                f"{base_cpu:>6.1f} | {distinct:,} (largest {max(meta['vocabulary_sizes']):,})",
                 flush=True,
             )
             src.unlink()
