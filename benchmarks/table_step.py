@@ -1,6 +1,6 @@
 """Table training step on the 26 Criteo Kaggle features: forward + backward + optimizer, samples/s.
 
-The step of the embedding tables alone (loss = sum of the outputs times a fixed random tensor),
+The step of the embedding tables alone (a fixed random tensor as the outputs' gradient),
 D = 16, one id per bag, uniform ids, lr 0.01. Variants, all in one process and interleaved round
 by round so machine noise hits them alike (the medians of per-round ratios are printed):
 
@@ -9,12 +9,17 @@ by round so machine noise hits them alike (the medians of per-round ratios are p
 - the same collection with QR mult at 4 and 60 collisions, torch's optimizer and compemb's
   FusedAdagrad (row gradients routed from the backward, no sparse gradient tensor).
 
+The clock is the process's CPU time by default, with one torch thread (``--clock wall``
+and ``--threads 2`` measure wall time instead): on a shared machine, time spent descheduled is
+not the code's, and parallel regions wait for a descheduled thread (2 threads on a loaded
+2-core machine ran every variant 3-10x slower than 1).
+
 ``--optimizer adagrad`` is exact Adagrad (TBE EXACT_ADAGRAD); ``rowwise_adagrad`` row-wise
 (TBE EXACT_ROWWISE_ADAGRAD). The full tables with exact Adagrad hold about 8.7 GB (TBE and
 compemb, weights and state); ``--skip-full-compemb`` or ``--skip-tbe`` leave one out.
 
     .venv/bin/python benchmarks/table_step.py [--optimizer adagrad rowwise_adagrad]
-        [--batches 2048 16384] [--rounds 7] [--threads N]
+        [--batches 2048 16384] [--rounds 7] [--threads 1] [--clock cpu|wall]
 """
 
 from __future__ import annotations
@@ -62,8 +67,7 @@ def tbe_step(cards: list[int], rowwise: bool) -> Step | None:
         indices = ids.t().contiguous().view(-1)  # table-major
         offsets = torch.arange(b * f + 1, dtype=torch.int64)
         out = tbe(indices, offsets)  # (B, F * D)
-        target = targets.setdefault(b, torch.randn(b, f * D))
-        (out * target).sum().backward()
+        out.backward(targets.setdefault(b, torch.randn(b, f * D)))
 
     return step
 
@@ -74,8 +78,7 @@ def compemb_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> S
     def step(ids: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         out = module(ids)
-        target = targets.setdefault(ids.shape[0], torch.randn(out.shape))
-        (out * target).sum().backward()
+        out.backward(targets.setdefault(ids.shape[0], torch.randn(out.shape)))
         optimizer.step()
 
     return step
@@ -113,7 +116,7 @@ def variants(cards: list[int], rowwise: bool, args: argparse.Namespace) -> dict[
 
 
 def bench(steps: dict[str, Step], make_ids: Callable[[], torch.Tensor], rounds: int,
-          count: int) -> dict[str, list[float]]:
+          count: int, clock: Callable[[], float]) -> dict[str, list[float]]:
     batches = [make_ids() for _ in range(count)]
     for step in steps.values():  # warm-up: optimizer state, allocator, caches
         for ids in batches[:2]:
@@ -121,10 +124,10 @@ def bench(steps: dict[str, Step], make_ids: Callable[[], torch.Tensor], rounds: 
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            started = time.perf_counter()
+            started = clock()
             for ids in batches:
                 step(ids)
-            times[name].append((time.perf_counter() - started) / count)
+            times[name].append((clock() - started) / count)
     return times
 
 
@@ -149,7 +152,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[2048, 16384])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--skip-tbe", action="store_true")
     parser.add_argument("--skip-full-compemb", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -159,9 +163,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     cards = list(CRITEO_KAGGLE_CARDINALITIES)
     limits = torch.tensor(cards)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, D={D}, 26 Criteo Kaggle "
-          f"features, one id per bag, uniform ids, forward + backward + optimizer, lr {LR}; "
-          f"median of {args.rounds} rounds of {args.steps} steps")  # fmt: skip
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} time, "
+          f"D={D}, 26 Criteo Kaggle features, one id per bag, uniform ids, forward + backward + "
+          f"optimizer, lr {LR}; median of {args.rounds} rounds of {args.steps} steps")  # fmt: skip
     for name in args.optimizer:
         print(f"\n== {name} ==")
         steps = variants(cards, name == "rowwise_adagrad", args)
@@ -169,7 +174,7 @@ def main() -> None:
             def make_ids(batch=batch) -> torch.Tensor:
                 return (torch.rand(batch, len(cards)) * limits).long()
 
-            report(bench(steps, make_ids, args.rounds, args.steps), batch)
+            report(bench(steps, make_ids, args.rounds, args.steps, clock), batch)
         del steps
         gc.collect()
 

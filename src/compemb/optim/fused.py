@@ -65,7 +65,10 @@ def sparse_adagrad_(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tenso
     else:
         total.add_(grad.square().mean(1, keepdim=True))
     state.index_copy_(0, unique, total)
-    weight.index_add_(0, unique, grad.div_(total.sqrt_().add_(eps)), alpha=-lr)
+    # The rows are unique: read, update, write back (index_add_ into a large table is far slower).
+    rows_now = weight.index_select(0, unique)
+    rows_now.addcdiv_(grad, total.sqrt_().add_(eps), value=-lr)
+    weight.index_copy_(0, unique, rows_now)
 
 
 class FusedAdagrad(torch.optim.Optimizer):
