@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from compemb.data.movielens import load_movielens_100k
     from compemb.data.preprocess import PreprocessOptions, PreprocessSummary, preprocess_criteo
     from compemb.data.sources import open_dataset
+    from compemb.data.storage import DatasetMetadata, read_category_counts, read_metadata
     from compemb.data.synthetic import SynthOptions, generate_synthetic
 
 # Imported on first use: preprocessing needs neither torch (the Dataset side) nor the others.
@@ -27,6 +28,9 @@ _LAZY = {
     "PreprocessSummary": "preprocess",
     "preprocess_criteo": "preprocess",
     "open_dataset": "sources",
+    "DatasetMetadata": "storage",
+    "read_category_counts": "storage",
+    "read_metadata": "storage",
     "SynthOptions": "synthetic",
     "generate_synthetic": "synthetic",
 }
@@ -45,6 +49,7 @@ __all__ = [
     "ArrayDataset",
     "Batch",
     "Dataset",
+    "DatasetMetadata",
     "PreprocessOptions",
     "PreprocessSummary",
     "SplitArrays",
@@ -54,4 +59,6 @@ __all__ = [
     "load_movielens_100k",
     "open_dataset",
     "preprocess_criteo",
+    "read_category_counts",
+    "read_metadata",
 ]

@@ -12,14 +12,16 @@ Layout written by the Criteo preprocessor and the synthetic generator alike::
         train/counts.npy         (sum of cardinalities,) int64: how many training rows hold each
                                  id, feature after feature (feature f's ids at offset
                                  cardinalities[:f].sum()); see write/read_category_counts
-        rejects.tsv              (Criteo only) line, reason, detail of every rejected line
+        rejects.tsv              (Criteo only) file, line (1-based, in that file), reason, detail
+                                 of every rejected line
 
 The folder is built under a hidden sibling name (``.NAME.partial-PID-HEX``) and renamed when
 complete, so an interrupted run never leaves a folder that looks finished; the next run into the
 same output removes such leftovers (:func:`partial_leftovers`).
 
-Format history: ``compemb-dataset-v1`` had one ``input`` record and no counts; ``v2`` (current) has
-``inputs`` (one record per input file) and ``counts``. Both are read.
+Format history: ``compemb-dataset-v1`` had one ``input`` record, no counts and a rejects.tsv without
+the file column; ``v2`` (current) has ``inputs`` (one record per input file, its line count
+included) and ``counts``. Both are read.
 """
 
 from __future__ import annotations
