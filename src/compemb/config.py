@@ -40,6 +40,10 @@ except ModuleNotFoundError:  # Python 3.10: TOML configs need 3.11's tomllib; YA
     tomllib = None  # type: ignore[assignment]
 
 DEVICES = ("cpu", "cuda")
+# train.sharding: replicate (every rank holds every table) or torchrec (TorchRec's DMP shards
+# them; compemb.training.sharding). The optimizers FBGEMM has fused CPU kernels for.
+SHARDINGS = ("replicate", "torchrec")
+TORCHREC_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class TrainConfig:
     eval_batch_size: int = 16384  # rows per evaluation batch
     max_steps: int | None = None  # stop after this many steps in all
     device: str | None = None  # cpu or cuda; None: cuda when available
+    sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,12 @@ def _resolve(config: Config, source: str) -> Config:
          f"train.optimizer={t.optimizer!r} cannot take sparse gradients: set "
          f"model.sparse=false or use {sparse_ones}"),
         (t.lr is None or t.lr > 0, f"train.lr={t.lr}: must be > 0"),
+        (t.sharding in SHARDINGS, f"train.sharding={t.sharding!r}: use one of {SHARDINGS}"),
+        (t.sharding != "torchrec" or t.optimizer in TORCHREC_OPTIMIZERS,
+         f"train.sharding=torchrec trains the tables with FBGEMM's fused optimizers "
+         f"({', '.join(TORCHREC_OPTIMIZERS)}); train.optimizer={t.optimizer!r} has none on CPU "
+         f"(FBGEMM's Adam and LAMB are CUDA-only, AMSGrad has no kernel): use "
+         f"train.sharding=replicate for it"),
     ]  # fmt: skip
     positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every")
     checks += [(getattr(t, f) >= 1, f"train.{f}={getattr(t, f)}: must be >= 1") for f in positive]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +19,15 @@ pytest.importorskip("torchrec")
 # fallback notice, which the gradient checks here cover.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
+from compemb.config import apply_overrides, dump_config, load_config  # noqa: E402
 from compemb.embeddings import EmbeddingSpec  # noqa: E402
 from compemb.embeddings.torchrec import TorchRecSparseArch  # noqa: E402
 from compemb.models import build_model  # noqa: E402
-from compemb.training import sharding  # noqa: E402
+from compemb.training import evaluate_run, sharding, train  # noqa: E402
 
 WORKER = Path(__file__).with_name("torchrec_worker.py")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad", "sgd"])
@@ -91,8 +98,8 @@ def test_one_process_training_resumes_exactly() -> None:
         def fresh() -> sharding.ShardedTraining:
             torch.manual_seed(0)
             model = build_model("dlrm", cards, 2, 8, spec)
-            return sharding.prepare_training(model, "adagrad", 0.05, torch.device("cpu"),
-                                             verbose=False)
+            return sharding.ShardedTraining.prepare(model, "adagrad", 0.05, torch.device("cpu"),
+                                                    verbose=False)
 
         straight = fresh()
         steps(straight, batches)
@@ -102,13 +109,13 @@ def test_one_process_training_resumes_exactly() -> None:
         steps(first, batches[:1])
         first.sync()
         saved = {"model": {k: v.clone() for k, v in first.replica.state_dict().items()},
-                 "optimizer": first.optimizer.state_dict(), "fused": first.fused_state()}
+                 "optimizer": first.optimizer.state_dict(), "fused": first.fused.state_dict()}
         model = build_model("dlrm", cards, 2, 8, spec)
         model.load_state_dict(saved["model"])
-        second = sharding.prepare_training(model, "adagrad", 0.05, torch.device("cpu"),
-                                           verbose=False)
+        second = sharding.ShardedTraining.prepare(model, "adagrad", 0.05, torch.device("cpu"),
+                                                  verbose=False)
         second.optimizer.load_state_dict(saved["optimizer"])
-        second.load_fused_state(saved["fused"])
+        second.fused.load_state_dict(saved["fused"])
         steps(second, batches[1:])
         second.sync()
         for name, value in straight.replica.state_dict().items():
@@ -119,3 +126,81 @@ def test_one_process_training_resumes_exactly() -> None:
                                    rtol=0, atol=1e-6)
     finally:
         sharding.end_process_group(started)
+
+
+def _close(a: dict, b: dict, tol: float) -> None:
+    assert a.keys() == b.keys()
+    for key, value in b.items():
+        if isinstance(value, float):
+            assert a[key] == pytest.approx(value, abs=tol), key
+        else:
+            assert a[key] == value, key
+
+
+def test_movielens_sharded_ends_where_replicated_does(tmp_path: Path) -> None:
+    """compemb train on MovieLens with train.sharding=torchrec (one process) ends where the
+    replicated run does: same init, same updates (fused exact Adagrad)."""
+    config = apply_overrides(load_config(CONFIGS / "movielens-dlrm-qr.yaml"), [
+        "train.max_steps=40", "train.eval_every=0", "train.checkpoint_every=1000"])
+    with trainkit.one_thread():
+        replicated = train(config, tmp_path / "r", progress=False)
+        sharded = train(apply_overrides(config, ["train.sharding=torchrec"]), tmp_path / "s",
+                        progress=False)
+    _close({k: v for k, v in sharded.items() if k not in trainkit.TIMING_KEYS},
+           {k: v for k, v in replicated.items() if k not in trainkit.TIMING_KEYS}, 1e-5)
+
+
+def test_sharded_run_killed_then_resumed_matches(tmp_path: Path) -> None:
+    data = trainkit.synth_folder(tmp_path / "data", rows=3000)
+    config = trainkit.tiny_config(data, "train.batch_size=16", "train.eval_every=100",
+                                  "train.checkpoint_every=25", "train.sharding=torchrec")
+    (tmp_path / "c.yaml").write_text(dump_config(config))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compemb.cli", "train", "--config", str(tmp_path / "c.yaml"),
+         "--out", str(killed)], env=trainkit.env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "final.json").exists(), "the run finished before it could be killed"
+    resumed = trainkit.compemb("train", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with trainkit.one_thread():
+        train(config, tmp_path / "straight", progress=False)
+    _close(trainkit.final(killed), trainkit.final(tmp_path / "straight"), 1e-5)
+
+
+def test_torchrun_sharded_matches_one_process_and_evaluates_replicated(tmp_path: Path) -> None:
+    """Two ranks (the last global batch leaves rank 1 without rows) end where one process
+    does; the sharded run's checkpoint loads into a replicated model (compemb evaluate)."""
+    data = trainkit.synth_folder(tmp_path / "data", rows=1900, big=40_000)
+    config = trainkit.tiny_config(data, "train.batch_size=25", "train.checkpoint_every=1000",
+                                  "train.sharding=torchrec")
+    (tmp_path / "c.yaml").write_text(dump_config(config))
+    two = subprocess.run([*TORCHRUN, "-m", "compemb.cli", "train", "--config",
+                          str(tmp_path / "c.yaml"), "--out", str(tmp_path / "two")],
+                         env=trainkit.env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "table_wise" in two.stderr  # the plan, printed at start-up
+    with trainkit.one_thread():
+        train(config, tmp_path / "one", progress=False)
+    a = json.loads((tmp_path / "two" / "final.json").read_text())
+    b = json.loads((tmp_path / "one" / "final.json").read_text())
+    assert (a["world_size"], b["world_size"]) == (2, 1) and a["steps"] == b["steps"] == 66
+    for key in ("test_logloss", "val_logloss", "train_loss"):
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    evaluated = evaluate_run(tmp_path / "two", "val")
+    assert evaluated["val_logloss"] == pytest.approx(a["val_logloss"], abs=1e-6)
+
+
+def test_config_refuses_amsgrad_with_torchrec() -> None:
+    with pytest.raises(ValueError, match="fused optimizers.*amsgrad"):
+        apply_overrides(load_config(CONFIGS / "movielens-dlrm-qr.yaml"),
+                        ["train.optimizer=amsgrad", "train.sharding=torchrec"])

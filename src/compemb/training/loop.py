@@ -22,7 +22,7 @@ from tqdm import tqdm
 from compemb.config import Config, dump_config, load_config
 from compemb.data import Batch, Dataset, open_dataset
 from compemb.models import RankingModel
-from compemb.optim import make_optimizer
+from compemb.optim import make_optimizer, optimizer_kind
 from compemb.training import distributed as D
 from compemb.training.build import forward, model_for
 from compemb.training.checkpoint import (
@@ -38,6 +38,7 @@ from compemb.training.checkpoint import (
 from compemb.training.evaluate import evaluate
 from compemb.training.params import parameter_report
 from compemb.training.run_folder import RunFolder
+from compemb.training.sharding import ShardedTraining, end_process_group, ensure_process_group
 from compemb.training.state import TrainState
 
 
@@ -47,7 +48,11 @@ class TrainingDiverged(ValueError):
 
 @dataclass
 class Trainer:
-    """Everything a run needs; ``net`` is ``model`` or its DDP wrapper."""
+    """Everything a run needs; ``net`` is ``model`` or its DDP wrapper.
+
+    With ``train.sharding: torchrec``, ``sharded`` holds the TorchRec-sharded model (``net``)
+    and ``model`` is its replicated copy, synced before each evaluation and checkpoint.
+    """
 
     config: Config
     folder: RunFolder
@@ -59,6 +64,12 @@ class Trainer:
     dist: D.DistInfo
     state: TrainState
     tables_outside_ddp: bool = False  # sparse table gradients, all-reduced by the loop
+    sharded: ShardedTraining | None = None
+
+    def sync(self) -> None:
+        """Bring ``model`` in step with a sharded ``net`` (collective: every rank calls it)."""
+        if self.sharded is not None:
+            self.sharded.sync()
 
     @property
     def total_steps(self) -> int:
@@ -85,6 +96,8 @@ def train(
     """
     device = D.pick_device(config.train.device, D.local_rank_from_env())
     info = D.init_distributed(device)
+    # TorchRec's DMP needs a process group even for one process.
+    own_group = config.train.sharding == "torchrec" and ensure_process_group()
     try:
         trainer = _setup(config, RunFolder(out_dir), resume, dataset, device, info)
         if not trainer.folder.is_done():
@@ -94,6 +107,7 @@ def train(
         return trainer.folder.read_final()
     finally:
         D.shutdown(info)
+        end_process_group(own_group)
 
 
 def resume(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
@@ -112,6 +126,8 @@ def _setup(
     _prepare_folder(config, folder, resume, info)
     seed_everything(config.train.seed)
     dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
+    if config.train.sharding == "torchrec":
+        return _setup_sharded(config, folder, resume, dataset, device, info)
     sparse = bool(config.model.sparse) and D.sparse_allowed(device, info)
     if config.model.sparse and not sparse:
         D.warn_dense_under_nccl()
@@ -134,6 +150,47 @@ def _setup(
                    tables_outside_ddp=info.enabled and sparse)  # fmt: skip
 
 
+def _setup_sharded(
+    config: Config,
+    folder: RunFolder,
+    resume: bool,
+    dataset: Dataset,
+    device: torch.device,
+    info: D.DistInfo,
+) -> Trainer:
+    """``train.sharding: torchrec``: the model built (and restored) as a replicated one, then
+    a copy of it sharded by TorchRec; sharded tables train with FBGEMM's fused optimizers."""
+    model = model_for(config, dataset, device, sparse=False)
+    saved = None
+    if resume and folder.checkpoint.is_file():
+        saved = load_checkpoint(folder.checkpoint, device)
+        restore(model, saved, "model", folder.checkpoint)
+    t = config.train
+    lr = t.lr if t.lr is not None else optimizer_kind(t.optimizer).default_lr
+    sharded = ShardedTraining.prepare(model, t.optimizer, lr, device, verbose=info.is_main)
+    state = TrainState()
+    if saved is not None:
+        restore(sharded.optimizer, saved, "optimizer", folder.checkpoint)
+        restore(sharded.fused, saved, "fused_optimizer", folder.checkpoint)
+        state = _progress(saved, folder.checkpoint)
+    if info.is_main:
+        lines = "".join(json.dumps(r) + "\n" for r in state.history)
+        atomic_write(folder.metrics, lambda tmp: tmp.write_text(lines))
+    D.barrier(info)
+    return Trainer(config, folder, dataset, model, sharded.net, sharded.optimizer, device, info,
+                   state, sharded=sharded)  # fmt: skip
+
+
+def _progress(saved: dict[str, Any], path: Path) -> TrainState:
+    """The progress a checkpoint saved; sets the RNGs it saved."""
+    try:
+        state = TrainState.from_dict(saved["state"])
+        set_rng_state(saved["rng"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its progress or RNG state is unreadable ({err!r})") from err
+    return state
+
+
 def _restore(
     path: Path, model: RankingModel, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> TrainState:
@@ -141,12 +198,7 @@ def _restore(
     saved = load_checkpoint(path, device)
     restore(model, saved, "model", path)
     restore(optimizer, saved, "optimizer", path)
-    try:
-        state = TrainState.from_dict(saved["state"])
-        set_rng_state(saved["rng"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its progress or RNG state is unreadable ({err!r})") from err
-    return state
+    return _progress(saved, path)
 
 
 def _prepare_folder(config: Config, folder: RunFolder, resume: bool, info: D.DistInfo) -> None:
@@ -238,6 +290,7 @@ def _record(trainer: Trainer) -> None:
     state = trainer.state
     record: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "samples": state.samples,
                               "train_loss": state.take_train_loss()}  # fmt: skip
+    trainer.sync()
     if trainer.dist.is_main:
         t = trainer.config.train
         val = evaluate(trainer.model, trainer.dataset, "val", t.eval_batch_size, trainer.device)
@@ -249,10 +302,16 @@ def _record(trainer: Trainer) -> None:
 
 
 def _checkpoint(trainer: Trainer) -> None:
+    # A sharded run saves whole tables under the replicated model's keys (and the fused
+    # optimizers' state whole), so a replicated model or any number of ranks loads it.
+    trainer.sync()
+    sharded = trainer.sharded
+    fused = {} if sharded is None else {"fused_optimizer": sharded.fused.state_dict()}
     if trainer.dist.is_main:
         save_checkpoint(trainer.folder.checkpoint, {
             "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
+            **fused,
             "state": trainer.state.to_dict(),
             "rng": rng_state(),
             "config": trainer.config.to_dict(),

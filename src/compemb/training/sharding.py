@@ -346,6 +346,23 @@ def end_process_group(started: bool) -> None:
         dist.destroy_process_group()
 
 
+class FusedOptimizerState:
+    """The fused optimizers of a DMP model as one ``state_dict`` / ``load_state_dict`` pair of
+    whole tensors (collective: every rank calls them), as a checkpoint keeps them."""
+
+    def __init__(self, dmp: nn.Module):
+        self._dmp = dmp
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return full_optimizer_state(self._dmp)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing:
+            raise KeyError(f"no state for {', '.join(missing[:3])}")
+        load_full_optimizer_state(self._dmp, state)
+
+
 @dataclass
 class ShardedTraining:
     """A training run's model sharded by TorchRec, beside a replicated copy of it.
@@ -359,6 +376,7 @@ class ShardedTraining:
         sharded: the DMP-wrapped model and its plan.
         replica: the replicated model, in step with the sharded one after :meth:`sync`.
         optimizer: compemb's optimizer for everything the fused optimizers do not train.
+        arch: the sharded model's :class:`TorchRecSparseArch`.
     """
 
     sharded: Sharded
@@ -366,35 +384,34 @@ class ShardedTraining:
     optimizer: torch.optim.Optimizer
     arch: TorchRecSparseArch
 
+    @classmethod
+    def prepare(cls, replica: nn.Module, optimizer: str, lr: float, device: torch.device, *,
+                verbose: bool = True) -> ShardedTraining:
+        """Shard a copy of ``replica`` (a model with the local collection, weights as they
+        are) and build the optimizer of its unfused parameters; print the plan if
+        ``verbose``. The process group must exist (:func:`ensure_process_group`)."""
+        from compemb.optim import make_optimizer
+
+        moved = to_torchrec(copy.deepcopy(replica))
+        sharded = shard(moved, device, optimizer=optimizer, lr=lr)
+        dense = [p for _, p in sharded.dense_parameters()]
+        opt = make_optimizer(optimizer, dense, lr, tables=sharded.replicated_tables())
+        if verbose:
+            print(f"TorchRec sharding plan ({dist.get_world_size()} ranks):\n{sharded.summary}",
+                  file=sys.stderr, flush=True)
+        return cls(sharded, replica, opt, moved.sparse_arch)
+
     @property
     def net(self) -> nn.Module:
         """The model to train (DMP)."""
         return self.sharded.model
 
+    @property
+    def fused(self) -> FusedOptimizerState:
+        """The fused optimizers' state, whole (``state_dict`` / ``load_state_dict``)."""
+        return FusedOptimizerState(self.sharded.model)
+
     def sync(self) -> None:
         """Copy the sharded weights into the replica (collective)."""
         state = local_model_state(full_state_dict(self.sharded.model), self.arch)
         self.replica.load_state_dict(state)
-
-    def fused_state(self) -> dict[str, torch.Tensor]:
-        """The fused optimizers' state, whole tensors (collective)."""
-        return full_optimizer_state(self.sharded.model)
-
-    def load_fused_state(self, state: dict[str, torch.Tensor]) -> None:
-        load_full_optimizer_state(self.sharded.model, state)
-
-
-def prepare_training(replica: nn.Module, optimizer: str, lr: float, device: torch.device, *,
-                     verbose: bool = True) -> ShardedTraining:
-    """Shard a copy of ``replica`` (a model with the local collection, weights as they are)
-    and build the optimizer for its unfused parameters. Prints the plan when ``verbose``."""
-    from compemb.optim import make_optimizer
-
-    moved = to_torchrec(copy.deepcopy(replica))
-    sharded = shard(moved, device, optimizer=optimizer, lr=lr)
-    dense = [p for _, p in sharded.dense_parameters()]
-    opt = make_optimizer(optimizer, dense, lr, tables=sharded.replicated_tables())
-    if verbose:
-        print(f"TorchRec sharding plan ({dist.get_world_size()} ranks):\n{sharded.summary}",
-              file=sys.stderr, flush=True)
-    return ShardedTraining(sharded, replica, opt, moved.sparse_arch)
