@@ -304,7 +304,8 @@ def _blocks(
     for i, path in enumerate(plan.paths):
         lines = 0
         with InputStream(path, bar=bar) as stream:
-            for chunk in stream.chunks(chunk_bytes):
+            # reading (a gzip's decompression above all) runs a block ahead of parsing
+            for chunk in prefetch(stream.chunks(chunk_bytes)):
                 parsed = parse_chunk(chunk, lines)
                 lines += parsed.num_lines
                 yield i, parsed
