@@ -303,3 +303,26 @@ def test_path_parameters_follow_table1_formula():
     n, d, h = 10_000, 16, 64
     bag = PathEmbeddingBag(n, d, P.quotient_remainder(n, 4), hidden=h)
     assert bag.num_parameters == 2500 * d + 4 * (d * h + h + h * d + d)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("include_last", [False, True])
+def test_one_id_bags_pool_to_their_vectors(mode, include_last):
+    """1-D input with offsets 0, 1, ..., B - 1 takes the one-id fast path; it must equal
+    nn.EmbeddingBag's pooling, weights applied once, and a near miss must not take it."""
+    torch.manual_seed(0)
+    bag = CompositionalEmbeddingBag(100, 4, P.quotient_remainder(100, 4), "mult", mode,
+                                    include_last_offset=include_last)  # fmt: skip
+    ids = torch.tensor([5, 99, 5, 0])
+    offsets = torch.arange(5 if include_last else 4)
+    want = bag.compose(ids)
+    torch.testing.assert_close(bag(ids, offsets), want)
+    if mode == "sum":
+        w = torch.tensor([0.5, 2.0, 1.0, -1.0])
+        torch.testing.assert_close(bag(ids, offsets, w), want * w[:, None])
+    near = torch.tensor([0, 0, 2, 3, 4][: len(offsets)])  # an empty bag, then a bag of two
+    got = bag(ids, near)
+    assert torch.equal(got[0], torch.zeros(4))
+    pooled = {"sum": want[0] + want[1], "mean": (want[0] + want[1]) / 2,
+              "max": torch.maximum(want[0], want[1])}[mode]  # fmt: skip
+    torch.testing.assert_close(got[1], pooled)

@@ -22,6 +22,8 @@ class Bags(NamedTuple):
     weights: (N,) per-sample weights or None.
     batch: B.
     length: L for 2-D input, None for 1-D input.
+    single: 1-D input whose offsets are 0, 1, ..., B - 1 (one id per bag: pooling is the
+        identity, the common one-hot case).
     """
 
     ids: torch.Tensor
@@ -29,6 +31,7 @@ class Bags(NamedTuple):
     weights: torch.Tensor | None
     batch: int
     length: int | None
+    single: bool = False
 
 
 def check_mode(mode: str, where: str) -> str:
@@ -85,6 +88,7 @@ def prepare_bags(
         if offsets is not None:
             raise ValueError(f"{where}: offsets must be None for 2-D input (B, L); got offsets")
         batch, length = input.shape
+        single = False
         ids = input.reshape(-1)
         weights = None if per_sample_weights is None else per_sample_weights.reshape(-1)
     elif input.dim() == 1:
@@ -100,7 +104,11 @@ def prepare_bags(
         if batch < 0:
             raise ValueError(f"{where}: include_last_offset=True needs at least one offset")
         offsets = offsets.long()
-        if validate:
+        # One comparison over B offsets; skipped while exporting (the batch is symbolic).
+        single = (not torch.compiler.is_compiling() and input.shape[0] == batch
+                  and torch.equal(offsets, torch.arange(offsets.shape[0],
+                                                        device=offsets.device)))  # fmt: skip
+        if validate and not single:  # 0, 1, ..., B - 1 are valid offsets
             _check_offsets(where, offsets, input.numel(), include_last_offset)
     else:
         raise ValueError(
@@ -110,7 +118,7 @@ def prepare_bags(
     ids = ids.long()
     if validate and ids.numel():
         _check_range(where, ids, num_categories)
-    return Bags(ids, offsets, weights, batch, length)
+    return Bags(ids, offsets, weights, batch, length, single)
 
 
 def _check_range(where: str, ids: torch.Tensor, num_categories: int) -> None:
@@ -169,6 +177,10 @@ def pool(values: torch.Tensor, bags: Bags, mode: str, include_last_offset: bool)
         if mode == "mean":
             return grouped.mean(1)
         return grouped.amax(1)
+    if bags.single:  # each bag's vector is its id's own
+        if bags.weights is not None:
+            values = values * bags.weights.unsqueeze(-1).to(values.dtype)
+        return values
     # embedding_bag over the composed vectors themselves (row i = id i) is one fused segment
     # reduction with nn.EmbeddingBag's exact semantics for offsets, empty bags and weights.
     positions = torch.arange(values.shape[0], device=values.device)
@@ -180,3 +192,4 @@ def pool(values: torch.Tensor, bags: Bags, mode: str, include_last_offset: bool)
         per_sample_weights=bags.weights,
         include_last_offset=include_last_offset,
     )
+
