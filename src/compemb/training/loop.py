@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from compemb.config import Config, dump_config, load_config
 from compemb.data import Batch, Dataset, open_dataset
+from compemb.embeddings.torchrec import require_torchrec
 from compemb.models import RankingModel
 from compemb.optim import make_optimizer, optimizer_kind
 from compemb.training import distributed as D
@@ -96,6 +97,8 @@ def train(
     """
     device = D.pick_device(config.train.device, D.local_rank_from_env())
     info = D.init_distributed(device)
+    if config.train.sharding == "torchrec":
+        require_torchrec()  # before anything is written: the error names the extra
     # TorchRec's DMP needs a process group even for one process.
     own_group = config.train.sharding == "torchrec" and ensure_process_group()
     try:
