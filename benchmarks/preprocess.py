@@ -169,7 +169,7 @@ def main() -> None:
         )
     print(
         f"Kaggle dictionaries ({sum(CRITEO_KAGGLE_CARDINALITIES):,} distinct ids): "
-        f"{kaggle_dict:.2f} GiB of tables and counts; Terabyte: the same 16-40 bytes per "
+        f"{kaggle_dict:.2f} GiB of tables and counts; Terabyte: the same 24-48 bytes per "
         "distinct id (--max-index caps the ids, not the dictionaries)"
     )
 
