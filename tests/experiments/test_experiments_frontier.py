@@ -7,7 +7,6 @@ import math
 import pytest
 
 from compemb.data import SynthOptions, generate_synthetic, open_dataset
-from compemb.embeddings import EmbeddingSpec
 from compemb.experiments.frontier import (
     FRONTIER_SCHEMES,
     TOLERANCE,
@@ -15,11 +14,13 @@ from compemb.experiments.frontier import (
     build_frontier,
     collision_candidates,
     embedding_parameters,
+    fitted_variants,
     make_variant,
     pick_values,
 )
 from compemb.experiments.grids import build_experiment
 from compemb.experiments.runner import Settings, run_experiment
+from compemb.spec import EmbeddingSpec
 from compemb.training import count_parameters
 
 MOVIELENS = (943, 1682, 61, 2, 21, 795, 72, 19)
@@ -49,6 +50,17 @@ def test_picked_values_land_near_their_targets_or_are_reported_missing() -> None
     assert any(n.startswith("qr mult: no collisions within") and "1000x" in n for n in exp.notes)
 
 
+def test_hot_schemes_split_each_budget_between_hot_rows_and_collisions() -> None:
+    hot = next(s for s in FRONTIER_SCHEMES if s.hot_share is not None)
+    fitted = fitted_variants(hot, PLANTED, (4, 16))
+    assert set(fitted) == {4, 16}
+    for target, (variant, compression) in fitted.items():
+        fields = variant.model_fields()
+        assert fields["hot"] > 0 and fields["collisions"] >= 2
+        assert target <= compression <= target * TOLERANCE  # fit_budget stays under the budget
+        assert variant.label == f"{hot.series} c={fields['collisions']} hot={fields['hot']}"
+
+
 def test_candidates_stop_where_partitions_mirror() -> None:
     assert collision_candidates((100,)) == (2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16, 19, 23, 27,
                                             32, 38, 45)  # fmt: skip
@@ -74,7 +86,9 @@ def test_a_tiny_frontier_trains_and_records_every_run(tmp_path) -> None:
     generate_synthetic(tmp_path / "data", SynthOptions(rows=1400, cardinalities=(400, 90, 7),
                                                        num_dense=2))  # fmt: skip
     dataset = open_dataset(tmp_path / "data")
-    schemes = (FRONTIER_SCHEMES[0], FRONTIER_SCHEMES[4])  # hash, mixed radix (k)
+    by_series = {s.series: s for s in FRONTIER_SCHEMES}
+    schemes = [by_series[name] for name in ("hash", "mixed radix mult", "qr mult freq",
+                                            "qr mult hot")]  # fmt: skip
     exp = build_frontier(dataset.cardinalities, schemes, targets=(2, 16))
     settings = Settings(dataset=str(tmp_path / "data"), trials=1, batch_size=64, max_steps=2)
     results = run_experiment(exp, settings, tmp_path / "out", dataset=dataset, progress=False)

@@ -9,7 +9,11 @@ compression on the data's cardinalities comes nearest is trained, if it lands wi
 and the report says so. Sizes are counted on the meta device with the library's own modules,
 so they are the trained models' sizes.
 
-A new scheme (the frequency-aware partitions, say) is one more entry of :data:`FRONTIER_SCHEMES`.
+A new scheme is one more entry of :data:`FRONTIER_SCHEMES`. The frequency-aware ones are there:
+ids renumbered by training frequency before partitioning (``order``), and ``hot`` private rows
+for each feature's most frequent categories with the tail composed (or hashed); for those the
+library's :func:`~compemb.embeddings.budget.fit_budget` splits each target's budget between hot
+rows and collisions (``hot_share``).
 
 >>> exp = build_frontier((943, 1682, 61, 2, 21, 795, 72, 19), targets=(2, 4))
 >>> [v.label for v in exp.variants][:4]
@@ -24,8 +28,10 @@ from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
-from compemb.embeddings import EmbeddingSpec, make_embedding_bag, resolve_spec
+from compemb.embeddings.budget import embedding_parameters as _collection_parameters
+from compemb.embeddings.budget import fit_budget
 from compemb.experiments.grids import Experiment, Variant
+from compemb.spec import EmbeddingSpec
 
 TARGET_COMPRESSIONS = (2, 4, 16, 60, 250, 1000)
 TOLERANCE = 1.5  # a knob value counts for a target within this factor of its compression
@@ -44,6 +50,8 @@ class Scheme:
         mirrored: collisions past the square root of the largest cardinality only mirror smaller
             ones (QR's quotient and remainder swap roles; concat then reaches 2x with a
             3-row quotient table), so candidates stop there; False for the hashing trick.
+        hot_share: the share of each target's budget spent on ``hot`` private rows; the
+            library's ``fit_budget`` then picks hot and collisions (the knob is not searched).
     """
 
     series: str
@@ -51,6 +59,7 @@ class Scheme:
     knob: str = "collisions"
     values: tuple[int, ...] | None = None
     mirrored: bool = True
+    hot_share: float | None = None
 
 
 FRONTIER_SCHEMES: tuple[Scheme, ...] = (
@@ -64,43 +73,55 @@ FRONTIER_SCHEMES: tuple[Scheme, ...] = (
     # table1 found the path loss flat in the hidden size: the smallest MLPs make its frontier.
     Scheme("path h=16", (("scheme", "path"), ("path_hidden", 16))),
     Scheme("feature", (("scheme", "feature"),)),
+    # Frequency-aware: renumbered by training frequency (contiguous ranks, or interleaved so the
+    # most frequent categories land in different rows), and hot rows + a composed or hashed tail.
+    Scheme("qr mult freq", (("scheme", "qr"), ("operation", "mult"), ("order", "frequency"))),
+    Scheme("qr mult interleaved",
+           (("scheme", "qr"), ("operation", "mult"), ("order", "interleaved"))),
+    Scheme("qr mult hot", (("scheme", "qr"), ("operation", "mult")), hot_share=0.2),
+    Scheme("hash hot", (("scheme", "hash"),), hot_share=0.2),
 )
 
 
 @dataclass(frozen=True)
 class FrontierVariant(Variant):
-    """A :class:`Variant` with model fields of its own beyond Variant's (``k``, ...).
+    """A :class:`Variant` with embedding fields of its own beyond Variant's (``k``, ...).
 
     Attributes:
-        extra: ``(field, value)`` pairs added to the model config and the label.
+        extra: ``(field, value)`` pairs added to the ``EmbeddingSpec``.
+        tag: what the label adds to Variant's (``k=3``, ``hot=120``).
     """
 
     extra: tuple[tuple[str, Any], ...] = ()
+    tag: str = ""
 
     @property
     def label(self) -> str:
-        return " ".join([super().label, *(f"{k}={v}" for k, v in self.extra)])
+        return f"{super().label} {self.tag}" if self.tag else super().label
 
     def model_fields(self) -> dict[str, object]:
         return {**super().model_fields(), **dict(self.extra)}
 
 
-def make_variant(scheme: Scheme, value: int | None, x: float | None = None) -> FrontierVariant:
-    """The variant of ``scheme`` with its knob at ``value`` (None: the scheme as it stands)."""
+def make_variant(
+    scheme: Scheme, value: int | None, x: float | None = None, **more: Any
+) -> FrontierVariant:
+    """The variant of ``scheme`` with its knob at ``value`` (None: the scheme as it stands) and
+    the fields ``more`` (``hot=...``) set."""
     given = dict(scheme.fields)
     if value is not None:
         given[scheme.knob] = value
+    given.update(more)
     own = {k: v for k, v in given.items() if k in _VARIANT_FIELDS}
     extra = tuple((k, v) for k, v in given.items() if k not in _VARIANT_FIELDS)
-    return FrontierVariant(scheme.series, x=x, extra=extra, **own)
+    shown = ([f"{scheme.knob}={value}"] if value is not None and scheme.knob not in own else [])
+    tag = " ".join(shown + [f"{k}={v}" for k, v in more.items()])
+    return FrontierVariant(scheme.series, x=x, extra=extra, tag=tag, **own)
 
 
 @cache
-def _feature_parameters(num_categories: int, embedding_dim: int, spec: EmbeddingSpec) -> int:
-    module = make_embedding_bag(
-        num_categories, embedding_dim, resolve_spec(spec, num_categories), device="meta"
-    )
-    return sum(p.numel() for p in module.parameters())
+def _parameters(cardinalities: tuple[int, ...], embedding_dim: int, spec: EmbeddingSpec) -> int:
+    return _collection_parameters(cardinalities, embedding_dim, spec)
 
 
 def embedding_parameters(
@@ -108,7 +129,7 @@ def embedding_parameters(
 ) -> int:
     """Embedding parameters of ``variant`` over features of ``cardinalities`` (meta device)."""
     spec = EmbeddingSpec(**variant.model_fields())  # type: ignore[arg-type]
-    return sum(_feature_parameters(n, embedding_dim, spec) for n in cardinalities)
+    return _parameters(tuple(cardinalities), embedding_dim, spec)
 
 
 def collision_candidates(cardinalities: Sequence[int], mirrored: bool = False) -> tuple[int, ...]:
@@ -126,7 +147,9 @@ def pick_values(
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
 ) -> dict[float, tuple[int, float]]:
-    """Per reachable target: the knob value nearest it (in log compression) and its compression."""
+    """Per reachable target: the knob value nearest it (in log compression) and its compression.
+
+    With ``scheme.hot_share`` use :func:`fitted_variants` instead."""
     full = sum(cardinalities) * embedding_dim
     values = scheme.values or collision_candidates(cardinalities, scheme.mirrored)
     sizes = {}
@@ -147,6 +170,30 @@ def pick_values(
     return picked
 
 
+def fitted_variants(
+    scheme: Scheme,
+    cardinalities: Sequence[int],
+    targets: Sequence[float] = TARGET_COMPRESSIONS,
+    embedding_dim: int = 16,
+) -> dict[float, tuple[FrontierVariant, float]]:
+    """Per reachable target: the variant whose hot rows and collisions ``fit_budget`` picks for
+    the target's budget (``scheme.hot_share`` of it in hot rows), and its compression."""
+    full = sum(cardinalities) * embedding_dim
+    base = EmbeddingSpec(**make_variant(scheme, 2).model_fields())  # type: ignore[arg-type]
+    out: dict[float, tuple[FrontierVariant, float]] = {}
+    for target in targets:
+        try:
+            spec = fit_budget(cardinalities, embedding_dim, base, int(full / target),
+                              hot_share=scheme.hot_share)  # fmt: skip
+        except ValueError:  # the budget is below the scheme's smallest embedding
+            continue
+        variant = make_variant(scheme, spec.collisions, x=target, hot=spec.hot)
+        compression = full / embedding_parameters(variant, cardinalities, embedding_dim)
+        if abs(math.log(compression / target)) <= math.log(TOLERANCE):
+            out[target] = (variant, compression)
+    return out
+
+
 def build_frontier(
     cardinalities: Sequence[int],
     schemes: Sequence[Scheme] = FRONTIER_SCHEMES,
@@ -158,15 +205,20 @@ def build_frontier(
     variants: list[Variant] = [Variant("full", "full")]
     notes = []
     for scheme in schemes:
-        picked = pick_values(scheme, cardinalities, targets, embedding_dim)
+        if scheme.hot_share is None:
+            picked = {t: (make_variant(scheme, value, x=t), c)
+                      for t, (value, c) in pick_values(scheme, cardinalities, targets,
+                                                       embedding_dim).items()}  # fmt: skip
+        else:
+            picked = fitted_variants(scheme, cardinalities, targets, embedding_dim)
         seen = set()
-        for target, (value, _) in picked.items():
-            if value not in seen:
-                seen.add(value)
-                variants.append(make_variant(scheme, value, x=target))
+        for variant, _ in picked.values():
+            if variant.label not in seen:
+                seen.add(variant.label)
+                variants.append(variant)
         missed = [t for t in targets if t not in picked]
         if missed:
-            reach = ", ".join(f"{c:.1f}x" for _, c in sorted(picked.values()))
+            reach = ", ".join(f"{c:.1f}x" for c in sorted(c for _, c in picked.values()))
             notes.append(f"{scheme.series}: no {scheme.knob} within {TOLERANCE}x of "
                          f"{', '.join(f'{t:g}x' for t in missed)} on these cardinalities "
                          f"(reached: {reach or 'none'})")  # fmt: skip
