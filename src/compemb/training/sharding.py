@@ -221,20 +221,29 @@ def _shard_slices(value: Any) -> Iterable[tuple[torch.Tensor, tuple[slice, ...]]
                               zip(md.shard_offsets, md.shard_sizes, strict=True))
 
 
-def _gather(value: Any) -> torch.Tensor:
-    """A ShardedTensor as one full tensor on every rank (zeros plus shards, summed)."""
-    full = torch.zeros(value.size(), dtype=value.dtype)
-    for tensor, where in _shard_slices(value):
-        full[where] = tensor.detach().cpu()
+def _sum_over_ranks(full: torch.Tensor, dst: int | None) -> torch.Tensor:
+    """Each rank's part (zeros elsewhere) summed on every rank (``dst=None``) or on ``dst``."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(full)
+        if dst is None:
+            dist.all_reduce(full)
+        else:
+            dist.reduce(full, dst)
     return full
 
 
-def full_state_dict(dmp: nn.Module) -> dict[str, torch.Tensor]:
-    """The sharded model's state dict with every table whole, on CPU, on every rank: the keys
-    and shapes of the unsharded model, so it loads into one (collective: call on every rank)."""
-    return {k: _gather(v) if _is_sharded(v) else v.detach().cpu()
+def _gather(value: Any, dst: int | None = None) -> torch.Tensor:
+    """A ShardedTensor as one full tensor on every rank, or whole on rank ``dst`` only."""
+    full = torch.zeros(value.size(), dtype=value.dtype)
+    for tensor, where in _shard_slices(value):
+        full[where] = tensor.detach().cpu()
+    return _sum_over_ranks(full, dst)
+
+
+def full_state_dict(dmp: nn.Module, dst: int | None = None) -> dict[str, torch.Tensor]:
+    """The sharded model's state dict with every table whole, on CPU: the keys and shapes of
+    the unsharded model, so it loads into one (collective: call on every rank). With ``dst``
+    the sharded tables are whole on that rank only (the others get partial sums)."""
+    return {k: _gather(v, dst) if _is_sharded(v) else v.detach().cpu()
             for k, v in dmp.state_dict().items()}  # fmt: skip
 
 
@@ -249,15 +258,15 @@ def load_full_state_dict(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None
                 v.copy_(state[k])
 
 
-def full_optimizer_state(dmp: nn.Module) -> dict[str, torch.Tensor]:
+def full_optimizer_state(dmp: nn.Module, dst: int | None = None) -> dict[str, torch.Tensor]:
     """The fused optimizers' state (e.g. Adagrad's sums), whole tensors keyed
-    ``<parameter>/<state>`` (collective: call on every rank)."""
+    ``<parameter>/<state>`` (collective: call on every rank; whole on ``dst`` only if given)."""
     state = dmp.fused_optimizer.state_dict()["state"]
     out = {}
     for key in sorted(set(_all_keys(state))):
         p, s = key.split("/", 1)
         value = state.get(p, {}).get(s)
-        out[key] = _gather_maybe_absent(value)
+        out[key] = _gather_maybe_absent(value, dst)
     return out
 
 
@@ -271,7 +280,7 @@ def _all_keys(state: dict[str, dict[str, Any]]) -> list[str]:
     return [k for keys in every for k in keys]
 
 
-def _gather_maybe_absent(value: Any) -> torch.Tensor:
+def _gather_maybe_absent(value: Any, dst: int | None) -> torch.Tensor:
     """Like :func:`_gather`, for a state this rank may not hold: shapes agreed by all-reduce."""
     shape = torch.zeros(4, dtype=torch.long)
     if value is not None:
@@ -284,9 +293,7 @@ def _gather_maybe_absent(value: Any) -> torch.Tensor:
     if value is not None:
         for tensor, where in _shard_slices(value):
             full[where] = tensor.detach().cpu()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(full)
-    return full
+    return _sum_over_ranks(full, dst)
 
 
 def load_full_optimizer_state(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -348,18 +355,16 @@ def end_process_group(started: bool) -> None:
 
 class FusedOptimizerState:
     """The fused optimizers of a DMP model as one ``state_dict`` / ``load_state_dict`` pair of
-    whole tensors (collective: every rank calls them), as a checkpoint keeps them."""
+    whole tensors, as a checkpoint keeps them (collective: every rank calls them;
+    ``state_dict`` is whole on rank 0, which writes checkpoints)."""
 
     def __init__(self, dmp: nn.Module):
         self._dmp = dmp
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return full_optimizer_state(self._dmp)
+        return full_optimizer_state(self._dmp, dst=0)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(self.state_dict()) - set(state))
-        if missing:
-            raise KeyError(f"no state for {', '.join(missing[:3])}")
         load_full_optimizer_state(self._dmp, state)
 
 
@@ -368,9 +373,10 @@ class ShardedTraining:
     """A training run's model sharded by TorchRec, beside a replicated copy of it.
 
     The replica (the model as ``train.sharding: replicate`` builds it) is what evaluation,
-    checkpoints and parameter counts see: :meth:`sync` copies the sharded weights into it
-    (collective: every rank calls it), so evaluation and ``compemb evaluate`` are unchanged
-    and a checkpoint of a sharded run loads into a replicated model.
+    checkpoints and parameter counts see on rank 0: :meth:`sync` gathers the sharded weights
+    into it (collective: every rank calls it), so evaluation and ``compemb evaluate`` are
+    unchanged and a checkpoint of a sharded run loads into a replicated model. The other ranks
+    drop their replica's tensors (moved to the meta device) once the model is sharded.
 
     Attributes:
         sharded: the DMP-wrapped model and its plan.
@@ -396,6 +402,8 @@ class ShardedTraining:
         sharded = shard(moved, device, optimizer=optimizer, lr=lr)
         dense = [p for _, p in sharded.dense_parameters()]
         opt = make_optimizer(optimizer, dense, lr, tables=sharded.replicated_tables())
+        if dist.get_rank() != 0:
+            replica.to("meta")  # only rank 0 evaluates and writes checkpoints
         if verbose:
             print(f"TorchRec sharding plan ({dist.get_world_size()} ranks):\n{sharded.summary}",
                   file=sys.stderr, flush=True)
@@ -413,5 +421,6 @@ class ShardedTraining:
 
     def sync(self) -> None:
         """Copy the sharded weights into the replica (collective)."""
-        state = local_model_state(full_state_dict(self.sharded.model), self.arch)
-        self.replica.load_state_dict(state)
+        state = full_state_dict(self.sharded.model, dst=0)
+        if dist.get_rank() == 0:
+            self.replica.load_state_dict(local_model_state(state, self.arch))
