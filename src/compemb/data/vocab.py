@@ -128,8 +128,25 @@ class KeyIndex:
             return False
         old = self._table[self._table != 0]
         self._allocate(bits)
-        self._insert(old, None)
+        if bits <= 31:  # slot and position pack into one int64 for the sort
+            self._place(old)
+        else:
+            self._insert(old, None)
         return True
+
+    def _place(self, entries: np.ndarray) -> None:
+        """Store ``entries`` of distinct keys in the empty table, without probing rounds: put
+        in the order of their home slots, each lands at max(its home, the previous one's slot
+        + 1), which is what linear probing would do; a run past the end wraps to slot 0."""
+        homes = np.sort(self._home(entries & _KEY_MASK) << 32 | np.arange(len(entries)))
+        order = (homes & 0xFFFFFFFF).astype(np.intp)
+        steps = np.arange(len(entries))
+        slots = np.maximum.accumulate((homes >> 32) - steps) + steps
+        fits = slots <= self._mask
+        self._table[slots[fits]] = entries[order[fits]]
+        if not fits.all():
+            wrapped = order[~fits]
+            self._insert(entries[wrapped], np.zeros(len(wrapped), dtype=np.int64))
 
     def _insert(self, entries: np.ndarray, start: np.ndarray | None) -> None:
         """Store ``entries`` of distinct keys absent from the table; ``start``: slots from which
