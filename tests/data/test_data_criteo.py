@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import criteo_line, malformed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +11,7 @@ import compemb.data.criteo as criteo_module
 import compemb.data.vocab as vocab_module
 from compemb.data.criteo import BLANK_KEY, parse_chunk
 from compemb.data.vocab import CategoryCounter, Vocabulary, add_counts
+from conftest import criteo_line, malformed
 
 
 def _line(label: str = "1", ints: list[str] | None = None, cats: list[str] | None = None) -> str:
@@ -223,3 +223,19 @@ def test_each_subtle_field_gets_the_same_verdict_on_both_paths(column: int, valu
     np.testing.assert_array_equal(got.dense, want.dense)
     for a, b in zip(got.keys, want.keys, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_key_index_growth_places_runs_that_wrap_past_the_end() -> None:
+    # keys whose home is the last slot of a 16-slot table: placed in home order, all but the
+    # first wrap around to slots 0, 1, ...
+    index = vocab_module.KeyIndex(capacity=16)
+    last = [k for k in range(5000) if index._home(np.array([k + 1], np.uint64))[0] == 15][:5]
+    others = [k for k in range(5000, 6000) if k not in last][:2]
+    keys = np.array(last + others, dtype=np.uint64)
+    assert index.add(keys).tolist() == [1, 2, 3, 4, 5, 6, 7]
+    index._grow(40)  # 16 -> 128 slots: every key placed again
+    index._allocate(4)
+    entries = (keys + np.uint64(1)) | (np.arange(1, 8, dtype=np.uint64) << np.uint64(33))
+    index._place(entries)  # the five run from slot 15 over the end
+    assert index.lookup(keys).tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert index.lookup(np.array([999_999])).tolist() == [0]
