@@ -103,10 +103,10 @@ def test_vocabulary_without_bucket_refuses_unseen_keys_and_bad_keys() -> None:
         vocab.encode(np.array([-1]), grow=True)
 
 
-def test_add_counts_grows_and_counts_in_both_modes() -> None:
+def test_add_counts_grows_and_counts() -> None:
     counts = add_counts(np.zeros(0, np.int64), np.array([2, 0, 2]))
     assert counts[:3].tolist() == [1, 0, 2]
-    counts = add_counts(counts, np.array([1000, 2]))  # sparse: counted without a bincount
+    counts = add_counts(counts, np.array([1000, 2]))  # grown to fit 1000
     assert counts[2] == 3 and counts[1000] == 1 and counts.sum() == 5
 
 

@@ -292,8 +292,7 @@ def _split_deferred(
         writers["val"].append(categorical[cut:], dense[cut:], labels[cut:])
         moved += len(labels)
         for f in range(categorical.shape[1]):
-            ids, n = np.unique(categorical[:, f], return_counts=True)
-            counts[f][ids] -= n
+            np.subtract.at(counts[f], categorical[:, f], 1)
     return replace(plan, bounds=[bounds], deferred=False)
 
 

@@ -198,11 +198,7 @@ def add_counts(counts: np.ndarray, index: np.ndarray) -> np.ndarray:
         counts = np.concatenate(
             [counts, np.zeros(max(top, 2 * len(counts)) - len(counts), np.int64)]
         )
-    if top <= 4 * len(index):
-        counts[:top] += np.bincount(index, minlength=top)
-    else:  # a few ids spread over a big range: count them without a pass over the range
-        values, n = np.unique(index, return_counts=True)
-        counts[values] += n
+    np.add.at(counts, index, 1)  # NumPy 2's unbuffered fast path: no pass over the range
     return counts
 
 
