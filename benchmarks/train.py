@@ -1,13 +1,20 @@
 """DLRM training speed and memory on planted synthetic Criteo-Kaggle-sized data.
 
 Full tables, the hashing trick and QR mult (4 and 60 collisions) side by side: Adagrad with
-sparse gradients, gradients cleared (set_to_none) every step, at batch 128 and 2048. Each
+sparse tables, built as ``compemb train`` builds it (in one process the tables' row gradients go
+straight into compemb's FusedAdagrad; ``--torch-optimizer``: torch's Adagrad on sparse
+gradients, as before), gradients cleared (set_to_none) every step and the loss read back every
+step as the trainer does, at batch 128 and 2048. The data keeps the generator's Criteo Kaggle
+cardinalities (``compemb synth --keep-cardinalities``), so the full tables are full size. Each
 embedding config lives in its own child process, so its peak RSS is its own; the children stay
 alive together and the parent asks them in turn for one timed round of a fixed number of steps,
 round after round, so machine noise hits every config alike (the median round is reported).
-Batches are read before the clock starts: the time is forward + backward + optimizer step.
+Batches are read before the clock starts: the time is forward + backward + optimizer step. The
+clock is each child's CPU time on one torch thread by default (``--clock wall``, ``--threads``):
+see benchmarks/table_step.py for why, on a shared machine.
 
     .venv/bin/python benchmarks/train.py [--steps 100 20] [--batches 128 2048] [--rounds 5]
+        [--torch-optimizer] [--threads 1] [--clock cpu|wall]
 """
 
 from __future__ import annotations
@@ -41,16 +48,28 @@ WARMUP = 5
 
 
 def _peak_rss() -> int:
+    """This process's peak resident memory in bytes. VmHWM is the address space's own high-water
+    mark; ru_maxrss would carry over the parent's peak through fork and exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def serve(name: str, data: str, batches: list[int], steps: list[int]) -> None:
+def serve(name: str, data: str, batches: list[int], steps: list[int], fused: bool,
+          clock: str) -> None:
     """Child process: build the model, then time one round per request read from stdin."""
     after_import = _peak_rss()
     torch.manual_seed(0)
     dataset = open_dataset(data)
     model = build_model("dlrm", dataset.cardinalities, dataset.num_dense, 16, CONFIGS[name])
-    optimizer = make_optimizer("adagrad", model.parameters())
+    optimizer = make_optimizer("adagrad", model.parameters(),
+                               tables=model.sparse_arch.table_parameters(), fused=fused)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     loaded = {}
     for size, count in zip(batches, steps, strict=True):
         it = dataset.batches("train", size, shuffle=True)
@@ -59,7 +78,9 @@ def serve(name: str, data: str, batches: list[int], steps: list[int]) -> None:
     def step(batch) -> None:
         optimizer.zero_grad(set_to_none=True)
         logits = model(batch.dense, batch.categorical, batch.bags)
-        F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss.backward()
+        loss.item()  # the trainer reads the loss back every step
         optimizer.step()
 
     for size in batches:
@@ -71,10 +92,10 @@ def serve(name: str, data: str, batches: list[int], steps: list[int]) -> None:
         if line.strip() == "done":
             break
         size = int(line)
-        started = time.perf_counter()
+        started = now()
         for batch in loaded[size]:
             step(batch)
-        print(json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+        print(json.dumps({"seconds": now() - started}), flush=True)
     print(json.dumps({"peak_rss": _peak_rss()}), flush=True)
 
 
@@ -87,7 +108,8 @@ def _ask(child: subprocess.Popen, line: str) -> dict:
 def measure(data: str, args: argparse.Namespace) -> list[dict]:
     """Start every child, interleave the timed rounds, collect medians and peak RSS."""
     common = ["--data", data, "--batches", *map(str, args.batches), "--steps",
-              *map(str, args.steps), *(["--threads", str(args.threads)] if args.threads else [])]
+              *map(str, args.steps), "--threads", str(args.threads), "--clock", args.clock,
+              *(["--torch-optimizer"] if args.torch_optimizer else [])]
     children, results = [], []
     for name in args.configs:
         child = subprocess.Popen([sys.executable, __file__, "--serve", name, *common],
@@ -104,6 +126,7 @@ def measure(data: str, args: argparse.Namespace) -> list[dict]:
         child.wait()
         for size, count in zip(args.batches, args.steps, strict=True):
             result[f"samples_per_s@{size}"] = count * size / statistics.median(record[size])
+            result[f"seconds@{size}"] = record[size]
     return results
 
 
@@ -119,7 +142,10 @@ def _table(results: list[dict], batches: list[int]) -> str:
                f" {(rss - r['rss_after_import']) / train_bytes:>17.2f}")  # fmt: skip
         for b in batches:
             key = f"samples_per_s@{b}"
-            row += f"  {r[key]:>12,.0f} ({r[key] / full[key]:.2f}x)"
+            # the median over rounds of the per-round ratio to the full tables
+            ratio = statistics.median(f / t for f, t in zip(full[f"seconds@{b}"], r[f"seconds@{b}"],
+                                                             strict=True))  # fmt: skip
+            row += f"  {r[key]:>12,.0f} ({ratio:.2f}x)"
         lines.append(row)
     return "\n".join(lines)
 
@@ -131,27 +157,31 @@ def main() -> None:
                         help="timed steps per round, one count per batch size")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per child (default: torch's choice)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per child")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--torch-optimizer", action="store_true",
+                        help="torch's Adagrad on sparse gradients instead of the trainer's "
+                             "fused one")  # fmt: skip
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if len(args.steps) != len(args.batches) or min(args.steps) <= WARMUP:
         parser.error(f"give one --steps count (> {WARMUP}) per --batches size")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.serve:
-        serve(args.serve, args.data, args.batches, args.steps)
+        serve(args.serve, args.data, args.batches, args.steps, not args.torch_optimizer,
+              args.clock)
         return
     rows = sum(s * b for s, b in zip(args.steps, args.batches, strict=True)) * 7 // 6 + 7
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "synth")
-        options = SynthOptions(rows=rows, cardinalities=tuple(CRITEO_KAGGLE_CARDINALITIES))
+        options = SynthOptions(rows=rows, cardinalities=tuple(CRITEO_KAGGLE_CARDINALITIES),
+                               numbering="population")
         generate_synthetic(data, options, progress=False)
         results = measure(data, args)
-    print(f"DLRM, Criteo Kaggle cardinalities, D=16, Adagrad (sparse), "
-          f"{args.threads or torch.get_num_threads()} threads; median of {args.rounds} rounds "
-          f"of {args.steps} steps")  # fmt: skip
+    which = "torch's sparse Adagrad" if args.torch_optimizer else "the trainer's fused Adagrad"
+    print(f"DLRM, Criteo Kaggle cardinalities, D=16, {which}, {args.threads} threads, "
+          f"{args.clock} time; median of {args.rounds} rounds of {args.steps} steps")
     print(_table(results, args.batches))
 
 
