@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,25 @@ def test_routes_pool_only_what_commutes() -> None:
 def test_weighted_needs_sum() -> None:
     with pytest.raises(ValueError, match="mode 'sum'"):
         TorchRecEmbeddingCollection([10], D, EmbeddingSpec(mode="mean"), weighted=True)
+
+
+@pytest.mark.parametrize("spec", [
+    EmbeddingSpec("qr", operation="mult", collisions=4, hot=5, order="frequency"),
+    EmbeddingSpec("hash", collisions=4, hot=5),
+    EmbeddingSpec("qr", operation="concat", collisions=4, order="interleaved"),
+], ids=["qr-hot-frequency", "hash-hot", "qr-interleaved"])  # fmt: skip
+def test_frequency_aware_specs_equal_local_collection(spec: EmbeddingSpec) -> None:
+    """Counts-driven plans (renumbering, hot rows): from counts, or from the local
+    collection's own plans, the TorchRec collection embeds as the local one does."""
+    torch.manual_seed(0)
+    gen = np.random.default_rng(0)
+    counts = [gen.zipf(1.5, n).astype(np.int64) for n in CARDS]
+    local = EmbeddingBagCollection(CARDS, D, spec, counts=counts)
+    ids = torch.stack([torch.randint(0, n, (16,)) for n in CARDS], dim=1)
+    for trc in (TorchRecEmbeddingCollection(CARDS, D, spec, counts=counts),
+                TorchRecEmbeddingCollection(CARDS, D, spec, plans=local.plans)):
+        state = local.state_dict()
+        state.update(_local_state(trc))
+        local.load_state_dict(state)
+        out = keyed_to_batch(trc(ids_to_kjt(ids, trc.feature_names)), D)
+        torch.testing.assert_close(out, local(ids), rtol=0, atol=1e-6)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,6 +122,10 @@ class TorchRecEmbeddingCollection(nn.Module):
         spec: how to embed every feature.
         feature_names: the input keys; default ``f0, f1, ...``.
         weighted: inputs carry per-sample weights (KJT ``weights``); sum pooling only.
+        counts: each feature's training-split category counts, for specs that need them
+            (``spec.needs_counts``: frequency order, hot rows).
+        plans: the features' plans, when already made (e.g. a local collection's ``plans``,
+            frequency maps included); instead of ``counts``.
 
     >>> trc = TorchRecEmbeddingCollection([1000, 50], 16, EmbeddingSpec("qr", collisions=4))
     >>> kt = trc(ids_to_kjt(torch.tensor([[3, 7], [999, 49]]), trc.feature_names))
@@ -136,6 +141,8 @@ class TorchRecEmbeddingCollection(nn.Module):
         *,
         feature_names: Sequence[str] | None = None,
         weighted: bool = False,
+        counts: Sequence[np.ndarray] | None = None,
+        plans: Sequence[FeaturePlan] | None = None,
         device: torch.device | str | None = None,
     ):
         super().__init__()
@@ -158,8 +165,13 @@ class TorchRecEmbeddingCollection(nn.Module):
         # up) applies the per-bucket functions.
         self.paths = nn.ModuleDict()
         pooling = trec.PoolingType.MEAN if spec.mode == "mean" else trec.PoolingType.SUM
-        for f, (name, n) in enumerate(zip(names, self.cardinalities, strict=True)):
-            plan = plan_feature(n, embedding_dim, spec)
+        if plans is None:
+            plans = [plan_feature(n, embedding_dim, spec,
+                                  counts=None if counts is None else counts[f])
+                     for f, n in enumerate(self.cardinalities)]  # fmt: skip
+        if len(plans) != len(names):
+            raise ValueError(f"{len(plans)} plans for {len(names)} features")
+        for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
             op = plan.operation
             pooled = spec.mode != "max" and (
                 plan.kind in ("full", "hash", "feature")
@@ -316,10 +328,11 @@ class TorchRecSparseArch(nn.Module):
     """
 
     def __init__(self, cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec, *,
-                 validate: bool = True, device: torch.device | str | None = None):
+                 plans: Sequence[FeaturePlan] | None = None, validate: bool = True,
+                 device: torch.device | str | None = None):
         super().__init__()
         self.collection = TorchRecEmbeddingCollection(cardinalities, embedding_dim, spec,
-                                                      device=device)
+                                                      plans=plans, device=device)
         self.cardinalities = self.collection.cardinalities
         self.embedding_dim = embedding_dim
         self.spec = spec

@@ -41,7 +41,7 @@ def to_torchrec(model: nn.Module) -> nn.Module:
     holding the same weights; the rest of the model is untouched. Returns the model."""
     local = model.sparse_arch
     arch = TorchRecSparseArch(local.cardinalities, local.embedding_dim, local.spec,
-                              validate=getattr(local, "validate", True))  # fmt: skip
+                              plans=local.plans, validate=getattr(local, "validate", True))
     arch.load_local_state_dict(local.state_dict())
     model.sparse_arch = arch
     return model
@@ -423,4 +423,7 @@ class ShardedTraining:
         """Copy the sharded weights into the replica (collective)."""
         state = full_state_dict(self.sharded.model, dst=0)
         if dist.get_rank() == 0:
-            self.replica.load_state_dict(local_model_state(state, self.arch))
+            # the replica's own buffers (frequency maps) stay: they never change in training
+            current = self.replica.state_dict()
+            current.update(local_model_state(state, self.arch))
+            self.replica.load_state_dict(current)
