@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint clean
+KERNELS := build/kernels/libcompemb_kernels.so
+
+.PHONY: test demo lint clean kernels
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,13 +21,21 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt recbole==1.2.1 torchrec==1.8.0
 	touch $(STAMP)
 
+# The fused optimizer's compiled CPU kernel (csrc/); without a C compiler the pure-torch update
+# runs and says so once.
+$(KERNELS): csrc/sparse_adagrad.c
+	mkdir -p $(dir $@)
+	$(CC) -O3 -shared -fPIC -o $@ $< -lm || echo "compemb: no C compiler; the fused optimizer will use its pure-torch update"
+
+kernels: $(KERNELS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: $(STAMP) lint
+test: $(STAMP) lint kernels
 	$(VENV)/bin/pytest
 
-demo: $(STAMP)
+demo: $(STAMP) kernels
 	$(VENV)/bin/compemb demo
 
 clean:

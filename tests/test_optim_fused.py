@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from compemb import EmbeddingBagCollection, EmbeddingSpec
-from compemb.optim import make_optimizer
+from compemb.optim import _kernels, make_optimizer
 from compemb.optim.fused import FusedAdagrad, gradient_sink, sparse_adagrad_
 from compemb.optim.rowwise import RowWiseAdagrad
 
@@ -66,9 +66,17 @@ def _rowwise_groups(model: Model) -> list[dict]:
             {"params": [p for p in model.parameters() if id(p) not in tables]}]  # fmt: skip
 
 
+@pytest.fixture(params=["compiled", "pure-torch"])
+def update(request, monkeypatch):
+    """Run a test with the compiled kernel (where built) and with the pure-torch update."""
+    if request.param == "pure-torch":
+        monkeypatch.setattr(_kernels, "sparse_adagrad", lambda *args: False)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(SPECS))
 @pytest.mark.parametrize("bags", [False, True])
-def test_fused_adagrad_equals_torch_adagrad(name, bags):
+def test_fused_adagrad_equals_torch_adagrad(name, bags, update):
     torch.manual_seed(0)
     reference = Model(SPECS[name])
     fused = copy.deepcopy(reference)
@@ -79,7 +87,7 @@ def test_fused_adagrad_equals_torch_adagrad(name, bags):
 
 
 @pytest.mark.parametrize("name", ["qr-mult", "full", "qr-concat"])
-def test_fused_rowwise_equals_rowwise_adagrad(name):
+def test_fused_rowwise_equals_rowwise_adagrad(name, update):
     torch.manual_seed(0)
     reference = Model(SPECS[name])
     fused = copy.deepcopy(reference)
@@ -136,18 +144,19 @@ def test_state_dict_resumes_exactly():
     assert _max_diff(whole, resumed) == 0.0
 
 
-def test_sparse_adagrad_by_hand():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_sparse_adagrad_by_hand(compiled):
     weight = torch.zeros(5, 2)
     state = torch.zeros(5, 2)
     rows = torch.tensor([3, 1, 3])
     grads = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])
-    sparse_adagrad_(weight, state, rows, grads, lr=0.5, eps=0.0)
+    sparse_adagrad_(weight, state, rows, grads, lr=0.5, eps=0.0, compiled=compiled)
     # row 3: g = (2, 4), s = (4, 16), w = -0.5 * g / sqrt(s) = (-0.5, -0.5); row 1 likewise
     assert state[3].tolist() == [4.0, 16.0] and state[1].tolist() == [9.0, 16.0]
     assert weight[3].tolist() == [-0.5, -0.5] and weight[1].tolist() == [-0.5, -0.5]
     assert weight[0].tolist() == [0.0, 0.0] and state[4].tolist() == [0.0, 0.0]
     rowwise = torch.zeros(5, 1)
-    sparse_adagrad_(torch.zeros(5, 2), rowwise, rows, grads, lr=0.5, eps=0.0)
+    sparse_adagrad_(torch.zeros(5, 2), rowwise, rows, grads, lr=0.5, eps=0.0, compiled=compiled)
     assert rowwise[3].item() == 10.0  # mean of (4, 16)
 
 
@@ -170,3 +179,37 @@ def test_make_optimizer_fused_variant_trains_alike(name):
     _train(reference, plain, 2)
     _train(fused, routed, 2)
     assert _max_diff(reference, fused) < 1e-6
+
+
+@pytest.mark.skipif(_kernels._load() is None, reason="compiled kernel not built (make kernels)")
+@pytest.mark.parametrize("rowwise", [False, True])
+@pytest.mark.parametrize("dim", [1, 5, 16])
+def test_compiled_kernel_equals_pure_torch(rowwise, dim):
+    gen = torch.Generator().manual_seed(dim)
+    weight = torch.randn(5000, dim, generator=gen)
+    state = torch.rand(5000, 1 if rowwise else dim, generator=gen)
+    rows = torch.randint(0, 5000, (3000,), generator=gen)
+    rows[:500] = rows[500:1000]  # repeats
+    grads = torch.randn(3000, dim, generator=gen)
+    want_w, want_s = weight.clone(), state.clone()
+    sparse_adagrad_(want_w, want_s, rows, grads, 0.1, 1e-10, compiled=False)
+    assert _kernels.sparse_adagrad(weight, state, rows, grads, 0.1, 1e-10)
+    torch.testing.assert_close(weight, want_w, rtol=0, atol=1e-6)
+    torch.testing.assert_close(state, want_s, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(_kernels._load() is None, reason="compiled kernel not built (make kernels)")
+def test_compiled_kernel_refuses_rows_out_of_range():
+    with pytest.raises(IndexError):
+        _kernels.sparse_adagrad(torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor([1, 4]),
+                                torch.ones(2, 2), 0.1, 1e-10)  # fmt: skip
+
+
+def test_pure_torch_update_when_the_kernel_does_not_apply():
+    # float64 tables take the pure-torch path whatever is built
+    weight, state = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64)
+    assert not _kernels.sparse_adagrad(weight, state, torch.tensor([1]),
+                                       torch.ones(1, 2, dtype=torch.float64), 0.1, 0.0)
+    sparse_adagrad_(weight, state, torch.tensor([1]), torch.ones(1, 2, dtype=torch.float64),
+                    0.1, 0.0)  # fmt: skip
+    assert weight[1].tolist() == [-0.1, -0.1]

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from compemb.optim import _kernels
+
 __all__ = ["FusedAdagrad", "gradient_sink", "sparse_adagrad_"]
 
 # id(table) -> (the table, the optimizer it is routed to), both weak: a table or optimizer that
@@ -50,13 +52,18 @@ def gradient_sink(table: torch.Tensor) -> Sink | None:
 
 @torch.no_grad()
 def sparse_adagrad_(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor,
-                    grads: torch.Tensor, lr: float, eps: float) -> None:
+                    grads: torch.Tensor, lr: float, eps: float, *, compiled: bool = True) -> None:
     """One Adagrad step on the rows of ``weight`` (R, D) that ``rows`` (N,) name.
 
     ``grads`` (N, D) are summed per row first (rows may repeat), as coalescing a sparse gradient
     would. ``state`` (R, D) is exact Adagrad's sum of squares; (R, 1) makes it row-wise: the sum
     of each row's mean squared gradient. Only the touched rows are read and written.
+
+    ``compiled``: use the compiled CPU kernel (:mod:`compemb.optim._kernels`, one pass over
+    the touched rows) where it is built and applies; otherwise, or with False, pure torch.
     """
+    if compiled and _kernels.sparse_adagrad(weight, state, rows, grads, lr, eps):
+        return
     unique, inverse = torch.unique(rows, return_inverse=True)
     grad = grads.new_zeros(unique.numel(), grads.shape[1]).index_add_(0, inverse, grads)
     total = state.index_select(0, unique)
