@@ -155,7 +155,7 @@ def test_a_short_and_a_long_line_are_caught_when_the_tab_total_looks_right() -> 
 
 
 # (valid, invalid) values of each kind of field; the valid ones are parsed by the clean-block path
-_LABELS = (["0", "1", ""], ["00", "2", "-0", "+1", " 1"])
+_LABELS = (["0", "1", ""], ["00", "2", "-0", "+1", " 1", "x", "-"])
 _INTS = (["", "0", "7", "-3", "007", "-0"], ["+5", " 5", "5 ", "-", "1.5", "9" * 20])
 _CATS = (
     ["", "0", "ff", "FF", "0a1B2c3D", "ffffffff", "0000000f"],

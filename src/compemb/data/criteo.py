@@ -150,31 +150,35 @@ def _field_checks(frame: pl.DataFrame) -> list[pl.Expr]:
 def _parse_clean(chunk: bytes, num_lines: int, first_line: int) -> ParsedChunk | None:
     """The chunk parsed if every line is valid, else None (then nothing is known about which
     line is bad). Same values as the line-by-line path, checked per column instead of per field:
-    a field that fails to parse shows as one null more than its column had blanks."""
+    a category that fails to parse becomes one blank key more than its column had blanks."""
     try:
         raw = _read(chunk, fast=True)  # a bad integer fails the read
     except pl.exceptions.PolarsError:
         return None
     if raw.height != num_lines:
         return None
-    parsed = raw.select(
-        pl.col("label").str.to_integer(base=10, dtype=pl.UInt8, strict=False),
-        *DENSE_NAMES,
-        # unsigned parsing refuses a sign; a "+" anywhere sent the chunk to the checked path
-        *[
-            pl.col(c).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-            for c in CATEGORICAL_NAMES
-        ],
-    )
-    if parsed.null_count().row(0) != raw.null_count().row(0):
-        return None
-    longest = raw.select(
-        pl.col("label").str.len_bytes().max().alias("label"),
+    label = pl.col("label").str.to_integer(base=10, dtype=pl.UInt8, strict=False)
+    checks = raw.select(
+        pl.col("label").str.len_bytes().max().alias("longest label"),
+        label.max().alias("largest label"),
+        label.null_count().alias("label nulls"),
         pl.max_horizontal(pl.col(c).str.len_bytes().max() for c in CATEGORICAL_NAMES),
     ).row(0)
-    if (longest[0] or 0) > 1 or (longest[1] or 0) > 8 or (parsed["label"].max() or 0) > 1:
+    blanks = raw.null_count().row(0)
+    if (checks[0] or 0) > 1 or (checks[1] or 0) > 1 or checks[2] != blanks[0]:
         return None
-    return _arrays(parsed, np.arange(num_lines), [], num_lines, first_line)
+    if (checks[3] or 0) > 8:
+        return None
+    # one pass to the final values; unsigned parsing refuses a sign, and a "+" anywhere sent the
+    # chunk to the checked path
+    values = raw.select(*_final_values(label.fill_null(0), [pl.col(c) for c in DENSE_NAMES], [
+        pl.col(c).str.to_integer(base=16, dtype=pl.UInt64, strict=False) for c in CATEGORICAL_NAMES
+    ]))  # fmt: skip
+    chunk_arrays = _to_numpy(values, np.arange(num_lines), [], num_lines, first_line)
+    for keys, blank in zip(chunk_arrays.keys, blanks[1 + NUM_DENSE :], strict=True):
+        if np.count_nonzero(keys == BLANK_KEY) != blank:
+            return None
+    return chunk_arrays
 
 
 def parse_chunk(chunk: bytes, first_line: int) -> ParsedChunk:
@@ -233,31 +237,35 @@ def _parse_checked(chunk: bytes, num_lines: int, first_line: int) -> ParsedChunk
         frame = frame.filter(pl.Series(keep))
         good_idx = good_idx[keep]
 
-    parsed = frame.select(
-        pl.col("label").str.to_integer(base=10, dtype=pl.UInt8, strict=False),
-        *[pl.col(f"_i{c}").alias(c) for c in DENSE_NAMES],
-        *[pl.col(f"_h{c}").cast(pl.UInt32).alias(c) for c in CATEGORICAL_NAMES],
-    )
-    return _arrays(parsed, good_idx, rejects, num_lines, first_line)
+    values = frame.select(*_final_values(
+        pl.col("label").str.to_integer(base=10, dtype=pl.UInt8, strict=False).fill_null(0),
+        [pl.col(f"_i{c}").alias(c) for c in DENSE_NAMES],
+        [pl.col(f"_h{c}").alias(c) for c in CATEGORICAL_NAMES],
+    ))  # fmt: skip
+    return _to_numpy(values, good_idx, rejects, num_lines, first_line)
 
 
-def _arrays(
-    parsed: pl.DataFrame,
+def _final_values(label: pl.Expr, dense: list[pl.Expr], hex_values: list[pl.Expr]) -> list[pl.Expr]:
+    """label (UInt8, blank 0), log(1 + max(x, 0)) of I1..I13 (Int64, blank 0) as Float32, and
+    C1..C26 (unsigned) as UInt64 keys, BLANK_KEY for a blank."""
+    return [
+        label.alias("label"),
+        *[
+            x.clip(lower_bound=0).fill_null(0).cast(pl.Float64).log1p().cast(pl.Float32)
+            for x in dense
+        ],
+        *[h.cast(pl.UInt64).fill_null(BLANK_KEY) for h in hex_values],
+    ]
+
+
+def _to_numpy(
+    values: pl.DataFrame,
     good_idx: np.ndarray,
     rejects: list[Reject],
     num_lines: int,
     first_line: int,
 ) -> ParsedChunk:
-    """The ParsedChunk of valid rows parsed to label (UInt8), I1..I13 (Int64), C1..C26 (UInt32 or
-    UInt64)."""
-    values = parsed.select(
-        pl.col("label").fill_null(0),
-        *[
-            pl.col(c).clip(lower_bound=0).fill_null(0).cast(pl.Float64).log1p().cast(pl.Float32)
-            for c in DENSE_NAMES
-        ],
-        *[pl.col(c).cast(pl.UInt64).fill_null(BLANK_KEY) for c in CATEGORICAL_NAMES],
-    )
+    """The ParsedChunk of a frame of :func:`_final_values`."""
     columns = values.get_columns()
     dense = np.empty((values.height, NUM_DENSE), dtype=np.float32)
     for j, column in enumerate(columns[1 : 1 + NUM_DENSE]):
