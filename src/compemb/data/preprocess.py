@@ -5,8 +5,8 @@ files (``day_0`` ... ``day_23``, each plain or gzip), given as a list or as thei
 
 Why polars: the CSV reader takes an explicit schema and parses multi-threaded in Rust at
 400-560 MB/s on two cores, and its string expressions (base-10/base-16 integer parsing) run
-column-wise without a Python call per value. Every column is read as a string, because a
-schema-less read infers a hex column of digits only as an integer.
+column-wise without a Python call per value. The categoricals are read as strings and parsed as
+hex here, because a schema-less read infers a hex column of digits only as an integer.
 
 How it keeps up with the parser: the input is streamed in blocks of whole lines; a background
 thread reads (and decompresses, and hashes) and parses the next block while the main thread maps
@@ -23,9 +23,12 @@ The protocol (the reference one by default):
 
 * One input: its lines (all lines read, valid or not) are cut into ``days`` equal-count days,
   the remainder going to the last. Days 1..days-1 are train; the last day's first half is test,
-  its second half validation. Counting the lines takes a first, fast pass, unless ``day_lines``
-  gives every day's line count. Several inputs: each file is a day, in the order given (a folder:
-  ``day_N`` by N), the last one held out and halved the same way (only it is counted first).
+  its second half validation. The pass itself finds the line count (every row goes to train, the
+  held-out ones are moved out at the end), except where the vocabulary depends on the split
+  (``vocab="train"``, ``min_count > 1``): then a first, fast pass counts the lines, unless
+  ``day_lines`` gives every day's count. Several inputs: each file is a day, in the order given
+  (a folder: ``day_N`` by N), the last one held out and halved the same way (only it is counted
+  first). Which line goes where: :mod:`compemb.data.days`.
   Rejected lines are dropped from whichever split their line falls in, so on a clean input the
   split is exactly the reference's.
 * Dense: a blank integer is 0, a negative one is clamped to 0, then ``log(1 + x)`` (computed in
@@ -42,7 +45,6 @@ The protocol (the reference one by default):
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -61,7 +63,16 @@ from compemb.data.criteo import (
     Reject,
     parse_chunk,
 )
-from compemb.data.reader import InputStream, count_lines, prefetch, progress_bar
+from compemb.data.days import (
+    DayPlan,
+    plan_days,
+    resolve_inputs,
+    segments,
+    split_deferred,
+    split_lines,
+    train_rows,
+)
+from compemb.data.reader import InputStream, prefetch, progress_bar
 from compemb.data.storage import (
     SPLITS,
     DatasetMetadata,
@@ -80,11 +91,6 @@ __all__ = [
     "preprocess_criteo",
     "resolve_inputs",
 ]
-
-# Splits in file order: ids are handed out in first-seen order, so blocks are encoded in it.
-_FILE_ORDER = ("train", "test", "val")
-_DAY_FILE = re.compile(r"day_(\d+)(\.gz)?")
-_Bounds = dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -171,133 +177,8 @@ def parse_days(text: str) -> dict[str, Any]:
     return {"day_lines": tuple(int(p) for p in parts)}
 
 
-def resolve_inputs(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-) -> list[Path]:
-    """The input files: a file, a list of files (days in order), or a folder of Criteo Terabyte
-    day files ``day_N`` / ``day_N.gz`` (taken by N; nothing else may match).
-
-    Raises:
-        FileNotFoundError: a path that is not there, or a folder without day files.
-        ValueError: a folder holding the same day twice (``day_3`` and ``day_3.gz``).
-    """
-    paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
-    if not paths:
-        raise ValueError("no input given")
-    if len(paths) == 1 and paths[0].is_dir():
-        folder = paths[0]
-        days: dict[int, Path] = {}
-        for path in folder.iterdir():
-            match = _DAY_FILE.fullmatch(path.name)
-            if match and path.is_file():
-                day = int(match.group(1))
-                if day in days:
-                    raise ValueError(f"{folder}: day {day} is there twice ({days[day].name}, "
-                                     f"{path.name}); keep one")  # fmt: skip
-                days[day] = path
-        if not days:
-            raise FileNotFoundError(f"{folder} holds no Criteo day files (day_0, day_1.gz, ...)")
-        return [days[d] for d in sorted(days)]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"input {path} does not exist or is not a file")
-    return paths
-
-
-def _segments(parsed: ParsedChunk, bounds: _Bounds) -> Iterator[tuple[str, slice]]:
-    """(split, row slice) of the parsed rows falling in each split, in file order."""
-    for name in _FILE_ORDER:
-        lo, hi = bounds[name]
-        a, b = np.searchsorted(parsed.lines, [lo, hi])
-        if b > a:
-            yield name, slice(int(a), int(b))
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Where every line goes: per input, the ``[lo, hi)`` line range of each split."""
-
-    paths: list[Path]
-    bounds: list[_Bounds]
-    expected_lines: list[int | None]  # a count to check the pass against, where one was taken
-    counted_by: str  # where expected_lines come from, for the error
-    days: int
-    deferred: bool = False  # one input, every row written to train, the held-out tail moved
-
-
-_EVERYTHING = 1 << 62
-_ALL_TRAIN = {"train": (0, _EVERYTHING), "test": (_EVERYTHING,) * 2, "val": (_EVERYTHING,) * 2}
-
-
-def _plan(paths: list[Path], options: PreprocessOptions, progress: bool | None) -> _Plan:
-    if len(paths) == 1 and options.day_lines is None and not options.bucket:
-        # Nothing but the split depends on the line count: skip the counting pass (a whole
-        # decompression for gzip) and move the held-out rows out of train at the end.
-        return _Plan(paths, [_ALL_TRAIN], [None], "", options.days or 7, deferred=True)
-    if len(paths) == 1:
-        if options.day_lines is not None:
-            total = sum(options.day_lines)
-            bounds = explicit_day_split(options.day_lines)
-            days = len(options.day_lines)
-        else:
-            days = options.days or 7
-            total = count_lines(paths[0], progress=progress)
-            bounds = day_split(total, days)
-        if total == 0:
-            raise ValueError(f"{paths[0]} is empty: there are no lines to preprocess")
-        counted_by = "the --days counts add up to" if options.day_lines else "a first pass counted"
-        return _Plan(paths, [bounds], [total], counted_by, days)
-    if options.day_lines is not None or options.days not in (None, len(paths)):
-        raise ValueError(
-            f"{len(paths)} input files are {len(paths)} days (the last held out); "
-            "--days does not apply to them"
-        )
-    last = count_lines(paths[-1], progress=progress)
-    if last == 0:
-        raise ValueError(f"{paths[-1]} is empty: the held-out day has no lines")
-    held_out = explicit_day_split((0, last))  # its first half test, its second validation
-    n = len(paths)
-    return _Plan(
-        paths,
-        [_ALL_TRAIN] * (n - 1) + [held_out],
-        [None] * (n - 1) + [last],
-        "a first pass counted",
-        n,
-    )
-
-
-def _split_deferred(
-    plan: _Plan,
-    writers: dict[str, SplitWriter],
-    counts: list[np.ndarray],
-    lines: int,
-    reject_lines: list[np.ndarray],
-) -> _Plan:
-    """Cut the rows all written to train by the days of ``lines`` lines: move the held-out
-    rows to test and val, out of the train counts. Returns the plan with the real bounds."""
-    if lines == 0:
-        raise ValueError(f"{plan.paths[0]} is empty: there are no lines to preprocess")
-    bounds = day_split(lines, plan.days)
-    rejects = np.concatenate([np.zeros(0, np.int64), *reject_lines])  # in line order
-
-    def kept_before(line: int) -> int:
-        return line - int(np.searchsorted(rejects, line))
-
-    train_rows = kept_before(bounds["train"][1])
-    test_rows = kept_before(bounds["test"][1]) - train_rows
-    moved = 0
-    for categorical, dense, labels in writers["train"].pop_tail(train_rows):
-        cut = min(max(test_rows - moved, 0), len(labels))
-        writers["test"].append(categorical[:cut], dense[:cut], labels[:cut])
-        writers["val"].append(categorical[cut:], dense[cut:], labels[cut:])
-        moved += len(labels)
-        for f in range(categorical.shape[1]):
-            np.subtract.at(counts[f], categorical[:, f], 1)
-    return replace(plan, bounds=[bounds], deferred=False)
-
-
 def _blocks(
-    plan: _Plan, chunk_bytes: int, bar: Any, records: list[dict[str, Any]]
+    plan: DayPlan, chunk_bytes: int, bar: Any, records: list[dict[str, Any]]
 ) -> Iterator[tuple[int, ParsedChunk]]:
     """(input number, parsed block) over every input; appends each input's record when read."""
     for i, path in enumerate(plan.paths):
@@ -320,14 +201,8 @@ def _check_rejects(rejects: tuple[Reject, ...], options: PreprocessOptions, path
         raise ValueError(f"{path}:{first.line}: {first.reason}: {first.detail} (--strict)")
 
 
-def _train_rows(parsed: ParsedChunk, bounds: _Bounds) -> int:
-    """How many of the block's rows are train (train lines come first in a file)."""
-    lo, hi = bounds["train"]
-    return int(np.searchsorted(parsed.lines, hi)) if lo == 0 else 0
-
-
 def _count_categories(
-    plan: _Plan, options: PreprocessOptions, progress: bool | None
+    plan: DayPlan, options: PreprocessOptions, progress: bool | None
 ) -> list[CategoryCounter]:
     """Occurrences of each feature's keys over the enumerated lines (train only, or all)."""
     counters = [CategoryCounter() for _ in range(NUM_CATEGORICAL)]
@@ -337,7 +212,7 @@ def _count_categories(
             _check_rejects(parsed.rejects, options, plan.paths[i])
             rows = len(parsed.lines)
             if options.vocab == "train":
-                rows = _train_rows(parsed, plan.bounds[i])
+                rows = train_rows(parsed, plan.bounds[i])
             for f, counter in enumerate(counters):
                 counter.add(parsed.keys[f][:rows])
     return counters
@@ -375,7 +250,13 @@ def preprocess_criteo(
     paths = resolve_inputs(input_path)
     if Path(output_dir).exists():
         raise FileExistsError(f"output {output_dir} already exists; remove it or choose another")
-    plan = _plan(paths, options, progress)
+    plan = plan_days(
+        paths,
+        days=options.days,
+        day_lines=options.day_lines,
+        deferrable=not options.bucket,
+        progress=progress,
+    )
     if options.day_lines is None:
         options = replace(options, days=plan.days)
 
@@ -410,7 +291,7 @@ def preprocess_criteo(
                 if plan.deferred and parsed.rejects:
                     reject_lines.append(np.array([r.line - 1 for r in parsed.rejects]))
                 block = _encode(vocabs, parsed.keys, slice(None), True) if whole_blocks else None
-                for name, rows in _segments(parsed, plan.bounds[i]):
+                for name, rows in segments(parsed, plan.bounds[i]):
                     if block is None:
                         columns = _encode(vocabs, parsed.keys, rows, name == "train")
                     else:
@@ -424,7 +305,7 @@ def preprocess_criteo(
                         ids[:, f] = column
                     writers[name].append(ids, parsed.dense[rows], parsed.labels[rows])
         if plan.deferred:
-            plan = _split_deferred(plan, writers, counts, lines_read, reject_lines)
+            plan = split_deferred(plan, writers, counts, lines_read, reject_lines)
         for writer in writers.values():
             writer.close()
         rows = {name: writers[name].rows for name in ("train", "val", "test")}
@@ -445,7 +326,7 @@ def preprocess_criteo(
             vocabulary_sizes=sizes,
             bucket_id=0 if options.bucket else None,
             rows=rows,
-            split_lines=_split_lines(plan, records),
+            split_lines=split_lines(plan, records),
             counts=True,
             lines={
                 "read": lines_read,
@@ -464,16 +345,3 @@ def preprocess_criteo(
         input_bytes=total_bytes,
         seconds=time.perf_counter() - started,
     )
-
-
-def _split_lines(plan: _Plan, records: list[dict[str, Any]]) -> _Bounds:
-    """``[lo, hi)`` of each split in the lines of all inputs one after the other."""
-    if len(plan.paths) == 1:
-        return plan.bounds[0]
-    train = sum(r["lines"] for r in records[:-1])
-    test, val = plan.bounds[-1]["test"], plan.bounds[-1]["val"]
-    return {
-        "train": (0, train),
-        "test": (train + test[0], train + test[1]),
-        "val": (train + val[0], train + val[1]),
-    }
