@@ -14,7 +14,7 @@
 
 #define BITS 11
 #define BUCKETS (1 << BITS)
-#define AHEAD 16
+#define AHEAD 32  /* sorted entries ahead whose rows are prefetched */
 
 /* Returns 0, -1 for a row outside [0, num_rows), -2 when memory runs out. state_dim is dim
  * (exact Adagrad: one accumulator per element) or 1 (row-wise: the mean squared gradient). */
@@ -59,6 +59,7 @@ int compemb_sparse_adagrad(float *weight, float *state, int64_t num_rows, int64_
         if (a + AHEAD < n) {
             __builtin_prefetch(weight + (int64_t)key[a + AHEAD] * dim, 1);
             __builtin_prefetch(state + (int64_t)key[a + AHEAD] * state_dim, 1);
+            __builtin_prefetch(grads + pos[a + AHEAD] * dim, 0);
         }
         const float *src = grads + pos[a] * dim;
         for (int64_t d = 0; d < dim; d++) g[d] = src[d];
