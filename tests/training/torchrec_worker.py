@@ -4,7 +4,7 @@ leaves a rank without rows); the results must
 equal one process's steps on the whole batches (computed here too, unsharded). Between the
 steps the sharded model and its optimizer go through full state and back, as a checkpoint would.
 
-Usage: torchrun --nproc_per_node=N torchrec_worker.py OPTIMIZER
+Usage: torchrun --nproc_per_node=N torchrec_worker.py OPTIMIZER [OPTIMIZER ...]
 """
 
 from __future__ import annotations
@@ -115,10 +115,10 @@ def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
 
 def main() -> None:
     dist.init_process_group("gloo")
-    optimizer = sys.argv[1]
-    lr = {"sgd": 0.5, "adagrad": 0.1, "rowwise_adagrad": 0.1}[optimizer]
-    for spec in SPECS:
-        run(spec, optimizer, lr)
+    for optimizer in sys.argv[1:]:
+        lr = {"sgd": 0.5, "adagrad": 0.1, "rowwise_adagrad": 0.1}[optimizer]
+        for spec in SPECS:
+            run(spec, optimizer, lr)
     dist.barrier()
     # Interpreter teardown after TorchRec sometimes aborts ("terminate called without an
     # active exception", about 1 run in 6 here): leave once all the checks have passed.
