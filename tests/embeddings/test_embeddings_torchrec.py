@@ -153,3 +153,12 @@ def test_frequency_aware_specs_equal_local_collection(spec: EmbeddingSpec) -> No
         local.load_state_dict(state)
         out = keyed_to_batch(trc(ids_to_kjt(ids, trc.feature_names)), D)
         torch.testing.assert_close(out, local(ids), rtol=0, atol=1e-6)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import compemb.embeddings.torchrec
+
+    result = doctest.testmod(compemb.embeddings.torchrec)
+    assert result.attempted >= 2 and result.failed == 0
