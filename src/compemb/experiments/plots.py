@@ -18,6 +18,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 Results = dict[str, Any]
+_COLORS = plt.get_cmap("tab20")  # more series than the default cycle's 10 stay apart
 
 
 def _series(results: Results) -> dict[str, list[dict[str, Any]]]:
@@ -49,7 +50,7 @@ def _against(x_key: str, y_key: str, log_x: bool, log_y: bool) -> Callable[[Axes
     """Per series, ``y_key`` (mean, with std error bars) against ``x_key``; full as a line."""
 
     def draw(ax: Axes, results: Results) -> None:
-        for series, entries in _series(results).items():
+        for i, (series, entries) in enumerate(_series(results).items()):
             if series == "full":
                 if x_key not in ("num_parameters", "embedding_parameters"):
                     _full_line(ax, entries[0], y_key)
@@ -58,8 +59,9 @@ def _against(x_key: str, y_key: str, log_x: bool, log_y: bool) -> Callable[[Axes
             xs = [e[x_key] for e in entries]
             ys = [e[f"{y_key}_mean"] if f"{y_key}_mean" in e else e[y_key] for e in entries]
             errs = [e.get(f"{y_key}_std", 0.0) for e in entries]
+            own = {"marker": "os^vDP"[i % 6], "color": _COLORS(i % 20)}
             style = {"marker": "*", "color": "black", "linestyle": "none", "markersize": 12} \
-                if series == "full" else {"marker": "o"}  # fmt: skip
+                if series == "full" else own  # fmt: skip
             ax.errorbar(xs, ys, yerr=errs, capsize=3, label=series, **style)
         if log_x:
             ax.set_xscale("log")
