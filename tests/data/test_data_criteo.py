@@ -239,3 +239,18 @@ def test_key_index_growth_places_runs_that_wrap_past_the_end() -> None:
     index._place(entries)  # the five run from slot 15 over the end
     assert index.lookup(keys).tolist() == [1, 2, 3, 4, 5, 6, 7]
     assert index.lookup(np.array([999_999])).tolist() == [0]
+
+
+def test_dictionary_growth_reallocates_only_when_the_table_doubles() -> None:
+    # 200 blocks of 500 new keys: a table that doubled per block, or was rebuilt per block, would
+    # allocate 200 times; doubling when half full allocates about log2(2 * 100k / 1024) times.
+    index = vocab_module.KeyIndex()
+    allocations = []
+    real = index._allocate
+    index._allocate = lambda bits: (allocations.append(bits), real(bits))  # type: ignore[method-assign]
+    rng = np.random.default_rng(0)
+    keys = rng.choice(1 << 32, 100_000, replace=False)
+    for block in np.split(keys, 200):
+        index.add(block)
+    assert len(index) == 100_000 and allocations == list(range(11, 19))
+    assert index.lookup(keys[::997]).tolist() == (np.arange(0, 100_000, 997) + 1).tolist()
