@@ -282,7 +282,8 @@ def preprocess_criteo(
         writers = {name: SplitWriter(tmp / name, NUM_CATEGORICAL, NUM_DENSE) for name in SPLITS}
         with open(tmp / "rejects.tsv", "w", encoding="utf-8") as rejects_file:
             rejects_file.write("file\tline\treason\tdetail\n")
-            for i, parsed in prefetch(_blocks(plan, options.chunk_bytes, bar, records)):
+            # two parsed blocks may wait: a dictionary that doubles holds up one block
+            for i, parsed in prefetch(_blocks(plan, options.chunk_bytes, bar, records), depth=2):
                 lines_read += parsed.num_lines
                 _check_rejects(parsed.rejects, options, paths[i])
                 for r in parsed.rejects:
