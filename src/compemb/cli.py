@@ -252,11 +252,12 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
                             f"{f.default!r})")  # fmt: skip
 
 
-def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+def _add_training_commands(sub: argparse._SubParsersAction, spec_flags: bool) -> None:
     par = sub.add_parser("params", help="parameter counts and bytes of a model (nothing allocated)")
     par.add_argument("--model", choices=["dlrm", "dcn"], default="dlrm")
     par.add_argument("--cardinalities", default="criteo-kaggle", metavar="criteo-kaggle|FILE")
-    _add_spec_flags(par)
+    if spec_flags:  # they import the spec, and so torch: only when params runs
+        _add_spec_flags(par)
     par.add_argument("--embedding-dim", type=int, default=16)
     par.add_argument("--num-dense", type=int, default=13)
     par.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
@@ -281,7 +282,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_cmd_evaluate)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compemb",
         description="Compositional embeddings with complementary partitions.",
@@ -290,14 +291,14 @@ def _build_parser() -> argparse.ArgumentParser:
     # Each subcommand registers itself below with set_defaults(func=handler).
     _add_data_commands(sub)
     _add_demo_command(sub)
-    _add_training_commands(sub)
-    _ = sub
+    words = sys.argv[1:] if argv is None else list(argv)
+    _add_training_commands(sub, spec_flags="params" in words)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``compemb`` console script; returns the exit status."""
-    parser = _build_parser()
+    parser = _build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
