@@ -204,3 +204,23 @@ def test_config_refuses_amsgrad_with_torchrec() -> None:
     with pytest.raises(ValueError, match="fused optimizers.*amsgrad"):
         apply_overrides(load_config(CONFIGS / "movielens-dlrm-qr.yaml"),
                         ["train.optimizer=amsgrad", "train.sharding=torchrec"])
+
+
+def test_plan_rules() -> None:
+    """Large pooled tables shard (column-wise too when FBGEMM can split them), small ones and
+    widths FBGEMM refuses replicate, unpooled ones are table-wise; an unpooled table FBGEMM
+    cannot take stops with a reason."""
+    from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+
+    def types(d: int, op: str) -> dict[str, list[str]]:
+        trc = TorchRecEmbeddingCollection([40_000, 3], d, EmbeddingSpec("qr", op, collisions=4))
+        return sharding.sharding_types(trc, torch.device("cpu"), small_bytes=4096)
+
+    assert types(16, "add") == {"f0__0": ["table_wise", "column_wise"],
+                                "f0__1": ["data_parallel"], "f1__0": ["data_parallel"]}
+    assert types(12, "concat")["f0__0"] == ["data_parallel"]  # 6 wide: FBGEMM refuses it
+    assert types(8, "concat")["f0__0"] == ["table_wise"]  # 4 wide: no column shards
+    assert types(16, "mult") == {"f0__0": ["table_wise"], "f0__1": ["table_wise"],
+                                 "f1__0": ["data_parallel"]}
+    with pytest.raises(ValueError, match="multiple of 4"):
+        types(6, "mult")
