@@ -21,11 +21,11 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt recbole==1.2.1 torchrec==1.8.0
 	touch $(STAMP)
 
-# The fused optimizer's compiled CPU kernel (csrc/); without a C compiler the pure-torch update
+# compemb's compiled CPU kernels (csrc/); without a C compiler the pure-torch code
 # runs and says so once.
-$(KERNELS): csrc/sparse_adagrad.c
+$(KERNELS): csrc/sparse_adagrad.c csrc/compose_mult.c
 	mkdir -p $(dir $@)
-	$(CC) -O3 -shared -fPIC -o $@ $< -lm || echo "compemb: no C compiler; the fused optimizer will use its pure-torch update"
+	$(CC) -O3 -shared -fPIC -o $@ $^ -lm || echo "compemb: no C compiler; compemb will use its pure-torch code"
 
 kernels: $(KERNELS)
 

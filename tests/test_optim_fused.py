@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from compemb import EmbeddingBagCollection, EmbeddingSpec
-from compemb.optim import _kernels, make_optimizer
+from compemb import EmbeddingBagCollection, EmbeddingSpec, _kernels
+from compemb.optim import make_optimizer
 from compemb.optim.fused import FusedAdagrad, gradient_sink, sparse_adagrad_
 from compemb.optim.rowwise import RowWiseAdagrad
 

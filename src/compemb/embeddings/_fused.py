@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from compemb.operations import Operation, get_operation
+from compemb import _kernels
+from compemb.operations import Mult, Operation, get_operation
 from compemb.optim.fused import Sink, gradient_sink
 
 # Ids per chunk: a chunk's gathered rows and products (1 MiB per tensor at D = 16) stay in cache,
@@ -56,10 +57,20 @@ class _ComposeLookup(torch.autograd.Function):
         n = flat[0].numel()
         widths = [w.shape[1] for w in weights]
         needs_parts = operation.needs_parts_for_backward and k > 1
+        # QR mult's two-table product: the compiled kernel where built (compemb._kernels).
+        compiled = (k == 2 and type(operation) is Mult and absent[0] is None
+                    and _kernels.mult2_applies(weights, flat))  # fmt: skip
         keep = [needs_parts and w.shape[0] > _KEEP_ROWS for w in weights]
         kept = [w.new_empty(n, w.shape[1]) if keep_j else None
                 for w, keep_j in zip(weights, keep, strict=True)]  # fmt: skip
-        if k == 1 and absent[0] is None:
+        mask = None
+        if compiled and absent[1] is not None:
+            mask = torch.zeros(columns, dtype=torch.uint8, device=weights[0].device)
+            mask[absent[1]] = 1
+        if compiled:
+            out = _kernels.mult2_forward(weights[0], weights[1], flat[0], flat[1], columns, mask,
+                                         kept[0])  # fmt: skip
+        elif k == 1 and absent[0] is None:
             out = weights[0].index_select(0, flat[0])
         else:
             out = weights[0].new_empty(n, operation.output_width(widths))
@@ -72,6 +83,7 @@ class _ComposeLookup(torch.autograd.Function):
         ctx.operation, ctx.sparse, ctx.absent, ctx.widths = operation, sparse, absent, widths
         ctx.sinks = sinks
         ctx.columns = columns
+        ctx.compiled, ctx.mask = compiled, mask
         ctx.kept = [buf is not None for buf in kept]
         ctx.save_for_backward(*flat, *weights, *(buf for buf in kept if buf is not None))
         return out.view(*shape, out.shape[-1])
@@ -98,7 +110,13 @@ class _ComposeLookup(torch.autograd.Function):
         ]  # fmt: skip
         dense = [torch.zeros_like(w) if need[j] and not ctx.sparse[j] else None
                  for j, w in enumerate(weights)]  # fmt: skip
-        for s, e in _spans(n, ctx.columns):
+        if ctx.compiled:
+            _kernels.mult2_backward(
+                g, weights[0], kept[0], weights[1], flat[0], flat[1], ctx.columns, ctx.mask,
+                [values[j] if values[j] is not None else dense[j] for j in range(k)],
+                [dense[j] is not None for j in range(k)],
+            )  # fmt: skip
+        for s, e in _spans(n, ctx.columns) if not ctx.compiled else ():
             gs = g[s:e]
             parts = None
             if needs_parts:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from compemb.optim import _kernels
+from compemb import _kernels
 
 __all__ = ["FusedAdagrad", "gradient_sink", "sparse_adagrad_"]
 
@@ -59,7 +59,7 @@ def sparse_adagrad_(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tenso
     would. ``state`` (R, D) is exact Adagrad's sum of squares; (R, 1) makes it row-wise: the sum
     of each row's mean squared gradient. Only the touched rows are read and written.
 
-    ``compiled``: use the compiled CPU kernel (:mod:`compemb.optim._kernels`, one pass over
+    ``compiled``: use the compiled CPU kernel (:mod:`compemb._kernels`, one pass over
     the touched rows) where it is built and applies; otherwise, or with False, pure torch.
     """
     if compiled and _kernels.sparse_adagrad(weight, state, rows, grads, lr, eps):

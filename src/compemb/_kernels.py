@@ -1,0 +1,126 @@
+"""compemb's compiled CPU kernels (``csrc/``), when built: the fused optimizer's sparse Adagrad
+update and the two-table product of QR mult (forward and backward).
+
+``make kernels`` (a step of ``make test`` and ``make demo``) compiles them with the system C
+compiler into ``build/kernels/``; ``COMPEMB_KERNELS`` may name another path, and
+``COMPEMB_NO_KERNELS=1`` turns them off. Nothing is compiled at import time: without the library
+the pure-torch code runs, and the first use prints one line saying so. Each wrapper returns False,
+doing nothing, where its kernel does not apply; callers then take the pure-torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+_LIBRARY = "libcompemb_kernels.so"
+_state: dict[str, object] = {}
+
+
+def _path() -> Path:
+    env = os.environ.get("COMPEMB_KERNELS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "build" / "kernels" / _LIBRARY
+
+
+def _load() -> ctypes.CDLL | None:
+    if "lib" not in _state:
+        path, lib = _path(), None
+        if os.environ.get("COMPEMB_NO_KERNELS") != "1" and path.is_file():
+            try:
+                lib = ctypes.CDLL(str(path))
+                fn = lib.compemb_sparse_adagrad
+                fn.restype = ctypes.c_int
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                               ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                               ctypes.c_float, ctypes.c_float]  # fmt: skip
+                p, i = ctypes.c_void_p, ctypes.c_int64
+                lib.compemb_mult2_forward.restype = ctypes.c_int
+                lib.compemb_mult2_forward.argtypes = [p, i, p, i, p, p, i, i, i, p, p, p]
+                lib.compemb_mult2_backward.restype = ctypes.c_int
+                lib.compemb_mult2_backward.argtypes = [p, p, i, p, p, i, p, p, i, i, i, p,
+                                                       p, p, p, p]  # fmt: skip
+            except (OSError, AttributeError):
+                lib = None
+        if lib is None:
+            print(f"compemb: compiled CPU kernels not found at {path} (build them with "
+                  f"`make kernels`); using the pure-torch code", file=sys.stderr)  # fmt: skip
+        _state["lib"] = lib
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def sparse_adagrad(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor,
+                   grads: torch.Tensor, lr: float, eps: float) -> bool:
+    """The kernel's update (see :func:`compemb.optim.fused.sparse_adagrad_`), in place; False,
+    doing nothing, where it does not apply (no library; not contiguous float32 CPU tensors)."""
+    ok = (weight.device.type == "cpu" and weight.dtype == state.dtype == grads.dtype
+          == torch.float32 and rows.dtype == torch.int64 and weight.dim() == 2
+          and weight.is_contiguous() and state.is_contiguous()
+          and state.shape[0] == weight.shape[0] and state.shape[1] in (1, weight.shape[1]))
+    if not ok:
+        return False
+    lib = _load()
+    if lib is None:
+        return False
+    rows = rows.contiguous()
+    grads = grads.reshape(rows.numel(), weight.shape[1]).contiguous()
+    code = lib.compemb_sparse_adagrad(
+        weight.data_ptr(), state.data_ptr(), weight.shape[0], weight.shape[1], state.shape[1],
+        rows.data_ptr(), grads.data_ptr(), rows.numel(), lr, eps,
+    )  # fmt: skip
+    if code == -1:
+        raise IndexError(f"sparse Adagrad: a row index is outside [0, {weight.shape[0]})")
+    if code != 0:
+        raise MemoryError("sparse Adagrad: the kernel could not allocate its sort buffers")
+    return True
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def mult2_applies(weights, buckets) -> bool:
+    """Whether the two-table product kernel can take these tables and bucket tensors."""
+    a, b = weights
+    return (not torch.compiler.is_compiling() and a.device.type == b.device.type == "cpu"
+            and a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2
+            and a.shape[1] == b.shape[1] and a.is_contiguous() and b.is_contiguous()
+            and all(x.dtype == torch.int64 and x.is_contiguous() for x in buckets)
+            and _load() is not None)  # fmt: skip
+
+
+def _check(code: int, rows: tuple[int, int]) -> None:
+    if code != 0:
+        raise IndexError(f"compose: a bucket index is outside its table's rows {rows}")
+
+
+def mult2_forward(a: torch.Tensor, b: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+                  columns: int, absent: torch.Tensor | None, kept: torch.Tensor | None
+                  ) -> torch.Tensor:  # fmt: skip
+    """``A[ia] * B[ib]`` (N, D), the identity for B on the columns ``absent`` (uint8 (C,)) marks;
+    ``kept`` (N, D) receives ``A[ia]``."""
+    n, d = ia.numel(), a.shape[1]
+    out = a.new_empty(n, d)
+    _check(_load().compemb_mult2_forward(  # type: ignore[union-attr]
+        a.data_ptr(), a.shape[0], b.data_ptr(), b.shape[0], ia.data_ptr(), ib.data_ptr(), n, d,
+        columns, _ptr(absent), out.data_ptr(), _ptr(kept)), (a.shape[0], b.shape[0]))
+    return out
+
+
+def mult2_backward(g: torch.Tensor, a: torch.Tensor, kept: torch.Tensor | None, b: torch.Tensor,
+                   ia: torch.Tensor, ib: torch.Tensor, columns: int,
+                   absent: torch.Tensor | None, outputs: list[torch.Tensor | None],
+                   dense: list[bool]) -> None:  # fmt: skip
+    """Both tables' gradients from the output gradient g (N, D): ``outputs[j]`` is None (not
+    needed), (N, D) row gradients, or, where ``dense[j]``, a zeroed (R_j, D) gradient to add to."""
+    val_a, dense_a = (None, outputs[0]) if dense[0] else (outputs[0], None)
+    val_b, dense_b = (None, outputs[1]) if dense[1] else (outputs[1], None)
+    _check(_load().compemb_mult2_backward(  # type: ignore[union-attr]
+        g.data_ptr(), a.data_ptr(), a.shape[0], _ptr(kept), b.data_ptr(), b.shape[0],
+        ia.data_ptr(), ib.data_ptr(), ia.numel(), a.shape[1], columns, _ptr(absent),
+        _ptr(val_a), _ptr(dense_a), _ptr(val_b), _ptr(dense_b)), (a.shape[0], b.shape[0]))
