@@ -118,6 +118,8 @@ class FusedAdagrad(torch.optim.Optimizer):
         self._pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._group_of = {id(p): group for group in self.param_groups for p in group["params"]}
         me = weakref.ref(self)
+        for key in [k for k, (t, o) in _ROUTES.items() if t() is None or o() is None]:
+            del _ROUTES[key]  # tables or optimizers gone since
         for table in tables:
             if id(table) not in own:
                 raise ValueError("FusedAdagrad: a routed table must be one of its parameters")
