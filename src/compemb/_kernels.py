@@ -47,7 +47,10 @@ def _load() -> ctypes.CDLL | None:
                                                        p, p, p, p]  # fmt: skip
             except (OSError, AttributeError):
                 lib = None
-        if lib is None:
+        if os.environ.get("COMPEMB_NO_KERNELS") == "1":
+            print("compemb: compiled CPU kernels turned off (COMPEMB_NO_KERNELS=1); using the "
+                  "pure-torch code", file=sys.stderr)  # fmt: skip
+        elif lib is None:
             print(f"compemb: compiled CPU kernels not found at {path} (build them with "
                   f"`make kernels`); using the pure-torch code", file=sys.stderr)  # fmt: skip
         _state["lib"] = lib
