@@ -72,10 +72,8 @@ def sparse_adagrad_(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tenso
     else:
         total.add_(grad.square().mean(1, keepdim=True))
     state.index_copy_(0, unique, total)
-    # The rows are unique: read, update, write back (index_add_ into a large table is far slower).
-    rows_now = weight.index_select(0, unique)
-    rows_now.addcdiv_(grad, total.sqrt_().add_(eps), value=-lr)
-    weight.index_copy_(0, unique, rows_now)
+    # The step scaled first: index_add_ with alpha != 1 takes a path about 10x slower.
+    weight.index_add_(0, unique, grad.div_(total.sqrt_().add_(eps)).mul_(-lr))
 
 
 class FusedAdagrad(torch.optim.Optimizer):
