@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import criteo_line, malformed
 from tqdm import tqdm
 
 import compemb.data.preprocess as preprocess_module
@@ -25,6 +24,7 @@ from compemb.data.storage import (
     read_category_counts,
     read_metadata,
 )
+from conftest import criteo_line, malformed
 
 
 def _meta(folder: Path) -> dict:
