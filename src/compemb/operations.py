@@ -244,6 +244,17 @@ def _zero_mean(operation: Operation, k: int, n: int) -> Bounds:
     return [(-a, a)] * k
 
 
+def _unit_tail(operation: Operation, k: int, n: int) -> Bounds:
+    """mult: the first table U(-b, b), b = a * 3^((k-1)/2), every other table U(-1, 1): zero-mean
+    everywhere, the product at the full table's variance a^2/3, and no factor near zero (the
+    library's U(-a, a) factors start at a saddle when a = sqrt(1/n) is tiny: README, seed spread);
+    others: library."""
+    if operation.name != "mult":
+        return operation.init_bounds(k, n)
+    b = full_table_bound(n) * 3.0 ** ((k - 1) / 2)
+    return [(-b, b)] + [(-1.0, 1.0)] * (k - 1)
+
+
 INIT_RULES: Registry[InitRule] = Registry("init rule")
 
 
@@ -258,7 +269,7 @@ def get_init_rule(name: str) -> InitRule:
 
 
 for _name, _rule in (("default", _library), ("gates", _gates), ("reference", _reference),
-                     ("zero_mean", _zero_mean)):
+                     ("zero_mean", _zero_mean), ("unit_tail", _unit_tail)):
     register_init_rule(_name, _rule)
 
 
