@@ -20,11 +20,14 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     if excess:
         header.append("excess log loss")
     rows = []
-    for e in results["summary"]:
-        scheme = " ".join([e["scheme"]]
-                          + [f"{k}={e[key]}" for k, key in (("c", "collisions"),
-                             ("t", "threshold"), ("h", "path_hidden"), ("init", "init"))
-                             if e[key]])  # fmt: skip
+    schemes = [" ".join([e["scheme"]]
+                        + [f"{k}={e[key]}" for k, key in (("c", "collisions"),
+                           ("t", "threshold"), ("h", "path_hidden"), ("init", "init"))
+                           if e[key]])
+               for e in results["summary"]]  # fmt: skip
+    for e, scheme in zip(results["summary"], schemes, strict=True):
+        if schemes.count(scheme) > 1:  # fields the summary lacks (k, order, hot) tell them apart
+            scheme = e["label"]
         row = [scheme, e["operation"] or "-", e["optimizer"], f"{e['num_parameters']:,}",
                f"{e['compression']:.1f}x", _pm(e, "test_logloss"), _pm(e, "test_auc")]  # fmt: skip
         if excess:
