@@ -25,8 +25,9 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                            ("t", "threshold"), ("h", "path_hidden"), ("init", "init"))
                            if e[key]])
                for e in results["summary"]]  # fmt: skip
-    for e, scheme in zip(results["summary"], schemes, strict=True):
-        if schemes.count(scheme) > 1:  # fields the summary lacks (k, order, hot) tell them apart
+    keys = [(scheme, e["operation"]) for scheme, e in zip(schemes, results["summary"], strict=True)]
+    for e, scheme, key in zip(results["summary"], schemes, keys, strict=True):
+        if keys.count(key) > 1:  # fields the summary lacks (k, order, hot) tell them apart
             scheme = e["label"]
         row = [scheme, e["operation"] or "-", e["optimizer"], f"{e['num_parameters']:,}",
                f"{e['compression']:.1f}x", _pm(e, "test_logloss"), _pm(e, "test_auc")]  # fmt: skip
