@@ -48,10 +48,16 @@ def _batches(steps: int, bags: bool = False):
         yield ids[:, :-1], [(values, offsets)]
 
 
-def _train(model: Model, optimizer: torch.optim.Optimizer, steps: int, bags: bool = False):
+def _train(model: Model, optimizer: torch.optim.Optimizer, steps: int, bags: bool = False,
+           forward_first: bool = False):
     for ids, bag in _batches(steps, bags):
-        optimizer.zero_grad(set_to_none=True)
-        model(ids, bag).backward()
+        if forward_first:  # as the trainer does: the forward runs before zero_grad
+            loss = model(ids, bag)
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(ids, bag)
+        loss.backward()
         optimizer.step()
 
 
@@ -76,13 +82,14 @@ def update(request, monkeypatch):
 
 @pytest.mark.parametrize("name", list(SPECS))
 @pytest.mark.parametrize("bags", [False, True])
-def test_fused_adagrad_equals_torch_adagrad(name, bags, update):
+@pytest.mark.parametrize("forward_first", [False, True], ids=["zero-grad-first", "forward-first"])
+def test_fused_adagrad_equals_torch_adagrad(name, bags, update, forward_first):
     torch.manual_seed(0)
     reference = Model(SPECS[name])
     fused = copy.deepcopy(reference)
-    _train(reference, torch.optim.Adagrad(reference.parameters(), lr=0.1), 6, bags)
+    _train(reference, torch.optim.Adagrad(reference.parameters(), lr=0.1), 6, bags, forward_first)
     tables = fused.sparse_arch.table_parameters()
-    _train(fused, FusedAdagrad(fused.parameters(), lr=0.1, tables=tables), 6, bags)
+    _train(fused, FusedAdagrad(fused.parameters(), lr=0.1, tables=tables), 6, bags, forward_first)
     assert _max_diff(reference, fused) < 1e-6
 
 

@@ -124,8 +124,10 @@ class FusedAdagrad(torch.optim.Optimizer):
             _ROUTES[id(table)] = (weakref.ref(table), me)
 
     def _sink(self, table: torch.Tensor) -> Sink:
-        pending = self._pending.setdefault(id(table), [])
-        return lambda rows, grads: pending.append((rows, grads))
+        # Looked up when the backward delivers, not when the sink is taken (the forward may
+        # come before zero_grad, as in the trainer): a list taken earlier would be orphaned.
+        key = id(table)
+        return lambda rows, grads: self._pending.setdefault(key, []).append((rows, grads))
 
     def _state(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
