@@ -159,3 +159,24 @@ def test_frequency_aware_run_evaluates_with_its_own_maps(synth: Path, tmp_path: 
     assert state["sparse_arch.features.4.relabel"].shape == (n,)
     evaluated = evaluate_run(tmp_path / "run", "val")
     assert evaluated["val_logloss"] == pytest.approx(final["val_logloss"], abs=1e-6)
+
+
+def test_trainer_fused_adagrad_equals_torch_adagrad_on_sparse_tables(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """Tables large enough for sparse gradients (> 4,096 stacked rows) route their row
+    gradients into the fused optimizer; in the trainer's order (forward, zero_grad, backward)
+    they must train exactly as with torch's Adagrad."""
+    data = trainkit.synth_folder(tmp_path / "data", rows=3000, big=6000)
+    config = trainkit.tiny_config(data, "train.max_steps=6", "model.embedding.scheme=full")
+    with trainkit.one_thread():
+        fused = train(config, tmp_path / "fused", progress=False)
+        original = loop.make_optimizer
+        monkeypatch.setattr(loop, "make_optimizer",
+                            lambda *a, **k: original(*a, **{**k, "fused": False}))
+        reference = train(config, tmp_path / "torch", progress=False)
+    a = load_checkpoint(tmp_path / "fused" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "torch" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+    assert fused["val_logloss"] == pytest.approx(reference["val_logloss"], abs=1e-6)
