@@ -30,7 +30,7 @@ $(KERNELS): csrc/sparse_adagrad.c csrc/compose_mult.c
 kernels: $(KERNELS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks
 
 test: $(STAMP) lint kernels
 	$(VENV)/bin/pytest
