@@ -1,6 +1,7 @@
 """Specs and per-feature plans: the one place a spec becomes tables; partition families as
 registered objects."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,30 @@ def test_layout_says_what_stacks():
     assert P.quotient_remainder(10, 4).layout() == (P.Digit(4, 3, 3), P.Digit(1, 4, 4))
     assert P.chinese_remainder(10, (3, 4)).layout() == (P.Digit(1, 3, 3), P.Digit(1, 4, 4))
     assert P.explicit([0, 1, 1], [0, 0, 1]).layout() is None
+
+
+class Attributes(P.PartitionFamily):
+    """Attribute partitions (explicit bucket tables): not index arithmetic, so not stackable."""
+
+    name = "attributes"
+    takes = ("collisions",)
+
+    def build(self, num_categories, collisions, k):
+        n = num_categories
+        ids = np.arange(n)
+        return P.explicit(ids // collisions, ids % collisions)
+
+
+def test_a_family_the_stack_cannot_hold_says_so(monkeypatch):
+    monkeypatch.setitem(P.FAMILIES, "attributes", Attributes())
+    spec = EmbeddingSpec("attributes", "add", collisions=4)
+    ebc = EmbeddingBagCollection([1000, 2000], 8, spec)
+    assert set(ebc.unstacked) == {0, 1}
+    assert "not index arithmetic" in ebc.unstacked[0]
+    bag = make_embedding_bag(1000, 8, spec)
+    with torch.no_grad():
+        for p, t in zip(bag.parameters(), ebc.tables(0), strict=True):
+            p.copy_(t)
+    ids = torch.tensor([[0, 5], [999, 1999]])
+    torch.testing.assert_close(ebc(ids)[:, 0], bag(ids[:, :1]))
+    assert "features.1.weights.1" in ebc.state_dict()  # keys as for any other feature
