@@ -157,3 +157,20 @@ def test_specs_that_need_counts_say_so():
                         counts=np.ones(1000, dtype=np.int64))
     assert [t.rows for t in plan.tables] == [250, 4, 11]
     assert plan.tables[-1].bounds == (1.0, 1.0)  # mult's identity: tails start as plain QR
+
+
+def test_maps_of_features_with_their_own_module_are_saved_too():
+    """A path over 16 buckets is not stacked: its module's relabelling still travels with the
+    checkpoint and wins over new counts."""
+    spec = EmbeddingSpec("path", collisions=16, path_hidden=4, order="interleaved")
+    trained = EmbeddingBagCollection(CARDS, 8, spec, counts=_counts())
+    assert 4 in trained.unstacked
+    state = trained.state_dict()
+    assert state["features.4.relabel"].shape == (9000,)
+    other = EmbeddingBagCollection(CARDS, 8, spec, counts=[c[::-1].copy() for c in _counts()])
+    ids = torch.stack([torch.randint(0, n, (64,)) for n in CARDS], 1)
+    assert not torch.equal(other.state_dict()["features.4.relabel"], state["features.4.relabel"])
+    other.load_state_dict(state)
+    assert torch.equal(other.state_dict()["features.4.relabel"], state["features.4.relabel"])
+    with torch.no_grad():
+        torch.testing.assert_close(other(ids), trained(ids))

@@ -15,7 +15,7 @@ from compemb.embeddings.batched import Layout, TableGroup
 from compemb.embeddings.batched_path import PATH_MAX_BUCKETS, PathGroup
 from compemb.embeddings.factory import module_from_plan
 from compemb.operations import OPERATIONS
-from compemb.partitions import HotSlots
+from compemb.partitions import HeadPartitions, HotSlots
 from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
 
 # (kind, operation name, widths or path shape, position kinds, relabelled): features with
@@ -202,6 +202,15 @@ class EmbeddingBagCollection(nn.Module):
         for key, module in self.modules_by_feature.items():
             for name in module.state_dict():
                 keys.append((f"features.{key}.{name}", f"modules_by_feature.{key}.{name}", None))
+            # A module's frequency maps live in its partitions: registered here as buffers of
+            # the very same tensors, so saving reads them and loading writes into them.
+            parts = self.plans[int(key)].partitions
+            maps = {"relabel": parts.relabeling(),
+                    "hot_ids": parts.hot if isinstance(parts, HeadPartitions) else None}
+            for name, tensor in maps.items():
+                if tensor is not None:
+                    self.register_buffer(f"_{name}{key}", tensor)
+                    keys.append((f"features.{key}.{name}", f"_{name}{key}", None))
         return keys
 
     @property
