@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -200,7 +201,6 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
-    import os
 
     from compemb.config import apply_overrides, load_config
     from compemb.training import resume, train
@@ -229,7 +229,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from compemb.training import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run_dir, args.split, device=args.device), indent=2))
+    metrics = evaluate_run(args.run_dir, args.split, device=args.device)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank reports
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from compemb.training import export_run
+
+    print(export_run(args.run_dir, args.out))
     return 0
 
 
@@ -275,11 +284,18 @@ def _add_training_commands(sub: argparse._SubParsersAction, spec_flags: bool) ->
     tr.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     tr.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", help="metrics of a run folder's last checkpoint")
+    ev = sub.add_parser("evaluate", help="metrics of a run folder's last checkpoint (under "
+                        "torchrun, a sharded run evaluated sharded)")  # fmt: skip
     ev.add_argument("run_dir")
     ev.add_argument("--split", choices=["test", "val"], default="test")
     ev.add_argument("--device", choices=["cpu", "cuda"], default=None)
     ev.set_defaults(func=_cmd_evaluate)
+
+    ex = sub.add_parser("export", help="a run's last checkpoint as one weights-only file of "
+                        "the unsharded model")  # fmt: skip
+    ex.add_argument("run_dir")
+    ex.add_argument("out", help="the file to write ({'model', 'config'})")
+    ex.set_defaults(func=_cmd_export)
 
 
 def _build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -79,6 +79,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps in all
     device: str | None = None  # cpu or cuda; None: cuda when available
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
+    keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def _resolve(config: Config, source: str) -> Config:
          f"(FBGEMM's Adam and LAMB are CUDA-only, AMSGrad has no kernel): use "
          f"train.sharding=replicate for it"),
     ]  # fmt: skip
-    positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every")
+    positive = ("batch_size", "epochs", "eval_batch_size", "checkpoint_every", "keep_checkpoints")
     checks += [(getattr(t, f) >= 1, f"train.{f}={getattr(t, f)}: must be >= 1") for f in positive]
     checks += [
         (t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0: at the end)"),

@@ -58,6 +58,37 @@ def share(seed: int, rows: int, rank: int = 0, world: int = 1) -> tuple:
     return ids[lo:hi], bag, labels[lo:hi], rows
 
 
+def whole(value: object, size: torch.Size | None = None) -> torch.Tensor:
+    """A ShardedTensor (or a tensor) whole on every rank: each rank's shards, summed over
+    ranks (``value`` None with ``size``: a state this rank holds no part of). For checks
+    only: compemb itself never gathers a table."""
+    if value is not None and not hasattr(value, "local_shards"):
+        return value.detach().clone()
+    full = torch.zeros(value.size() if value is not None else size)
+    for s in value.local_shards() if value is not None else ():
+        where = tuple(slice(o, o + n) for o, n in
+                      zip(s.metadata.shard_offsets, s.metadata.shard_sizes, strict=True))
+        full[where] = s.tensor.detach()
+    dist.all_reduce(full)
+    return full
+
+
+def whole_state(dmp: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: whole(v) for k, v in dmp.state_dict().items()}
+
+
+def whole_moments(dmp: nn.Module) -> dict[str, torch.Tensor]:
+    """The fused optimizers' state whole, keyed ``<parameter>/<state>`` (ranks hold the
+    states of different tables: their keys and sizes are gathered first)."""
+    state = dmp.fused_optimizer.state_dict()["state"]
+    mine = {f"{p}/{s}": tuple(v.size()) for p, states in state.items() for s, v in states.items()}
+    every: list[dict] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(every, mine)
+    sizes = {k: v for d in every for k, v in d.items()}
+    return {k: whole(state.get(k.split("/", 1)[0], {}).get(k.split("/", 1)[1]), sizes[k])
+            for k in sorted(sizes)}
+
+
 def check(what: str, a: torch.Tensor, b: torch.Tensor) -> None:
     err = (a - b).abs().max().item() if a.numel() else 0.0
     if err > TOL:
@@ -93,11 +124,11 @@ def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
         for name, p in dense:
             check(f"step {step} gradient of {name}", p.grad, ref_grads[name].grad)
         opt.step()
-        state = sharding.full_state_dict(sharded.model)
+        state = whole_state(sharded.model)
         for name, value in reference.state_dict().items():
             check(f"step {step} {name} after the step", state[name], value)
         if step == 0:  # through full state and back, as checkpoint and resume do
-            moments = sharding.full_optimizer_state(sharded.model)
+            moments = whole_moments(sharded.model)
             torch.manual_seed(1)
             model = Model(spec)
             sharded = sharding.shard(model, torch.device("cpu"), optimizer=optimizer, lr=lr,

@@ -21,11 +21,13 @@ from compemb.data.synthetic import SynthOptions, generate_synthetic
 TIMING_KEYS = ("train_seconds", "samples_per_s", "world_size")
 
 
-def synth_folder(path: Path, rows: int = 2009, big: int = 1000) -> Path:
+def synth_folder(path: Path, rows: int = 2009, big: int = 1000,
+                 numbering: str = "first-seen") -> Path:
     """A planted synthetic dataset folder: 5 features (the last has ``big`` categories), 3 dense,
-    about 6/7 of the rows for train."""
+    about 6/7 of the rows for train (``numbering="population"`` keeps the cardinalities)."""
     generate_synthetic(path, SynthOptions(rows=rows, cardinalities=(50, 7, 300, 3, big),
-                                          seed=1, num_dense=3), progress=False)  # fmt: skip
+                                          seed=1, num_dense=3, numbering=numbering),
+                       progress=False)  # fmt: skip
     return path
 
 

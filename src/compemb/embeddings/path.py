@@ -174,6 +174,11 @@ class PathEmbeddingBag(BagModule):
         a = full_table_bound(self.num_categories)
         with torch.no_grad():
             self.weight.uniform_(-a, a)
+        self.reset_paths()
+
+    def reset_paths(self) -> None:
+        """Draw the per-bucket functions alone (a backend that holds the first table itself,
+        such as the TorchRec collection, initializes that table)."""
         for layers in self.paths:
             for i, layer in enumerate(layers):
                 init_path_layer_(layer.weight, layer.bias, self.transform, first=i == 0)

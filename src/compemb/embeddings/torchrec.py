@@ -10,7 +10,7 @@ of one feature in the batch, D output width.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,8 +53,10 @@ class FeatureRoute:
             operation, tables).
         tables: TorchRec table names, in the plan's table order: ``<feature>__<j>``.
         pooled: tables in the pooled EmbeddingBagCollection and combined after pooling (the
-            operation commutes with the pooling); otherwise looked up unpooled, composed per
-            id, then pooled here.
+            operation commutes with the pooling, or the feature is one-hot: a pooled one-id
+            bag is the row itself); otherwise looked up unpooled, composed per id, then pooled
+            here.
+        one_hot: every sample holds exactly one id of this feature (checked every batch).
         outputs: output keys: the feature's name, or k of them (``<feature>_<j>``) under scheme
             ``feature``.
     """
@@ -65,10 +67,45 @@ class FeatureRoute:
     tables: tuple[str, ...]
     pooled: bool
     outputs: tuple[str, ...]
+    one_hot: bool = False
 
     @property
     def kind(self) -> str:
         return self.plan.kind
+
+
+class SeededUniform:
+    """A table's ``init_fn``: U(lo, hi) from a generator of its own, seeded by the run's seed
+    and the table's name, so every rank draws the same data-parallel table and a sharded run
+    is reproducible without the global RNG.
+
+    A ShardedTensor (TorchRec's sharded weight) is drawn shard by shard, each from a generator
+    seeded by its offsets too: the same at the same world size and plan; another world size
+    shards (and so draws) differently.
+    """
+
+    def __init__(self, low: float, high: float, seed: int, name: str):
+        self.low, self.high, self.seed, self.name = low, high, seed, name
+
+    def __call__(self, weight: Any) -> Any:
+        if hasattr(weight, "local_shards"):
+            for s in weight.local_shards():
+                self._fill(s.tensor, tuple(s.metadata.shard_offsets))
+        else:
+            self._fill(weight, ())
+        return weight
+
+    def _fill(self, tensor: torch.Tensor, offsets: tuple[int, ...]) -> None:
+        if tensor.is_meta:  # nothing to draw: DMP calls again on the allocated shards
+            return
+        key = f"{self.seed}/{self.name}/{offsets}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        generator = torch.Generator(device=tensor.device).manual_seed(seed)
+        with torch.no_grad():
+            tensor.uniform_(self.low, self.high, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"SeededUniform({self.low}, {self.high}, seed={self.seed}, name={self.name!r})"
 
 
 def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None,
@@ -93,6 +130,20 @@ def _split(features: KeyedJaggedTensor
     w = features.weights_or_none()
     weights = w.split(counts) if w is not None else [None] * len(keys)
     return {k: (v, n, x) for k, v, n, x in zip(keys, values, lengths, weights, strict=True)}
+
+
+def _path_functions(plan: FeaturePlan, device: torch.device) -> nn.Module:
+    """A path feature's per-feature module without its first table (TorchRec looks that up):
+    its per-bucket functions, on ``device`` (the CPU when the tables are built on meta)."""
+    if device.type != "meta":
+        module = module_from_plan(plan, validate=False, device=device)
+        module.weight = None
+        return module
+    module = module_from_plan(plan, validate=False, device="meta")
+    module.weight = None
+    module.to_empty(device="cpu")
+    module.reset_paths()
+    return module
 
 
 class TorchRecEmbeddingCollection(nn.Module):
@@ -126,6 +177,16 @@ class TorchRecEmbeddingCollection(nn.Module):
             (``spec.needs_counts``: frequency order, hot rows).
         plans: the features' plans, when already made (e.g. a local collection's ``plans``,
             frequency maps included); instead of ``counts``.
+        one_hot: the first ``one_hot`` features hold exactly one id per sample (a dataset's
+            single-valued features): unweighted, their mult and path tables are looked up
+            pooled too (a pooled one-id bag is the row itself), which skips the unpooled
+            collection. Checked on every batch.
+        validate: check every id against its feature's n before any lookup (FBGEMM would
+            clamp an id >= n to row 0 silently); ``False`` for inputs checked upstream.
+        seed: seeds every table's init (:class:`SeededUniform`).
+        device: where the tables are built; ``"meta"`` builds them without memory, for
+            ``DistributedModelParallel`` to allocate and initialize only each rank's shards
+            (path functions are then built on the CPU).
 
     >>> trc = TorchRecEmbeddingCollection([1000, 50], 16, EmbeddingSpec("qr", collisions=4))
     >>> kt = trc(ids_to_kjt(torch.tensor([[3, 7], [999, 49]]), trc.feature_names))
@@ -143,6 +204,9 @@ class TorchRecEmbeddingCollection(nn.Module):
         weighted: bool = False,
         counts: Sequence[np.ndarray] | None = None,
         plans: Sequence[FeaturePlan] | None = None,
+        one_hot: int = 0,
+        validate: bool = True,
+        seed: int = 0,
         device: torch.device | str | None = None,
     ):
         super().__init__()
@@ -160,6 +224,10 @@ class TorchRecEmbeddingCollection(nn.Module):
         self.spec = spec
         self.feature_names = tuple(names)
         self.weighted = weighted
+        self.validate = validate
+        if not 0 <= one_hot <= len(names):
+            raise ValueError(f"one_hot must be in [0, {len(names)}], got {one_hot}")
+        dev = torch.device("cpu") if device is None else torch.device(device)
         routes, pooled_cfgs, unpooled_cfgs = [], [], {}
         # Path features: the per-feature module without its first table (TorchRec looks that
         # up) applies the per-bucket functions.
@@ -173,23 +241,21 @@ class TorchRecEmbeddingCollection(nn.Module):
             raise ValueError(f"{len(plans)} plans for {len(names)} features")
         for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
             op = plan.operation
-            pooled = spec.mode != "max" and (
+            single = f < one_hot and not weighted
+            pooled = single or (spec.mode != "max" and (
                 plan.kind in ("full", "hash", "feature")
                 or (op is not None and op.commutes_with_sum_pooling)
-            )
+            ))
             tables = tuple(f"{name}__{j}" for j in range(len(plan.tables)))
             outputs = tuple(f"{name}_{j}" for j in range(len(tables))) \
                 if plan.kind == "feature" else (name,)
-            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs))
+            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs, f < one_hot))
             if plan.kind == "path":
-                module = module_from_plan(plan, validate=False, device=device)
-                module.weight = None
-                self.paths[name] = module
+                self.paths[name] = _path_functions(plan, dev)
             for t, table in zip(tables, plan.tables, strict=True):
                 lo, hi = table.bounds
                 common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
-                          "feature_names": [t],
-                          "init_fn": functools.partial(nn.init.uniform_, a=lo, b=hi)}
+                          "feature_names": [t], "init_fn": SeededUniform(lo, hi, seed, t)}
                 if pooled:
                     pooled_cfgs.append(trec.EmbeddingBagConfig(pooling=pooling, **common))
                 else:
@@ -199,7 +265,6 @@ class TorchRecEmbeddingCollection(nn.Module):
         # Kept apart from the modules, which DMP replaces by sharded ones.
         self.table_shapes = {t: (table.rows, table.width) for r in routes
                              for t, table in zip(r.tables, r.plan.tables, strict=True)}
-        dev = torch.device("cpu") if device is None else torch.device(device)
         self.pooled = trec.EmbeddingBagCollection(pooled_cfgs, is_weighted=weighted, device=dev) \
             if pooled_cfgs else None
         self.unpooled = nn.ModuleDict({
@@ -245,8 +310,8 @@ class TorchRecEmbeddingCollection(nn.Module):
 
     def local_state_dict(self, state: dict[str, torch.Tensor], prefix: str = ""
                          ) -> dict[str, torch.Tensor]:
-        """A state dict of this collection (keys under ``prefix``, whole tables, e.g. from
-        :func:`compemb.training.sharding.full_state_dict`) renamed for the local collection."""
+        """A state dict of this collection (keys under ``prefix``, whole tables) renamed for
+        the local collection."""
         return {local: state[prefix + own] for own, local in self.state_key_map().items()}
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
@@ -266,6 +331,8 @@ class TorchRecEmbeddingCollection(nn.Module):
             kt = self(pad)
             return trec.KeyedTensor(kt.keys(), kt.length_per_key(), kt.values()[:0])
         jts = _split(features)
+        if self.validate:
+            self._check(jts)
         pooled_in: dict[str, list] = {"keys": [], "values": [], "lengths": [], "weights": []}
         unpooled_in: dict[int, dict[str, list]] = {}
         rest: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -303,18 +370,45 @@ class TorchRecEmbeddingCollection(nn.Module):
             rows.update({t: jt.values() for t, jt in self.unpooled[f"d{width}"](kjt).items()})
         outs = []
         for r in self.routes:
-            if r.pooled:
-                parts = [pooled[t] for t in r.tables]
-                outs.extend([r.plan.operation.combine(parts)] if r.kind == "compose" else parts)
-                continue
-            _, lengths, weights = jts[r.name]
-            parts = [rows[t] for t in r.tables]
+            parts = [(pooled if r.pooled else rows)[t] for t in r.tables]
             if r.kind == "path":
                 parts = [self.paths[r.name].transform_rows(parts[0], rest[r.name])]
             elif r.kind == "compose":
                 parts = [r.plan.operation.combine(parts)]
-            outs.extend(_pool(p, lengths, weights, self.spec.mode) for p in parts)
+            if not r.pooled:
+                _, lengths, weights = jts[r.name]
+                parts = [_pool(p, lengths, weights, self.spec.mode) for p in parts]
+            outs.extend(parts)
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
+
+    def _check(self, jts: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+               ) -> None:
+        """Every id in 0..n-1 and one id per sample of a one-hot feature, before any lookup.
+
+        Raises:
+            IndexError: naming the feature, the id and its position (sample and index in the
+                feature's values).
+            ValueError: a one-hot feature's sample holding another number of ids.
+        """
+        for r in self.routes:
+            ids, lengths, _ = jts[r.name]
+            n = self.cardinalities[r.index]
+            if r.one_hot and bool((lengths != 1).any()):
+                b = int((lengths != 1).nonzero()[0])
+                raise ValueError(
+                    f"TorchRecEmbeddingCollection: feature {r.name!r} is one-hot, but sample {b} "
+                    f"holds {int(lengths[b])} ids"
+                )
+            if ids.numel() == 0:
+                continue
+            low, high = torch.aminmax(ids)
+            if int(low) < 0 or int(high) >= n:
+                i = int(((ids < 0) | (ids >= n)).nonzero()[0])
+                sample = int(torch.searchsorted(lengths.cumsum(0), i, right=True))
+                raise IndexError(
+                    f"TorchRecEmbeddingCollection: feature {r.name!r} id {int(ids[i])} (sample "
+                    f"{sample}, position {i} of its values) is out of range 0..{n - 1}"
+                )
 
 
 class TorchRecSparseArch(nn.Module):
@@ -325,18 +419,23 @@ class TorchRecSparseArch(nn.Module):
     :class:`~compemb.embeddings.collection.EmbeddingBagCollection`. Its state dict converts to
     and from the local collection's (feature keys) with :meth:`local_state_dict` and
     :meth:`load_local_state_dict`.
+
+    The arguments are :class:`TorchRecEmbeddingCollection`'s; ``one_hot`` is typically the
+    number of single-valued features (the width of ``ids``).
     """
 
     def __init__(self, cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec, *,
-                 plans: Sequence[FeaturePlan] | None = None, validate: bool = True,
+                 plans: Sequence[FeaturePlan] | None = None,
+                 counts: Sequence[np.ndarray] | None = None, one_hot: int = 0,
+                 validate: bool = True, seed: int = 0,
                  device: torch.device | str | None = None):
         super().__init__()
-        self.collection = TorchRecEmbeddingCollection(cardinalities, embedding_dim, spec,
-                                                      plans=plans, device=device)
+        self.collection = TorchRecEmbeddingCollection(
+            cardinalities, embedding_dim, spec, plans=plans, counts=counts, one_hot=one_hot,
+            validate=validate, seed=seed, device=device)  # fmt: skip
         self.cardinalities = self.collection.cardinalities
         self.embedding_dim = embedding_dim
         self.spec = spec
-        self.validate = validate
 
     @property
     def num_outputs(self) -> int:
@@ -358,13 +457,6 @@ class TorchRecSparseArch(nn.Module):
     def forward(self, ids: torch.Tensor,
                 bags: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
         """Embed a batch: ids (B, F1) and F - F1 bags -> (B, F_out, D)."""
-        if self.validate:
-            limits = torch.tensor(self.cardinalities[: ids.shape[1]], device=ids.device)
-            bad = (ids < 0) | (ids >= limits)
-            if bool(bad.any()):
-                row, f = (int(v) for v in bad.nonzero()[0])
-                raise IndexError(f"TorchRecSparseArch: feature {f} id {int(ids[row, f])} in row "
-                                 f"{row} is out of range 0..{self.cardinalities[f] - 1}")
         kjt = ids_to_kjt(ids, self.collection.feature_names, bags)
         return keyed_to_batch(self.collection(kjt), self.embedding_dim)
 

@@ -34,12 +34,14 @@ def build_model(
     validate: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    sparse_arch: torch.nn.Module | None = None,
 ) -> RankingModel:
     """Build a registered model by name with the paper's layer sizes.
 
     ``device="meta"`` builds it without memory, for parameter counts of Criteo-size tables
     (below: 2,500,000 + 4 QR rows for the first feature; the second, n = 3 <= 4 collisions,
-    keeps its full table of 3 rows).
+    keeps its full table of 3 rows). ``sparse_arch`` replaces the local collection by an
+    embedding layer built elsewhere (the TorchRec one that sharded training builds on meta).
 
     >>> build_model("dcn", [10**7, 3], 13, 16, EmbeddingSpec("qr", collisions=4),
     ...             device="meta").embedding_parameters
@@ -48,7 +50,8 @@ def build_model(
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](cardinalities, num_dense, embedding_dim, spec, counts=counts,
-                         validate=validate, device=device, dtype=dtype)  # fmt: skip
+                         validate=validate, device=device, dtype=dtype,
+                         sparse_arch=sparse_arch)  # fmt: skip
 
 
 __all__ = [

@@ -37,11 +37,14 @@ class RankingModel(nn.Module):
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        sparse_arch: nn.Module | None = None,
     ):
         super().__init__()
         self.num_dense = _check_count("num_dense", num_dense, 0)
         self.embedding_dim = _check_count("embedding_dim", embedding_dim, 1)
-        self.sparse_arch = EmbeddingBagCollection(
+        # An embedding layer built by the caller (a TorchRecSparseArch whose tables are on the
+        # meta device, for DistributedModelParallel to shard) takes the local collection's place.
+        self.sparse_arch = sparse_arch if sparse_arch is not None else EmbeddingBagCollection(
             cardinalities, embedding_dim, spec, counts=counts, validate=validate, device=device,
             dtype=dtype
         )

@@ -45,9 +45,11 @@ class DCN(RankingModel):
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        sparse_arch: nn.Module | None = None,
     ):
         super().__init__(cardinalities, num_dense, embedding_dim, spec, counts=counts,
-                         validate=validate, device=device, dtype=dtype)  # fmt: skip
+                         validate=validate, device=device, dtype=dtype,
+                         sparse_arch=sparse_arch)  # fmt: skip
         kw = {"device": device, "dtype": dtype}
         width = num_dense + self.sparse_arch.num_outputs * embedding_dim
         self.deep: nn.Module = MLP(width, deep_hidden, final_activation=True, **kw)

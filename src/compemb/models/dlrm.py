@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from compemb.embeddings import EmbeddingSpec
 from compemb.models.base import RankingModel
@@ -49,9 +50,11 @@ class DLRM(RankingModel):
         validate: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        sparse_arch: nn.Module | None = None,
     ):
         super().__init__(cardinalities, num_dense, embedding_dim, spec, counts=counts,
-                         validate=validate, device=device, dtype=dtype)  # fmt: skip
+                         validate=validate, device=device, dtype=dtype,
+                         sparse_arch=sparse_arch)  # fmt: skip
         kw = {"device": device, "dtype": dtype}
         num_vectors = self.sparse_arch.num_outputs
         if num_dense > 0:

@@ -5,7 +5,7 @@ from compemb.optim import make_optimizer
 from compemb.training.build import embedding_spec, forward, model_for
 from compemb.training.checkpoint import load_checkpoint, save_checkpoint
 from compemb.training.distributed import DistInfo, pick_device
-from compemb.training.evaluate import evaluate, evaluate_run
+from compemb.training.evaluate import evaluate, evaluate_run, export_run, load_local
 from compemb.training.loop import TrainingDiverged, resume, train
 from compemb.training.metrics import binary_metrics
 from compemb.training.params import count_parameters, load_cardinalities, parameter_report
@@ -18,9 +18,11 @@ __all__ = [
     "embedding_spec",
     "evaluate",
     "evaluate_run",
+    "export_run",
     "forward",
     "load_cardinalities",
     "load_checkpoint",
+    "load_local",
     "make_optimizer",
     "model_for",
     "parameter_report",

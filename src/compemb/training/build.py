@@ -24,16 +24,35 @@ def embedding_spec(config: Config, *, sparse: bool | None = None) -> EmbeddingSp
 
 
 def model_for(
-    config: Config, dataset: Dataset, device: torch.device | str, *, sparse: bool | None = None
+    config: Config,
+    dataset: Dataset,
+    device: torch.device | str,
+    *,
+    sparse: bool | None = None,
+    torchrec: bool = False,
 ) -> RankingModel:
-    """Build the configured model for ``dataset`` (its cardinalities and dense width)."""
-    spec = embedding_spec(config, sparse=sparse)
+    """Build the configured model for ``dataset`` (its cardinalities and dense width).
+
+    With ``torchrec`` its embedding layer is a
+    :class:`~compemb.embeddings.torchrec.TorchRecSparseArch` whose tables are on the meta
+    device (nothing allocated), for :class:`~compemb.training.sharding.ShardedTraining` to
+    shard; the dataset's single-valued features are declared one-hot, and the tables' init is
+    seeded by ``train.seed``.
+    """
+    spec = embedding_spec(config, sparse=False if torchrec else sparse)
     # Frequency-aware embeddings read the training split's counts; the maps they make are saved
     # with the model, so a checkpoint maps ids as its training did.
     counts = open_category_counts(config.data.dataset) if spec.needs_counts else None
+    cards, dim = dataset.cardinalities, config.model.embedding_dim
     try:
-        return build_model(config.model.name, dataset.cardinalities, dataset.num_dense,
-                           config.model.embedding_dim, spec, counts=counts,
-                           device=device)  # fmt: skip
+        arch = None
+        if torchrec:
+            from compemb.embeddings.torchrec import TorchRecSparseArch
+
+            arch = TorchRecSparseArch(cards, dim, spec, counts=counts,
+                                      one_hot=len(cards) - dataset.num_bag_features,
+                                      seed=config.train.seed, device="meta")  # fmt: skip
+        return build_model(config.model.name, cards, dataset.num_dense, dim, spec,
+                           counts=counts, device=device, sparse_arch=arch)  # fmt: skip
     except ValueError as err:
         raise ValueError(f"model: {err}") from err

@@ -3,7 +3,8 @@
 The run folder (:class:`~compemb.training.run_folder.RunFolder`) gets the resolved config, one
 metrics record per validation (step, train loss, val log loss), the last atomic checkpoint and,
 when done, the final metrics. Under ``torchrun`` every rank trains its share of each global batch;
-rank 0 alone evaluates and writes files while the others wait.
+a replicated run evaluates and writes files on rank 0 while the others wait, a sharded one
+(``train.sharding: torchrec``) evaluates and checkpoints on every rank, each its own shards.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class TrainingDiverged(ValueError):
 class Trainer:
     """Everything a run needs; ``net`` is ``model`` or its DDP wrapper.
 
-    With ``train.sharding: torchrec``, ``sharded`` holds the TorchRec-sharded model (``net``)
-    and ``model`` is its replicated copy, synced before each evaluation and checkpoint.
+    With ``train.sharding: torchrec``, ``sharded`` holds the TorchRec-sharded model: ``net``
+    is its DMP wrapper and ``model`` the model inside (each rank holding its own shards).
     """
 
     config: Config
@@ -66,11 +67,6 @@ class Trainer:
     state: TrainState
     tables_outside_ddp: bool = False  # sparse table gradients, all-reduced by the loop
     sharded: ShardedTraining | None = None
-
-    def sync(self) -> None:
-        """Bring ``model`` in step with a sharded ``net`` (collective: every rank calls it)."""
-        if self.sharded is not None:
-            self.sharded.sync()
 
     @property
     def total_steps(self) -> int:
@@ -161,27 +157,28 @@ def _setup_sharded(
     device: torch.device,
     info: D.DistInfo,
 ) -> Trainer:
-    """``train.sharding: torchrec``: the model built (and restored) as a replicated one, then
-    a copy of it sharded by TorchRec; sharded tables train with FBGEMM's fused optimizers."""
-    model = model_for(config, dataset, device, sparse=False)
-    saved = None
-    if resume and folder.checkpoint.is_file():
-        saved = load_checkpoint(folder.checkpoint, device)
-        restore(model, saved, "model", folder.checkpoint)
+    """``train.sharding: torchrec``: the tables built on the meta device, DMP allocating and
+    initializing each rank's shards; sharded tables train with FBGEMM's fused optimizers.
+    A resumed run reads its newest checkpoint folder at any world size (or a single-file
+    checkpoint of an earlier sharded run)."""
     t = config.train
     lr = t.lr if t.lr is not None else optimizer_kind(t.optimizer).default_lr
+    model = model_for(config, dataset, device, torchrec=True)
     sharded = ShardedTraining.prepare(model, t.optimizer, lr, device, verbose=info.is_main)
     state = TrainState()
-    if saved is not None:
-        restore(sharded.optimizer, saved, "optimizer", folder.checkpoint)
-        restore(sharded.fused, saved, "fused_optimizer", folder.checkpoint)
+    latest = folder.latest_sharded() if resume else None
+    if latest is not None:
+        state = _progress(sharded.load(latest, device), latest)
+    elif resume and folder.checkpoint.is_file():
+        saved = load_checkpoint(folder.checkpoint, device)
+        sharded.load_single_file(saved, folder.checkpoint)
         state = _progress(saved, folder.checkpoint)
     if info.is_main:
         lines = "".join(json.dumps(r) + "\n" for r in state.history)
         atomic_write(folder.metrics, lambda tmp: tmp.write_text(lines))
     D.barrier(info)
-    return Trainer(config, folder, dataset, model, sharded.net, sharded.optimizer, device, info,
-                   state, sharded=sharded)  # fmt: skip
+    return Trainer(config, folder, dataset, sharded.net.module, sharded.net, sharded.optimizer,
+                   device, info, state, sharded=sharded)  # fmt: skip
 
 
 def _progress(saved: dict[str, Any], path: Path) -> TrainState:
@@ -293,10 +290,8 @@ def _record(trainer: Trainer) -> None:
     state = trainer.state
     record: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "samples": state.samples,
                               "train_loss": state.take_train_loss()}  # fmt: skip
-    trainer.sync()
+    val = _evaluate(trainer, "val")
     if trainer.dist.is_main:
-        t = trainer.config.train
-        val = evaluate(trainer.model, trainer.dataset, "val", t.eval_batch_size, trainer.device)
         record.update({f"val_{k}": v for k, v in val.items()})
         with open(trainer.folder.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -304,20 +299,31 @@ def _record(trainer: Trainer) -> None:
     D.barrier(trainer.dist)
 
 
+def _evaluate(trainer: Trainer, split: str) -> dict[str, Any]:
+    """Metrics of ``split``: through the sharded model on every rank, or on rank 0 alone
+    (the others get an empty dict)."""
+    t = trainer.config.train
+    if trainer.sharded is not None:
+        return evaluate(trainer.net, trainer.dataset, split, t.eval_batch_size, trainer.device,
+                        dist_info=trainer.dist)  # fmt: skip
+    if not trainer.dist.is_main:
+        return {}
+    return evaluate(trainer.model, trainer.dataset, split, t.eval_batch_size, trainer.device)
+
+
 def _checkpoint(trainer: Trainer) -> None:
-    # A sharded run saves whole tables under the replicated model's keys (and the fused
-    # optimizers' state whole), so a replicated model or any number of ranks loads it.
-    trainer.sync()
-    sharded = trainer.sharded
-    fused = {} if sharded is None else {"fused_optimizer": sharded.fused.state_dict()}
+    extra = {"state": trainer.state.to_dict(), "rng": rng_state(),
+             "config": trainer.config.to_dict()}  # fmt: skip
+    if trainer.sharded is not None:
+        # every rank writes its own shards; the dense part once
+        trainer.sharded.save(trainer.folder.checkpoints, extra,
+                             keep=trainer.config.train.keep_checkpoints)  # fmt: skip
+        return
     if trainer.dist.is_main:
         save_checkpoint(trainer.folder.checkpoint, {
             "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
-            **fused,
-            "state": trainer.state.to_dict(),
-            "rng": rng_state(),
-            "config": trainer.config.to_dict(),
+            **extra,
         })  # fmt: skip
     D.barrier(trainer.dist)
 
@@ -328,12 +334,15 @@ def _finish(trainer: Trainer) -> None:
     if not state.history or state.history[-1]["step"] != state.step:
         _record(trainer)
     _checkpoint(trainer)
+    test = _evaluate(trainer, "test")
     if not trainer.dist.is_main:
         return
     t = trainer.config.train
-    test = evaluate(trainer.model, trainer.dataset, "test", t.eval_batch_size, trainer.device)
     last = state.history[-1]
-    report = parameter_report(trainer.model, t.optimizer)
+    # A sharded model's tables are ShardedTensors: count the same model built on meta.
+    counted = trainer.model if trainer.sharded is None \
+        else model_for(trainer.config, trainer.dataset, "meta")
+    report = parameter_report(counted, t.optimizer)
     final = {
         **{f"test_{k}": v for k, v in test.items()},
         **{k: last[k] for k in ("val_logloss", "val_accuracy", "val_auc", "train_loss")},

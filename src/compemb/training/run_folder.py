@@ -15,8 +15,9 @@ class RunFolder:
     """The folder of one training run.
 
     It holds ``config.yaml`` (the resolved config, written first), ``metrics.jsonl`` (one record
-    per validation), ``checkpoint.pt`` (the last atomic checkpoint) and, once the run is done,
-    ``final.json`` (its final metrics).
+    per validation), the last atomic checkpoint (``checkpoint.pt``, or for a sharded run the
+    newest complete folder in ``checkpoints/``) and, once the run is done, ``final.json`` (its
+    final metrics).
 
     >>> RunFolder(Path("runs/a")).checkpoint.as_posix()
     'runs/a/checkpoint.pt'
@@ -27,6 +28,7 @@ class RunFolder:
     CONFIG: ClassVar[str] = "config.yaml"
     METRICS: ClassVar[str] = "metrics.jsonl"
     CHECKPOINT: ClassVar[str] = "checkpoint.pt"
+    CHECKPOINTS: ClassVar[str] = "checkpoints"
     FINAL: ClassVar[str] = "final.json"
 
     def __post_init__(self) -> None:
@@ -45,12 +47,24 @@ class RunFolder:
         return self.path / self.CHECKPOINT
 
     @property
+    def checkpoints(self) -> Path:
+        """The folder of a sharded run's checkpoints."""
+        return self.path / self.CHECKPOINTS
+
+    @property
     def final(self) -> Path:
         return self.path / self.FINAL
 
+    def latest_sharded(self) -> Path | None:
+        """The newest complete checkpoint folder of a sharded run, or None."""
+        from compemb.training.sharded_checkpoint import latest
+
+        return latest(self.checkpoints)
+
     def holds_run(self) -> bool:
         """Whether a run was started here (its config, a checkpoint or final metrics exist)."""
-        return any(p.exists() for p in (self.config, self.checkpoint, self.final))
+        return any(p.exists() for p in (self.config, self.checkpoint, self.checkpoints,
+                                        self.final))
 
     def is_done(self) -> bool:
         return self.final.is_file()

@@ -1,6 +1,11 @@
 """TorchRec sharding of a model's :class:`~compemb.embeddings.torchrec.TorchRecEmbeddingCollection`:
-the plan compemb chooses, DistributedModelParallel with fused optimizers, and full (unsharded)
-state for checkpoints.
+the plan compemb chooses, DistributedModelParallel with fused optimizers, and the sharded run
+that training, evaluation and checkpoints use.
+
+No rank holds a whole model: training builds the tables on the meta device and DMP allocates
+and initializes each rank's shards only (:class:`ShardedTraining`); checkpoints are written
+shard by shard (:mod:`compemb.training.sharded_checkpoint`) and evaluation runs through the
+sharded model on every rank.
 
 Plan: partition tables above ``small_bytes`` are sharded (table-wise or column-wise; row-wise
 too on CUDA, where FBGEMM offers it); smaller ones (remainder tables, tables of small
@@ -15,10 +20,10 @@ R ranks equals a single process's step on the whole batch.
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,9 +54,8 @@ def to_torchrec(model: nn.Module) -> nn.Module:
 
 def local_model_state(state: dict[str, torch.Tensor], arch: TorchRecSparseArch,
                       prefix: str = "sparse_arch.") -> dict[str, torch.Tensor]:
-    """A full state dict of a model whose ``sparse_arch`` is ``arch`` (e.g. from
-    :func:`full_state_dict`) renamed to the same model with the local collection: the form
-    checkpoints keep, so a replicated model loads them."""
+    """A full state dict of a model whose ``sparse_arch`` is ``arch`` (unsharded, e.g. after
+    :func:`to_torchrec`) renamed to the same model with the local collection, which loads it."""
     own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     out = {k: v for k, v in state.items() if not k.startswith(prefix)}
     out.update({prefix + k: v for k, v in arch.local_state_dict(own).items()})
@@ -179,8 +183,10 @@ def shard(
 ) -> Sharded:
     """Shard ``model``'s TorchRec collection over the default process group with DMP.
 
-    The model keeps its current weights: they are copied into the shards. The process group
-    must be initialized (world size 1 is fine).
+    Tables built on the meta device are allocated and initialized by DMP, each rank its own
+    shards (their ``init_fn``); otherwise the model keeps its current weights, copied into the
+    shards (which needs them whole on every rank first). The process group must be
+    initialized (world size 1 is fine).
     """
     require_torchrec()
     from torchrec.distributed import DistributedModelParallel
@@ -194,7 +200,8 @@ def shard(
 
     world_size = dist.get_world_size()
     collection = find_collection(model)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    on_meta = any(p.is_meta for p in collection.parameters())
+    initial = None if on_meta else {k: v.detach().clone() for k, v in model.state_dict().items()}
     fused = fused_optimizer_params(optimizer, lr)
     sharders = [EmbeddingBagCollectionSharder(fused_params=fused),
                 EmbeddingCollectionSharder(fused_params=fused)]  # fmt: skip
@@ -203,8 +210,12 @@ def shard(
     topology = Topology(world_size=world_size, compute_device=device.type)
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
-    load_full_state_dict(dmp, initial)
+    # FBGEMM's kernels draw a first init from the global RNG (by shard size, so differently
+    # on each rank) before the tables' init_fn replaces it: keep the global RNG out of it.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+    if initial is not None:
+        load_full_state_dict(dmp, initial)
     summary = describe_plan(plan, collection, world_size, optimizer)
     return Sharded(dmp, plan, collection, summary)
 
@@ -221,34 +232,9 @@ def _shard_slices(value: Any) -> Iterable[tuple[torch.Tensor, tuple[slice, ...]]
                               zip(md.shard_offsets, md.shard_sizes, strict=True))
 
 
-def _sum_over_ranks(full: torch.Tensor, dst: int | None) -> torch.Tensor:
-    """Each rank's part (zeros elsewhere) summed on every rank (``dst=None``) or on ``dst``."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if dst is None:
-            dist.all_reduce(full)
-        else:
-            dist.reduce(full, dst)
-    return full
-
-
-def _gather(value: Any, dst: int | None = None) -> torch.Tensor:
-    """A ShardedTensor as one full tensor on every rank, or whole on rank ``dst`` only."""
-    full = torch.zeros(value.size(), dtype=value.dtype)
-    for tensor, where in _shard_slices(value):
-        full[where] = tensor.detach().cpu()
-    return _sum_over_ranks(full, dst)
-
-
-def full_state_dict(dmp: nn.Module, dst: int | None = None) -> dict[str, torch.Tensor]:
-    """The sharded model's state dict with every table whole, on CPU: the keys and shapes of
-    the unsharded model, so it loads into one (collective: call on every rank). With ``dst``
-    the sharded tables are whole on that rank only (the others get partial sums)."""
-    return {k: _gather(v, dst) if _is_sharded(v) else v.detach().cpu()
-            for k, v in dmp.state_dict().items()}  # fmt: skip
-
-
 def load_full_state_dict(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy whole tensors (as :func:`full_state_dict` gives) into the sharded model."""
+    """Copy whole tensors (the unsharded model's, or a single-file checkpoint's through
+    :func:`sharded_model_state`) into the sharded model: each rank takes its shards."""
     with torch.no_grad():
         for k, v in dmp.state_dict().items():
             if _is_sharded(v):
@@ -258,46 +244,9 @@ def load_full_state_dict(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None
                 v.copy_(state[k])
 
 
-def full_optimizer_state(dmp: nn.Module, dst: int | None = None) -> dict[str, torch.Tensor]:
-    """The fused optimizers' state (e.g. Adagrad's sums), whole tensors keyed
-    ``<parameter>/<state>`` (collective: call on every rank; whole on ``dst`` only if given)."""
-    state = dmp.fused_optimizer.state_dict()["state"]
-    out = {}
-    for key in sorted(set(_all_keys(state))):
-        p, s = key.split("/", 1)
-        value = state.get(p, {}).get(s)
-        out[key] = _gather_maybe_absent(value, dst)
-    return out
-
-
-def _all_keys(state: dict[str, dict[str, Any]]) -> list[str]:
-    """Every rank's ``<parameter>/<state>`` keys (ranks hold different tables)."""
-    mine = sorted(f"{p}/{s}" for p, states in state.items() for s in states)
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return mine
-    every: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(every, mine)
-    return [k for keys in every for k in keys]
-
-
-def _gather_maybe_absent(value: Any, dst: int | None) -> torch.Tensor:
-    """Like :func:`_gather`, for a state this rank may not hold: shapes agreed by all-reduce."""
-    shape = torch.zeros(4, dtype=torch.long)
-    if value is not None:
-        size = list(value.size())
-        shape[: len(size)] = torch.tensor(size)
-        shape[3] = len(size)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(shape, op=dist.ReduceOp.MAX)
-    full = torch.zeros([int(n) for n in shape[: int(shape[3])]])
-    if value is not None:
-        for tensor, where in _shard_slices(value):
-            full[where] = tensor.detach().cpu()
-    return _sum_over_ranks(full, dst)
-
-
 def load_full_optimizer_state(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy :func:`full_optimizer_state`'s tensors into the fused optimizers' shards."""
+    """Copy whole fused-optimizer tensors, keyed ``<parameter>/<state>`` (as single-file
+    checkpoints of sharded runs before DCP kept them), into the fused optimizers' shards."""
     sd = dmp.fused_optimizer.state_dict()
     with torch.no_grad():
         for p, states in sd["state"].items():
@@ -353,77 +302,85 @@ def end_process_group(started: bool) -> None:
         dist.destroy_process_group()
 
 
-class FusedOptimizerState:
-    """The fused optimizers of a DMP model as one ``state_dict`` / ``load_state_dict`` pair of
-    whole tensors, as a checkpoint keeps them (collective: every rank calls them;
-    ``state_dict`` is whole on rank 0, which writes checkpoints)."""
-
-    def __init__(self, dmp: nn.Module):
-        self._dmp = dmp
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return full_optimizer_state(self._dmp, dst=0)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_full_optimizer_state(self._dmp, state)
-
-
 @dataclass
 class ShardedTraining:
-    """A training run's model sharded by TorchRec, beside a replicated copy of it.
+    """A training run's model sharded by TorchRec and the optimizer of its unfused parameters.
 
-    The replica (the model as ``train.sharding: replicate`` builds it) is what evaluation,
-    checkpoints and parameter counts see on rank 0: :meth:`sync` gathers the sharded weights
-    into it (collective: every rank calls it), so evaluation and ``compemb evaluate`` are
-    unchanged and a checkpoint of a sharded run loads into a replicated model. The other ranks
-    drop their replica's tensors (moved to the meta device) once the model is sharded.
+    Nothing whole lives anywhere: the tables exist only as shards, evaluation runs through
+    :attr:`net` on every rank, and :meth:`save` / :meth:`load` write and read each rank's
+    shards (DCP), resharding to another world size on load.
 
     Attributes:
         sharded: the DMP-wrapped model and its plan.
-        replica: the replicated model, in step with the sharded one after :meth:`sync`.
-        optimizer: compemb's optimizer for everything the fused optimizers do not train.
-        arch: the sharded model's :class:`TorchRecSparseArch`.
+        optimizer: compemb's optimizer for everything the fused optimizers do not train (the
+            dense model, data-parallel tables, path functions).
     """
 
     sharded: Sharded
-    replica: nn.Module
     optimizer: torch.optim.Optimizer
-    arch: TorchRecSparseArch
 
     @classmethod
-    def prepare(cls, replica: nn.Module, optimizer: str, lr: float, device: torch.device, *,
+    def prepare(cls, model: nn.Module, optimizer: str, lr: float, device: torch.device, *,
                 verbose: bool = True) -> ShardedTraining:
-        """Shard a copy of ``replica`` (a model with the local collection, weights as they
-        are) and build the optimizer of its unfused parameters; print the plan if
-        ``verbose``. The process group must exist (:func:`ensure_process_group`)."""
+        """Shard ``model`` (its embedding layer a TorchRecSparseArch, tables on the meta
+        device for a run that must never hold them whole) and build the optimizer of its
+        unfused parameters; print the plan if ``verbose``. The process group must exist
+        (:func:`ensure_process_group`)."""
         from compemb.optim import make_optimizer
 
-        moved = to_torchrec(copy.deepcopy(replica))
-        sharded = shard(moved, device, optimizer=optimizer, lr=lr)
+        sharded = shard(model, device, optimizer=optimizer, lr=lr)
         dense = [p for _, p in sharded.dense_parameters()]
         opt = make_optimizer(optimizer, dense, lr, tables=sharded.replicated_tables())
-        if dist.get_rank() != 0:
-            replica.to("meta")  # only rank 0 evaluates and writes checkpoints
         if verbose:
             print(f"TorchRec sharding plan ({dist.get_world_size()} ranks):\n{sharded.summary}",
                   file=sys.stderr, flush=True)
-        return cls(sharded, replica, opt, moved.sparse_arch)
+        return cls(sharded, opt)
 
     @property
     def net(self) -> nn.Module:
-        """The model to train (DMP)."""
+        """The model to train and evaluate (DMP)."""
         return self.sharded.model
 
-    @property
-    def fused(self) -> FusedOptimizerState:
-        """The fused optimizers' state, whole (``state_dict`` / ``load_state_dict``)."""
-        return FusedOptimizerState(self.sharded.model)
+    def _state(self) -> dict[str, Any]:
+        """This rank's model and fused-optimizer state: ShardedTensors of its own shards,
+        plain tensors for what every rank holds (DCP writes those once)."""
+        return {"model": self.net.state_dict(),
+                "fused": self.net.fused_optimizer.state_dict()["state"]}  # fmt: skip
 
-    def sync(self) -> None:
-        """Copy the sharded weights into the replica (collective)."""
-        state = full_state_dict(self.sharded.model, dst=0)
-        if dist.get_rank() == 0:
-            # the replica's own buffers (frequency maps) stay: they never change in training
-            current = self.replica.state_dict()
-            current.update(local_model_state(state, self.arch))
-            self.replica.load_state_dict(current)
+    def save(self, root: Path, extra: dict[str, Any], *, keep: int = 1) -> Path:
+        """A checkpoint under ``root`` (collective): every rank's shards, the dense optimizer
+        and ``extra`` (rank 0's progress, RNG, config) once. Returns its folder."""
+        from compemb.training import sharded_checkpoint
+
+        return sharded_checkpoint.save(
+            root, self._state(), {**extra, "optimizer": self.optimizer.state_dict()}, keep=keep)
+
+    def load(self, path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+        """Restore a checkpoint folder written by :meth:`save` at any world size (collective);
+        returns its ``extra``."""
+        from compemb.training import sharded_checkpoint
+        from compemb.training.checkpoint import restore
+
+        state = self._state()
+        sharded_checkpoint.load(path, state)
+        self.net.load_state_dict(state["model"])
+        fused = self.net.fused_optimizer.state_dict()
+        fused["state"] = state["fused"]
+        self.net.fused_optimizer.load_state_dict(fused)
+        extra = sharded_checkpoint.load_extra(path, device)
+        restore(self.optimizer, extra, "optimizer", path / sharded_checkpoint.EXTRA)
+        return extra
+
+    def load_single_file(self, saved: dict[str, Any], path: Path) -> None:
+        """Restore a single-file checkpoint of a sharded run written before DCP checkpoints
+        (whole tables under the local collection's keys, ``fused_optimizer`` whole)."""
+        from compemb.training.checkpoint import CheckpointError, restore
+
+        arch = self.net.module.sparse_arch
+        try:
+            load_full_state_dict(self.net, sharded_model_state(saved["model"], arch))
+            load_full_optimizer_state(self.net, saved["fused_optimizer"])
+        except KeyError as err:
+            raise CheckpointError(f"{path}: its model does not fit the configured one: "
+                                  f"{err!r} is missing") from err  # fmt: skip
+        restore(self.optimizer, saved, "optimizer", path)
