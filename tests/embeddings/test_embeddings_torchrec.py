@@ -162,3 +162,107 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(compemb.embeddings.torchrec)
     assert result.attempted >= 2 and result.failed == 0
+
+
+@pytest.mark.parametrize("spec", [
+    EmbeddingSpec("qr", operation="mult", collisions=4),
+    EmbeddingSpec("path", collisions=4, path_hidden=6),
+    EmbeddingSpec("qr", operation="add", collisions=4, mode="max"),
+], ids=lambda s: f"{s.scheme}-{s.operation}-{s.mode}")  # fmt: skip
+def test_one_hot_features_pooled_give_the_same_outputs_and_gradients(spec: EmbeddingSpec) -> None:
+    """One-hot features look their mult and path tables up pooled (a one-id bag's pooled row
+    is the row) and skip the unpooled collection: same outputs and gradients as unpooled."""
+    unpooled = TorchRecEmbeddingCollection(CARDS, D, spec)
+    pooled = TorchRecEmbeddingCollection(CARDS, D, spec, one_hot=len(CARDS))
+    pooled.load_state_dict(_renamed(unpooled, pooled))
+    assert all(r.pooled for r in pooled.routes) and len(pooled.unpooled) == 0
+    assert not all(r.pooled for r in unpooled.routes)
+    ids = torch.stack([torch.randint(0, n, (9,)) for n in CARDS], 1)
+    kjt = ids_to_kjt(ids, pooled.feature_names)
+    a, b = unpooled(kjt).values(), pooled(kjt).values()
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    grad = torch.randn_like(a)
+    (a * grad).sum().backward()
+    (b * grad).sum().backward()
+    mine = dict(zip(_local_state(pooled), _grads(pooled), strict=True))
+    for key, g in zip(_local_state(unpooled), _grads(unpooled), strict=True):
+        torch.testing.assert_close(mine[key], g, rtol=0, atol=1e-5, msg=key)
+
+
+def _renamed(src: TorchRecEmbeddingCollection, dst: TorchRecEmbeddingCollection
+             ) -> dict[str, torch.Tensor]:
+    """``src``'s state under ``dst``'s keys (the two group the same tables differently)."""
+    local = _local_state(src)
+    return {own: local[key] for own, key in dst.state_key_map().items()}
+
+
+def _grads(trc: TorchRecEmbeddingCollection) -> list[torch.Tensor]:
+    """Gradients in state_key_map order (dense: small tables here)."""
+    params = dict(trc.named_parameters())
+    return [params[own].grad if params[own].grad is not None else torch.zeros_like(params[own])
+            for own in trc.state_key_map()]
+
+
+def test_one_hot_feature_with_another_number_of_ids_is_refused() -> None:
+    trc = TorchRecEmbeddingCollection(CARDS, D, EmbeddingSpec("qr", collisions=4), one_hot=2)
+    kjt = ids_to_kjt(torch.tensor([[1, 2], [3, 4]]), trc.feature_names,
+                     [(torch.tensor([0, 1, 2]), torch.tensor([0, 2])),
+                      (torch.tensor([4]), torch.tensor([0, 1]))])  # fmt: skip
+    trc(kjt)  # bags may hold any number of ids
+    bad = ids_to_kjt(torch.tensor([[1], [3]]), trc.feature_names,
+                     [(torch.tensor([0, 1, 2]), torch.tensor([0, 2])),
+                      (torch.tensor([4]), torch.tensor([0, 1])),
+                      (torch.tensor([4]), torch.tensor([0, 1]))])  # fmt: skip
+    with pytest.raises(ValueError, match=r"feature 'f1' is one-hot, but sample 0 holds 2 ids"):
+        trc(bad)
+
+
+def test_seeded_init_is_reproducible_and_per_table() -> None:
+    spec = EmbeddingSpec("qr", operation="mult", collisions=4)
+    a, b = (TorchRecEmbeddingCollection(CARDS, D, spec, seed=3) for _ in range(2))
+    c = TorchRecEmbeddingCollection(CARDS, D, spec, seed=4)
+    for (name, x), y, z in zip(a.named_tables().items(), b.named_tables().values(),
+                               c.named_tables().values(), strict=True):  # fmt: skip
+        assert torch.equal(x, y), name
+        assert not torch.equal(x, z), name
+        route = next(r for r in a.routes if name in r.tables)
+        lo, hi = route.plan.tables[route.tables.index(name)].bounds
+        assert lo <= float(x.min()) and float(x.max()) <= hi, name
+    tables = list(a.named_tables().values())
+    assert not torch.equal(tables[0][:4], tables[1][:4])  # each table its own draw
+
+
+def test_out_of_range_ids_raise_under_dmp() -> None:
+    """FBGEMM clamps an id >= n to row 0 silently: the collection checks every feature's
+    ids (single-valued and bags) before the lookup, sharded by DMP too."""
+    from compemb.training import sharding
+
+    started = sharding.ensure_process_group()
+    try:
+        spec = EmbeddingSpec("qr", operation="mult", collisions=4)
+
+        def sharded(validate: bool) -> torch.nn.Module:
+            trc = TorchRecEmbeddingCollection(CARDS, D, spec, validate=validate, device="meta")
+            model = torch.nn.ModuleDict({"emb": trc})
+            return sharding.shard(model, torch.device("cpu"), optimizer="adagrad", lr=0.1,
+                                  small_bytes=0).model  # fmt: skip
+
+        dmp = sharded(True)
+        names = ("f0", "f1", "f2", "f3")
+        good = torch.tensor([[1, 2, 3, 4], [999, 36, 4, 249]])
+        dmp.module.emb(ids_to_kjt(good, names))
+        for value, col, shown in ((1000, 0, 1000), (37 + 10_000_000, 1, 10_000_037), (-1, 3, -1)):
+            ids = good.clone()
+            ids[1, col] = value
+            with pytest.raises(IndexError, match=rf"feature 'f{col}' id {shown} \(sample 1, "
+                               rf"position 1 of its values\) is out of range"):  # fmt: skip
+                dmp.module.emb(ids_to_kjt(ids, names))
+        bag = ids_to_kjt(good[:, :3], names,
+                         [(torch.tensor([5, 250, 7]), torch.tensor([0, 1]))])  # fmt: skip
+        with pytest.raises(IndexError, match=r"feature 'f3' id 250 \(sample 1, position 1"):
+            dmp.module.emb(bag)
+        ids = good.clone()
+        ids[1, 0] = 1000
+        sharded(False).module.emb(ids_to_kjt(ids, names))  # unchecked: FBGEMM clamps it
+    finally:
+        sharding.end_process_group(started)

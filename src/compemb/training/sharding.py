@@ -343,9 +343,10 @@ class ShardedTraining:
 
     def _state(self) -> dict[str, Any]:
         """This rank's model and fused-optimizer state: ShardedTensors of its own shards,
-        plain tensors for what every rank holds (DCP writes those once)."""
-        return {"model": self.net.state_dict(),
-                "fused": self.net.fused_optimizer.state_dict()["state"]}  # fmt: skip
+        plain tensors for what every rank holds (DCP writes those once). A rank that holds no
+        sharded table has no fused state (DCP would take an empty dict for a missing entry)."""
+        fused = self.net.fused_optimizer.state_dict()["state"]
+        return {"model": self.net.state_dict(), **({"fused": fused} if fused else {})}
 
     def save(self, root: Path, extra: dict[str, Any], *, keep: int = 1) -> Path:
         """A checkpoint under ``root`` (collective): every rank's shards, the dense optimizer
@@ -364,9 +365,10 @@ class ShardedTraining:
         state = self._state()
         sharded_checkpoint.load(path, state)
         self.net.load_state_dict(state["model"])
-        fused = self.net.fused_optimizer.state_dict()
-        fused["state"] = state["fused"]
-        self.net.fused_optimizer.load_state_dict(fused)
+        if "fused" in state:
+            fused = self.net.fused_optimizer.state_dict()
+            fused["state"] = state["fused"]
+            self.net.fused_optimizer.load_state_dict(fused)
         extra = sharded_checkpoint.load_extra(path, device)
         restore(self.optimizer, extra, "optimizer", path / sharded_checkpoint.EXTRA)
         return extra
