@@ -75,10 +75,16 @@ def test_model_on_torchrec_keeps_outputs_and_checkpoints(name: str, spec: Embedd
     assert again.keys() == moved.state_dict().keys()
 
 
-def test_one_process_training_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [64 << 20, 40])
+def test_one_process_training_resumes_exactly(tmp_path: Path, chunk: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """One rank (a gloo group of its own), tables built on meta: three steps straight equal
-    one step, a checkpoint folder (shards, dense and fused optimizer state), a new process's
-    worth of setup from it, and two more steps."""
+    one step, a checkpoint folder (shards, dense and fused optimizer state; whole shards, or
+    written in blocks of one row), a new process's worth of setup from it, and two more
+    steps."""
+    from compemb.training import sharded_checkpoint
+
+    monkeypatch.setattr(sharded_checkpoint, "CHUNK_BYTES", chunk)
     started = sharding.ensure_process_group()
     try:
         cards, spec = [300, 20, 3], EmbeddingSpec("qr", operation="mult", collisions=4)
@@ -97,7 +103,8 @@ def test_one_process_training_resumes_exactly(tmp_path: Path) -> None:
 
         def fresh(seed: int) -> sharding.ShardedTraining:
             torch.manual_seed(seed)
-            arch = TorchRecSparseArch(cards, 8, spec, one_hot=3, seed=seed, device="meta")
+            # unpooled mult tables are never data-parallel: sharded even at this size
+            arch = TorchRecSparseArch(cards, 8, spec, seed=seed, device="meta")
             model = build_model("dlrm", cards, 2, 8, spec, sparse_arch=arch)
             assert all(p.is_meta for p in arch.parameters())
             return sharding.ShardedTraining.prepare(model, "adagrad", 0.05, torch.device("cpu"),
@@ -109,6 +116,8 @@ def test_one_process_training_resumes_exactly(tmp_path: Path) -> None:
         first = fresh(0)
         steps(first, batches[:1])
         saved = first.save(tmp_path / "checkpoints", {"note": "first"})
+        files = len(list(saved.glob("*.distcp")))
+        assert files > 150 if chunk == 40 else files < 60, files
         second = fresh(1)  # other weights, all replaced by the checkpoint's
         assert second.load(saved)["note"] == "first"
         steps(second, batches[1:])

@@ -17,6 +17,7 @@ items are loaded weights-only, and compemb never saves a non-tensor item through
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import re
@@ -27,6 +28,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
@@ -34,6 +38,7 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from compemb.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 EXTRA = "extra.pt"
+CHUNK_BYTES = 64 << 20  # the most a save copies at once
 _NAME = re.compile(r"checkpoint-(\d+)")
 
 # Everything a DCP .metadata file of torch 2.13 references, and nothing that runs code: data
@@ -135,8 +140,9 @@ def save(root: Path, state: dict[str, Any], extra: dict[str, Any], *, keep: int 
     passes its own) and ``extra`` (rank 0's, for ``torch.save``: tensors and plain values)
     under ``root``; keep the newest ``keep`` (collective). Returns the new folder.
 
-    DCP writes each rank's shards and a replicated tensor once; its writer copies one tensor
-    at a time, so a save costs about the largest local tensor in memory.
+    DCP writes each rank's shards and a replicated tensor once; shards are written in row
+    blocks of at most :data:`CHUNK_BYTES`, each to a file of its own, so a save costs about
+    that much memory whatever the tables' size. (Loading reshards blocks like any shards.)
     """
     root = Path(root)
     number = [None]
@@ -150,7 +156,11 @@ def save(root: Path, state: dict[str, Any], extra: dict[str, Any], *, keep: int 
         dist.broadcast_object_list(number, src=0)
     partial = root / f".partial-{number[0]:06d}"
     _barrier()
-    dcp.save(state, storage_writer=FileSystemWriter(partial, sync_files=True))
+    # torch 2.13's writer copies every view it writes (FBGEMM's shards are views of one flat
+    # buffer) and keeps the copies of a file alive until the file is done: one file per item,
+    # items of at most CHUNK_BYTES, and a save holds one such copy at a time.
+    writer = FileSystemWriter(partial, single_file_per_rank=False, sync_files=True)
+    dcp.save(_chunked(state), storage_writer=writer)
     final = root / f"checkpoint-{number[0]:06d}"
     if _rank0():
         save_checkpoint(partial / EXTRA, extra)
@@ -160,6 +170,33 @@ def save(root: Path, state: dict[str, Any], extra: dict[str, Any], *, keep: int 
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def _chunked(state: Any) -> Any:
+    """``state`` with every ShardedTensor split into row blocks of at most CHUNK_BYTES: views
+    of the same shards, described by a metadata every rank computes alike (no collective)."""
+    if isinstance(state, dict):
+        return {k: _chunked(v) for k, v in state.items()}
+    if not isinstance(state, ShardedTensor):
+        return state
+    md = state.metadata()
+    element = md.tensor_properties.dtype.itemsize
+
+    def blocks(shard: ShardMetadata) -> list[ShardMetadata]:
+        rows, *rest = shard.shard_sizes
+        per = max(1, CHUNK_BYTES // max(1, element * math.prod(rest)))
+        return [ShardMetadata([shard.shard_offsets[0] + r, *shard.shard_offsets[1:]],
+                              [min(per, rows - r), *rest], shard.placement)
+                for r in range(0, rows, per)]  # fmt: skip
+
+    local = []
+    for shard in state.local_shards():
+        first = shard.metadata.shard_offsets[0]
+        local += [Shard(shard.tensor.narrow(0, b.shard_offsets[0] - first, b.shard_sizes[0]), b)
+                  for b in blocks(shard.metadata)]  # fmt: skip
+    every = [b for shard in md.shards_metadata for b in blocks(shard)]
+    return ShardedTensor._init_from_local_shards_and_global_metadata(
+        local, ShardedTensorMetadata(every, md.size, md.tensor_properties))
 
 
 def _fsync_dir(path: Path) -> None:
