@@ -1,9 +1,10 @@
 """Peak memory per process of `compemb train`, unsharded against sharded by TorchRec, as the OS
 counts it (`/usr/bin/time -f %M`: peak RSS), with checkpoints and evaluation included.
 
-Data: planted rows with Criteo Kaggle's 26 cardinalities kept (`compemb synth --keep-cardinalities`),
-so the full tables are the paper's 540 M parameters. Each run: DLRM, D = 16, exact Adagrad, batch
-2048, --steps steps, a checkpoint every --steps / 2 steps, validation and test at the end. Runs:
+Data: planted rows with Criteo Kaggle's 26 cardinalities kept (`compemb synth
+--keep-cardinalities`), so the full tables are the paper's 540 M parameters. Each run: DLRM,
+D = 16, exact Adagrad, batch 2048, --steps steps, a checkpoint every --steps / 2 steps,
+validation and test at the end. Runs:
 
 - unsharded: one process, `train.sharding: replicate` (the local collection);
 - sharded x1: `train.sharding: torchrec` under torchrun with one rank;
