@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from schemekit import SPECS as SCHEME_SPECS
+from schemekit import spec_id
+
 pytest.importorskip("torchrec")
 # TorchRec 1.8 deprecation notices (ShardedTensor, broadcast_buffers) and FBGEMM's autograd
 # fallback notice, which the gradient checks here cover.
@@ -22,19 +25,7 @@ from compemb.spec import resolve_spec  # noqa: E402
 
 CARDS = [1000, 37, 5, 250]  # the 5-category feature falls back to full under every scheme
 D = 8
-SPECS = [
-    EmbeddingSpec("full"),
-    EmbeddingSpec("hash", collisions=4),
-    *(EmbeddingSpec("qr", operation=op, collisions=4) for op in ("concat", "add", "mult")),
-    EmbeddingSpec("mixed_radix", operation="mult", k=3),
-    EmbeddingSpec("crt", operation="add", k=2),
-    EmbeddingSpec("qr", operation="concat", collisions=4, threshold=40),
-    EmbeddingSpec("path", collisions=4, path_transform="mlp", path_hidden=6),
-    EmbeddingSpec("path", collisions=4, path_transform="linear"),
-    EmbeddingSpec("feature", collisions=4),
-]
-IDS = {spec: f"{spec.scheme}-{spec.operation}-{spec.threshold}-{spec.path_transform}"
-       for spec in SPECS}
+SPECS = [*SCHEME_SPECS, EmbeddingSpec("qr", operation="concat", collisions=4, threshold=40)]
 
 
 def _local_state(trc: TorchRecEmbeddingCollection) -> dict[str, torch.Tensor]:
@@ -66,7 +57,7 @@ def _bags(batch: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Te
     return bags
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=IDS.get)
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
     torch.manual_seed(0)
     trc = TorchRecEmbeddingCollection(CARDS, D, spec)
@@ -80,7 +71,7 @@ def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
-@pytest.mark.parametrize("spec", SPECS, ids=IDS.get)
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None:
     """Bags (empty and repeated ids included) through every pooling, and per-sample weights:
     outputs and every table's gradient equal the per-feature modules'."""
@@ -108,7 +99,7 @@ def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None
         for t, table in zip(route.tables, route.plan.tables, strict=True):
             target = module.get_parameter(table.name)
             torch.testing.assert_close(tables[t].grad, target.grad, rtol=0, atol=1e-6)
-        if route.kind == "path":
+        if route.name in trc.paths:
             for name, p in trc.paths[route.name].named_parameters():
                 torch.testing.assert_close(p.grad, module.get_parameter(name).grad,
                                            rtol=0, atol=1e-6)
@@ -124,7 +115,7 @@ def test_routes_pool_only_what_commutes() -> None:
     assert route["concat", "sum"][0].pooled and route["add", "sum"][0].pooled
     assert not route["mult", "sum"][0].pooled
     assert not route["add", "max"][0].pooled and not route["concat", "max"][0].pooled
-    assert route["mult", "sum"][1].kind == "full" and route["mult", "sum"][1].pooled
+    assert route["mult", "sum"][1].plan.spec.scheme == "full" and route["mult", "sum"][1].pooled
     assert route["mult", "sum"][0].tables == ("f0__0", "f0__1")
 
 

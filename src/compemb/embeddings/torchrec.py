@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compemb.embeddings.factory import module_from_plan
-from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
+from compemb.scheme import TorchRecPlan
+from compemb.spec import EmbeddingSpec, FeaturePlan, plan_collection
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor, KeyedTensor
@@ -53,10 +53,11 @@ class FeatureRoute:
             operation, tables).
         tables: TorchRec table names, in the plan's table order: ``<feature>__<j>``.
         pooled: tables in the pooled EmbeddingBagCollection and combined after pooling (the
-            operation commutes with the pooling); otherwise looked up unpooled, composed per
+            combination commutes with the pooling); otherwise looked up unpooled, combined per
             id, then pooled here.
-        outputs: output keys: the feature's name, or k of them (``<feature>_<j>``) under scheme
-            ``feature``.
+        outputs: output keys: the feature's name, or k of them (``<feature>_<j>``) when the
+            scheme gives k vectors per sample.
+        route: the scheme's :class:`~compemb.scheme.TorchRecPlan` (how parts combine).
     """
 
     name: str
@@ -65,10 +66,7 @@ class FeatureRoute:
     tables: tuple[str, ...]
     pooled: bool
     outputs: tuple[str, ...]
-
-    @property
-    def kind(self) -> str:
-        return self.plan.kind
+    route: TorchRecPlan
 
 
 def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None,
@@ -161,30 +159,22 @@ class TorchRecEmbeddingCollection(nn.Module):
         self.feature_names = tuple(names)
         self.weighted = weighted
         routes, pooled_cfgs, unpooled_cfgs = [], [], {}
-        # Path features: the per-feature module without its first table (TorchRec looks that
-        # up) applies the per-bucket functions.
+        # The data-parallel parts of features (path functions), by feature name.
         self.paths = nn.ModuleDict()
         pooling = trec.PoolingType.MEAN if spec.mode == "mean" else trec.PoolingType.SUM
         if plans is None:
-            plans = [plan_feature(n, embedding_dim, spec,
-                                  counts=None if counts is None else counts[f])
-                     for f, n in enumerate(self.cardinalities)]  # fmt: skip
+            plans = plan_collection(self.cardinalities, embedding_dim, spec, counts=counts)
         if len(plans) != len(names):
             raise ValueError(f"{len(plans)} plans for {len(names)} features")
         for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
-            op = plan.operation
-            pooled = spec.mode != "max" and (
-                plan.kind in ("full", "hash", "feature")
-                or (op is not None and op.commutes_with_sum_pooling)
-            )
+            route = plan.scheme.torchrec(plan, device)
+            pooled = spec.mode != "max" and route.pooled
             tables = tuple(f"{name}__{j}" for j in range(len(plan.tables)))
-            outputs = tuple(f"{name}_{j}" for j in range(len(tables))) \
-                if plan.kind == "feature" else (name,)
-            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs))
-            if plan.kind == "path":
-                module = module_from_plan(plan, validate=False, device=device)
-                module.weight = None
-                self.paths[name] = module
+            outputs = tuple(f"{name}_{j}" for j in range(route.outputs)) \
+                if route.outputs > 1 else (name,)
+            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs, route))
+            if route.module is not None:
+                self.paths[name] = route.module
             for t, table in zip(tables, plan.tables, strict=True):
                 lo, hi = table.bounds
                 common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
@@ -238,7 +228,7 @@ class TorchRecEmbeddingCollection(nn.Module):
                 where = f"pooled.embedding_bags.{t}" if r.pooled \
                     else f"unpooled.d{width[t]}.embeddings.{t}"
                 out[f"{where}.weight"] = f"features.{r.index}.{table.name}"
-            if r.kind == "path":
+            if r.name in self.paths:
                 for k in self.paths[r.name].state_dict():
                     out[f"paths.{r.name}.{k}"] = f"features.{r.index}.{k}"
         return out
@@ -272,9 +262,8 @@ class TorchRecEmbeddingCollection(nn.Module):
         for r in self.routes:
             ids, lengths, weights = jts[r.name]
             ids = ids.long()
-            buckets = (ids,) if r.kind == "full" else r.plan.partitions.buckets(ids)
-            if r.kind == "path":
-                buckets, rest[r.name] = buckets[:1], buckets[1:]
+            buckets = r.plan.partitions.buckets(ids)
+            buckets, rest[r.name] = buckets[: len(r.tables)], buckets[len(r.tables):]
             for t, table, b in zip(r.tables, r.plan.tables, buckets, strict=True):
                 dest = pooled_in if r.pooled else unpooled_in.setdefault(
                     table.width, {"keys": [], "values": [], "lengths": []})
@@ -303,16 +292,12 @@ class TorchRecEmbeddingCollection(nn.Module):
             rows.update({t: jt.values() for t, jt in self.unpooled[f"d{width}"](kjt).items()})
         outs = []
         for r in self.routes:
+            module = self.paths[r.name] if r.name in self.paths else None
             if r.pooled:
-                parts = [pooled[t] for t in r.tables]
-                outs.extend([r.plan.operation.combine(parts)] if r.kind == "compose" else parts)
+                outs.extend(r.route.combine([pooled[t] for t in r.tables], rest[r.name], module))
                 continue
             _, lengths, weights = jts[r.name]
-            parts = [rows[t] for t in r.tables]
-            if r.kind == "path":
-                parts = [self.paths[r.name].transform_rows(parts[0], rest[r.name])]
-            elif r.kind == "compose":
-                parts = [r.plan.operation.combine(parts)]
+            parts = r.route.combine([rows[t] for t in r.tables], rest[r.name], module)
             outs.extend(_pool(p, lengths, weights, self.spec.mode) for p in parts)
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
 
