@@ -228,9 +228,9 @@ class TorchRecEmbeddingCollection(nn.Module):
                 where = f"pooled.embedding_bags.{t}" if r.pooled \
                     else f"unpooled.d{width[t]}.embeddings.{t}"
                 out[f"{where}.weight"] = f"features.{r.index}.{table.name}"
-            if r.name in self.paths:
-                for k in self.paths[r.name].state_dict():
-                    out[f"paths.{r.name}.{k}"] = f"features.{r.index}.{k}"
+            if r.name in self.paths:  # the data-parallel module: dense parts and id maps
+                for p in (*r.plan.dense, *r.plan.maps):
+                    out[f"paths.{r.name}.{p.name}"] = f"features.{r.index}.{p.name}"
         return out
 
     def local_state_dict(self, state: dict[str, torch.Tensor], prefix: str = ""
