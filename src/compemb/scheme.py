@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from compemb.operations import Operation
     from compemb.spec import EmbeddingSpec, FeaturePlan
 
-__all__ = ["SCHEMES", "ParamPlan", "Scheme", "TorchRecPlan", "check_sizes", "register_scheme"]
+__all__ = ["SCHEMES", "ParamPlan", "Scheme", "TorchRecPlan", "check_sizes", "register_scheme",
+           "too_many_collisions"]
 
 ROLES = ("table", "dense", "map")
 
@@ -163,10 +164,9 @@ class Scheme(ABC):
         """Why this scheme cannot make a feature of n categories smaller than its full table,
         or None."""
         n = num_categories
-        collisions = getattr(spec.settings, "collisions", None)
-        if collisions is not None and collisions >= n:
-            return (f"collisions={collisions} >= num_categories={n}: the compressed tables would "
-                    f"hold at least as many rows as the full table")
+        too_many = too_many_collisions(spec, n)
+        if too_many is not None:
+            return too_many
         parts = self.base_partitions(spec, n)
         if parts.num_buckets + spec.hot >= n:
             hot = f" and {spec.hot} hot rows" if spec.hot else ""
@@ -266,6 +266,15 @@ def register_scheme(scheme: Scheme) -> Scheme:
         raise TypeError(f"register a Scheme instance, got {type(scheme).__name__}")
     SCHEMES._load_builtins()
     return SCHEMES.register(scheme.name, scheme)
+
+
+def too_many_collisions(spec: EmbeddingSpec, num_categories: int) -> str | None:
+    """Why ``collisions`` (when the scheme has it) is too large for n categories, or None."""
+    collisions, n = getattr(spec.settings, "collisions", None), num_categories
+    if collisions is not None and collisions >= n:
+        return (f"collisions={collisions} >= num_categories={n}: the compressed tables would "
+                f"hold at least as many rows as the full table")
+    return None
 
 
 def check_sizes(scheme: str, collisions: int | None, k: int | None,

@@ -13,7 +13,7 @@ from compemb import partitions as P
 from compemb.embeddings.batched import TableStack
 from compemb.embeddings.operation import CompositionalEmbeddingBag, HashEmbeddingBag
 from compemb.operations import Operation, full_table_bound, get_operation
-from compemb.scheme import ParamPlan, Scheme, TorchRecPlan, check_sizes
+from compemb.scheme import ParamPlan, Scheme, TorchRecPlan, check_sizes, too_many_collisions
 from compemb.schemes.compose import compose_params, compose_route
 from compemb.schemes.full import separate_outputs
 from compemb.spec import EmbeddingSpec, FeaturePlan
@@ -43,11 +43,8 @@ class HashScheme(Scheme):
         return P.remainder(n, -(-n // spec.settings.collisions))
 
     def cannot_shrink(self, spec: EmbeddingSpec, num_categories: int) -> str | None:
-        c, n = spec.settings.collisions, num_categories
-        if c >= n:
-            return (f"collisions={c} >= num_categories={n}: the compressed tables would hold at "
-                    f"least as many rows as the full table")
-        return None
+        # below n collisions the hashed table is smaller; hot rows are not weighed against it
+        return too_many_collisions(spec, num_categories)
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
                     partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
