@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,12 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(compemb.embeddings.torchrec)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_a_route_giving_other_vectors_than_it_promised_raises() -> None:
+    trc = TorchRecEmbeddingCollection([1000, 3], D, EmbeddingSpec("qr", collisions=4))
+    first = trc.routes[0]
+    twice = dataclasses.replace(first.route, combine=lambda parts, rest, module: parts)
+    trc.routes = (dataclasses.replace(first, route=twice), *trc.routes[1:])
+    with pytest.raises(ValueError, match="gave 3 vectors per sample, their plans promise 2"):
+        trc(ids_to_kjt(torch.tensor([[3, 1]]), trc.feature_names))

@@ -299,6 +299,9 @@ class TorchRecEmbeddingCollection(nn.Module):
             _, lengths, weights = jts[r.name]
             parts = r.route.combine([rows[t] for t in r.tables], rest[r.name], module)
             outs.extend(_pool(p, lengths, weights, self.spec.mode) for p in parts)
+        if len(outs) != self.num_outputs:
+            raise ValueError(f"the schemes' TorchRec routes gave {len(outs)} vectors per sample, "
+                             f"their plans promise {self.num_outputs} ({self.output_names})")
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
 
 
