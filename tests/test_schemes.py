@@ -215,3 +215,14 @@ def test_outside_scheme_trains_sharded_on_two_ranks(outside, tmp_path: Path):
     assert final["world_size"] == 2 and final["steps"] == 4
     saved = load_config_text((tmp_path / "run" / "config.yaml").read_text(), "saved")
     assert saved.imports == ("outside_scheme",) and saved.model.embedding.rank == 3
+
+
+def test_a_scheme_without_a_torchrec_route_is_refused_by_name(outside, monkeypatch):
+    pytest.importorskip("torchrec")
+    from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+    from compemb.scheme import Scheme
+
+    monkeypatch.setattr(type(outside.owner), "torchrec", Scheme.torchrec)
+    with pytest.raises(ValueError, match="scheme 'lowrank_hash' has no TorchRec route; use "
+                                         "train.sharding=replicate"):
+        TorchRecEmbeddingCollection(CARDS, 8, outside)
