@@ -58,7 +58,8 @@ def check(device: torch.device) -> None:
             ga = ga.to_dense() if ga.is_sparse else ga
             gb = gb.to_dense() if gb.is_sparse else gb
             torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5, msg=f"{spec} {name}")
-        print(f"ok   {spec.scheme:8s} {spec.operation:7s} outputs and gradients match the CPU")
+        label = " ".join(spec.owner.describe(spec))
+        print(f"ok   {label:16s} outputs and gradients match the CPU")
 
 
 class FullTables(nn.Module):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from compemb import partitions as P
 from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec, module_from_plan
 from compemb.spec import plan_feature, spec_partitions
+from schemekit import spec_id
 
 
 def _zipf_counts(n, seed=0):
@@ -83,7 +84,7 @@ def _counts():
     return [_zipf_counts(n, f) for f, n in enumerate(CARDS)]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.order}-{s.hot}")
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_collection_equals_per_feature_modules(spec, view_grad):
     torch.manual_seed(0)
     counts = _counts()
@@ -151,7 +152,8 @@ def test_maps_are_saved_and_win_over_new_counts(tmp_path):
 def test_specs_that_need_counts_say_so():
     with pytest.raises(ValueError, match="needs the training split's category counts"):
         EmbeddingBagCollection(CARDS, 8, EmbeddingSpec("qr", collisions=4, hot=5))
-    with pytest.raises(ValueError, match="hot applies to operation-based schemes"):
+    with pytest.raises(ValueError, match="'path' takes no hot rows .hot=5.; the schemes that "
+                                         "do: hash, feature, qr"):
         EmbeddingSpec("path", collisions=4, hot=5)
     plan = plan_feature(1000, 8, EmbeddingSpec("qr", collisions=4, hot=10),
                         counts=np.ones(1000, dtype=np.int64))

@@ -11,7 +11,7 @@ from compemb.spec import EmbeddingSpec, plan_feature, resolve_spec, schemes
 
 
 def _shape(plan):
-    return plan.kind, [(t.name, t.rows, t.width) for t in plan.tables]
+    return plan.spec.scheme, [(t.name, t.rows, t.width) for t in plan.tables]
 
 
 def test_plans_by_hand():
@@ -20,13 +20,18 @@ def test_plans_by_hand():
     assert _shape(plan_feature(n, 16, EmbeddingSpec("hash", collisions=3))) == (
         "hash", [("weight", 334, 16)])
     assert _shape(plan_feature(n, 16, EmbeddingSpec("qr", "concat", collisions=4))) == (
-        "compose", [("weights.0", 250, 8), ("weights.1", 4, 8)])
+        "qr", [("weights.0", 250, 8), ("weights.1", 4, 8)])
     assert _shape(plan_feature(n, 15, EmbeddingSpec("mixed_radix", "concat", k=3))) == (
-        "compose", [("weights.0", 10, 5), ("weights.1", 10, 5), ("weights.2", 10, 5)])
+        "mixed_radix", [("weights.0", 10, 5), ("weights.1", 10, 5), ("weights.2", 10, 5)])
     assert _shape(plan_feature(n, 16, EmbeddingSpec("crt", "mult", collisions=4))) == (
-        "compose", [("weights.0", 251, 16), ("weights.1", 4, 16)])
-    assert _shape(plan_feature(n, 16, EmbeddingSpec("path", collisions=4))) == (
-        "path", [("weight", 250, 16)])
+        "crt", [("weights.0", 251, 16), ("weights.1", 4, 16)])
+    path = plan_feature(n, 16, EmbeddingSpec("path", collisions=4, path_hidden=8))
+    assert _shape(path) == ("path", [("weight", 250, 16)])
+    # one MLP 16-8-16 per bucket of the second partition: its parameters are in the plan
+    assert [(p.name, p.shape) for p in path.dense] == [
+        ("paths.0.0.weight", (4, 8, 16)), ("paths.0.0.bias", (4, 8)),
+        ("paths.0.1.weight", (4, 16, 8)), ("paths.0.1.bias", (4, 16))]
+    assert path.num_parameters == 250 * 16 + 4 * (8 * 16 + 8 + 16 * 8 + 16)
     feature = plan_feature(n, 16, EmbeddingSpec("feature", k=2))
     assert _shape(feature) == ("feature", [("weights.0", 32, 16), ("weights.1", 32, 16)])
     assert feature.num_outputs == 2
@@ -34,9 +39,8 @@ def test_plans_by_hand():
 
 def test_threshold_and_uncompressible_features_plan_full_tables():
     spec = EmbeddingSpec("qr", collisions=4, threshold=200, init="reference")
-    assert plan_feature(200, 8, spec).kind == "full"
-    assert plan_feature(200, 8, spec).spec.init == "default"  # a full table has no rule
-    assert plan_feature(201, 8, spec).kind == "compose"
+    assert plan_feature(200, 8, spec).spec == EmbeddingSpec("full", threshold=200)
+    assert plan_feature(201, 8, spec).spec == spec
     assert resolve_spec(EmbeddingSpec("qr", collisions=4), 5).scheme == "full"
     with pytest.raises(ValueError, match=r"6 rows, no fewer than the full table's 5"):
         plan_feature(5, 8, EmbeddingSpec("qr", collisions=4), strict=True)
@@ -45,7 +49,7 @@ def test_threshold_and_uncompressible_features_plan_full_tables():
 def test_family_for_path_and_feature():
     plan = plan_feature(1000, 8, EmbeddingSpec("feature", collisions=4, family="crt"))
     assert plan.partitions.sizes == (251, 4) and plan.partitions.is_complementary()
-    with pytest.raises(ValueError, match="family applies to schemes path and feature"):
+    with pytest.raises(ValueError, match="'qr' has no setting 'family'; its settings: operation"):
         EmbeddingSpec("qr", collisions=4, family="crt")
     with pytest.raises(ValueError, match="unknown partition family 'tt'"):
         EmbeddingSpec("path", collisions=4, family="tt")

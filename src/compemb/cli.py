@@ -177,14 +177,13 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
 
-    from compemb.spec import EmbeddingSpec
+    from compemb.spec import EmbeddingSpec, setting_types
     from compemb.training import count_parameters, load_cardinalities
 
-    spec = EmbeddingSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EmbeddingSpec)
-                            if f.name != "sparse"})
+    spec = EmbeddingSpec(**{name: getattr(args, name) for name in setting_types()
+                            if hasattr(args, name)})
     report = count_parameters(args.model, load_cardinalities(args.cardinalities), spec,
                               embedding_dim=args.embedding_dim, num_dense=args.num_dense,
                               optimizer=args.optimizer)  # fmt: skip
@@ -243,22 +242,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per EmbeddingSpec field (--scheme, --collisions, --hot, ...), read from the
-    dataclass so a new field needs no edit here."""
-    import dataclasses
-    import typing
+    """One flag per setting of a flat spec (--scheme, --collisions, --hot, ...: the registered
+    schemes' own and the shared ones), so a new scheme's settings need no edit here. A flag
+    left out takes the scheme's default."""
+    from compemb.spec import schemes, setting_types
 
-    from compemb.spec import EmbeddingSpec
-
-    hints = typing.get_type_hints(EmbeddingSpec)
-    for f in dataclasses.fields(EmbeddingSpec):
-        if f.name == "sparse":  # follows the optimizer; no effect on counts
+    for name, annotation in setting_types().items():
+        if name == "sparse":  # follows the optimizer; no effect on counts
             continue
-        kind = hints[f.name]
-        convert = int if kind in (int, int | None) else str
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=convert,
-                            default=f.default, help=f"EmbeddingSpec.{f.name} (default "
-                            f"{f.default!r})")  # fmt: skip
+        convert = int if annotation in (int, int | None) else str
+        more = f"; one of {', '.join(schemes())}" if name == "scheme" else ""
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert,
+                            default=argparse.SUPPRESS, help=f"the spec's {name}{more}")
 
 
 def _add_training_commands(sub: argparse._SubParsersAction, spec_flags: bool) -> None:

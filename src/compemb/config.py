@@ -1,12 +1,17 @@
 """Experiment configuration: frozen dataclasses, a strict YAML/TOML loader, typed overrides.
 
 A config file has three sections, each optional; ``model.embedding`` is an
-:class:`~compemb.spec.EmbeddingSpec`, its keys that class's fields::
+:class:`~compemb.spec.EmbeddingSpec`: its scheme, that scheme's own settings and the settings
+every scheme shares, all flat::
 
     data:  {dataset: movielens}
     model: {name: dlrm, embedding_dim: 16,
             embedding: {scheme: qr, operation: mult, collisions: 4, init: default}}
     train: {optimizer: adagrad, batch_size: 128, epochs: 1, seed: 0}
+    imports: [my_schemes]  # modules imported first: schemes registered outside compemb
+
+``imports`` travels with the run's ``config.yaml``, so every process that reads it (torchrun's
+ranks, a resumed run) registers the same schemes before building the model.
 
 Unknown keys, wrong types and impossible combinations (the spec checks its own) fail here,
 before any training, with a message naming the key, the value, where it came from and what
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +38,8 @@ from typing import Any
 import yaml
 
 from compemb.optim import OPTIMIZERS
-from compemb.spec import EmbeddingSpec
+from compemb.scheme import SCHEMES
+from compemb.spec import SHARED, EmbeddingSpec, setting_types
 
 try:
     import tomllib
@@ -87,10 +94,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    imports: tuple[str, ...] = ()  # modules imported before the sections are read
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
+    def to_dict(self) -> dict[str, Any]:
         """The config as nested dicts, the form config files take."""
         raw = dataclasses.asdict(self)
+        raw["model"]["embedding"] = self.model.embedding.to_dict()
+        raw["imports"] = list(self.imports)
+        if not self.imports:
+            del raw["imports"]
         for key in _SET_ELSEWHERE:
             *path, last = key.split(".")
             section = raw
@@ -116,7 +128,7 @@ def _is_section(annotation: Any) -> bool:
 
 def _field_types(cls: type, path: str) -> dict[str, Any]:
     """The keys of the section at ``path`` (``model``, ``model.embedding``) and their types."""
-    hints = typing.get_type_hints(cls)
+    hints = setting_types() if cls is EmbeddingSpec else typing.get_type_hints(cls)
     return {k: v for k, v in hints.items() if f"{path}.{k}" not in _SET_ELSEWHERE}
 
 
@@ -227,13 +239,28 @@ def _resolve(config: Config, source: str) -> Config:
     return config
 
 
+def _import(modules: Any, source: str) -> tuple[str, ...]:
+    """Import the ``imports`` list's modules (where schemes defined outside compemb register)."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ValueError(f"{source}: imports must be a list of module names, got {modules!r}")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f"{source}: imports: cannot import {name!r} ({err}); is it on "
+                             f"PYTHONPATH?") from err
+    return tuple(modules)
+
+
 def config_from_dict(raw: Any, source: str = "config") -> Config:
-    """Build a checked :class:`Config` from a parsed mapping (sections data, model, train)."""
+    """Build a checked :class:`Config` from a parsed mapping (sections data, model, train; and
+    ``imports``, imported first)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    sections = {}
+    raw = dict(raw)
+    sections: dict[str, Any] = {"imports": _import(raw.pop("imports", []), source)}
     for name, value in raw.items():
         if name not in _SECTIONS:
             raise ValueError(f"{source}: unknown section {name!r}{_suggest(str(name), _SECTIONS)}")
@@ -309,6 +336,14 @@ def apply_overrides(config: Config, overrides: typing.Iterable[str]) -> Config:
             except yaml.YAMLError as err:
                 raise ValueError(f"{source}: cannot read {text!r} as a value") from err
         values[name] = _check_type(value, hints[name], source)
+        if f"{path}.{name}" == "model.embedding.scheme":
+            # a new scheme drops the settings it does not have
+            try:
+                own = (*SCHEMES.lookup(value).setting_names(), *SHARED)
+            except ValueError as err:
+                raise ValueError(f"{source}: {err}") from err
+            for key in [k for k in values if k not in own and k != "scheme"]:
+                del values[key]
     return config_from_dict(raw, "config with --set overrides")
 
 

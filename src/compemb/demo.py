@@ -31,17 +31,6 @@ DEMO_SPECS: tuple[EmbeddingSpec, ...] = (
 )
 
 
-def describe(spec: EmbeddingSpec) -> tuple[str, str]:
-    """(scheme, operation-or-detail) labels for a table."""
-    size = f"c={spec.collisions}" if spec.collisions else (f"k={spec.k}" if spec.k else "")
-    if spec.kind == "compose":
-        return f"{spec.scheme} {size}", spec.operation
-    if spec.scheme == "path":
-        detail = "linear" if spec.path_transform == "linear" else f"mlp h={spec.path_hidden}"
-        return f"path {size}", detail
-    return f"{spec.scheme} {size}".strip(), "-"
-
-
 def size_table(
     cardinalities: Sequence[int], embedding_dim: int, specs: Sequence[EmbeddingSpec] = DEMO_SPECS
 ) -> list[dict[str, object]]:
@@ -49,13 +38,12 @@ def size_table(
     rows = []
     for spec in specs:
         ebc = EmbeddingBagCollection(cardinalities, embedding_dim, spec, device="meta")
-        scheme, operation = describe(spec)
+        scheme, operation = spec.owner.describe(spec)
         rows.append({
             "scheme": scheme, "operation": operation, "rows": ebc.num_rows,
             "parameters": ebc.num_parameters, "bytes": ebc.num_bytes,
             "compression": ebc.compression_ratio,
-            "full_features": sum(s.scheme == "full" for s in ebc.specs) if spec.scheme != "full"
-            else len(cardinalities),
+            "full_features": sum(not plan.scheme.compresses for plan in ebc.plans),
         })  # fmt: skip
     return rows
 

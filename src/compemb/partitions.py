@@ -21,6 +21,7 @@ no value ever passes through a float, so it is exact for every index up to 2**63
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -124,6 +125,11 @@ class PartitionSet(ABC):
         """The (n,) int64 map applied to every id before :meth:`layout`'s arithmetic, or None
         (ids are used as they are)."""
         return None
+
+    def on_maps(self, relabel: torch.Tensor | None, hot: torch.Tensor | None) -> PartitionSet:
+        """These partitions reading their id maps from the given tensors (of the same shapes:
+        a module's buffers after a move), unchecked; partitions without maps are themselves."""
+        return self
 
     @abstractmethod
     def buckets(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -517,6 +523,12 @@ class RelabeledPartitions(PartitionSet):
     def relabeling(self) -> torch.Tensor:
         return self._relabel
 
+    def on_maps(self, relabel: torch.Tensor | None, hot: torch.Tensor | None) -> PartitionSet:
+        moved = copy.copy(self)
+        moved._relabel = relabel
+        moved._on = {relabel.device: relabel}
+        return moved
+
     def layout(self) -> tuple[Digit | HotSlots, ...] | None:
         return self.base.layout()
 
@@ -567,6 +579,13 @@ class HeadPartitions(PartitionSet):
 
     def relabeling(self) -> torch.Tensor | None:
         return self.base.relabeling()
+
+    def on_maps(self, relabel: torch.Tensor | None, hot: torch.Tensor | None) -> PartitionSet:
+        moved = copy.copy(self)
+        moved.base = self.base.on_maps(relabel, None)
+        moved.hot = hot
+        moved._on = {hot.device: hot}
+        return moved
 
     def layout(self) -> tuple[Digit | HotSlots, ...] | None:
         inner = self.base.layout()

@@ -1,79 +1,89 @@
 """What embedding a feature gets: the spec a user writes, and the per-feature plan made from it.
 
 :class:`EmbeddingSpec` is the user's request (one for a feature or for every feature of a
-model). :func:`plan_feature` turns it into a :class:`FeaturePlan` for one feature of n
-categories: which scheme it really gets (small features keep their full table), its partitions,
-its composition operation, and each table's rows, width and init bounds. The per-feature modules,
-the stacked collection and the TorchRec collection are all built from plans, so a rule lives in
-one place.
-
-Schemes: ``full``, ``hash`` (the hashing trick), ``path`` (path-based composition), ``feature``
-(feature generation), and one operation-based scheme per registered partition family
-(:data:`compemb.partitions.FAMILIES`: ``qr``, ``mixed_radix``, ``crt``).
+model): a scheme, that scheme's own settings, and the settings every scheme shares (threshold,
+pooling, id order, hot rows). :func:`plan_feature` turns it into a :class:`FeaturePlan` for one
+feature of n categories, asking the scheme (:mod:`compemb.scheme`): which scheme it really gets
+(small features keep their full table), its partitions, its composition operation, and every
+tensor it keeps with shape, init and role. The per-feature modules, the stacked collection, the
+TorchRec collection and the parameter counts are all made from plans, so a rule lives in one
+place.
 
 >>> plan = plan_feature(10_000, 16, EmbeddingSpec("qr", "mult", collisions=4))
->>> plan.kind, [(t.name, t.rows, t.width) for t in plan.tables]
-('compose', [('weights.0', 2500, 16), ('weights.1', 4, 16)])
+>>> plan.scheme, [(t.name, t.rows, t.width) for t in plan.tables]
+(ComposeScheme('qr'), [('weights.0', 2500, 16), ('weights.1', 4, 16)])
+>>> plan.num_parameters
+40064
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import dataclasses
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from compemb import partitions as P
-from compemb.operations import (
-    INIT_RULES,
-    OPERATIONS,
-    Operation,
-    full_table_bound,
-    get_operation,
-    table_bounds,
-)
+from compemb.operations import Operation, full_table_bound, table_bounds
+from compemb.scheme import SCHEMES, ParamPlan, Scheme
 
 __all__ = [
-    "KINDS",
-    "TRANSFORMS",
+    "SHARED",
     "EmbeddingSpec",
     "FeaturePlan",
-    "TablePlan",
     "compose_bounds",
+    "plan_collection",
     "plan_feature",
     "resolve_spec",
     "schemes",
+    "setting_types",
     "spec_partitions",
 ]
 
-# Schemes that are not a partition family; every family name is an operation-based scheme.
-KINDS = ("full", "hash", "path", "feature")
-TRANSFORMS = ("linear", "mlp")
+# The settings every scheme shares; the rest belong to the scheme (its settings dataclass).
+SHARED = ("threshold", "mode", "sparse", "order", "order_seed", "hot")
+# Before schemes owned their settings, the spec held all of them, and configs written then
+# carry every one: a key another scheme owns, at that old default, is what such a config says
+# for a scheme without the knob, so it is ignored.
+_OLD_DEFAULTS: dict[str, Any] = {"operation": "mult", "collisions": None, "k": None,
+                                 "family": None, "path_transform": "mlp", "path_hidden": 64,
+                                 "init": "default"}
 
 
 def schemes() -> tuple[str, ...]:
-    """Every valid ``scheme``: the fixed kinds and the registered partition families."""
-    return (*KINDS, *P.FAMILIES)
+    """Every valid ``scheme``: the registered schemes and the partition families."""
+    return SCHEMES.names()
 
 
-@dataclass(frozen=True)
+def setting_types() -> dict[str, Any]:
+    """Every key a flat spec (a config's ``model.embedding`` section) may hold and its type: the
+    scheme, every registered scheme's settings, the shared settings."""
+    hints = typing.get_type_hints(EmbeddingSpec)
+    out: dict[str, Any] = {"scheme": hints["scheme"]}
+    for name in schemes():
+        out.update(typing.get_type_hints(SCHEMES.lookup(name).settings_type))
+    return {**out, **{k: hints[k] for k in SHARED}}
+
+
+@dataclass(frozen=True, init=False)
 class EmbeddingSpec:
     """How to embed one categorical feature (or every feature of a model).
 
+    ``EmbeddingSpec(scheme, operation=None, *, threshold=0, ..., **settings)``: the scheme's own
+    settings are given flat (``EmbeddingSpec("qr", "mult", collisions=4)``), or as its settings
+    object (``settings=``); they are read back as attributes (``spec.collisions``). A setting the
+    scheme has no knob for raises, listing the scheme's own.
+
     Attributes:
-        scheme: full, hash, path, feature, or a partition family (qr, mixed_radix, crt) whose
-            tables an ``operation`` composes.
-        operation: a registered composition operation (concat, add, mult).
-        collisions: categories per bucket of the largest table (hash, families, path, feature).
-        k: number of partitions (mixed_radix, crt, feature) instead of collisions.
+        scheme: a registered scheme (:data:`compemb.scheme.SCHEMES`): full, hash, path, feature,
+            or a partition family (qr, mixed_radix, crt) whose tables an operation composes.
+        settings: the scheme's own settings (a frozen dataclass the scheme validates).
         threshold: a feature with at most this many categories keeps its full table (0: none).
-        family: the partitions of ``path`` and ``feature`` (default qr).
-        path_transform: linear or mlp, for scheme path.
-        path_hidden: hidden units of each path MLP.
         mode: sum, mean or max pooling over a bag.
         sparse: sparse gradients for the tables (for Adagrad and SGD).
-        init: the init rule of operation-based tables (:data:`compemb.operations.INIT_RULES`;
-            ``default`` is each operation's own rule); other schemes start at the full table's
-            U(-sqrt(1/n), sqrt(1/n)).
         order: how ids are renumbered before partitioning (:data:`compemb.partitions.ORDERS`):
             natural (as they come), frequency (by rank), interleaved (by rank, the most
             frequent in different rows of the largest table) or random (seeded by
@@ -82,88 +92,63 @@ class EmbeddingSpec:
         hot: the number of most frequent categories of each feature that get a private row
             (a partition of singletons plus one shared tail bucket, composed with the others:
             :class:`~compemb.partitions.HeadPartitions`); needs the training split's counts.
-            Operation-based schemes, hash (composed by add) and feature generation.
+            For the schemes that take it (``Scheme.takes_hot``).
     """
 
     scheme: str = "full"
-    operation: str = "mult"
-    collisions: int | None = None
-    k: int | None = None
+    settings: Any = None
     threshold: int = 0
-    family: str | None = None
-    path_transform: str = "mlp"
-    path_hidden: int = 64
     mode: str = "sum"
     sparse: bool = False
-    init: str = "default"
     order: str = "natural"
     order_seed: int = 0
     hot: int = 0
 
-    def __post_init__(self) -> None:
-        if self.scheme not in schemes():
-            raise ValueError(f"scheme must be one of {schemes()}, got {self.scheme!r}")
-        if self.operation not in OPERATIONS:
-            raise ValueError(
-                f"operation must be one of {tuple(OPERATIONS)}, got {self.operation!r}"
-            )
-        if self.init not in INIT_RULES:
-            raise ValueError(f"init must be one of {tuple(INIT_RULES)}, got {self.init!r}")
-        if self.path_transform not in TRANSFORMS:
-            raise ValueError(
-                f"path_transform must be one of {TRANSFORMS}, got {self.path_transform!r}"
-            )
-        for name in ("collisions", "k"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
-                raise ValueError(f"{name} must be an int >= 2 or None, got {v!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) \
-                or self.threshold < 0:
-            raise ValueError(f"threshold must be an int >= 0, got {self.threshold!r}")
-        if self.order not in P.ORDERS:
-            raise ValueError(f"order must be one of {P.ORDERS}, got {self.order!r}")
+    def __init__(self, scheme: str = "full", operation: str | None = None, *,
+                 settings: Any = None, threshold: int = 0, mode: str = "sum",
+                 sparse: bool = False, order: str = "natural", order_seed: int = 0,
+                 hot: int = 0, **flat: Any):
+        owner = SCHEMES.lookup(scheme)
+        if operation is not None:
+            flat["operation"] = operation
+        if settings is None:
+            own = set(owner.setting_names())
+            settings = owner.make_settings({
+                k: v for k, v in flat.items()
+                if k in own or k not in _OLD_DEFAULTS or _OLD_DEFAULTS[k] != v
+            })  # fmt: skip
+        elif flat:
+            raise ValueError(f"give settings or its fields, not both: {sorted(flat)}")
+        elif not isinstance(settings, owner.settings_type):
+            raise TypeError(f"scheme {scheme!r} takes settings of type "
+                            f"{owner.settings_type.__name__}, got {type(settings).__name__}")
+        values = {"scheme": scheme, "settings": settings, "threshold": threshold, "mode": mode,
+                  "sparse": sparse, "order": order, "order_seed": order_seed, "hot": hot}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise ValueError(f"threshold must be an int >= 0, got {threshold!r}")
+        if order not in P.ORDERS:
+            raise ValueError(f"order must be one of {P.ORDERS}, got {order!r}")
         for name in ("hot", "order_seed"):
-            v = getattr(self, name)
+            v = values[name]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if self.hot and self.scheme in ("full", "path"):
-            raise ValueError(
-                f"hot applies to operation-based schemes, hash and feature, not {self.scheme!r} "
-                f"(hot={self.hot})"
-            )
-        if self.order != "natural" and self.scheme == "full":
-            raise ValueError(
-                f"order={self.order!r} renumbers partitioned ids; scheme full has none"
-            )
-        if self.family is not None:
-            if self.scheme not in ("path", "feature"):
-                raise ValueError(
-                    f"family applies to schemes path and feature; scheme {self.scheme!r} is "
-                    f"itself the partition family (family={self.family!r})"
-                )
-            P.get_family(self.family)
-        if self.scheme == "full":
-            return
-        if self.collisions is None and self.k is None:
-            raise ValueError(f"scheme {self.scheme!r} needs collisions or k")
-        if self.collisions is not None and self.k is not None:
-            raise ValueError(
-                f"give collisions or k, not both (collisions={self.collisions}, k={self.k})"
-            )
-        takes = {"hash": ("collisions",), "path": ("collisions",), "feature": ("collisions", "k")}
-        allowed = takes.get(self.scheme) or P.FAMILIES[self.scheme].takes
-        if self.k is not None and "k" not in allowed:
-            raise ValueError(f"scheme {self.scheme!r} takes collisions, not k (k={self.k})")
-        if self.collisions is not None and "collisions" not in allowed:
-            raise ValueError(f"scheme {self.scheme!r} takes k, not collisions")
+        owner.check(self)
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("settings")
+        if name.startswith("__") or settings is None:
+            raise AttributeError(name)
+        if name in self.owner.setting_names():
+            return getattr(settings, name)
+        raise AttributeError(f"scheme {self.scheme!r} has no setting {name!r}; its settings: "
+                             f"{', '.join(self.owner.setting_names()) or 'none'}")
 
     @property
-    def kind(self) -> str:
-        """full, hash, path, feature, or compose (partitions composed by an operation: the
-        families, and hash with hot categories, whose private rows are added)."""
-        if self.scheme == "hash" and self.hot:
-            return "compose"
-        return self.scheme if self.scheme in KINDS else "compose"
+    def owner(self) -> Scheme:
+        """The registered scheme object."""
+        return SCHEMES.lookup(self.scheme)
 
     @property
     def needs_counts(self) -> bool:
@@ -172,32 +157,38 @@ class EmbeddingSpec:
 
     def keeps_full(self, num_categories: int) -> bool:
         """Whether a feature of ``num_categories`` stays a full table under the threshold."""
-        return self.scheme == "full" or num_categories <= self.threshold
+        return not self.owner.compresses or num_categories <= self.threshold
 
-    def with_(self, **changes: object) -> EmbeddingSpec:
-        """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form config files take: scheme, its settings, the shared settings."""
+        shared = {name: getattr(self, name) for name in SHARED}
+        return {"scheme": self.scheme, **dataclasses.asdict(self.settings), **shared}
 
-
-def _base_partitions(spec: EmbeddingSpec, n: int) -> P.PartitionSet:
-    if spec.scheme == "hash":
-        return P.remainder(n, -(-n // spec.collisions))
-    if spec.scheme == "full":
-        return P.remainder(n, n)
-    family = spec.family or ("qr" if spec.scheme in KINDS else spec.scheme)
-    return P.get_family(family).build(n, spec.collisions, spec.k)
+    def with_(self, **changes: Any) -> EmbeddingSpec:
+        """A copy with some fields changed (validated again); a new scheme drops the old
+        scheme's settings."""
+        flat = self.to_dict()
+        if changes.get("scheme", self.scheme) != self.scheme:
+            for name in self.owner.setting_names():
+                del flat[name]
+        return EmbeddingSpec(**{**flat, **changes})
 
 
 def spec_partitions(spec: EmbeddingSpec, num_categories: int,
-                    counts: np.ndarray | None = None) -> P.PartitionSet:
+                    counts: np.ndarray | None = None, *, sizing: bool = False
+                    ) -> P.PartitionSet:
     """The partitions a spec uses for a feature of ``num_categories`` (hash: one remainder),
     renumbered by ``spec.order`` and with ``spec.hot`` private rows.
 
     Args:
         counts: (n,) the training split's count of each category (``spec.needs_counts``).
+        sizing: only the sizes matter (counting parameters): no counts needed, no renumbering,
+            the first ``hot`` ids stand for the most frequent.
     """
     n = num_categories
-    parts = _base_partitions(spec, n)
+    parts = spec.owner.base_partitions(spec, n)
+    if sizing:
+        return P.HeadPartitions(parts, np.arange(min(spec.hot, n))) if spec.hot else parts
     if spec.needs_counts:
         if counts is None:
             raise ValueError(
@@ -228,21 +219,6 @@ def _most_frequent(counts: np.ndarray, h: int) -> np.ndarray:
     return np.concatenate([above, tied])
 
 
-def _cannot_shrink(spec: EmbeddingSpec, n: int) -> str | None:
-    """Why a spec cannot make a feature of n categories smaller than its full table, or None."""
-    if spec.collisions is not None and spec.collisions >= n:
-        return (f"collisions={spec.collisions} >= num_categories={n}: the compressed tables would "
-                f"hold at least as many rows as the full table")
-    if spec.scheme != "hash":
-        parts = _base_partitions(spec, n)
-        if parts.num_buckets + spec.hot >= n:
-            hot = f" and {spec.hot} hot rows" if spec.hot else ""
-            return (f"{spec.scheme} partitions of sizes {parts.sizes}{hot} for num_categories={n}"
-                    f" hold {parts.num_buckets + spec.hot} rows, no fewer than the full table's "
-                    f"{n}")
-    return None
-
-
 def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
     """The spec a feature of ``num_categories`` actually gets inside a multi-feature model.
 
@@ -250,44 +226,25 @@ def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
     than ``collisions``, or partitions with as many rows as the full table) keeps its full table,
     as the paper's thresholding does; :func:`plan_feature` with ``strict=True`` refuses instead.
     """
-    if spec.scheme == "full":
+    if not spec.owner.compresses:
         return spec
-    if spec.keeps_full(num_categories) or _cannot_shrink(spec, num_categories):
-        return spec.with_(scheme="full", collisions=None, k=None, family=None, init="default",
-                          order="natural", hot=0)
+    if spec.keeps_full(num_categories) or spec.owner.cannot_shrink(spec, num_categories):
+        return spec.with_(scheme="full", order="natural", hot=0)
     return spec
 
 
 @dataclass(frozen=True)
-class TablePlan:
-    """One embedding table of a feature.
-
-    Attributes:
-        name: its key in the per-feature module's state dict (``weight``, ``weights.j``): the
-            name checkpoints use whatever stores it.
-        rows: R, the number of rows (buckets of its partition).
-        width: D_j.
-        bounds: the U(lo, hi) its rows are drawn from.
-    """
-
-    name: str
-    rows: int
-    width: int
-    bounds: tuple[float, float]
-
-
-@dataclass(frozen=True)
 class FeaturePlan:
-    """Everything needed to build one feature's embedding, by any backend.
+    """Everything needed to build one feature's embedding, by any backend, and to count it.
 
     Attributes:
         num_categories: n.
         embedding_dim: D, the width of each output vector.
         spec: the resolved spec (full when the feature keeps its full table).
         partitions: the partitions (full: ``i mod n``; hash: one remainder).
-        operation: the composition operation (``kind == "compose"`` only, else None).
-        tables: the tables in partition order (path: the first partition's table only; its
-            per-bucket functions are built by the path module).
+        operation: the composition operation, or None.
+        params: every tensor the feature keeps (:class:`~compemb.scheme.ParamPlan`): its tables
+            in partition order, dense parts (path functions), id maps.
     """
 
     num_categories: int
@@ -295,17 +252,49 @@ class FeaturePlan:
     spec: EmbeddingSpec
     partitions: P.PartitionSet
     operation: Operation | None
-    tables: tuple[TablePlan, ...]
+    params: tuple[ParamPlan, ...]
 
     @property
-    def kind(self) -> str:
-        """full, hash, compose, path or feature."""
-        return self.spec.kind
+    def scheme(self) -> Scheme:
+        """The scheme object that made this plan."""
+        return self.spec.owner
+
+    def _role(self, role: str) -> tuple[ParamPlan, ...]:
+        return tuple(p for p in self.params if p.role == role)
+
+    @property
+    def tables(self) -> tuple[ParamPlan, ...]:
+        """The row-indexed tables, in partition order."""
+        return self._role("table")
+
+    @property
+    def dense(self) -> tuple[ParamPlan, ...]:
+        """Parameters applied to every looked-up row (path functions)."""
+        return self._role("dense")
+
+    @property
+    def maps(self) -> tuple[ParamPlan, ...]:
+        """Id maps kept beside the tables (buffers, not trained)."""
+        return self._role("map")
+
+    @property
+    def num_parameters(self) -> int:
+        """Trained parameters: tables and dense parts."""
+        return sum(p.numel for p in self.params if p.role != "map")
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(p.numel * p.itemsize for p in self.params if p.role != "map")
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of the id maps."""
+        return sum(p.numel * p.itemsize for p in self.maps)
 
     @property
     def num_outputs(self) -> int:
         """Vectors per sample: k for feature generation, else 1."""
-        return self.partitions.k if self.kind == "feature" else 1
+        return self.scheme.num_outputs(self)
 
 
 def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categories: int,
@@ -323,9 +312,20 @@ def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categor
     return bounds
 
 
+def _map_plans(partitions: P.PartitionSet) -> list[ParamPlan]:
+    """The id maps of renumbered ids and hot rows, sized as the stacked collection keeps them:
+    4 bytes per renumbered category, 8 per hot id."""
+    maps = []
+    if partitions.relabeling() is not None:
+        maps.append(ParamPlan("relabel", (partitions.num_categories,), "map", "order", 4))
+    if isinstance(partitions, P.HeadPartitions):
+        maps.append(ParamPlan("hot_ids", (partitions.sizes[-1] - 1,), "map", "hot", 8))
+    return maps
+
+
 def plan_feature(
     num_categories: int, embedding_dim: int, spec: EmbeddingSpec, *, strict: bool = False,
-    counts: np.ndarray | None = None,
+    counts: np.ndarray | None = None, sizing: bool = False,
 ) -> FeaturePlan:
     """The plan for a feature of ``num_categories``: the one place where a spec becomes tables.
 
@@ -334,35 +334,46 @@ def plan_feature(
             keeping the full table (what a single module asked for explicitly should do).
         counts: (n,) the training split's count of each category, for specs that renumber by
             frequency or keep hot rows (``spec.needs_counts``).
+        sizing: a plan to count with, not to build from: no counts needed, id maps planned by
+            size only (see :func:`spec_partitions`).
     """
     n, d = num_categories, embedding_dim
     for name, value in (("num_categories", n), ("embedding_dim", d)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if strict and not spec.keeps_full(n):
-        why = _cannot_shrink(spec, n)
+        why = spec.owner.cannot_shrink(spec, n)
         if why is not None:
-            fewer = "collisions" if spec.collisions is not None else "partitions"
+            fewer = spec.owner.knob or "partitions"
             raise ValueError(f"{why}; use fewer {fewer} or threshold >= {n} to keep this "
                              f"feature full")
     spec = resolve_spec(spec, n)
-    parts = spec_partitions(spec, n, counts)
-    a = full_table_bound(n)
-    kind = spec.kind
-    operation = None
-    if kind in ("full", "hash"):
-        tables = (TablePlan("weight", parts.sizes[0], d, (-a, a)),)
-    elif kind == "path":
-        tables = (TablePlan("weight", parts.sizes[0], d, (-a, a)),)
-    elif kind == "feature":
-        tables = tuple(TablePlan(f"weights.{j}", r, d, (-a, a))
-                       for j, r in enumerate(parts.sizes))
-    else:
-        # hash with hot rows: the private rows are added to the hashed one
-        operation = get_operation("add" if spec.scheme == "hash" else spec.operation)
-        where = f"{spec.scheme} {operation.name} (num_categories={n})"
-        widths = operation.table_widths(d, parts.k, where)
-        bounds = compose_bounds(operation, parts, n, spec.init)
-        tables = tuple(TablePlan(f"weights.{j}", r, w, tuple(b)) for j, (r, w, b)
-                       in enumerate(zip(parts.sizes, widths, bounds, strict=True)))
-    return FeaturePlan(n, d, spec, parts, operation, tables)
+    parts = spec_partitions(spec, n, counts, sizing=sizing)
+    operation, params = spec.owner.plan_params(spec, n, d, parts)
+    maps = _map_plans(parts)
+    if sizing and spec.order != "natural":
+        maps.insert(0, ParamPlan("relabel", (n,), "map", "order", 4))
+    return FeaturePlan(n, d, spec, parts, operation, (*params, *maps))
+
+
+def plan_collection(
+    cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec, *,
+    counts: Sequence[np.ndarray] | None = None, sizing: bool = False,
+) -> tuple[FeaturePlan, ...]:
+    """The plans of every feature of a model, each scheme then seeing all of its features at
+    once (:meth:`~compemb.scheme.Scheme.plan_collection`)."""
+    if counts is not None and len(counts) != len(cardinalities):
+        raise ValueError(f"counts for {len(counts)} features, cardinalities for "
+                         f"{len(cardinalities)}")
+    plans = [plan_feature(int(n), embedding_dim, spec, sizing=sizing,
+                          counts=None if counts is None else counts[f])
+             for f, n in enumerate(cardinalities)]  # fmt: skip
+    by_scheme: dict[str, list[int]] = {}
+    for f, plan in enumerate(plans):
+        by_scheme.setdefault(plan.spec.scheme, []).append(f)
+    for features in by_scheme.values():
+        owner = plans[features[0]].scheme
+        for f, plan in zip(features, owner.plan_collection([plans[f] for f in features]),
+                           strict=True):
+            plans[f] = plan
+    return tuple(plans)

@@ -145,14 +145,22 @@ def test_constructor_errors():
 def test_factory_refusals_say_what_works():
     with pytest.raises(ValueError, match=r"collisions=60 >= num_categories=24.*threshold >= 24"):
         make_embedding_bag(24, 16, scheme="qr", collisions=60)
-    with pytest.raises(ValueError, match="scheme must be one of"):
+    with pytest.raises(ValueError, match="unknown scheme 'tt'; registered: full, hash, path"):
         make_embedding_bag(24, 16, scheme="tt")
     with pytest.raises(ValueError, match="scheme 'qr' needs collisions"):
         EmbeddingSpec("qr")
     with pytest.raises(ValueError, match="collisions or k, not both"):
         EmbeddingSpec("mixed_radix", collisions=4, k=3)
-    with pytest.raises(ValueError, match="takes collisions, not k"):
+    with pytest.raises(ValueError, match="scheme 'hash' has no setting 'k'; its settings: "
+                                         "collisions$"):
         EmbeddingSpec("hash", k=3)
+    with pytest.raises(ValueError, match="takes collisions, not k"):
+        EmbeddingSpec("qr", k=3)
+    with pytest.raises(ValueError, match="'full' has no setting 'collisions'; its settings: none"):
+        EmbeddingSpec("full", collisions=4)
+    with pytest.raises(ValueError, match="'path' has no setting 'operation'; its settings: "
+                                         "collisions, family, path_transform, path_hidden"):
+        EmbeddingSpec("path", "add", collisions=4)
     with pytest.raises(ValueError, match="no fewer than the full table"):
         make_embedding_bag(10, 4, scheme="crt", k=3)
     with pytest.raises(ValueError, match="a spec or spec fields, not both"):

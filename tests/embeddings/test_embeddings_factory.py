@@ -13,23 +13,13 @@ from compemb.embeddings import (
     make_embedding_bag,
     resolve_spec,
 )
+from schemekit import SPECS as SCHEME_SPECS
+from schemekit import spec_id
 
-SPECS = [
-    EmbeddingSpec("full"),
-    EmbeddingSpec("hash", collisions=4),
-    EmbeddingSpec("qr", "concat", collisions=4),
-    EmbeddingSpec("qr", "add", collisions=4),
-    EmbeddingSpec("qr", "mult", collisions=60),
-    EmbeddingSpec("mixed_radix", "mult", k=3),
-    EmbeddingSpec("crt", "concat", k=3),
-    EmbeddingSpec("crt", "mult", collisions=5),
-    EmbeddingSpec("path", collisions=4, path_hidden=16),
-    EmbeddingSpec("path", collisions=4, path_transform="linear"),
-    EmbeddingSpec("feature", collisions=4),
-]
+SPECS = SCHEME_SPECS
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.scheme}-{s.operation}")
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_every_scheme_has_one_width(spec):
     module = make_embedding_bag(5000, 12, spec)
     out = module(torch.randint(0, 5000, (8, 3)))
@@ -114,7 +104,7 @@ BATCHED_SPECS = SPECS + [
 
 
 @pytest.mark.parametrize("num_bags", [2, 0])
-@pytest.mark.parametrize("spec", BATCHED_SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.mode}")
+@pytest.mark.parametrize("spec", BATCHED_SPECS, ids=spec_id)
 def test_collection_matches_per_feature_modules(spec, num_bags, view_grad):
     """The stacked tables give the outputs and gradients of the per-feature modules."""
     torch.manual_seed(0)

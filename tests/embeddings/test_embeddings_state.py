@@ -6,11 +6,11 @@ import torch
 from compemb.embeddings import (
     EmbeddingBagCollection,
     EmbeddingSpec,
-    batched_path,
     collection,
     make_embedding_bag,
 )
 from compemb.models import build_model
+from compemb.schemes import path as path_scheme
 
 CARDS = [3, 5000, 40, 777, 9000]
 
@@ -38,8 +38,7 @@ def test_keys_are_the_per_feature_modules_keys(spec):
 
 def _regrouped(monkeypatch, spec):
     """The same features under another grouping: paths unstacked, full tables kept apart."""
-    monkeypatch.setattr(collection, "PATH_MAX_BUCKETS", 1)
-    monkeypatch.setattr(batched_path, "PATH_MAX_BUCKETS", 1)
+    monkeypatch.setattr(path_scheme, "PATH_MAX_BUCKETS", 1)
     monkeypatch.setattr(collection, "_merge_single_tables", lambda grouped, d: None)
     return EmbeddingBagCollection(CARDS, 8, spec)
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+
+from schemekit import SPECS as SCHEME_SPECS
+from schemekit import spec_id
 
 pytest.importorskip("torchrec")
 # TorchRec 1.8 deprecation notices (ShardedTensor, broadcast_buffers) and FBGEMM's autograd
@@ -22,19 +27,7 @@ from compemb.spec import resolve_spec  # noqa: E402
 
 CARDS = [1000, 37, 5, 250]  # the 5-category feature falls back to full under every scheme
 D = 8
-SPECS = [
-    EmbeddingSpec("full"),
-    EmbeddingSpec("hash", collisions=4),
-    *(EmbeddingSpec("qr", operation=op, collisions=4) for op in ("concat", "add", "mult")),
-    EmbeddingSpec("mixed_radix", operation="mult", k=3),
-    EmbeddingSpec("crt", operation="add", k=2),
-    EmbeddingSpec("qr", operation="concat", collisions=4, threshold=40),
-    EmbeddingSpec("path", collisions=4, path_transform="mlp", path_hidden=6),
-    EmbeddingSpec("path", collisions=4, path_transform="linear"),
-    EmbeddingSpec("feature", collisions=4),
-]
-IDS = {spec: f"{spec.scheme}-{spec.operation}-{spec.threshold}-{spec.path_transform}"
-       for spec in SPECS}
+SPECS = [*SCHEME_SPECS, EmbeddingSpec("qr", operation="concat", collisions=4, threshold=40)]
 
 
 def _local_state(trc: TorchRecEmbeddingCollection) -> dict[str, torch.Tensor]:
@@ -66,7 +59,7 @@ def _bags(batch: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Te
     return bags
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=IDS.get)
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
     torch.manual_seed(0)
     trc = TorchRecEmbeddingCollection(CARDS, D, spec)
@@ -80,7 +73,7 @@ def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max", "weighted"])
-@pytest.mark.parametrize("spec", SPECS, ids=IDS.get)
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None:
     """Bags (empty and repeated ids included) through every pooling, and per-sample weights:
     outputs and every table's gradient equal the per-feature modules'."""
@@ -108,7 +101,7 @@ def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None
         for t, table in zip(route.tables, route.plan.tables, strict=True):
             target = module.get_parameter(table.name)
             torch.testing.assert_close(tables[t].grad, target.grad, rtol=0, atol=1e-6)
-        if route.kind == "path":
+        if route.name in trc.paths:
             for name, p in trc.paths[route.name].named_parameters():
                 torch.testing.assert_close(p.grad, module.get_parameter(name).grad,
                                            rtol=0, atol=1e-6)
@@ -124,7 +117,7 @@ def test_routes_pool_only_what_commutes() -> None:
     assert route["concat", "sum"][0].pooled and route["add", "sum"][0].pooled
     assert not route["mult", "sum"][0].pooled
     assert not route["add", "max"][0].pooled and not route["concat", "max"][0].pooled
-    assert route["mult", "sum"][1].kind == "full" and route["mult", "sum"][1].pooled
+    assert route["mult", "sum"][1].plan.spec.scheme == "full" and route["mult", "sum"][1].pooled
     assert route["mult", "sum"][0].tables == ("f0__0", "f0__1")
 
 
@@ -168,7 +161,7 @@ def test_docstring_examples_run() -> None:
     EmbeddingSpec("qr", operation="mult", collisions=4),
     EmbeddingSpec("path", collisions=4, path_hidden=6),
     EmbeddingSpec("qr", operation="add", collisions=4, mode="max"),
-], ids=lambda s: f"{s.scheme}-{s.operation}-{s.mode}")  # fmt: skip
+], ids=["qr-mult", "path", "qr-add-max"])  # fmt: skip
 def test_one_hot_features_pooled_give_the_same_outputs_and_gradients(spec: EmbeddingSpec) -> None:
     """One-hot features look their mult and path tables up pooled (a one-id bag's pooled row
     is the row) and skip the unpooled collection: same outputs and gradients as unpooled."""
@@ -266,3 +259,12 @@ def test_out_of_range_ids_raise_under_dmp() -> None:
         sharded(False).module.emb(ids_to_kjt(ids, names))  # unchecked: FBGEMM clamps it
     finally:
         sharding.end_process_group(started)
+
+
+def test_a_route_giving_other_vectors_than_it_promised_raises() -> None:
+    trc = TorchRecEmbeddingCollection([1000, 3], D, EmbeddingSpec("qr", collisions=4))
+    first = trc.routes[0]
+    twice = dataclasses.replace(first.route, combine=lambda parts, rest, module: parts)
+    trc.routes = (dataclasses.replace(first, route=twice), *trc.routes[1:])
+    with pytest.raises(ValueError, match="gave 3 vectors per sample, their plans promise 2"):
+        trc(ids_to_kjt(torch.tensor([[3, 1]]), trc.feature_names))

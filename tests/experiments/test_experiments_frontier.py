@@ -10,7 +10,7 @@ from compemb.data import SynthOptions, generate_synthetic, open_dataset
 from compemb.experiments.frontier import (
     FRONTIER_SCHEMES,
     TOLERANCE,
-    Scheme,
+    Line,
     build_frontier,
     collision_candidates,
     embedding_parameters,
@@ -44,7 +44,7 @@ def test_picked_values_land_near_their_targets_or_are_reported_missing() -> None
             variant = make_variant(scheme, value)
             assert compression == pytest.approx(full / embedding_parameters(variant, PLANTED))
             assert abs(math.log(compression / target)) <= math.log(TOLERANCE)
-    qr = pick_values(Scheme("qr mult", (("scheme", "qr"),)), PLANTED, targets)
+    qr = pick_values(Line("qr mult", (("scheme", "qr"),)), PLANTED, targets)
     assert [v for v, _ in qr.values()][:3] == [2, 4, 16] and 60 in qr and 1000 not in qr
     exp = build_frontier(PLANTED, targets=targets)
     assert any(n.startswith("qr mult: no collisions within") and "1000x" in n for n in exp.notes)
@@ -75,7 +75,7 @@ def test_grid_is_registered_with_unique_labels_and_one_entry_adds_a_line() -> No
     assert {v.series for v in exp.variants} == {"full"} | {s.series for s in FRONTIER_SCHEMES}
     assert "mixed radix mult k=2" in labels
     assert exp.variants[labels.index("mixed radix mult k=2")].model_fields()["k"] == 2
-    extra = Scheme("qr mult k-free", (("scheme", "qr"), ("operation", "mult")))
+    extra = Line("qr mult k-free", (("scheme", "qr"), ("operation", "mult")))
     more = build_frontier(MOVIELENS, (*FRONTIER_SCHEMES, extra), targets=(4,))
     assert [v.label for v in more.variants if v.series == "qr mult k-free"] == [
         "qr mult k-free c=4"

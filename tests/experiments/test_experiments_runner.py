@@ -110,11 +110,34 @@ def test_interrupted_run_resumes_from_its_folder(tmp_path, dataset):
 
 def test_aggregate_adds_excess_over_the_planted_optimum():
     rows = [{"series": "hash", "label": "hash c=2", "x": 2, "scheme": "hash", "operation": "",
-             "collisions": 2, "threshold": 0, "path_hidden": None, "optimizer": "adagrad",
-             "init": "", "num_parameters": 10, "embedding_parameters": 8, "compression": 2.0,
+             "collisions": 2, "k": None, "threshold": 0, "path_hidden": None,
+             "optimizer": "adagrad", "init": "", "num_parameters": 10, "embedding_parameters": 8,
+             "compression": 2.0,
              "test_logloss": loss, "test_auc": 0.7, "test_accuracy": 0.8, "val_logloss": loss,
              "train_seconds": 1.0} for loss in (0.5, 0.7)]  # fmt: skip
     (entry,) = aggregate(rows, optimum=0.4)
     assert entry["test_logloss_mean"] == pytest.approx(0.6)
     assert entry["test_logloss_std"] == pytest.approx(0.02**0.5)
     assert entry["excess_logloss_mean"] == pytest.approx(0.2)
+
+
+def test_trials_rows_keep_every_scheme_size_and_operation(tmp_path):
+    """Mixed radix is sized by k and composed by an operation: both reach trials.csv."""
+    from compemb.config import config_from_dict
+    from compemb.experiments.frontier import FRONTIER_SCHEMES, make_variant
+
+    line = next(s for s in FRONTIER_SCHEMES if s.series == "mixed radix mult")
+    variant = make_variant(line, 3)
+    config = config_from_dict({"model": {"embedding": variant.model_fields()}})
+    run = runner.Run(variant, 0, config, tmp_path / "run")
+    metrics = {**dict.fromkeys(runner.METRICS, 0.5), "num_parameters": 10,
+               "embedding_parameters": 5, "steps": 1, "train_seconds": 1.0}
+    row = runner.trial_row(run, metrics, 50)
+    assert (row["scheme"], row["operation"], row["k"], row["collisions"]) == (
+        "mixed_radix", "mult", 3, None)
+    path = runner.trial_row(runner.Run(
+        Variant("path", "path", collisions=4, path_hidden=16), 0,
+        config_from_dict({"model": {"embedding": {"scheme": "path", "collisions": 4,
+                                                  "path_hidden": 16}}}), tmp_path / "p"),
+        metrics, 50)  # fmt: skip
+    assert (path["operation"], path["collisions"], path["path_hidden"]) == ("", 4, 16)

@@ -10,6 +10,7 @@ import torch
 from compemb.embeddings import EmbeddingSpec
 from compemb.models import MODELS, CrossNetwork, DotInteraction, build_model
 from compemb.models.parts import MLP
+from schemekit import spec_id
 
 CARDS = [50, 7, 300, 3, 120]  # the last one is a multi-hot bag feature
 SPECS = [
@@ -35,7 +36,7 @@ def _inputs(num_dense: int, batch: int = 6, seed: int = 0):
 
 
 @pytest.mark.parametrize("num_dense", [0, 3])
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.sparse}")
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_backward(name: str, spec: EmbeddingSpec, num_dense: int) -> None:
     torch.manual_seed(0)
@@ -48,7 +49,7 @@ def test_forward_backward(name: str, spec: EmbeddingSpec, num_dense: int) -> Non
         assert p.grad is not None, pname
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.scheme}-{s.operation}-{s.sparse}")
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_each_row_depends_on_its_own_ids_only(name: str, spec: EmbeddingSpec) -> None:
     """Changing one category of one row changes that row's logit and no other: every feature
@@ -81,8 +82,8 @@ def test_each_row_depends_on_its_own_ids_only(name: str, spec: EmbeddingSpec) ->
 def test_large_tables_get_sparse_gradients_when_asked(scheme: str, sparse: bool) -> None:
     # The collection gives tables of a few thousand rows dense gradients (cheaper than sparse);
     # a 10^6-category feature must follow spec.sparse, as Adagrad/SGD training relies on it.
-    spec = EmbeddingSpec(scheme, collisions=None if scheme == "full" else 4, path_hidden=4,
-                         sparse=sparse)  # fmt: skip
+    own = {"full": {}, "path": {"collisions": 4, "path_hidden": 4}}.get(scheme, {"collisions": 4})
+    spec = EmbeddingSpec(scheme, sparse=sparse, **own)
     model = build_model("dlrm", [10**6, 5], 2, 4, spec)
     ids = torch.tensor([[1, 2], [999_999, 4]])
     model(torch.zeros(2, 2), ids).sum().backward()

@@ -141,7 +141,7 @@ def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
                                  tables=sharded.replicated_tables())
             opt.load_state_dict(dense_state)
     if rank == 0:
-        print(f"ok {spec.scheme}-{spec.operation} {optimizer}\n{sharded.summary}", flush=True)
+        print(f"ok {spec} {optimizer}\n{sharded.summary}", flush=True)
 
 
 def main() -> None:

@@ -9,12 +9,13 @@ from compemb.embeddings.operation import (
     FeatureEmbeddingBag,
     HashEmbeddingBag,
 )
-from compemb.embeddings.path import PathEmbeddingBag
+from compemb.embeddings.path import TRANSFORMS, PathEmbeddingBag
 from compemb.operations import OPERATIONS, get_operation, register_operation
+from compemb.scheme import SCHEMES, Scheme, register_scheme
 from compemb.spec import (
-    TRANSFORMS,
     EmbeddingSpec,
     FeaturePlan,
+    plan_collection,
     plan_feature,
     resolve_spec,
     schemes,
@@ -23,6 +24,7 @@ from compemb.spec import (
 
 __all__ = [
     "OPERATIONS",
+    "SCHEMES",
     "TRANSFORMS",
     "CompositionalEmbeddingBag",
     "EmbeddingBagCollection",
@@ -32,14 +34,17 @@ __all__ = [
     "FullEmbeddingBag",
     "HashEmbeddingBag",
     "PathEmbeddingBag",
+    "Scheme",
     "embedding_parameters",
     "fit_budget",
     "full_table_bound",
     "get_operation",
     "make_embedding_bag",
     "module_from_plan",
+    "plan_collection",
     "plan_feature",
     "register_operation",
+    "register_scheme",
     "resolve_spec",
     "schemes",
     "spec_partitions",

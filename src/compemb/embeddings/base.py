@@ -8,6 +8,7 @@ from torch import nn
 
 from compemb.embeddings._bags import Bags, check_mode, pool, prepare_bags
 from compemb.operations import full_table_bound
+from compemb.partitions import HeadPartitions, PartitionSet
 
 __all__ = ["BagModule", "EmbeddingAccounting", "FullEmbeddingBag", "full_table_bound"]
 
@@ -131,6 +132,23 @@ class BagModule(nn.Module, EmbeddingAccounting):
         self.mode = check_mode(mode, type(self).__name__)
         self.include_last_offset = include_last_offset
         self.validate = validate
+
+    def _keep_partitions(self, partitions: PartitionSet) -> None:
+        """Use ``partitions``, and own their id maps (frequency renumbering, hot ids) as the
+        buffers ``relabel`` and ``hot_ids``: saved with the module, and what its forward reads
+        after a move (``_apply``) and a load."""
+        self.partitions = partitions
+        if partitions.relabeling() is not None:
+            self.register_buffer("relabel", partitions.relabeling())
+        if isinstance(partitions, HeadPartitions):
+            self.register_buffer("hot_ids", partitions.hot)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (torch's signature)
+        super()._apply(fn, recurse)
+        maps = self._buffers
+        if "relabel" in maps or "hot_ids" in maps:
+            self.partitions = self.partitions.on_maps(maps.get("relabel"), maps.get("hot_ids"))
+        return self
 
     def _bags(
         self,

@@ -11,6 +11,8 @@ Letters: B batch, G features in the group, k partitions, D width, N ids of a bag
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +23,43 @@ from compemb.embeddings._fused import compose_lookup
 from compemb.operations import Operation
 from compemb.partitions import Digit, HotSlots, digit, hot_slot
 
+if TYPE_CHECKING:
+    from compemb.spec import FeaturePlan
+
 # Stacked tables up to this many rows get dense gradients even with sparse=True.
 DENSE_GRAD_MAX_ROWS = 4096
 
 # One Digit (or HotSlots) per partition of one feature.
 Layout = tuple[Digit | HotSlots, ...]
+
+
+@dataclass(frozen=True)
+class TableStack:
+    """Which :class:`TableGroup` a feature joins: features with equal keys share one.
+
+    Attributes:
+        operation: the operation composing the tables; None: each table is its own output
+            (feature generation).
+        widths: the tables' widths, in partition order.
+        kinds: ``digit`` or ``hot`` for each partition.
+        relabelled: whether ids are renumbered first.
+    """
+
+    operation: str | None
+    widths: tuple[int, ...]
+    kinds: tuple[str, ...]
+    relabelled: bool
+
+    @classmethod
+    def of(cls, plan: FeaturePlan, operation: str | None) -> TableStack | str:
+        """The key of ``plan``'s feature, or why its partitions cannot be stacked."""
+        layout = plan.partitions.layout()
+        if layout is None:
+            return (f"{type(plan.partitions).__name__} is not index arithmetic of the form "
+                    f"(i // place) mod modulus")
+        kinds = tuple("hot" if isinstance(d, HotSlots) else "digit" for d in layout)
+        return cls(operation, tuple(t.width for t in plan.tables), kinds,
+                   plan.partitions.relabeling() is not None)
 
 
 class BucketIndex(nn.Module):
@@ -152,7 +186,6 @@ class TableGroup(nn.Module):
     ):
         super().__init__()
         self.op = operation
-        self.kind = "feature" if operation is None else "compose"
         self.dims = tuple(dims)
         self.sparse = sparse
         self._bounds = [list(b) for b in bounds]
@@ -195,7 +228,7 @@ class TableGroup(nn.Module):
     def _lookup(self, ids: torch.Tensor, cols: slice | int | list[int]) -> torch.Tensor:
         """Composed vectors (*ids.shape, D), or (*ids.shape, k, D) for feature generation."""
         buckets = self._buckets(ids, cols)
-        if self.kind == "feature":
+        if self.op is None:
             return torch.stack([F.embedding(b, w, sparse=s) for b, w, s
                                 in zip(buckets, self.weights, self._sparse, strict=True)], -2)
         absent = [self._absent_in(j, cols, ids.device) for j in range(len(buckets))]
@@ -215,13 +248,13 @@ class TableGroup(nn.Module):
         """ids (B, G) of this group's features in group order (or of the group's features
         ``members`` only) -> (B, G', D)."""
         out = self._lookup(ids, slice(None) if members is None else members)
-        return out.flatten(1, 2) if self.kind == "feature" else out
+        return out.flatten(1, 2) if self.op is None else out
 
     def forward_bag(self, f: int, bags: Bags, mode: str) -> torch.Tensor:
         """One multi-hot feature (the group's f-th): compose per id, then pool -> (B, D) or
         (B, k, D) for feature generation (each partition pooled on its own)."""
         out = self._lookup(bags.ids.unsqueeze(1), [f]).squeeze(1)
-        if self.kind == "feature":
+        if self.op is None:
             return torch.stack([pool(out[:, j], bags, mode, False)
                                 for j in range(out.shape[1])], dim=1)
         return pool(out, bags, mode, False)

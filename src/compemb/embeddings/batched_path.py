@@ -14,6 +14,7 @@ Letters: B batch, G features, m buckets, D width, H hidden units.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,27 @@ from compemb.operations import full_table_bound
 # Path features are grouped up to this many buckets per function: under torch.export every
 # bucket's function runs on every row.
 PATH_MAX_BUCKETS = 8
+
+
+@dataclass(frozen=True)
+class PathStack:
+    """Which :class:`PathGroup` a two-partition path feature joins: features with equal keys
+    share one.
+
+    Attributes:
+        transform: linear or mlp.
+        dim: D.
+        hidden: hidden units of each function.
+        buckets: m, the second partition's buckets (one function each).
+        kinds, relabelled: as :class:`~compemb.embeddings.batched.TableStack`'s.
+    """
+
+    transform: str
+    dim: int
+    hidden: int
+    buckets: int
+    kinds: tuple[str, ...]
+    relabelled: bool
 
 
 class PathGroup(nn.Module):

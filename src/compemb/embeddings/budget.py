@@ -1,4 +1,5 @@
-"""Choosing collisions (and hot rows) for a target number of embedding parameters."""
+"""Choosing a scheme's size (its knob: collisions, k, ...) and hot rows for a target number of
+embedding parameters, counted from plans: nothing is built."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from compemb.embeddings.collection import EmbeddingBagCollection
-from compemb.spec import EmbeddingSpec
+from compemb.spec import EmbeddingSpec, plan_collection
 
 __all__ = ["embedding_parameters", "fit_budget"]
 
@@ -15,21 +15,19 @@ __all__ = ["embedding_parameters", "fit_budget"]
 def embedding_parameters(cardinalities: Sequence[int], embedding_dim: int,
                          spec: EmbeddingSpec) -> int:
     """Parameters of the embedding layer ``spec`` gives these features (tables, hot rows and
-    path functions), counted on the meta device: nothing is allocated. The frequency order does
-    not change the count, so no counts are needed."""
-    sizing = spec.with_(order="natural")
-    counts = [np.zeros(n, dtype=np.int64) for n in cardinalities] if spec.hot else None
-    return EmbeddingBagCollection(cardinalities, embedding_dim, sizing, counts=counts,
-                                  validate=False, device="meta").num_parameters
+    path functions), counted from the features' plans: nothing is built. The frequency order
+    does not change the count, so no counts are needed."""
+    plans = plan_collection(cardinalities, embedding_dim, spec, sizing=True)
+    return sum(plan.num_parameters for plan in plans)
 
 
 def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec,
                budget: int, *, hot_share: float | None = None) -> EmbeddingSpec:
-    """The spec, with ``collisions`` (and ``hot``) chosen, whose embedding parameters come
-    closest to ``budget`` from below.
+    """The spec, with its scheme's knob (``Scheme.knob``: collisions for the built-in ones) and
+    ``hot`` chosen, whose embedding parameters come closest to ``budget`` from below.
 
     Args:
-        spec: the scheme, operation and everything else; its ``collisions`` is replaced.
+        spec: the scheme, operation and everything else; its knob is replaced.
         budget: the target number of embedding parameters.
         hot_share: if given, the share of the budget spent on hot rows: ``hot`` is set so the
             features that are compressed hold about ``hot_share * budget`` parameters in
@@ -41,18 +39,23 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
     >>> fit_budget([10_000, 500], 16, EmbeddingSpec("qr", collisions=2), 50_000).collisions
     4
     """
-    if spec.scheme == "full":
-        raise ValueError("scheme full has no collisions to choose")
+    knob = spec.owner.knob
+    if knob is None:
+        raise ValueError(f"scheme {spec.scheme!r} has no size setting to choose")
     if hot_share is not None:
         if not 0 <= hot_share < 1:
             raise ValueError(f"hot_share must be in [0, 1), got {hot_share}")
         big = [n for n in cardinalities if n > spec.threshold] or list(cardinalities)
         spec = spec.with_(hot=int(hot_share * budget / (embedding_dim * len(big))))
+    # The knob's other ways of sizing the tables (k, when collisions is searched) are cleared.
+    others = {name: None for name in ("collisions", "k")
+              if name != knob and name in spec.owner.setting_names()}
+
     def size(c: int) -> int:
         return embedding_parameters(cardinalities, embedding_dim,
-                                    spec.with_(collisions=c, k=None))
+                                    spec.with_(**{knob: c, **others}))
 
-    # Size falls as collisions grow until the tables are as small as they get (QR: about
+    # Size falls as the knob grows until the tables are as small as they get (QR: about
     # sqrt(n)), then rises (and a feature with no more categories than collisions keeps its
     # full table): find that point on a geometric grid, then bisect below it.
     grid = np.unique(np.geomspace(2, max(max(cardinalities), 2), 64).astype(int))
@@ -61,7 +64,7 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
     if size(hi) > budget:
         raise ValueError(
             f"budget {budget:,} is below the smallest {spec.scheme} embedding of these features "
-            f"({size(hi):,} parameters at collisions={hi}); lower hot or raise the budget"
+            f"({size(hi):,} parameters at {knob}={hi}); lower hot or raise the budget"
         )
     while lo < hi:
         mid = (lo + hi) // 2
@@ -69,4 +72,4 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
             hi = mid
         else:
             lo = mid + 1
-    return spec.with_(collisions=lo, k=None)
+    return spec.with_(**{knob: lo, **others})

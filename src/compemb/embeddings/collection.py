@@ -11,51 +11,22 @@ from torch import nn
 
 from compemb.embeddings._bags import prepare_bags
 from compemb.embeddings._fused import assemble
-from compemb.embeddings.batched import Layout, TableGroup
-from compemb.embeddings.batched_path import PATH_MAX_BUCKETS, PathGroup
+from compemb.embeddings.batched import TableGroup, TableStack
+from compemb.embeddings.batched_path import PathGroup, PathStack
 from compemb.embeddings.factory import module_from_plan
 from compemb.operations import OPERATIONS
-from compemb.partitions import HeadPartitions, HotSlots
-from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
-
-# (kind, operation name, widths or path shape, position kinds, relabelled): features with
-# equal keys share a group.
-GroupKey = tuple[str, str | None, tuple[int, ...], tuple[str, ...], bool]
+from compemb.spec import EmbeddingSpec, plan_collection
 
 
-def _group_key(plan: FeaturePlan) -> tuple[GroupKey | None, Layout | None, str]:
-    """The stacked group a feature can join, with its layout; or None and the reason it is
-    embedded by its own module instead."""
-    layout = plan.partitions.layout()
-    if layout is None:
-        return None, None, (f"{type(plan.partitions).__name__} is not index arithmetic of the "
-                            f"form (i // place) mod modulus")
-    widths = tuple(t.width for t in plan.tables)
-    kinds = tuple("hot" if isinstance(d, HotSlots) else "digit" for d in layout)
-    relabelled = plan.partitions.relabeling() is not None
-    if plan.kind in ("full", "hash"):
-        return ("table", None, widths, kinds, relabelled), layout, ""
-    if plan.kind == "feature":
-        return ("feature", None, widths, kinds, relabelled), layout, ""
-    if plan.kind == "compose":
-        return ("compose", plan.operation.name, widths, kinds, relabelled), layout, ""
-    m = plan.partitions.sizes[-1]
-    if plan.partitions.k != 2 or m > PATH_MAX_BUCKETS:
-        return None, None, (f"path over {plan.partitions.k} partitions with {m} buckets (stacked "
-                            f"paths take 2 partitions and at most {PATH_MAX_BUCKETS} buckets)")
-    spec = plan.spec
-    shape = (plan.embedding_dim, spec.path_hidden, m)
-    return ("path", spec.path_transform, shape, kinds, relabelled), layout, ""
-
-
-def _merge_single_tables(grouped: dict[GroupKey, list[int]], embedding_dim: int) -> None:
+def _merge_single_tables(grouped: dict[TableStack | PathStack, list[int]],
+                         embedding_dim: int) -> None:
     """Move the one-table features (full tables, hashing) into the largest composed group whose
     operation has an identity, where a missing partition contributes it: one group, no
     reassembly."""
-    single: GroupKey = ("table", None, (embedding_dim,), ("digit",), False)
-    targets = [key for key in grouped if key[0] == "compose" and len(key[2]) > 1
-               and OPERATIONS[key[1]].identity is not None and not key[4]
-               and set(key[2]) == {embedding_dim}]  # fmt: skip
+    single = TableStack("add", (embedding_dim,), ("digit",), False)
+    targets = [key for key in grouped if isinstance(key, TableStack) and len(key.widths) > 1
+               and key.operation is not None and OPERATIONS[key.operation].identity is not None
+               and not key.relabelled and set(key.widths) == {embedding_dim}]  # fmt: skip
     if single not in grouped or not targets:
         return
     target = max(targets, key=lambda key: len(grouped[key]))
@@ -105,42 +76,32 @@ class EmbeddingBagCollection(nn.Module):
         self.cardinalities = tuple(int(n) for n in cardinalities)
         self.embedding_dim = embedding_dim
         self.spec = spec
-        if counts is not None and len(counts) != len(self.cardinalities):
-            raise ValueError(f"counts for {len(counts)} features, cardinalities for "
-                             f"{len(self.cardinalities)}")
-        self.plans = tuple(
-            plan_feature(n, embedding_dim, spec, counts=None if counts is None else counts[f])
-            for f, n in enumerate(self.cardinalities)
-        )
+        self.plans = plan_collection(self.cardinalities, embedding_dim, spec, counts=counts)
         self.specs = tuple(plan.spec for plan in self.plans)
         self.validate = validate
-        grouped: dict[GroupKey, list[int]] = {}
-        layouts: dict[int, Layout] = {}
+        grouped: dict[TableStack | PathStack, list[int]] = {}
         self.unstacked: dict[int, str] = {}
         for f, plan in enumerate(self.plans):
-            key, layout, reason = _group_key(plan)
-            if key is None:
-                self.unstacked[f] = reason
+            key = plan.scheme.stacking(plan)
+            if isinstance(key, str):
+                self.unstacked[f] = key
             else:
                 grouped.setdefault(key, []).append(f)
-                layouts[f] = layout
         _merge_single_tables(grouped, embedding_dim)
         self.groups = nn.ModuleList()
         self._group_features: list[tuple[int, ...]] = []
         for key, members in grouped.items():
             features = tuple(members)
             cards = [self.cardinalities[f] for f in features]
-            lays = [layouts[f] for f in features]
+            lays = [self.plans[f].partitions.layout() for f in features]
             relabels = [self.plans[f].partitions.relabeling() for f in features]
-            if key[0] == "path":
-                d, hidden, _ = key[2]
-                group: nn.Module = PathGroup(key[1], d, hidden, cards, lays, sparse=spec.sparse,
-                                             relabels=relabels, device=device, dtype=dtype)
+            if isinstance(key, PathStack):
+                group: nn.Module = PathGroup(key.transform, key.dim, key.hidden, cards, lays,
+                                             sparse=spec.sparse, relabels=relabels,
+                                             device=device, dtype=dtype)
             else:
-                # A group of one-table features composes one table: any operation is the
-                # identity there, add is as good as any.
-                op = OPERATIONS[key[1] or "add"] if key[0] != "feature" else None
-                group = TableGroup(op, key[2], cards, lays,
+                op = None if key.operation is None else OPERATIONS[key.operation]
+                group = TableGroup(op, key.widths, cards, lays,
                                    [[t.bounds for t in self.plans[f].tables] for f in features],
                                    sparse=spec.sparse, relabels=relabels, device=device,
                                    dtype=dtype)
@@ -170,47 +131,34 @@ class EmbeddingBagCollection(nn.Module):
         self.register_load_state_dict_pre_hook(_from_feature_keys)
 
     def _feature_keys(self) -> list[tuple[str, str, Any]]:
-        """(feature key, internal key, where in the internal tensor) for every stored tensor."""
+        """(feature key, internal key, where in the internal tensor) for every tensor of every
+        feature's plan: ``features.<f>.<name>``, the per-feature module's own keys."""
         keys: list[tuple[str, str, Any]] = []
         for g, (group, members) in enumerate(zip(self.groups, self._group_features,
                                                  strict=True)):
             index = group.index
             for i, f in enumerate(members):
-                # the frequency maps are part of the model: saved under the feature's name
-                if index.relabel_rows:
-                    s = sum(index.relabel_rows[:i])
-                    keys.append((f"features.{f}.relabel", f"groups.{g}.index.relabel",
-                                 slice(s, s + index.relabel_rows[i])))
-                for j, hot in index.hot_counts.items():
-                    if hot[i]:
-                        keys.append((f"features.{f}.hot_ids", f"groups.{g}.index.hot{j}",
-                                     (i, slice(0, hot[i]))))
-                tables = self.plans[f].tables
-                if isinstance(group, PathGroup):
-                    s, r = group.index.starts[0][i], group.index.rows[0][i]
-                    keys.append((f"features.{f}.{tables[0].name}", f"groups.{g}.weight",
-                                 slice(s, s + r)))
-                    for layer in range(len(group.layers) // 2):
-                        for j, what in enumerate(("weight", "bias")):
-                            keys.append((f"features.{f}.paths.0.{layer}.{what}",
-                                         f"groups.{g}.layers.{2 * layer + j}", i))
-                    continue
-                for j, table in enumerate(tables):
-                    s = group.index.starts[j][i]
-                    keys.append((f"features.{f}.{table.name}", f"groups.{g}.weights.{j}",
-                                 slice(s, s + table.rows)))
-        for key, module in self.modules_by_feature.items():
-            for name in module.state_dict():
-                keys.append((f"features.{key}.{name}", f"modules_by_feature.{key}.{name}", None))
-            # A module's frequency maps live in its partitions: registered here as buffers of
-            # the very same tensors, so saving reads them and loading writes into them.
-            parts = self.plans[int(key)].partitions
-            maps = {"relabel": parts.relabeling(),
-                    "hot_ids": parts.hot if isinstance(parts, HeadPartitions) else None}
-            for name, tensor in maps.items():
-                if tensor is not None:
-                    self.register_buffer(f"_{name}{key}", tensor)
-                    keys.append((f"features.{key}.{name}", f"_{name}{key}", None))
+                plan = self.plans[f]
+                for j, p in enumerate(plan.tables):
+                    s = index.starts[j][i]
+                    stored = f"groups.{g}.weight" if isinstance(group, PathGroup) \
+                        else f"groups.{g}.weights.{j}"
+                    keys.append((f"features.{f}.{p.name}", stored, slice(s, s + p.rows)))
+                for layer, p in enumerate(plan.dense):
+                    keys.append((f"features.{f}.{p.name}", f"groups.{g}.layers.{layer}", i))
+                for p in plan.maps:
+                    if p.name == "relabel":
+                        s = sum(index.relabel_rows[:i])
+                        keys.append((f"features.{f}.relabel", f"groups.{g}.index.relabel",
+                                     slice(s, s + index.relabel_rows[i])))
+                    else:  # hot ids, kept with the last partition (the hot slots)
+                        j = len(plan.tables) - 1
+                        keys.append((f"features.{f}.{p.name}", f"groups.{g}.index.hot{j}",
+                                     (i, slice(0, index.hot_counts[j][i]))))
+        for key in self.modules_by_feature:
+            for p in self.plans[int(key)].params:
+                keys.append((f"features.{key}.{p.name}", f"modules_by_feature.{key}.{p.name}",
+                             None))
         return keys
 
     @property
@@ -239,9 +187,9 @@ class EmbeddingBagCollection(nn.Module):
         tables: list[nn.Parameter] = []
         for group in self.groups:
             tables.extend(group.weights if isinstance(group, TableGroup) else [group.weight])
-        for module in self.modules_by_feature.values():
-            own = getattr(module, "weights", None)
-            tables.extend(own if own is not None else [module.weight])
+        for key, module in self.modules_by_feature.items():
+            own = dict(module.named_parameters())
+            tables.extend(own[p.name] for p in self.plans[int(key)].tables)
         return tables
 
     @property
@@ -255,11 +203,9 @@ class EmbeddingBagCollection(nn.Module):
     @property
     def index_bytes(self) -> int:
         """Bytes of the frequency maps kept beside the tables (relabelled ids: 4 per category
-        of a renumbered feature; hot ids: 8 each); 0 for the paper's partitions."""
-        return sum(
-            index.relabel.numel() * index.relabel.element_size() if index.relabel_rows else 0
-            for index in (group.index for group in self.groups)
-        ) + sum(8 * sum(hot) for group in self.groups for hot in group.index.hot_counts.values())
+        of a renumbered feature; hot ids: 8 each), from the plans; 0 for the paper's
+        partitions."""
+        return sum(plan.index_bytes for plan in self.plans)
 
     @property
     def full_parameters(self) -> int:

@@ -1,19 +1,11 @@
-"""One factory for every embedding scheme: a spec becomes a plan, a plan becomes a module."""
+"""One factory for every embedding scheme: a spec becomes a plan, the plan's scheme makes the
+module."""
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 from torch import nn
 
-from compemb.embeddings.base import FullEmbeddingBag
-from compemb.embeddings.operation import (
-    CompositionalEmbeddingBag,
-    FeatureEmbeddingBag,
-    HashEmbeddingBag,
-)
-from compemb.embeddings.path import PathEmbeddingBag
 from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
 
 __all__ = ["make_embedding_bag", "module_from_plan"]
@@ -27,27 +19,12 @@ def module_from_plan(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """The per-feature module a plan describes, initialized by the plan's rule."""
-    spec, n, d = plan.spec, plan.num_categories, plan.embedding_dim
-    common = {"mode": spec.mode, "sparse": spec.sparse, "validate": validate,
-              "include_last_offset": include_last_offset, "device": device, "dtype": dtype}
-    kind = plan.kind
-    if kind == "full":
-        return FullEmbeddingBag(n, d, **common)
-    if kind == "hash":
-        return HashEmbeddingBag(n, d, plan.tables[0].rows, **common)
-    if kind == "feature":
-        return FeatureEmbeddingBag(n, d, plan.partitions, **common)
-    if kind == "path":
-        return PathEmbeddingBag(n, d, plan.partitions, spec.path_transform, spec.path_hidden,
-                                **common)
-    with warnings.catch_warnings():
-        if spec.scheme == "hash":  # hashing with hot rows shares vectors by design
-            warnings.filterwarnings("ignore", message=".*not complementary")
-        return CompositionalEmbeddingBag(
-            n, d, plan.partitions, plan.operation, dims=tuple(t.width for t in plan.tables),
-            init=spec.init, **common,
-        )  # fmt: skip
+    """The per-feature module a plan describes (its scheme builds it), initialized by the
+    plan's rule; its state-dict keys are the plan's parameter names."""
+    spec = plan.spec
+    return plan.scheme.module(plan, mode=spec.mode, sparse=spec.sparse, validate=validate,
+                              include_last_offset=include_last_offset, device=device,
+                              dtype=dtype)
 
 
 def make_embedding_bag(

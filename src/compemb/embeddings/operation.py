@@ -111,7 +111,7 @@ class CompositionalEmbeddingBag(BagModule):
                 f"share one vector",
                 stacklevel=2,
             )
-        self.partitions = partitions
+        self._keep_partitions(partitions)
         self.op = op
         self.init = init
         self.dims = tuple(dims)
@@ -234,7 +234,7 @@ class FeatureEmbeddingBag(BagModule):
     ):
         super().__init__(num_categories, embedding_dim, mode, include_last_offset, validate)
         _check_partitions(self._where(), num_categories, partitions)
-        self.partitions = partitions
+        self._keep_partitions(partitions)
         self.sparse = sparse
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(rows, embedding_dim, device=device, dtype=dtype))

@@ -15,9 +15,10 @@ from torch import nn
 from compemb.embeddings.base import BagModule, full_table_bound
 from compemb.embeddings.operation import _check_partitions
 from compemb.partitions import PartitionSet
-from compemb.spec import TRANSFORMS
 
 __all__ = ["TRANSFORMS", "BucketedLinear", "PathEmbeddingBag", "apply_paths", "init_path_layer_"]
+
+TRANSFORMS = ("linear", "mlp")
 
 
 def init_path_layer_(weight: torch.Tensor, bias: torch.Tensor, transform: str, first: bool
@@ -148,7 +149,7 @@ class PathEmbeddingBag(BagModule):
         if transform == "mlp" and (isinstance(hidden, bool) or not isinstance(hidden, int)
                                    or hidden < 1):
             raise ValueError(f"{where}: hidden must be an int >= 1, got {hidden!r}")
-        self.partitions = partitions
+        self._keep_partitions(partitions)
         self.transform = transform
         self.hidden = hidden if transform == "mlp" else None
         self.sparse = sparse

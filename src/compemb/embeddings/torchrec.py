@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compemb.embeddings.factory import module_from_plan
-from compemb.spec import EmbeddingSpec, FeaturePlan, plan_feature
+from compemb.scheme import TorchRecPlan
+from compemb.spec import EmbeddingSpec, FeaturePlan, plan_collection
 
 if TYPE_CHECKING:
     from torchrec import KeyedJaggedTensor, KeyedTensor
@@ -53,12 +53,13 @@ class FeatureRoute:
             operation, tables).
         tables: TorchRec table names, in the plan's table order: ``<feature>__<j>``.
         pooled: tables in the pooled EmbeddingBagCollection and combined after pooling (the
-            operation commutes with the pooling, or the feature is one-hot: a pooled one-id
-            bag is the row itself); otherwise looked up unpooled, composed per id, then pooled
-            here.
+            combination commutes with the pooling, or the feature is one-hot: a pooled
+            one-id bag is the row itself); otherwise looked up unpooled, combined per id, then
+            pooled here.
+        outputs: output keys: the feature's name, or k of them (``<feature>_<j>``) when the
+            scheme gives k vectors per sample.
+        route: the scheme's :class:`~compemb.scheme.TorchRecPlan` (how parts combine).
         one_hot: every sample holds exactly one id of this feature (checked every batch).
-        outputs: output keys: the feature's name, or k of them (``<feature>_<j>``) under scheme
-            ``feature``.
     """
 
     name: str
@@ -67,11 +68,8 @@ class FeatureRoute:
     tables: tuple[str, ...]
     pooled: bool
     outputs: tuple[str, ...]
+    route: TorchRecPlan
     one_hot: bool = False
-
-    @property
-    def kind(self) -> str:
-        return self.plan.kind
 
 
 class SeededUniform:
@@ -130,20 +128,6 @@ def _split(features: KeyedJaggedTensor
     w = features.weights_or_none()
     weights = w.split(counts) if w is not None else [None] * len(keys)
     return {k: (v, n, x) for k, v, n, x in zip(keys, values, lengths, weights, strict=True)}
-
-
-def _path_functions(plan: FeaturePlan, device: torch.device) -> nn.Module:
-    """A path feature's per-feature module without its first table (TorchRec looks that up):
-    its per-bucket functions, on ``device`` (the CPU when the tables are built on meta)."""
-    if device.type != "meta":
-        module = module_from_plan(plan, validate=False, device=device)
-        module.weight = None
-        return module
-    module = module_from_plan(plan, validate=False, device="meta")
-    module.weight = None
-    module.to_empty(device="cpu")
-    module.reset_paths()
-    return module
 
 
 class TorchRecEmbeddingCollection(nn.Module):
@@ -229,29 +213,25 @@ class TorchRecEmbeddingCollection(nn.Module):
             raise ValueError(f"one_hot must be in [0, {len(names)}], got {one_hot}")
         dev = torch.device("cpu") if device is None else torch.device(device)
         routes, pooled_cfgs, unpooled_cfgs = [], [], {}
-        # Path features: the per-feature module without its first table (TorchRec looks that
-        # up) applies the per-bucket functions.
+        # The data-parallel parts of features (path functions), by feature name.
         self.paths = nn.ModuleDict()
         pooling = trec.PoolingType.MEAN if spec.mode == "mean" else trec.PoolingType.SUM
         if plans is None:
-            plans = [plan_feature(n, embedding_dim, spec,
-                                  counts=None if counts is None else counts[f])
-                     for f, n in enumerate(self.cardinalities)]  # fmt: skip
+            plans = plan_collection(self.cardinalities, embedding_dim, spec, counts=counts)
         if len(plans) != len(names):
             raise ValueError(f"{len(plans)} plans for {len(names)} features")
         for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
-            op = plan.operation
+            route = plan.scheme.torchrec(plan, dev)
+            # a one-hot feature's pooled rows are its rows: combined after pooling alike
             single = f < one_hot and not weighted
-            pooled = single or (spec.mode != "max" and (
-                plan.kind in ("full", "hash", "feature")
-                or (op is not None and op.commutes_with_sum_pooling)
-            ))
+            pooled = single or (spec.mode != "max" and route.pooled)
             tables = tuple(f"{name}__{j}" for j in range(len(plan.tables)))
-            outputs = tuple(f"{name}_{j}" for j in range(len(tables))) \
-                if plan.kind == "feature" else (name,)
-            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs, f < one_hot))
-            if plan.kind == "path":
-                self.paths[name] = _path_functions(plan, dev)
+            outputs = tuple(f"{name}_{j}" for j in range(route.outputs)) \
+                if route.outputs > 1 else (name,)
+            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs, route,
+                                       f < one_hot))  # fmt: skip
+            if route.module is not None:
+                self.paths[name] = route.module
             for t, table in zip(tables, plan.tables, strict=True):
                 lo, hi = table.bounds
                 common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
@@ -303,9 +283,9 @@ class TorchRecEmbeddingCollection(nn.Module):
                 where = f"pooled.embedding_bags.{t}" if r.pooled \
                     else f"unpooled.d{width[t]}.embeddings.{t}"
                 out[f"{where}.weight"] = f"features.{r.index}.{table.name}"
-            if r.kind == "path":
-                for k in self.paths[r.name].state_dict():
-                    out[f"paths.{r.name}.{k}"] = f"features.{r.index}.{k}"
+            if r.name in self.paths:  # the data-parallel module: dense parts and id maps
+                for p in (*r.plan.dense, *r.plan.maps):
+                    out[f"paths.{r.name}.{p.name}"] = f"features.{r.index}.{p.name}"
         return out
 
     def local_state_dict(self, state: dict[str, torch.Tensor], prefix: str = ""
@@ -339,9 +319,8 @@ class TorchRecEmbeddingCollection(nn.Module):
         for r in self.routes:
             ids, lengths, weights = jts[r.name]
             ids = ids.long()
-            buckets = (ids,) if r.kind == "full" else r.plan.partitions.buckets(ids)
-            if r.kind == "path":
-                buckets, rest[r.name] = buckets[:1], buckets[1:]
+            buckets = r.plan.partitions.buckets(ids)
+            buckets, rest[r.name] = buckets[: len(r.tables)], buckets[len(r.tables):]
             for t, table, b in zip(r.tables, r.plan.tables, buckets, strict=True):
                 dest = pooled_in if r.pooled else unpooled_in.setdefault(
                     table.width, {"keys": [], "values": [], "lengths": []})
@@ -370,15 +349,16 @@ class TorchRecEmbeddingCollection(nn.Module):
             rows.update({t: jt.values() for t, jt in self.unpooled[f"d{width}"](kjt).items()})
         outs = []
         for r in self.routes:
-            parts = [(pooled if r.pooled else rows)[t] for t in r.tables]
-            if r.kind == "path":
-                parts = [self.paths[r.name].transform_rows(parts[0], rest[r.name])]
-            elif r.kind == "compose":
-                parts = [r.plan.operation.combine(parts)]
+            module = self.paths[r.name] if r.name in self.paths else None
+            parts = r.route.combine([(pooled if r.pooled else rows)[t] for t in r.tables],
+                                    rest[r.name], module)  # fmt: skip
             if not r.pooled:
                 _, lengths, weights = jts[r.name]
                 parts = [_pool(p, lengths, weights, self.spec.mode) for p in parts]
             outs.extend(parts)
+        if len(outs) != self.num_outputs:
+            raise ValueError(f"the schemes' TorchRec routes gave {len(outs)} vectors per sample, "
+                             f"their plans promise {self.num_outputs} ({self.output_names})")
         return trec.KeyedTensor.from_tensor_list(list(self.output_names), outs)
 
     def _check(self, jts: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]

@@ -1,7 +1,8 @@
 """The memory-versus-loss frontier: every scheme over a range of embedding-parameter budgets.
 
-Each :class:`Scheme` is one line of the plot: fixed model fields and a knob (``collisions`` or
-``k``) that sets its size. For every target compression of :data:`TARGET_COMPRESSIONS` (the full
+Each :class:`Line` is one line of the plot: fixed model fields and a knob (by default the
+registered scheme's own, :attr:`compemb.scheme.Scheme.knob`; ``k`` for mixed radix) that sets
+its size. For every target compression of :data:`TARGET_COMPRESSIONS` (the full
 tables' embedding parameters over the scheme's, about 2x to 1000x) the knob value whose
 compression on the data's cardinalities comes nearest is trained, if it lands within a factor
 :data:`TOLERANCE` of the target; a scheme that cannot reach a target (QR saturates near
@@ -9,7 +10,7 @@ compression on the data's cardinalities comes nearest is trained, if it lands wi
 and the report says so. Sizes are counted on the meta device with the library's own modules,
 so they are the trained models' sizes.
 
-A new scheme is one more entry of :data:`FRONTIER_SCHEMES`. The frequency-aware ones are there:
+A new line is one more entry of :data:`FRONTIER_SCHEMES`. The frequency-aware ones are there:
 ids renumbered by training frequency before partitioning (``order``), and ``hot`` private rows
 for each feature's most frequent categories with the tail composed (or hashed); for those the
 library's :func:`~compemb.embeddings.budget.fit_budget` splits each target's budget between hot
@@ -30,7 +31,8 @@ from typing import Any
 
 from compemb.embeddings.budget import embedding_parameters as _collection_parameters
 from compemb.embeddings.budget import fit_budget
-from compemb.experiments.grids import Experiment, Variant
+from compemb.experiments.variants import Experiment, Variant
+from compemb.scheme import SCHEMES
 from compemb.spec import EmbeddingSpec
 
 TARGET_COMPRESSIONS = (2, 4, 16, 60, 250, 1000)
@@ -39,13 +41,13 @@ _VARIANT_FIELDS = {f.name for f in fields(Variant)}
 
 
 @dataclass(frozen=True)
-class Scheme:
-    """One line of the frontier.
+class Line:
+    """One line of the frontier: a scheme with some settings fixed.
 
     Attributes:
         series: its legend entry.
         fields: fixed ``ModelConfig`` fields (scheme, operation, path_hidden, ...).
-        knob: the field that sets the size: ``collisions`` or ``k``.
+        knob: the setting that sets the size; None: the registered scheme's knob.
         values: the knob's candidate values; None: collisions from 2 upward, four per octave.
         mirrored: collisions past the square root of the largest cardinality only mirror smaller
             ones (QR's quotient and remainder swap roles; concat then reaches 2x with a
@@ -56,30 +58,35 @@ class Scheme:
 
     series: str
     fields: tuple[tuple[str, Any], ...]
-    knob: str = "collisions"
+    knob: str | None = None
     values: tuple[int, ...] | None = None
     mirrored: bool = True
     hot_share: float | None = None
 
+    @property
+    def setting(self) -> str:
+        """The knob's name."""
+        return self.knob or SCHEMES.lookup(dict(self.fields)["scheme"]).knob
 
-FRONTIER_SCHEMES: tuple[Scheme, ...] = (
-    Scheme("hash", (("scheme", "hash"),), mirrored=False),
-    Scheme("qr concat", (("scheme", "qr"), ("operation", "concat"))),
-    Scheme("qr add", (("scheme", "qr"), ("operation", "add"))),
-    Scheme("qr mult", (("scheme", "qr"), ("operation", "mult"))),
-    Scheme("mixed radix mult", (("scheme", "mixed_radix"), ("operation", "mult")), "k",
+
+FRONTIER_SCHEMES: tuple[Line, ...] = (
+    Line("hash", (("scheme", "hash"),), mirrored=False),
+    Line("qr concat", (("scheme", "qr"), ("operation", "concat"))),
+    Line("qr add", (("scheme", "qr"), ("operation", "add"))),
+    Line("qr mult", (("scheme", "qr"), ("operation", "mult"))),
+    Line("mixed radix mult", (("scheme", "mixed_radix"), ("operation", "mult")), "k",
            (2, 3, 4, 5)),
-    Scheme("crt mult", (("scheme", "crt"), ("operation", "mult"))),
+    Line("crt mult", (("scheme", "crt"), ("operation", "mult"))),
     # table1 found the path loss flat in the hidden size: the smallest MLPs make its frontier.
-    Scheme("path h=16", (("scheme", "path"), ("path_hidden", 16))),
-    Scheme("feature", (("scheme", "feature"),)),
+    Line("path h=16", (("scheme", "path"), ("path_hidden", 16))),
+    Line("feature", (("scheme", "feature"),)),
     # Frequency-aware: renumbered by training frequency (contiguous ranks, or interleaved so the
     # most frequent categories land in different rows), and hot rows + a composed or hashed tail.
-    Scheme("qr mult freq", (("scheme", "qr"), ("operation", "mult"), ("order", "frequency"))),
-    Scheme("qr mult interleaved",
+    Line("qr mult freq", (("scheme", "qr"), ("operation", "mult"), ("order", "frequency"))),
+    Line("qr mult interleaved",
            (("scheme", "qr"), ("operation", "mult"), ("order", "interleaved"))),
-    Scheme("qr mult hot", (("scheme", "qr"), ("operation", "mult")), hot_share=0.2),
-    Scheme("hash hot", (("scheme", "hash"),), hot_share=0.2),
+    Line("qr mult hot", (("scheme", "qr"), ("operation", "mult")), hot_share=0.2),
+    Line("hash hot", (("scheme", "hash"),), hot_share=0.2),
 )
 
 
@@ -104,17 +111,18 @@ class FrontierVariant(Variant):
 
 
 def make_variant(
-    scheme: Scheme, value: int | None, x: float | None = None, **more: Any
+    scheme: Line, value: int | None, x: float | None = None, **more: Any
 ) -> FrontierVariant:
     """The variant of ``scheme`` with its knob at ``value`` (None: the scheme as it stands) and
     the fields ``more`` (``hot=...``) set."""
     given = dict(scheme.fields)
     if value is not None:
-        given[scheme.knob] = value
+        given[scheme.setting] = value
     given.update(more)
     own = {k: v for k, v in given.items() if k in _VARIANT_FIELDS}
     extra = tuple((k, v) for k, v in given.items() if k not in _VARIANT_FIELDS)
-    shown = ([f"{scheme.knob}={value}"] if value is not None and scheme.knob not in own else [])
+    shown = ([f"{scheme.setting}={value}"] if value is not None and scheme.setting not in own
+             else [])
     tag = " ".join(shown + [f"{k}={v}" for k, v in more.items()])
     return FrontierVariant(scheme.series, x=x, extra=extra, tag=tag, **own)
 
@@ -142,7 +150,7 @@ def collision_candidates(cardinalities: Sequence[int], mirrored: bool = False) -
 
 
 def pick_values(
-    scheme: Scheme,
+    scheme: Line,
     cardinalities: Sequence[int],
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
@@ -171,7 +179,7 @@ def pick_values(
 
 
 def fitted_variants(
-    scheme: Scheme,
+    scheme: Line,
     cardinalities: Sequence[int],
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
@@ -187,7 +195,7 @@ def fitted_variants(
                               hot_share=scheme.hot_share)  # fmt: skip
         except ValueError:  # the budget is below the scheme's smallest embedding
             continue
-        variant = make_variant(scheme, spec.collisions, x=target, hot=spec.hot)
+        variant = make_variant(scheme, getattr(spec, scheme.setting), x=target, hot=spec.hot)
         compression = full / embedding_parameters(variant, cardinalities, embedding_dim)
         if abs(math.log(compression / target)) <= math.log(TOLERANCE):
             out[target] = (variant, compression)
@@ -196,7 +204,7 @@ def fitted_variants(
 
 def build_frontier(
     cardinalities: Sequence[int],
-    schemes: Sequence[Scheme] = FRONTIER_SCHEMES,
+    schemes: Sequence[Line] = FRONTIER_SCHEMES,
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
 ) -> Experiment:
@@ -219,7 +227,7 @@ def build_frontier(
         missed = [t for t in targets if t not in picked]
         if missed:
             reach = ", ".join(f"{c:.1f}x" for c in sorted(c for _, c in picked.values()))
-            notes.append(f"{scheme.series}: no {scheme.knob} within {TOLERANCE}x of "
+            notes.append(f"{scheme.series}: no {scheme.setting} within {TOLERANCE}x of "
                          f"{', '.join(f'{t:g}x' for t in missed)} on these cardinalities "
                          f"(reached: {reach or 'none'})")  # fmt: skip
     return Experiment(

@@ -16,7 +16,9 @@ ValueError: unknown experiment 'fig8'; valid: fig4, fig5, fig6, fig7, table1, op
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from compemb.experiments.frontier import build_frontier
+from compemb.experiments.variants import Experiment, Variant
 
 # Figures 4-7 and table 1 of the paper, and two of ours (see EXPERIMENT_HELP).
 EXPERIMENTS = ("fig4", "fig5", "fig6", "fig7", "table1", "optimizers", "init", "demo", "frontier")
@@ -41,86 +43,6 @@ DEMO_COLLISIONS = (4, 16, 60)
 # init, AMSGrad and Adagrad differ by less than one std for every operation (AMSGrad wins only
 # from the reference's all-positive init), and Adagrad keeps sparse table updates.
 AUTO_OPTIMIZER = {"concat": "adagrad", "add": "adagrad", "mult": "adagrad"}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One model of a grid, trained once per trial.
-
-    Attributes:
-        series: the legend entry it belongs to ("qr mult", "hash", "full").
-        scheme, operation, collisions, threshold, path_hidden: its ``EmbeddingSpec`` fields.
-        x: its coordinate on the plot's x axis (collisions, threshold or hidden units).
-        optimizer: adagrad or amsgrad; None takes the experiment's choice.
-        init: an init rule of :data:`compemb.operations.INIT_RULES` (the spec's ``init``);
-            None is the library's default.
-    """
-
-    series: str
-    scheme: str
-    operation: str = "mult"
-    collisions: int | None = None
-    threshold: int = 0
-    path_hidden: int = 64
-    x: float | None = None
-    optimizer: str | None = None
-    init: str | None = None
-
-    @property
-    def label(self) -> str:
-        """Short unique description, e.g. ``qr mult c=4 t=200``."""
-        parts = [self.series]
-        if self.collisions is not None:
-            parts.append(f"c={self.collisions}")
-        if self.threshold:
-            parts.append(f"t={self.threshold}")
-        if self.scheme == "path" and "h=" not in self.series:
-            parts.append(f"h={self.path_hidden}")
-        if self.optimizer:
-            parts.append(self.optimizer)
-        if self.init:
-            parts.append(f"init={self.init}")
-        return " ".join(parts)
-
-    @property
-    def slug(self) -> str:
-        """The label as a folder name."""
-        return self.label.replace(" ", "-").replace("=", "")
-
-    def model_fields(self) -> dict[str, object]:
-        """Its ``EmbeddingSpec`` fields: the config's ``model.embedding`` section."""
-        fields: dict[str, object] = {
-            "scheme": self.scheme, "operation": self.operation, "collisions": self.collisions,
-            "threshold": self.threshold, "path_hidden": self.path_hidden,
-        }  # fmt: skip
-        if self.init is not None:
-            fields["init"] = self.init
-        return fields
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A named grid and how to show it.
-
-    Attributes:
-        name: one of :data:`EXPERIMENTS`.
-        title: one line for plots and reports.
-        variants: the models to train.
-        plot: curve (val loss vs iterations), params (test loss vs parameters), threshold
-            (test loss vs threshold), threshold_params (parameters vs threshold), hidden
-            (test loss vs hidden units) or bars (test loss per variant).
-        x_label: the x axis' name.
-        curves: record the validation curve (about 25 points per run).
-        notes: how the grid was adapted to the data, for the report.
-    """
-
-    name: str
-    title: str
-    variants: tuple[Variant, ...]
-    plot: str
-    x_label: str
-    curves: bool = False
-    notes: tuple[str, ...] = ()
 
 
 def scaled_grid(
@@ -218,8 +140,6 @@ def build_experiment(name: str, cardinalities: Sequence[int]) -> Experiment:
         return Experiment("demo", "every scheme at three compression levels",
                           tuple(variants), "params", "number of parameters",
                           notes=(note,) if note else ())  # fmt: skip
-    if name == "frontier":  # its own module, which builds on this one: imported when asked for
-        from compemb.experiments.frontier import build_frontier
-
+    if name == "frontier":
         return build_frontier(cards)
     raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")

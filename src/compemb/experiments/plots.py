@@ -96,18 +96,18 @@ _DRAW: dict[str, Callable[[Axes, Results], None]] = {
 
 def figure_for(results: Results) -> Figure:
     """A figure of ``results`` drawn the way its experiment asks (``results["plot"]``)."""
-    kind = results["plot"]
-    if kind not in _DRAW:
-        raise ValueError(f"unknown plot kind {kind!r}; valid: {', '.join(_DRAW)}")
-    height = 0.25 * len(results["summary"]) + 1.5 if kind == "bars" else 4.5
+    plot = results["plot"]
+    if plot not in _DRAW:
+        raise ValueError(f"unknown plot kind {plot!r}; valid: {', '.join(_DRAW)}")
+    height = 0.25 * len(results["summary"]) + 1.5 if plot == "bars" else 4.5
     fig, ax = plt.subplots(figsize=(7, height))
-    _DRAW[kind](ax, results)
+    _DRAW[plot](ax, results)
     ax.set_xlabel(results["x_label"])
     settings = results["settings"]
     ax.set_title(f"{results['title']}\n{results['dataset']}, {settings['model'].upper()}, "
                  f"{settings['trials']} trial(s): mean ± 1 std", fontsize=9)  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
-    if kind != "bars":
+    if plot != "bars":
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -21,13 +21,13 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
         header.append("excess log loss")
     rows = []
     schemes = [" ".join([e["scheme"]]
-                        + [f"{k}={e[key]}" for k, key in (("c", "collisions"),
+                        + [f"{k}={e[key]}" for k, key in (("c", "collisions"), ("k", "k"),
                            ("t", "threshold"), ("h", "path_hidden"), ("init", "init"))
-                           if e[key]])
+                           if e.get(key)])
                for e in results["summary"]]  # fmt: skip
     keys = [(scheme, e["operation"]) for scheme, e in zip(schemes, results["summary"], strict=True)]
     for e, scheme, key in zip(results["summary"], schemes, keys, strict=True):
-        if keys.count(key) > 1:  # fields the summary lacks (k, order, hot) tell them apart
+        if keys.count(key) > 1:  # fields the summary lacks (order, hot) tell them apart
             scheme = e["label"]
         row = [scheme, e["operation"] or "-", e["optimizer"], f"{e['num_parameters']:,}",
                f"{e['compression']:.1f}x", _pm(e, "test_logloss"), _pm(e, "test_auc")]  # fmt: skip

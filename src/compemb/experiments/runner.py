@@ -85,8 +85,7 @@ def optimizer_for(variant: Variant, settings: Settings) -> str:
     if name != "auto":
         return name
     # An operation the study did not cover gets Adagrad, its finding for every operation.
-    return AUTO_OPTIMIZER.get(variant.operation, "adagrad") if variant.scheme == "qr" \
-        else "adagrad"
+    return AUTO_OPTIMIZER.get(str(variant.model_fields().get("operation")), "adagrad")
 
 
 def plan_runs(
@@ -177,12 +176,13 @@ def _execute_all(
 
 
 def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int) -> dict[str, Any]:
-    """One row of trials.csv."""
-    v, t = run.variant, run.config.train
+    """One row of trials.csv: the variant, its scheme's size settings, the run's metrics."""
+    v, t, spec = run.variant, run.config.train, run.config.model.embedding
+    own = dataclasses.asdict(spec.settings)
     return {
-        "series": v.series, "label": v.label, "x": v.x, "scheme": v.scheme,
-        "operation": v.operation if v.scheme == "qr" else "", "collisions": v.collisions,
-        "threshold": v.threshold, "path_hidden": v.path_hidden if v.scheme == "path" else None,
+        "series": v.series, "label": v.label, "x": v.x, "scheme": spec.scheme,
+        "operation": own.get("operation", ""), "collisions": own.get("collisions"),
+        "k": own.get("k"), "threshold": spec.threshold, "path_hidden": own.get("path_hidden"),
         "optimizer": t.optimizer, "init": v.init or "", "seed": run.seed,
         **{k: metrics[k] for k in METRICS},
         "num_parameters": metrics["num_parameters"],
@@ -211,7 +211,7 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
     summary = []
     for group in groups.values():
         first = group[0]
-        keep = ("series", "label", "x", "scheme", "operation", "collisions", "threshold",
+        keep = ("series", "label", "x", "scheme", "operation", "collisions", "k", "threshold",
                 "path_hidden", "optimizer", "init", "num_parameters", "embedding_parameters",
                 "compression")  # fmt: skip
         entry: dict[str, Any] = {k: first[k] for k in keep}

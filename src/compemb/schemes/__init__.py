@@ -1,0 +1,15 @@
+"""The built-in schemes, registered in :data:`compemb.scheme.SCHEMES` (loaded on its first
+lookup): full, hash, path, feature, and one compose scheme per partition family."""
+
+from compemb.scheme import SCHEMES, register_scheme
+from compemb.schemes.compose import ComposeScheme
+from compemb.schemes.feature import FeatureScheme
+from compemb.schemes.full import FullScheme
+from compemb.schemes.hashing import HashScheme
+from compemb.schemes.path import PathScheme
+
+for _scheme in (FullScheme(), HashScheme(), PathScheme(), FeatureScheme()):
+    register_scheme(_scheme)
+SCHEMES.for_families(ComposeScheme)
+
+__all__ = ["ComposeScheme", "FeatureScheme", "FullScheme", "HashScheme", "PathScheme"]

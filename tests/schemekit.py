@@ -1,0 +1,25 @@
+"""The one shared list of schemes the parametrized tests run over (module = collection = TorchRec
+collection, parameter counts, save and load): a scheme registered in the package adds its specs
+here, and ``test_every_registered_scheme_is_tested`` fails until it does."""
+
+from compemb.embeddings import EmbeddingSpec
+
+SCHEME_SPECS: dict[str, list[EmbeddingSpec]] = {
+    "full": [EmbeddingSpec("full")],
+    "hash": [EmbeddingSpec("hash", collisions=4)],
+    "qr": [EmbeddingSpec("qr", "concat", collisions=4), EmbeddingSpec("qr", "add", collisions=4),
+           EmbeddingSpec("qr", "mult", collisions=4)],
+    "mixed_radix": [EmbeddingSpec("mixed_radix", "mult", k=3)],
+    "crt": [EmbeddingSpec("crt", "concat", k=3), EmbeddingSpec("crt", "mult", collisions=5)],
+    "path": [EmbeddingSpec("path", collisions=4, path_hidden=6),
+             EmbeddingSpec("path", collisions=4, path_transform="linear")],
+    "feature": [EmbeddingSpec("feature", collisions=4)],
+}
+SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]
+
+
+def spec_id(spec: EmbeddingSpec) -> str:
+    """A test id: the scheme and the settings that differ from a plain spec's."""
+    shown = [str(v) for k, v in spec.to_dict().items()
+             if k != "scheme" and v not in (None, 0, False, "sum", "natural", "default")]
+    return "-".join([spec.scheme, *shown])
