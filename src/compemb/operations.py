@@ -216,15 +216,17 @@ for _op in (Concat(), Add(), Mult()):
     register_operation(_op)
 
 
-# An init rule: (operation, k, n) -> U(lo, hi) for each of the k tables of a composition.
-InitRule = Callable[[Operation, int, int], Bounds]
+# An init rule: (operation, k, n, D) -> U(lo, hi) for each of the k tables of a composition.
+# D (the composed width) is None where a caller does not know it; only rules that scale with
+# the width (unit_norm) need it.
+InitRule = Callable[[Operation, int, int, "int | None"], Bounds]
 
 
-def _library(operation: Operation, k: int, n: int) -> Bounds:
+def _library(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
     return operation.init_bounds(k, n)
 
 
-def _gates(operation: Operation, k: int, n: int) -> Bounds:
+def _gates(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
     """mult: a first table U(-b, b) times U(1/2, 3/2) gates, b = a / (13/12)^((k-1)/2), so the
     product has the full table's variance (the library's first mult rule); others: library."""
     if operation.name != "mult":
@@ -233,18 +235,18 @@ def _gates(operation: Operation, k: int, n: int) -> Bounds:
     return [(-b, b)] + [(0.5, 1.5)] * (k - 1)
 
 
-def _reference(operation: Operation, k: int, n: int) -> Bounds:
+def _reference(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
     """The reference implementation's U(sqrt(1/n), 1) for every table (all positive)."""
     return [(full_table_bound(n), 1.0)] * k
 
 
-def _zero_mean(operation: Operation, k: int, n: int) -> Bounds:
+def _zero_mean(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
     """U(-a, a) for every table, whatever the operation (the naive choice)."""
     a = full_table_bound(n)
     return [(-a, a)] * k
 
 
-def _unit_tail(operation: Operation, k: int, n: int) -> Bounds:
+def _unit_tail(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
     """mult: the first table U(-b, b), b = a * 3^((k-1)/2), every other table U(-1, 1): zero-mean
     everywhere, the product at the full table's variance a^2/3, and no factor near zero (the
     library's U(-a, a) factors start at a saddle when a = sqrt(1/n) is tiny: README, seed spread);
@@ -253,6 +255,27 @@ def _unit_tail(operation: Operation, k: int, n: int) -> Bounds:
         return operation.init_bounds(k, n)
     b = full_table_bound(n) * 3.0 ** ((k - 1) / 2)
     return [(-b, b)] + [(-1.0, 1.0)] * (k - 1)
+
+
+def _unit_norm(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+    """Composed vectors of norm about 1 (each coordinate variance 1/D), the scale recipes
+    written for unit-norm embeddings assume (CCE's GMF with AdamW): every table U(-c, c), zero
+    mean, with c chosen per operation. mult: the product of k factors of variance c^2/3 has
+    variance (c^2/3)^k = 1/D, so c = sqrt(3) * D^(-1/(2k)); add: k terms of variance 1/(kD),
+    c = sqrt(3/(kD)); concat: c = sqrt(3/D). Independent of n, unlike every other rule."""
+    if d is None:
+        raise ValueError(f"init rule unit_norm scales with the composed width D; call "
+                         f"table_bounds(..., embedding_dim=D) (operation {operation.name!r})")
+    if operation.name == "mult":
+        c = math.sqrt(3.0) * d ** (-1.0 / (2 * k))
+    elif operation.name == "add":
+        c = math.sqrt(3.0 / (k * d))
+    elif operation.name == "concat":
+        c = math.sqrt(3.0 / d)
+    else:
+        raise ValueError(f"init rule unit_norm knows mult, add and concat, not "
+                         f"{operation.name!r}")
+    return [(-c, c)] * k
 
 
 INIT_RULES: Registry[InitRule] = Registry("init rule")
@@ -269,15 +292,17 @@ def get_init_rule(name: str) -> InitRule:
 
 
 for _name, _rule in (("default", _library), ("gates", _gates), ("reference", _reference),
-                     ("zero_mean", _zero_mean), ("unit_tail", _unit_tail)):
+                     ("zero_mean", _zero_mean), ("unit_tail", _unit_tail),
+                     ("unit_norm", _unit_norm)):
     register_init_rule(_name, _rule)
 
 
-def table_bounds(operation: Operation, k: int, num_categories: int, init: str = "default"
-                 ) -> Bounds:
+def table_bounds(operation: Operation, k: int, num_categories: int, init: str = "default",
+                 embedding_dim: int | None = None) -> Bounds:
     """U(lo, hi) of each of k composed tables under rule ``init``: the one place modules, the
-    collection and the TorchRec collection get their bounds from."""
-    bounds = get_init_rule(init)(operation, k, num_categories)
+    collection and the TorchRec collection get their bounds from. ``embedding_dim`` is the
+    composed width D (needed by ``unit_norm``)."""
+    bounds = get_init_rule(init)(operation, k, num_categories, embedding_dim)
     if len(bounds) != k:
         raise ValueError(f"init rule {init!r} gave {len(bounds)} bounds for {k} tables")
     return list(bounds)

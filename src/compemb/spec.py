@@ -309,13 +309,14 @@ class FeaturePlan:
 
 
 def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categories: int,
-                   init: str = "default") -> list[tuple[float, float]]:
+                   init: str = "default", embedding_dim: int | None = None
+                   ) -> list[tuple[float, float]]:
     """U(lo, hi) of each table composed by ``operation`` over ``partitions``: rule ``init`` for
     the partitions, and for a :class:`~compemb.partitions.HeadPartitions`' hot table the
     operation's identity (every vector starts as its tail composition; the private rows learn
     the difference), or the full table's U(-a, a) where there is no identity."""
     head = isinstance(partitions, P.HeadPartitions)
-    bounds = table_bounds(operation, partitions.k - head, num_categories, init)
+    bounds = table_bounds(operation, partitions.k - head, num_categories, init, embedding_dim)
     if head:
         e = operation.identity
         a = full_table_bound(num_categories)
@@ -362,7 +363,7 @@ def plan_feature(
         operation = get_operation("add" if spec.scheme == "hash" else spec.operation)
         where = f"{spec.scheme} {operation.name} (num_categories={n})"
         widths = operation.table_widths(d, parts.k, where)
-        bounds = compose_bounds(operation, parts, n, spec.init)
+        bounds = compose_bounds(operation, parts, n, spec.init, d)
         tables = tuple(TablePlan(f"weights.{j}", r, w, tuple(b)) for j, (r, w, b)
                        in enumerate(zip(parts.sizes, widths, bounds, strict=True)))
     return FeaturePlan(n, d, spec, parts, operation, tables)
