@@ -13,8 +13,9 @@ run: same seed, same scheduler state).
 QR mult tables come from compemb's factory (``make_embedding_bag``) with collisions chosen by
 ``fit_budget`` to use at most 6,400 parameters; the full table is the anchor.
 
-    .venv/bin/python benchmarks/init_study.py [--rules default unit_tail gates unit_norm]
+    .venv/bin/python benchmarks/init_study.py [--rules default unit_tail gates unit_norm full]
         [--seeds 0 1 2] [--epochs 100] [--checkpoints 20 100] [--out results.json]
+        [--plot curves.png] [--from-json results.json]
 """
 
 from __future__ import annotations
@@ -107,6 +108,40 @@ def run(rule: str, seed: int, epochs: int, data: tuple) -> list[float]:
     return aucs
 
 
+def plot(curves: dict[str, list[list[float]]], path: str) -> None:
+    """Mean (and min-max band over seeds) of the best validation AUC so far, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for rule, runs in curves.items():
+        length = max(len(c) for c in runs)
+        best = np.array([np.maximum.accumulate(c + [c[-1]] * (length - len(c))) for c in runs])
+        epochs = np.arange(1, length + 1)
+        ax.plot(epochs, best.mean(0), label=rule)
+        ax.fill_between(epochs, best.min(0), best.max(0), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("best validation AUC so far")
+    ax.set_title("MovieLens-100k GMF, QR mult at 6,400 parameters per table")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(curves: dict[str, list[list[float]]], checkpoints: list[int]) -> None:
+    print(f"| init | {' | '.join(f'best AUC @ {c} ep' for c in checkpoints)} | epochs run |")
+    print("| --- |" + " ---: |" * (len(checkpoints) + 1))
+    for rule, runs in curves.items():
+        cells = []
+        for c in checkpoints:
+            best = [max(curve[:c]) for curve in runs]
+            cells.append(f"{statistics.mean(best):.4f} ± {statistics.stdev(best):.4f}")
+        print(f"| {rule} | {' | '.join(cells)} | {'/'.join(str(len(r)) for r in runs)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", nargs="+",
@@ -116,7 +151,16 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write every run's AUC curve as JSON")
+    parser.add_argument("--plot", default=None, help="draw the curves to this PNG")
+    parser.add_argument("--from-json", default=None, help="report a previous --out, no runs")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            curves = json.load(f)["curves"]
+        table(curves, args.checkpoints)
+        if args.plot:
+            plot(curves, args.plot)
+        return
     torch.set_num_threads(args.threads)
     data = load_ratings()
     train, valid, n_users, n_items = data
@@ -129,22 +173,17 @@ def main() -> None:
                 print(f"  {rule}: n={n} collisions={m.partitions.sizes[1]} "
                       f"params={m.num_parameters}")
     curves: dict[str, list[list[float]]] = {}
-    print(f"| init | {' | '.join(f'best AUC @ {c} ep' for c in args.checkpoints)} | "
-          f"epochs run | s/run |")
-    print("| --- |" + " ---: |" * (len(args.checkpoints) + 2))
     for rule in args.rules:
         start = time.perf_counter()
         curves[rule] = [run(rule, seed, args.epochs, data) for seed in args.seeds]
-        seconds = (time.perf_counter() - start) / len(args.seeds)
-        cells = []
-        for c in args.checkpoints:
-            best = [max(curve[:c]) for curve in curves[rule]]
-            cells.append(f"{statistics.mean(best):.4f} ± {statistics.stdev(best):.4f}")
-        ran = "/".join(str(len(curve)) for curve in curves[rule])
-        print(f"| {rule} | {' | '.join(cells)} | {ran} | {seconds:.1f} |", flush=True)
+        print(f"  {rule}: {(time.perf_counter() - start) / len(args.seeds):.1f} s per run",
+              flush=True)
+    table(curves, args.checkpoints)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"seeds": args.seeds, "curves": curves}, f)
+    if args.plot:
+        plot(curves, args.plot)
 
 
 if __name__ == "__main__":

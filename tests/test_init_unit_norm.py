@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compemb.embeddings import make_embedding_bag
-from compemb.operations import INIT_RULES, get_operation, table_bounds
+from compemb.operations import INIT_RULES, get_operation, register_init_rule, table_bounds
 from compemb.spec import EmbeddingSpec, plan_feature
 
 
@@ -44,3 +44,15 @@ def test_unit_norm_reaches_the_plan() -> None:
     plan = plan_feature(10_000, 16, EmbeddingSpec("qr", "mult", collisions=4, init="unit_norm"))
     c = math.sqrt(3) / 2
     assert [x for t in plan.tables for x in t.bounds] == pytest.approx([-c, c] * 2)
+
+
+def test_rules_of_three_arguments_still_register() -> None:
+    def halves(operation, k, n):
+        return [(-0.5, 0.5)] * k
+
+    assert register_init_rule("test_halves", halves) is halves
+    try:
+        assert table_bounds(get_operation("add"), 2, 100, "test_halves", embedding_dim=8) == \
+            [(-0.5, 0.5)] * 2
+    finally:
+        del INIT_RULES["test_halves"]

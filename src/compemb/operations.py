@@ -216,17 +216,17 @@ for _op in (Concat(), Add(), Mult()):
     register_operation(_op)
 
 
-# An init rule: (operation, k, n, D) -> U(lo, hi) for each of the k tables of a composition.
-# D (the composed width) is None where a caller does not know it; only rules that scale with
-# the width (unit_norm) need it.
-InitRule = Callable[[Operation, int, int, "int | None"], Bounds]
+# An init rule: (operation, k, n) -> U(lo, hi) for each of the k tables of a composition; a
+# rule registered with takes_width=True also receives D, the composed width (None where a
+# caller does not know it).
+InitRule = Callable[..., Bounds]
 
 
-def _library(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+def _library(operation: Operation, k: int, n: int) -> Bounds:
     return operation.init_bounds(k, n)
 
 
-def _gates(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+def _gates(operation: Operation, k: int, n: int) -> Bounds:
     """mult: a first table U(-b, b) times U(1/2, 3/2) gates, b = a / (13/12)^((k-1)/2), so the
     product has the full table's variance (the library's first mult rule); others: library."""
     if operation.name != "mult":
@@ -235,18 +235,18 @@ def _gates(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds
     return [(-b, b)] + [(0.5, 1.5)] * (k - 1)
 
 
-def _reference(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+def _reference(operation: Operation, k: int, n: int) -> Bounds:
     """The reference implementation's U(sqrt(1/n), 1) for every table (all positive)."""
     return [(full_table_bound(n), 1.0)] * k
 
 
-def _zero_mean(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+def _zero_mean(operation: Operation, k: int, n: int) -> Bounds:
     """U(-a, a) for every table, whatever the operation (the naive choice)."""
     a = full_table_bound(n)
     return [(-a, a)] * k
 
 
-def _unit_tail(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+def _unit_tail(operation: Operation, k: int, n: int) -> Bounds:
     """mult: the first table U(-b, b), b = a * 3^((k-1)/2), every other table U(-1, 1): zero-mean
     everywhere, the product at the full table's variance a^2/3, and no factor near zero (the
     library's U(-a, a) factors start at a saddle when a = sqrt(1/n) is tiny: README, seed spread);
@@ -281,8 +281,16 @@ def _unit_norm(operation: Operation, k: int, n: int, d: int | None = None) -> Bo
 INIT_RULES: Registry[InitRule] = Registry("init rule")
 
 
-def register_init_rule(name: str, rule: InitRule) -> InitRule:
-    """Add a rule to :data:`INIT_RULES` (a name is taken once)."""
+def register_init_rule(name: str, rule: InitRule, *, takes_width: bool = False) -> InitRule:
+    """Add a rule to :data:`INIT_RULES` (a name is taken once). A rule is called
+    ``rule(operation, k, n)``, or ``rule(operation, k, n, D)`` with ``takes_width``."""
+    if not takes_width:
+        def narrow(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+            return rule(operation, k, n)
+
+        narrow.__doc__ = rule.__doc__
+        INIT_RULES.register(name, narrow)
+        return rule
     return INIT_RULES.register(name, rule)
 
 
@@ -292,9 +300,9 @@ def get_init_rule(name: str) -> InitRule:
 
 
 for _name, _rule in (("default", _library), ("gates", _gates), ("reference", _reference),
-                     ("zero_mean", _zero_mean), ("unit_tail", _unit_tail),
-                     ("unit_norm", _unit_norm)):
+                     ("zero_mean", _zero_mean), ("unit_tail", _unit_tail)):
     register_init_rule(_name, _rule)
+register_init_rule("unit_norm", _unit_norm, takes_width=True)
 
 
 def table_bounds(operation: Operation, k: int, num_categories: int, init: str = "default",
