@@ -129,3 +129,15 @@ def test_sparse_gradients():
 def test_errors_name_the_bad_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TTEmbeddingBag(100, 8, **kwargs)
+
+
+def test_init_fn_is_a_torchrec_init_fn():
+    torchrec = pytest.importorskip("torchrec")
+    bag = TTEmbeddingBag(10_000, 16, rank=8)
+    configs = [torchrec.EmbeddingBagConfig(
+        name=f"core{j}", embedding_dim=core.shape[1], num_embeddings=core.shape[0],
+        feature_names=[f"core{j}"], init_fn=bag.init_fn) for j, core in enumerate(bag.cores)]
+    torch.manual_seed(0)
+    ebc = torchrec.EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
+    drawn = torch.cat([t.weight.detach().reshape(-1) for t in ebc.embedding_bags.values()])
+    assert float(drawn.std()) == pytest.approx(bag.init_fn.std, rel=0.05)
