@@ -150,7 +150,8 @@ def md_base_width_for_budget(
 ) -> int:
     """The largest base width d0 <= D whose tables and projections (:func:`md_parameters`)
     fit ``budget``: the exact-count counterpart of ``md_widths(budget=...)``, whose lam only
-    aims at sum n_i w_i.
+    aims at sum n_i w_i. A width above D (possible with ``frequencies``) is counted as D: pass
+    ``min(w, D)`` to the modules.
 
     Raises:
         ValueError: if even d0 = 1 exceeds the budget.
