@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from bagkit import assert_gradcheck, assert_input_conventions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from compemb.embeddings import mixed_dim
 from compemb.embeddings.mixed_dim import (
     BlockMixedDimEmbeddingBag,
     MixedDimEmbeddingBag,
@@ -268,3 +270,8 @@ def test_widths_fall_as_cardinality_grows(cards, alpha):
     widths = md_widths(cards, alpha, base_width=32)
     order = sorted(range(len(cards)), key=lambda i: cards[i])
     assert all(widths[a] >= widths[b] for a, b in zip(order, order[1:], strict=False))
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(mixed_dim)
+    assert result.attempted > 5 and result.failed == 0

@@ -3,12 +3,14 @@ parameter counts, the factorization of D and the init's variance."""
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import pytest
 import torch
 from bagkit import assert_gradcheck, assert_input_conventions
 
+from compemb.embeddings import tt
 from compemb.embeddings.tt import GaussianInit, TTEmbeddingBag, balanced_factors, tt_init_std
 
 
@@ -141,3 +143,8 @@ def test_init_fn_is_a_torchrec_init_fn():
     ebc = torchrec.EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
     drawn = torch.cat([t.weight.detach().reshape(-1) for t in ebc.embedding_bags.values()])
     assert float(drawn.std()) == pytest.approx(bag.init_fn.std, rel=0.05)
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(tt)
+    assert result.attempted > 3 and result.failed == 0
