@@ -216,8 +216,10 @@ for _op in (Concat(), Add(), Mult()):
     register_operation(_op)
 
 
-# An init rule: (operation, k, n) -> U(lo, hi) for each of the k tables of a composition.
-InitRule = Callable[[Operation, int, int], Bounds]
+# An init rule: (operation, k, n) -> U(lo, hi) for each of the k tables of a composition; a
+# rule registered with takes_width=True also receives D, the composed width (None where a
+# caller does not know it).
+InitRule = Callable[..., Bounds]
 
 
 def _library(operation: Operation, k: int, n: int) -> Bounds:
@@ -255,11 +257,40 @@ def _unit_tail(operation: Operation, k: int, n: int) -> Bounds:
     return [(-b, b)] + [(-1.0, 1.0)] * (k - 1)
 
 
+def _unit_norm(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+    """Composed vectors of norm about 1 (each coordinate variance 1/D), the scale recipes
+    written for unit-norm embeddings assume (CCE's GMF with AdamW): every table U(-c, c), zero
+    mean, with c chosen per operation. mult: the product of k factors of variance c^2/3 has
+    variance (c^2/3)^k = 1/D, so c = sqrt(3) * D^(-1/(2k)); add: k terms of variance 1/(kD),
+    c = sqrt(3/(kD)); concat: c = sqrt(3/D). Independent of n, unlike every other rule."""
+    if d is None:
+        raise ValueError(f"init rule unit_norm scales with the composed width D; call "
+                         f"table_bounds(..., embedding_dim=D) (operation {operation.name!r})")
+    if operation.name == "mult":
+        c = math.sqrt(3.0) * d ** (-1.0 / (2 * k))
+    elif operation.name == "add":
+        c = math.sqrt(3.0 / (k * d))
+    elif operation.name == "concat":
+        c = math.sqrt(3.0 / d)
+    else:
+        raise ValueError(f"init rule unit_norm knows mult, add and concat, not "
+                         f"{operation.name!r}")
+    return [(-c, c)] * k
+
+
 INIT_RULES: Registry[InitRule] = Registry("init rule")
 
 
-def register_init_rule(name: str, rule: InitRule) -> InitRule:
-    """Add a rule to :data:`INIT_RULES` (a name is taken once)."""
+def register_init_rule(name: str, rule: InitRule, *, takes_width: bool = False) -> InitRule:
+    """Add a rule to :data:`INIT_RULES` (a name is taken once). A rule is called
+    ``rule(operation, k, n)``, or ``rule(operation, k, n, D)`` with ``takes_width``."""
+    if not takes_width:
+        def narrow(operation: Operation, k: int, n: int, d: int | None = None) -> Bounds:
+            return rule(operation, k, n)
+
+        narrow.__doc__ = rule.__doc__
+        INIT_RULES.register(name, narrow)
+        return rule
     return INIT_RULES.register(name, rule)
 
 
@@ -271,13 +302,15 @@ def get_init_rule(name: str) -> InitRule:
 for _name, _rule in (("default", _library), ("gates", _gates), ("reference", _reference),
                      ("zero_mean", _zero_mean), ("unit_tail", _unit_tail)):
     register_init_rule(_name, _rule)
+register_init_rule("unit_norm", _unit_norm, takes_width=True)
 
 
-def table_bounds(operation: Operation, k: int, num_categories: int, init: str = "default"
-                 ) -> Bounds:
+def table_bounds(operation: Operation, k: int, num_categories: int, init: str = "default",
+                 embedding_dim: int | None = None) -> Bounds:
     """U(lo, hi) of each of k composed tables under rule ``init``: the one place modules, the
-    collection and the TorchRec collection get their bounds from."""
-    bounds = get_init_rule(init)(operation, k, num_categories)
+    collection and the TorchRec collection get their bounds from. ``embedding_dim`` is the
+    composed width D (needed by ``unit_norm``)."""
+    bounds = get_init_rule(init)(operation, k, num_categories, embedding_dim)
     if len(bounds) != k:
         raise ValueError(f"init rule {init!r} gave {len(bounds)} bounds for {k} tables")
     return list(bounds)

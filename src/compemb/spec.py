@@ -298,13 +298,14 @@ class FeaturePlan:
 
 
 def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categories: int,
-                   init: str = "default") -> list[tuple[float, float]]:
+                   init: str = "default", embedding_dim: int | None = None
+                   ) -> list[tuple[float, float]]:
     """U(lo, hi) of each table composed by ``operation`` over ``partitions``: rule ``init`` for
     the partitions, and for a :class:`~compemb.partitions.HeadPartitions`' hot table the
     operation's identity (every vector starts as its tail composition; the private rows learn
     the difference), or the full table's U(-a, a) where there is no identity."""
     head = isinstance(partitions, P.HeadPartitions)
-    bounds = table_bounds(operation, partitions.k - head, num_categories, init)
+    bounds = table_bounds(operation, partitions.k - head, num_categories, init, embedding_dim)
     if head:
         e = operation.identity
         a = full_table_bound(num_categories)

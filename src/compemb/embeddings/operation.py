@@ -104,7 +104,7 @@ class CompositionalEmbeddingBag(BagModule):
                 f"{where}: dims {dims} must be {k} positive widths that {op.name} makes "
                 f"embedding_dim={embedding_dim} from (default {default})"
             )
-        compose_bounds(op, partitions, num_categories, init)  # an unknown rule fails here
+        compose_bounds(op, partitions, num_categories, init, embedding_dim)  # unknown rule fails
         if not partitions.is_complementary():
             warnings.warn(
                 f"{where}: the partitions {partitions} are not complementary; some categories "
@@ -128,7 +128,8 @@ class CompositionalEmbeddingBag(BagModule):
 
     def reset_parameters(self) -> None:
         """Draw the tables by the rule in the class docstring."""
-        bounds = compose_bounds(self.op, self.partitions, self.num_categories, self.init)
+        bounds = compose_bounds(self.op, self.partitions, self.num_categories, self.init,
+                                self.embedding_dim)
         with torch.no_grad():
             for w, (lo, hi) in zip(self.weights, bounds, strict=True):
                 w.uniform_(lo, hi)

@@ -53,7 +53,7 @@ def compose_params(operation: Operation, init: str, where: str, num_categories: 
     n = num_categories
     widths = operation.table_widths(embedding_dim, partitions.k,
                                     f"{where} {operation.name} (num_categories={n})")
-    bounds = compose_bounds(operation, partitions, n, init)
+    bounds = compose_bounds(operation, partitions, n, init, embedding_dim)
     return operation, [ParamPlan(f"weights.{j}", (r, w), "table", tuple(b)) for j, (r, w, b)
                        in enumerate(zip(partitions.sizes, widths, bounds, strict=True))]
 
