@@ -3,7 +3,7 @@
 ``torch.optim.Adagrad`` on a ``sparse=True`` table receives a sparse COO gradient, coalesces it
 (a sort), and adds three more sparse tensors into the parameter and its state. Here the lookup's
 backward hands each routed table its row indices and row gradients directly
-(:func:`gradient_sink`); :meth:`FusedAdagrad.step` then finds the unique rows, sums their
+(:func:`gradient_sink`); the optimizer's step then finds the unique rows, sums their
 gradients, and updates the weight and the state of those rows in place: one sort, four passes
 over the touched rows, no sparse tensor. The result equals ``torch.optim.Adagrad`` (exact) or
 :class:`~compemb.optim.rowwise.RowWiseAdagrad` (``rowwise=True`` groups) on the same batches.

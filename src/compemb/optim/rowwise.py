@@ -26,7 +26,7 @@ def sparse_adagrad_(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tenso
     would. ``state`` (R, D) is exact Adagrad's sum of squares; (R, 1) makes it row-wise: the sum
     of each row's mean squared gradient. Only the touched rows are read and written.
 
-    ``compiled``: use the compiled CPU kernel (:mod:`compemb._kernels`, one pass over
+    ``compiled``: use the compiled CPU kernel (``compemb._kernels``, one pass over
     the touched rows) where it is built and applies; otherwise, or with False, pure torch.
     """
     if compiled and _kernels.sparse_adagrad(weight, state, rows, grads, lr, eps):
@@ -106,6 +106,10 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """Update every parameter that has a gradient (``.grad``, or routed row gradients).
+
+        ``closure``, as in torch's optimizers, re-evaluates the model and returns the loss.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
