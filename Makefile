@@ -1,4 +1,4 @@
-# `make test` and `make demo` are all a fresh machine needs.
+# `make test` and `make demo` are all a fresh machine needs; `make docs` builds the documentation.
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 KERNELS := build/kernels/libcompemb_kernels.so
 
-.PHONY: test demo lint clean kernels
+.PHONY: test demo docs lint clean kernels
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,8 +29,19 @@ $(KERNELS): csrc/sparse_adagrad.c csrc/compose_mult.c
 
 kernels: $(KERNELS)
 
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# Strict: any warning (a broken link, an unresolved reference, a docstring that does not parse)
+# fails the build. -n makes every unresolved cross-reference a warning; -E rebuilds from scratch.
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -b html -W --keep-going -n -E -q docs build/docs/html
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check --no-cache src tests benchmarks
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks docs
 
 test: $(STAMP) lint kernels
 	$(VENV)/bin/pytest

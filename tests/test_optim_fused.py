@@ -1,4 +1,4 @@
-"""FusedAdagrad equals torch's Adagrad and RowWiseAdagrad on the same batches."""
+"""FusedAdagrad equals torch's Adagrad, and both it and RowWiseAdagrad a row-wise step by hand."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 
 from compemb import EmbeddingBagCollection, EmbeddingSpec, _kernels
 from compemb.optim import make_optimizer
-from compemb.optim.fused import FusedAdagrad, gradient_sink, sparse_adagrad_
-from compemb.optim.rowwise import RowWiseAdagrad
+from compemb.optim.fused import FusedAdagrad, gradient_sink
+from compemb.optim.rowwise import RowWiseAdagrad, sparse_adagrad_
 
 # Big enough that the first tables take sparse gradients (stacks of more than 4,096 rows).
 CARDS = [100_000, 50, 7_000, 3, 20_000]
@@ -66,12 +66,6 @@ def _max_diff(a: nn.Module, b: nn.Module) -> float:
                                                            strict=True))  # fmt: skip
 
 
-def _rowwise_groups(model: Model) -> list[dict]:
-    tables = {id(t) for t in model.sparse_arch.table_parameters()}
-    return [{"params": [p for p in model.parameters() if id(p) in tables], "rowwise": True},
-            {"params": [p for p in model.parameters() if id(p) not in tables]}]  # fmt: skip
-
-
 @pytest.fixture(params=["compiled", "pure-torch"])
 def update(request, monkeypatch):
     """Run a test with the compiled kernel (where built) and with the pure-torch update."""
@@ -93,15 +87,75 @@ def test_fused_adagrad_equals_torch_adagrad(name, bags, update, forward_first):
     assert _max_diff(reference, fused) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["qr-mult", "full", "qr-concat"])
-def test_fused_rowwise_equals_rowwise_adagrad(name, update):
-    torch.manual_seed(0)
-    reference = Model(SPECS[name])
-    fused = copy.deepcopy(reference)
-    _train(reference, RowWiseAdagrad(_rowwise_groups(reference), lr=0.1), 6)
-    tables = fused.sparse_arch.table_parameters()
-    _train(fused, FusedAdagrad(_rowwise_groups(fused), lr=0.1, tables=tables), 6)
-    assert _max_diff(reference, fused) < 1e-6
+# Two row-wise steps by hand, lr 1, eps 0, a (3, 2) table from zeros. Step 1, rows [0, 2, 0]
+# with gradients (1, 1), (1, 7), (2, 2): row 0 sums to g = (3, 3), s0 = mean(9, 9) = 9,
+# w0 = -g / 3 = (-1, -1); row 2: g = (1, 7), s2 = mean(1, 49) = 25, w2 = -g / 5 = (-0.2, -1.4);
+# row 1 is untouched. Step 2, row 0 with (4, 4): s0 = 9 + 16 = 25, w0 = (-1, -1) - (4, 4) / 5.
+ROWWISE_STEPS = [
+    (torch.tensor([0, 2, 0]), torch.tensor([[1.0, 1.0], [1.0, 7.0], [2.0, 2.0]])),
+    (torch.tensor([0]), torch.tensor([[4.0, 4.0]])),
+]
+ROWWISE_SUM = [torch.tensor([[9.0], [0.0], [25.0]]), torch.tensor([[25.0], [0.0], [25.0]])]
+ROWWISE_WEIGHT = [torch.tensor([[-1.0, -1.0], [0.0, 0.0], [-0.2, -1.4]]),
+                  torch.tensor([[-1.8, -1.8], [0.0, 0.0], [-0.2, -1.4]])]  # fmt: skip
+
+
+def _rowwise_optimizer(kind: str, table: nn.Parameter) -> torch.optim.Optimizer:
+    groups = [{"params": [table], "rowwise": True}]
+    if kind == "RowWiseAdagrad":
+        return RowWiseAdagrad(groups, lr=1.0, eps=0.0)
+    return FusedAdagrad(groups, lr=1.0, eps=0.0, tables=[table] if kind == "routed" else [])
+
+
+def _rowwise_step(kind: str, table: nn.Parameter, optimizer: torch.optim.Optimizer,
+                  rows: torch.Tensor, grads: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    if kind == "routed":  # as the lookup's backward delivers them
+        gradient_sink(table)(rows, grads)
+    else:  # a sparse gradient, as DDP's all-reduce leaves it (uncoalesced)
+        table.grad = torch.sparse_coo_tensor(rows[None], grads, table.shape)
+    optimizer.step()
+
+
+@pytest.mark.parametrize("kind", ["RowWiseAdagrad", "routed", "FusedAdagrad-sparse"])
+def test_rowwise_step_by_hand(kind, update):
+    table = nn.Parameter(torch.zeros(3, 2))
+    optimizer = _rowwise_optimizer(kind, table)
+    for (rows, grads), want_sum, want_weight in zip(ROWWISE_STEPS, ROWWISE_SUM, ROWWISE_WEIGHT,
+                                                    strict=True):  # fmt: skip
+        _rowwise_step(kind, table, optimizer, rows, grads)
+        torch.testing.assert_close(optimizer.state[table]["sum"], want_sum)
+        torch.testing.assert_close(table.detach(), want_weight)
+
+
+# The state dicts as the optimizers wrote them before they shared one step: RowWiseAdagrad an
+# int64 step count, FusedAdagrad torch Adagrad's float one and its lr_decay and weight_decay.
+OLD_GROUP = {"lr": 1.0, "eps": 0.0, "initial_accumulator_value": 0.0, "rowwise": True,
+             "params": [0]}  # fmt: skip
+OLD_FORMAT = {
+    "RowWiseAdagrad": {"state": {0: {"sum": ROWWISE_SUM[0], "step": torch.tensor(1)}},
+                       "param_groups": [OLD_GROUP]},
+    "routed": {"state": {0: {"sum": ROWWISE_SUM[0], "step": torch.tensor(1.0)}},
+               "param_groups": [{**OLD_GROUP, "lr_decay": 0.0, "weight_decay": 0.0}]},
+}
+
+
+@pytest.mark.parametrize("kind", list(OLD_FORMAT))
+def test_rowwise_state_dict_keeps_its_format_and_old_checkpoints_resume(kind):
+    table = nn.Parameter(torch.zeros(3, 2))
+    optimizer = _rowwise_optimizer(kind, table)
+    _rowwise_step(kind, table, optimizer, *ROWWISE_STEPS[0])
+    saved, old = optimizer.state_dict(), OLD_FORMAT[kind]
+    assert saved["param_groups"] == old["param_groups"]
+    assert saved["state"][0]["step"].dtype == old["state"][0]["step"].dtype
+    torch.testing.assert_close(saved["state"][0]["sum"], old["state"][0]["sum"])
+
+    resumed = nn.Parameter(ROWWISE_WEIGHT[0].clone())
+    optimizer = _rowwise_optimizer(kind, resumed)
+    optimizer.load_state_dict(copy.deepcopy(old))
+    _rowwise_step(kind, resumed, optimizer, *ROWWISE_STEPS[1])
+    torch.testing.assert_close(resumed.detach(), ROWWISE_WEIGHT[1])
+    assert optimizer.state[resumed]["step"].item() == 2
 
 
 def test_routed_tables_get_no_gradient_and_unrouted_ones_do():

@@ -59,7 +59,7 @@ def _load() -> ctypes.CDLL | None:
 
 def sparse_adagrad(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor,
                    grads: torch.Tensor, lr: float, eps: float) -> bool:
-    """The kernel's update (see :func:`compemb.optim.fused.sparse_adagrad_`), in place; False,
+    """The kernel's update (see :func:`compemb.optim.rowwise.sparse_adagrad_`), in place; False,
     doing nothing, where it does not apply (no library; not contiguous float32 CPU tensors)."""
     ok = (weight.device.type == "cpu" and weight.dtype == state.dtype == grads.dtype
           == torch.float32 and rows.dtype == torch.int64 and weight.dim() == 2

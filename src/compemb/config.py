@@ -46,6 +46,21 @@ try:
 except ModuleNotFoundError:  # Python 3.10: TOML configs need 3.11's tomllib; YAML works
     tomllib = None  # type: ignore[assignment]
 
+__all__ = [
+    "DEVICES",
+    "SHARDINGS",
+    "TORCHREC_OPTIMIZERS",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "load_config_text",
+]
+
 DEVICES = ("cpu", "cuda")
 # train.sharding: replicate (every rank holds every table) or torchrec (TorchRec's DMP shards
 # them; compemb.training.sharding). The optimizers FBGEMM has fused CPU kernels for.

@@ -1,4 +1,4 @@
-"""One :class:`Dataset` interface for every source, and :func:`open_dataset`.
+"""One :class:`Dataset` interface for every source, and :func:`~compemb.data.sources.open_dataset`.
 
 Batching is defined once, in :meth:`Dataset.batches`: global batch ``i`` holds the rows
 ``order[i*B:(i+1)*B]`` of a split, where ``order`` is ``arange(rows)`` or, with ``shuffle``, the
@@ -32,7 +32,7 @@ __all__ = ["Dataset", "SplitArrays", "ArrayDataset", "load_dataset_folder"]
 
 
 class Dataset(ABC):
-    """Train/val/test splits of a CTR dataset, read as :class:`Batch` es.
+    """Train/val/test splits of a CTR dataset, read as :class:`~compemb.data.batch.Batch` es.
 
     Attributes:
         name: short name of the source.

@@ -32,6 +32,7 @@ __all__ = [
     "train_rows",
 ]
 
+#: Each split's ``[lo, hi)`` rows, by split name.
 Bounds = dict[str, tuple[int, int]]
 # Splits in file order: ids are handed out in first-seen order, so blocks are encoded in it.
 _FILE_ORDER = ("train", "test", "val")

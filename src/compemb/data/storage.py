@@ -96,7 +96,7 @@ class NpyAppender:
         self._file.write(_npy_header(self.dtype, (0, *self.row_shape)))
 
     def append(self, block: np.ndarray) -> None:
-        """Append ``block`` of shape (n, *row_shape)."""
+        """Append ``block`` of shape ``(n, *row_shape)``."""
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"{self.path.name}: block shape {block.shape}, rows {self.row_shape}")
         if block.size:

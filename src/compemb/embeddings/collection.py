@@ -40,7 +40,7 @@ class EmbeddingBagCollection(nn.Module):
     Features with at most ``spec.threshold`` categories, or too few to compress, keep full
     tables (:func:`~compemb.spec.resolve_spec`); ``plans`` records what each got. Features
     whose plans share a layout kind (all full tables; all QR-mult ones; ...) are stored stacked
-    in one :class:`~compemb.embeddings.batched.TableGroup`, so a batch costs a few large lookups
+    in one ``TableGroup`` (``compemb.embeddings.batched``), so a batch costs a few large lookups
     rather than two small ones per feature (two-partition path features too, up to 8 buckets).
     A feature whose partitions are not index arithmetic (attribute tables) gets its own module;
     ``unstacked`` says which and why. Outputs and initialization rules equal those of the

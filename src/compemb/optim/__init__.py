@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["OPTIMIZERS", "Build", "OptimizerKind", "make_optimizer", "optimizer_kind", "register"]
+
+#: ``build(parameters, lr, tables)``: an optimizer over ``parameters`` (see :class:`OptimizerKind`).
 Build = Callable[[list["torch.nn.Parameter"], float, Sequence["torch.nn.Parameter"]],
                  "torch.optim.Optimizer"]  # fmt: skip
 

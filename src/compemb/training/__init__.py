@@ -3,7 +3,7 @@ parameter accounting (the optimizers it builds are registered in :mod:`compemb.o
 
 from compemb.optim import make_optimizer
 from compemb.training.build import embedding_spec, forward, model_for
-from compemb.training.checkpoint import load_checkpoint, save_checkpoint
+from compemb.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from compemb.training.distributed import DistInfo, pick_device
 from compemb.training.evaluate import evaluate, evaluate_run, export_run, load_local
 from compemb.training.loop import TrainingDiverged, resume, train
@@ -11,6 +11,7 @@ from compemb.training.metrics import binary_metrics
 from compemb.training.params import count_parameters, load_cardinalities, parameter_report
 
 __all__ = [
+    "CheckpointError",
     "DistInfo",
     "TrainingDiverged",
     "binary_metrics",

@@ -17,7 +17,7 @@ def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def embedding_spec(config: Config, *, sparse: bool | None = None) -> EmbeddingSpec:
-    """The model's :class:`EmbeddingSpec`; ``sparse`` overrides the config's (where the
+    """The model's :class:`.EmbeddingSpec`; ``sparse`` overrides the config's (where the
     distributed backend cannot all-reduce sparse gradients)."""
     spec = config.model.embedding
     return spec if sparse is None else spec.with_(sparse=sparse)
