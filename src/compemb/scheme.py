@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.partitions import PartitionSet
 from compemb.registry import Registry
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ class Scheme(ABC):
                              f"{self.name!r} has none")
 
     @abstractmethod
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         """The partitions of a feature of n categories, before renumbering and hot rows."""
 
     def cannot_shrink(self, spec: EmbeddingSpec, num_categories: int) -> str | None:
@@ -177,7 +178,7 @@ class Scheme(ABC):
 
     @abstractmethod
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         """The composition operation (or None) and the trained parameters (tables, then dense
         parts) of a feature with these partitions."""
 
@@ -197,8 +198,8 @@ class Scheme(ABC):
 
     def stacking(self, plan: FeaturePlan) -> Any:
         """How the feature joins a stacked group of the collection: a
-        :class:`~compemb.embeddings.batched.TableStack` or
-        :class:`~compemb.embeddings.batched_path.PathStack` key (features with equal keys
+        ``TableStack`` (``compemb.embeddings.batched``) or
+        ``PathStack`` (``compemb.embeddings.batched_path``) key (features with equal keys
         share a group), or a string saying why it is embedded by its own module."""
         return f"scheme {self.name!r} has no stacked form"
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from compemb import partitions as P
 from compemb.operations import Operation, full_table_bound, table_bounds
+from compemb.partitions import PartitionSet
 from compemb.scheme import SCHEMES, ParamPlan, Scheme
 
 __all__ = [
@@ -176,7 +177,7 @@ class EmbeddingSpec:
 
 def spec_partitions(spec: EmbeddingSpec, num_categories: int,
                     counts: np.ndarray | None = None, *, sizing: bool = False
-                    ) -> P.PartitionSet:
+                    ) -> PartitionSet:
     """The partitions a spec uses for a feature of ``num_categories`` (hash: one remainder),
     renumbered by ``spec.order`` and with ``spec.hot`` private rows.
 
@@ -250,7 +251,7 @@ class FeaturePlan:
     num_categories: int
     embedding_dim: int
     spec: EmbeddingSpec
-    partitions: P.PartitionSet
+    partitions: PartitionSet
     operation: Operation | None
     params: tuple[ParamPlan, ...]
 
@@ -297,7 +298,7 @@ class FeaturePlan:
         return self.scheme.num_outputs(self)
 
 
-def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categories: int,
+def compose_bounds(operation: Operation, partitions: PartitionSet, num_categories: int,
                    init: str = "default", embedding_dim: int | None = None
                    ) -> list[tuple[float, float]]:
     """U(lo, hi) of each table composed by ``operation`` over ``partitions``: rule ``init`` for
@@ -313,7 +314,7 @@ def compose_bounds(operation: Operation, partitions: P.PartitionSet, num_categor
     return bounds
 
 
-def _map_plans(partitions: P.PartitionSet) -> list[ParamPlan]:
+def _map_plans(partitions: PartitionSet) -> list[ParamPlan]:
     """The id maps of renumbered ids and hot rows, sized as the stacked collection keeps them:
     4 bytes per renumbered category, 8 per hot id."""
     maps = []

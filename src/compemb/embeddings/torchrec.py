@@ -472,3 +472,14 @@ def keyed_to_batch(kt: KeyedTensor, embedding_dim: int) -> torch.Tensor:
     """A KeyedTensor of D-wide vectors as the local collection's output: (B, F_out, D)."""
     values = kt.values()
     return values.view(values.shape[0], values.shape[1] // embedding_dim, embedding_dim)
+
+
+__all__ = [
+    "FeatureRoute",
+    "SeededUniform",
+    "TorchRecEmbeddingCollection",
+    "TorchRecSparseArch",
+    "ids_to_kjt",
+    "keyed_to_batch",
+    "require_torchrec",
+]

@@ -75,7 +75,7 @@ class Experiment:
     """A named grid and how to show it.
 
     Attributes:
-        name: one of :data:`compemb.experiments.grids.EXPERIMENTS`.
+        name: one of ``compemb.experiments.grids.EXPERIMENTS``.
         title: one line for plots and reports.
         variants: the models to train.
         plot: curve (val loss vs iterations), params (test loss vs parameters), threshold

@@ -24,12 +24,14 @@ from compemb.spec import EmbeddingSpec, FeaturePlan, compose_bounds
 
 @dataclass(frozen=True)
 class ComposeSettings:
-    """Attributes:
-    operation: a registered composition operation (concat, add, mult).
-    collisions: categories per bucket of the largest table.
-    k: number of partitions, instead of collisions (the families that take it).
-    init: the tables' init rule (:data:`compemb.operations.INIT_RULES`; ``default`` is each
-        operation's own rule).
+    """The settings of an operation-based composition.
+
+    Attributes:
+        operation: a registered composition operation (concat, add, mult).
+        collisions: categories per bucket of the largest table.
+        k: number of partitions, instead of collisions (the families that take it).
+        init: the tables' init rule (:data:`compemb.operations.INIT_RULES`; ``default`` is
+            each operation's own rule).
     """
 
     operation: str = "mult"
@@ -108,3 +110,11 @@ class ComposeScheme(Scheme):
 
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         return super().describe(spec)[0], spec.settings.operation
+
+
+__all__ = [
+    "ComposeScheme",
+    "ComposeSettings",
+    "compose_params",
+    "compose_route",
+]

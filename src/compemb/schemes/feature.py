@@ -64,3 +64,9 @@ class FeatureScheme(Scheme):
 
     def torchrec(self, plan: FeaturePlan, device: object) -> TorchRecPlan:
         return TorchRecPlan(True, len(plan.tables), separate_outputs)
+
+
+__all__ = [
+    "FeatureScheme",
+    "FeatureSettings",
+]

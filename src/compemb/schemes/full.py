@@ -55,3 +55,10 @@ class FullScheme(Scheme):
 
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         return "full", "-"
+
+
+__all__ = [
+    "FullScheme",
+    "FullSettings",
+    "separate_outputs",
+]

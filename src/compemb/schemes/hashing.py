@@ -13,6 +13,7 @@ from compemb import partitions as P
 from compemb.embeddings.batched import TableStack
 from compemb.embeddings.operation import CompositionalEmbeddingBag, HashEmbeddingBag
 from compemb.operations import Operation, full_table_bound, get_operation
+from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan, check_sizes, too_many_collisions
 from compemb.schemes.compose import compose_params, compose_route
 from compemb.schemes.full import separate_outputs
@@ -38,7 +39,7 @@ class HashScheme(Scheme):
     settings_type = HashSettings
     takes_hot = True
 
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         n = num_categories
         return P.remainder(n, -(-n // spec.settings.collisions))
 
@@ -47,7 +48,7 @@ class HashScheme(Scheme):
         return too_many_collisions(spec, num_categories)
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         if spec.hot:
             return compose_params(get_operation("add"), "default", "hash", num_categories,
                                   embedding_dim, partitions)
@@ -70,3 +71,9 @@ class HashScheme(Scheme):
         if plan.operation is None:
             return TorchRecPlan(True, 1, separate_outputs)
         return compose_route(plan)
+
+
+__all__ = [
+    "HashScheme",
+    "HashSettings",
+]

@@ -15,6 +15,7 @@ from compemb.embeddings.batched import TableStack
 from compemb.embeddings.batched_path import PATH_MAX_BUCKETS, PathStack
 from compemb.embeddings.path import TRANSFORMS, PathEmbeddingBag
 from compemb.operations import Operation, full_table_bound
+from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan, check_sizes
 from compemb.spec import EmbeddingSpec, FeaturePlan
 
@@ -57,12 +58,12 @@ class PathScheme(Scheme):
     name = "path"
     settings_type = PathSettings
 
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         s = spec.settings
         return P.get_family(s.family or "qr").build(num_categories, s.collisions, None)
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         s, d = spec.settings, embedding_dim
         a = full_table_bound(num_categories)
         params = [ParamPlan("weight", (partitions.sizes[0], d), "table", (-a, a))]
@@ -107,3 +108,9 @@ class PathScheme(Scheme):
         s = spec.settings
         detail = "linear" if s.path_transform == "linear" else f"mlp h={s.path_hidden}"
         return f"path c={s.collisions}", detail
+
+
+__all__ = [
+    "PathScheme",
+    "PathSettings",
+]

@@ -141,7 +141,7 @@ def save(root: Path, state: dict[str, Any], extra: dict[str, Any], *, keep: int 
     under ``root``; keep the newest ``keep`` (collective). Returns the new folder.
 
     DCP writes each rank's shards and a replicated tensor once; shards are written in row
-    blocks of at most :data:`CHUNK_BYTES`, each to a file of its own, so a save costs about
+    blocks of at most ``CHUNK_BYTES``, each to a file of its own, so a save costs about
     that much memory whatever the tables' size. (Loading reshards blocks like any shards.)
     """
     root = Path(root)
@@ -231,3 +231,15 @@ def load(path: Path, state: dict[str, Any]) -> None:
 def load_extra(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint's ``extra.pt`` (weights-only)."""
     return load_checkpoint(Path(path) / EXTRA, device)
+
+
+__all__ = [
+    "SafeLoadPlanner",
+    "SafeReader",
+    "complete",
+    "latest",
+    "load",
+    "load_extra",
+    "read_metadata",
+    "save",
+]

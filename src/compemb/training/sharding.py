@@ -42,7 +42,8 @@ SMALL_BYTES = 1 << 20
 
 
 def to_torchrec(model: nn.Module) -> nn.Module:
-    """Replace ``model.sparse_arch`` (the local collection) by a :class:`TorchRecSparseArch`
+    """Replace ``model.sparse_arch`` (the local collection) by a
+    :class:`~compemb.embeddings.torchrec.TorchRecSparseArch`
     holding the same weights; the rest of the model is untouched. Returns the model."""
     local = model.sparse_arch
     arch = TorchRecSparseArch(local.cardinalities, local.embedding_dim, local.spec,
@@ -386,3 +387,21 @@ class ShardedTraining:
             raise CheckpointError(f"{path}: its model does not fit the configured one: "
                                   f"{err!r} is missing") from err  # fmt: skip
         restore(self.optimizer, saved, "optimizer", path)
+
+
+__all__ = [
+    "Sharded",
+    "ShardedTraining",
+    "describe_plan",
+    "end_process_group",
+    "ensure_process_group",
+    "find_collection",
+    "fused_optimizer_params",
+    "load_full_optimizer_state",
+    "load_full_state_dict",
+    "local_model_state",
+    "shard",
+    "sharded_model_state",
+    "sharding_types",
+    "to_torchrec",
+]
