@@ -190,3 +190,38 @@ def _dataset(config: Config):  # noqa: ANN202
     from compemb.data import open_dataset
 
     return open_dataset(config.data.dataset)
+
+
+def test_single_file_checkpoint_of_an_earlier_sharded_run_resumes(one_rank_run: Path,
+                                                                  tmp_path: Path) -> None:
+    """Sharded runs before DCP checkpoints wrote one checkpoint.pt: whole tables under the
+    local collection's keys and the fused optimizers' state whole (``<parameter>/<state>``).
+    Such a run still resumes, to the uninterrupted run's metrics."""
+    from compemb.training import sharding
+    from compemb.training.build import model_for
+
+    run = _cut_after_first_checkpoint(one_rank_run, tmp_path / "run")
+    first = sc.latest(run / "checkpoints")
+    config = RunFolder(run).read_config()
+    dataset = _dataset(config)
+    extra = sc.load_extra(first)
+    model = load_local(config, dataset, run)
+    started = sharding.ensure_process_group()
+    try:
+        net = model_for(config, dataset, "cpu", torchrec=True)
+        sharded = sharding.ShardedTraining.prepare(net, "adagrad", 0.01, torch.device("cpu"),
+                                                   verbose=False)  # fmt: skip
+        sharded.load(first)
+        fused = {f"{p}/{s}": v.local_shards()[0].tensor.clone()  # one rank: shards are whole
+                 for p, states in sharded.net.fused_optimizer.state_dict()["state"].items()
+                 for s, v in states.items()}  # fmt: skip
+    finally:
+        sharding.end_process_group(started)
+    assert fused, "the run must have sharded tables with fused state"
+    torch.save({"model": model.state_dict(), "optimizer": extra["optimizer"],
+                "fused_optimizer": fused, "state": extra["state"], "rng": extra["rng"],
+                "config": extra["config"]}, run / "checkpoint.pt")  # fmt: skip
+    shutil.rmtree(run / "checkpoints")
+    resumed = trainkit.compemb("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert trainkit.final(run) == trainkit.final(one_rank_run)

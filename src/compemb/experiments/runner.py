@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -51,7 +52,7 @@ class Settings:
         trials: runs per variant, with seeds first_seed, first_seed + 1, ...
         batch_size, epochs, max_steps: as in ``TrainConfig`` (max_steps caps quick runs).
         threads: torch CPU threads (1 is fastest for these small models on a shared machine).
-        keep_checkpoints: keep each finished run's checkpoint.pt (they can be GBs at scale).
+        keep_checkpoints: keep each finished run's checkpoint (they can be GBs at scale).
         workers: runs trained at once, each in its own process with ``threads`` threads.
     """
 
@@ -135,6 +136,7 @@ def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]
     metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
     if not keep_checkpoint:
         folder.checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(folder.checkpoints, ignore_errors=True)  # a sharded run's
     return metrics
 
 
