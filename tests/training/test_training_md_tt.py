@@ -21,6 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWa
 
 SCHEMES = {  # multiple_of=4: TorchRec refuses narrower widths (FBGEMM would not shard them)
     "md": {"scheme": "md", "alpha": 0.3, "base_width": 8, "multiple_of": 4},
+    "tt": {"scheme": "tt", "rank": 4},
 }
 
 

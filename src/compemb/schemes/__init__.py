@@ -19,3 +19,8 @@ from compemb.schemes.md import MixedDimScheme  # noqa: E402
 
 register_scheme(MixedDimScheme())
 __all__ += ["MixedDimScheme"]
+
+from compemb.schemes.tt import TTScheme  # noqa: E402
+
+register_scheme(TTScheme())
+__all__ += ["TTScheme"]
