@@ -113,3 +113,20 @@ def test_params_command_takes_tt_settings(tmp_path, capsys) -> None:
     spec = EmbeddingSpec("tt", rank=4, num_cores=2)
     assert report["embedding"] == embedding_parameters(CARDS, D, spec)
     assert spec.owner.describe(spec) == ("tt r=4", "K=2 paper")
+
+
+def test_sharding_names_the_scheme_of_an_unshardable_core() -> None:
+    """Multi-hot TT cores are looked up unpooled, which FBGEMM takes only 4-aligned: D = 16
+    splits as (4, 2, 2), so cores are 4r, 2r^2, 2r wide: an odd rank fails, an even one shards."""
+    pytest.importorskip("torchrec")
+    from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+    from compemb.training import sharding
+
+    def types(rank: int) -> dict[str, list[str]]:
+        trc = TorchRecEmbeddingCollection([40_000], D, EmbeddingSpec("tt", rank=rank))
+        return sharding.sharding_types(trc, torch.device("cpu"), small_bytes=0)
+
+    assert types(4) == {"f0__0": ["table_wise"], "f0__1": ["table_wise"],
+                        "f0__2": ["table_wise"]}
+    with pytest.raises(ValueError, match=r"table f0__1 \(tt r=3\) is 18 wide"):
+        types(3)
