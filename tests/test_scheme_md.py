@@ -1,16 +1,12 @@
 """The mixed-dimension scheme (``scheme: md``): widths planned across the collection equal
 ``md_widths``, counts are exact, each feature is its table times its projection, the TorchRec
-collection agrees (and refuses unshardable widths), ``fit_budget`` turns the base width, and
-``compemb params`` takes its settings."""
+collection agrees (and refuses unshardable widths), and ``fit_budget`` turns the base width."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
-from compemb.cli import main
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import (
     EmbeddingBagCollection,
@@ -130,14 +126,3 @@ def test_fit_budget_picks_the_largest_base_width_that_fits() -> None:
 def test_settings_are_checked(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EmbeddingSpec("md", **settings)
-
-
-def test_params_command_takes_md_settings(tmp_path, capsys) -> None:
-    cards = tmp_path / "cards.json"
-    cards.write_text(json.dumps(CARDS))
-    assert main(["params", "--cardinalities", str(cards), "--embedding-dim", str(D), "--scheme",
-                 "md", "--alpha", "0.3", "--base-width", "8", "--round-pow2", "true",
-                 "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    spec = EmbeddingSpec("md", alpha=0.3, base_width=8, round_pow2=True)
-    assert report["embedding"] == embedding_parameters(CARDS, D, spec)

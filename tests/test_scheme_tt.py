@@ -4,12 +4,9 @@ reaches TorchRec as a seeded ``init_fn``, one-hot features take the pooled route
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from compemb.cli import main
 from compemb.embeddings import (
     EmbeddingBagCollection,
     EmbeddingSpec,
@@ -104,14 +101,8 @@ def test_order_and_hot_are_refused() -> None:
         EmbeddingSpec("tt", hot=4)
 
 
-def test_params_command_takes_tt_settings(tmp_path, capsys) -> None:
-    cards = tmp_path / "cards.json"
-    cards.write_text(json.dumps(CARDS))
-    assert main(["params", "--cardinalities", str(cards), "--embedding-dim", str(D), "--scheme",
-                 "tt", "--rank", "4", "--num-cores", "2", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+def test_describe() -> None:
     spec = EmbeddingSpec("tt", rank=4, num_cores=2)
-    assert report["embedding"] == embedding_parameters(CARDS, D, spec)
     assert spec.owner.describe(spec) == ("tt r=4", "K=2 paper")
 
 

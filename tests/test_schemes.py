@@ -227,3 +227,19 @@ def test_a_scheme_without_a_torchrec_route_is_refused_by_name(outside, monkeypat
     with pytest.raises(ValueError, match="scheme 'lowrank_hash' has no TorchRec route; use "
                                          "train.sharding=replicate"):
         TorchRecEmbeddingCollection(CARDS, 8, outside)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_params_command_takes_every_schemes_settings(spec, tmp_path, capsys):
+    """``compemb params`` has a flag per setting (ints, floats, booleans, strings) and counts
+    what the plans count."""
+    from compemb.cli import main
+
+    cards = tmp_path / "cards.json"
+    cards.write_text(json.dumps(CARDS))
+    flags = [f"--{k.replace('_', '-')}={str(v).lower() if isinstance(v, bool) else v}"
+             for k, v in spec.to_dict().items() if v is not None and k != "sparse"]
+    assert main(["params", "--cardinalities", str(cards), "--embedding-dim", "8", *flags,
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedding"] == embedding_parameters(CARDS, 8,
+                                                                                    spec)
