@@ -14,6 +14,8 @@ SCHEME_SPECS: dict[str, list[EmbeddingSpec]] = {
     "path": [EmbeddingSpec("path", collisions=4, path_hidden=6),
              EmbeddingSpec("path", collisions=4, path_transform="linear")],
     "feature": [EmbeddingSpec("feature", collisions=4)],
+    "md": [EmbeddingSpec("md", alpha=0.3, base_width=4, multiple_of=4)],
+    "tt": [EmbeddingSpec("tt", rank=2), EmbeddingSpec("tt", rank=3, num_cores=2)],
 }
 SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]
 

@@ -48,9 +48,10 @@ def test_every_registered_scheme_is_in_the_shared_list():
 
 
 def test_unknown_scheme_lists_the_registered_ones(outside):
-    with pytest.raises(ValueError, match="unknown scheme 'tt'; registered: full, hash, path, "
-                                         "feature, lowrank_hash, qr, mixed_radix, crt"):
-        EmbeddingSpec("tt")
+    names = SCHEMES.names()  # the registered schemes, then the partition families
+    assert "lowrank_hash" in names and names[-3:] == ("qr", "mixed_radix", "crt")
+    with pytest.raises(ValueError, match=f"unknown scheme 'nope'; registered: {', '.join(names)}$"):
+        EmbeddingSpec("nope")
 
 
 def _check_plans(spec: EmbeddingSpec) -> None:
@@ -226,3 +227,19 @@ def test_a_scheme_without_a_torchrec_route_is_refused_by_name(outside, monkeypat
     with pytest.raises(ValueError, match="scheme 'lowrank_hash' has no TorchRec route; use "
                                          "train.sharding=replicate"):
         TorchRecEmbeddingCollection(CARDS, 8, outside)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_params_command_takes_every_schemes_settings(spec, tmp_path, capsys):
+    """``compemb params`` has a flag per setting (ints, floats, booleans, strings) and counts
+    what the plans count."""
+    from compemb.cli import main
+
+    cards = tmp_path / "cards.json"
+    cards.write_text(json.dumps(CARDS))
+    flags = [f"--{k.replace('_', '-')}={str(v).lower() if isinstance(v, bool) else v}"
+             for k, v in spec.to_dict().items() if v is not None and k != "sparse"]
+    assert main(["params", "--cardinalities", str(cards), "--embedding-dim", "8", *flags,
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedding"] == embedding_parameters(CARDS, 8,
+                                                                                    spec)

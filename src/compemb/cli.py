@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from compemb.optim import OPTIMIZERS
@@ -241,6 +242,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_bool(text: str) -> bool:
+    """A boolean flag's value: true or false."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting of a flat spec (--scheme, --collisions, --hot, ...: the registered
     schemes' own and the shared ones), so a new scheme's settings need no edit here. A flag
@@ -250,7 +258,9 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     for name, annotation in setting_types().items():
         if name == "sparse":  # follows the optimizer; no effect on counts
             continue
-        convert = int if annotation in (int, int | None) else str
+        convert = {int: int, float: float, bool: _flag_bool}.get(
+            next((a for a in typing.get_args(annotation) if a is not type(None)), annotation),
+            str)
         more = f"; one of {', '.join(schemes())}" if name == "scheme" else ""
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert,
                             default=argparse.SUPPRESS, help=f"the spec's {name}{more}")

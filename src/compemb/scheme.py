@@ -12,9 +12,9 @@ itself in reports. Everything else asks the scheme object and never tests its na
 name (one compose scheme driven by :data:`compemb.partitions.FAMILIES`). The built-in schemes
 are registered by :mod:`compemb.schemes`, which importing ``compemb`` loads.
 
->>> SCHEMES.lookup("tt")  # doctest: +ELLIPSIS
+>>> SCHEMES.lookup("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-ValueError: unknown scheme 'tt'; registered: full, hash, path, feature, qr, mixed_radix, crt...
+ValueError: unknown scheme 'nope'; registered: full, hash, path, feature, ..., qr, mixed_radix...
 """
 
 from __future__ import annotations
@@ -37,10 +37,23 @@ if TYPE_CHECKING:
     from compemb.operations import Operation
     from compemb.spec import EmbeddingSpec, FeaturePlan
 
-__all__ = ["SCHEMES", "ParamPlan", "Scheme", "TorchRecPlan", "check_sizes", "register_scheme",
-           "too_many_collisions"]
+__all__ = ["SCHEMES", "NormalInit", "ParamPlan", "Scheme", "TorchRecPlan", "check_sizes",
+           "register_scheme", "too_many_collisions"]
 
 ROLES = ("table", "dense", "map")
+
+
+@dataclass(frozen=True)
+class NormalInit:
+    """A table drawn from N(0, std^2) rather than U(lo, hi) (TT cores): what
+    :attr:`ParamPlan.init` holds for it, and what backends turn into their own draw (TorchRec's
+    seeded ``init_fn``)."""
+
+    std: float
+
+    def __post_init__(self) -> None:
+        if not self.std >= 0:
+            raise ValueError(f"std must be >= 0, got {self.std!r}")
 
 
 @dataclass(frozen=True)
@@ -55,14 +68,15 @@ class ParamPlan:
         role: ``table`` (rows looked up by bucket: what a row-wise optimizer and TorchRec
             shard), ``dense`` (applied to every looked-up row: path functions) or ``map``
             (an id map buffer: frequency renumbering, hot ids; not trained).
-        init: U(lo, hi) bounds for tables; for dense parts and maps, the rule that fills them.
+        init: U(lo, hi) bounds for tables (or :class:`NormalInit` for a Gaussian table); for
+            dense parts and maps, the rule that fills them.
         itemsize: bytes per entry (parameters float32; maps as the stacked collection keeps them).
     """
 
     name: str
     shape: tuple[int, ...]
     role: str = "table"
-    init: tuple[float, float] | str = (0.0, 0.0)
+    init: tuple[float, float] | NormalInit | str = (0.0, 0.0)
     itemsize: int = 4
 
     def __post_init__(self) -> None:
@@ -124,6 +138,10 @@ class Scheme(ABC):
     Attributes:
         compresses: False for the full table, the scheme every feature can fall back to.
         knob: the setting that sets the size, which ``fit_budget`` searches (None: none).
+        knob_grows: whether a larger knob makes larger tables (a width, a rank), searched from
+            1 to :meth:`knob_limit`; otherwise it shrinks them (collisions).
+        sizes: the settings that size the tables, one at a time (``fit_budget`` clears those
+            other than the knob).
         takes_hot: whether ``hot`` private rows apply (composed with the scheme's tables).
         takes_order: whether ids may be renumbered (``order``) before partitioning.
     """
@@ -132,6 +150,8 @@ class Scheme(ABC):
     settings_type: ClassVar[type]
     compresses: ClassVar[bool] = True
     knob: ClassVar[str | None] = "collisions"
+    knob_grows: ClassVar[bool] = False
+    sizes: ClassVar[tuple[str, ...]] = ("collisions", "k")
     takes_hot: ClassVar[bool] = False
     takes_order: ClassVar[bool] = True
 
@@ -186,6 +206,10 @@ class Scheme(ABC):
         """Adjust the plans of every feature this scheme embeds, seen together (for schemes
         whose features share or split something); the default plans features one by one."""
         return plans
+
+    def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int:
+        """The largest value ``fit_budget`` tries for a knob that grows the tables."""
+        return embedding_dim
 
     def num_outputs(self, plan: FeaturePlan) -> int:
         """Vectors per sample."""

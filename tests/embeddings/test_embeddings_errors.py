@@ -145,8 +145,8 @@ def test_constructor_errors():
 def test_factory_refusals_say_what_works():
     with pytest.raises(ValueError, match=r"collisions=60 >= num_categories=24.*threshold >= 24"):
         make_embedding_bag(24, 16, scheme="qr", collisions=60)
-    with pytest.raises(ValueError, match="unknown scheme 'tt'; registered: full, hash, path"):
-        make_embedding_bag(24, 16, scheme="tt")
+    with pytest.raises(ValueError, match="unknown scheme 'nope'; registered: full, hash, path"):
+        make_embedding_bag(24, 16, scheme="nope")
     with pytest.raises(ValueError, match="scheme 'qr' needs collisions"):
         EmbeddingSpec("qr")
     with pytest.raises(ValueError, match="collisions or k, not both"):

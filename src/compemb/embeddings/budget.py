@@ -3,7 +3,7 @@ embedding parameters, counted from plans: nothing is built."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -48,12 +48,16 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
         big = [n for n in cardinalities if n > spec.threshold] or list(cardinalities)
         spec = spec.with_(hot=int(hot_share * budget / (embedding_dim * len(big))))
     # The knob's other ways of sizing the tables (k, when collisions is searched) are cleared.
-    others = {name: None for name in ("collisions", "k")
+    others = {name: None for name in spec.owner.sizes
               if name != knob and name in spec.owner.setting_names()}
 
     def size(c: int) -> int:
         return embedding_parameters(cardinalities, embedding_dim,
                                     spec.with_(**{knob: c, **others}))
+
+    if spec.owner.knob_grows:
+        return spec.with_(**{knob: _largest_fitting(size, budget, spec.owner.knob_limit(
+            cardinalities, embedding_dim), f"{spec.scheme} {knob}"), **others})
 
     # Size falls as the knob grows until the tables are as small as they get (QR: about
     # sqrt(n)), then rises (and a feature with no more categories than collisions keeps its
@@ -73,3 +77,19 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
         else:
             lo = mid + 1
     return spec.with_(**{knob: lo, **others})
+
+
+def _largest_fitting(size: Callable[[int], int], budget: int, limit: int, what: str) -> int:
+    """The largest knob in 1..limit whose size fits ``budget``, for a size that grows with the
+    knob (bisection; a feature that falls back to its full table may bend it slightly)."""
+    if size(1) > budget:
+        raise ValueError(f"budget {budget:,} is below the smallest embedding of these features "
+                         f"({size(1):,} parameters at {what}=1)")
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if size(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

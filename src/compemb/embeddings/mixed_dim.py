@@ -37,8 +37,10 @@ __all__ = [
     "MixedDimEmbeddingBag",
     "block_widths",
     "frequency_blocks",
+    "init_projection",
     "md_base_width_for_budget",
     "md_parameters",
+    "md_table_bounds",
     "md_widths",
 ]
 
@@ -176,24 +178,38 @@ def md_base_width_for_budget(
     return fits[-1]
 
 
+def md_table_bounds(init: str, num_categories: int, width: int) -> tuple[float, float]:
+    """U(-b, b) of an (n, w) mixed-dimension table under rule ``init`` (class docstring of
+    :class:`MixedDimEmbeddingBag`): the full table's a = sqrt(1/n) (``reference``), Xavier's
+    sqrt(6 / (n + w)) (``xavier``) or sqrt(3/w) (``unit_norm``)."""
+    if init == "reference":  # the DLRM script: the full table's U(-a, a)
+        b = full_table_bound(num_categories)
+    elif init == "xavier":  # PrEmbeddingBag's own constructor
+        b = math.sqrt(6.0 / (num_categories + width))
+    else:  # unit_norm: rows of norm about 1
+        b = math.sqrt(3.0 / width)
+    return -b, b
+
+
+def init_projection(projection: torch.Tensor, init: str, embedding_dim: int) -> None:
+    """Draw a (D, w) projection in place: Xavier uniform, or U(-b, b), b = sqrt(3/D), that
+    keeps the expected norm (``unit_norm``)."""
+    with torch.no_grad():
+        if init == "unit_norm":
+            b = math.sqrt(3.0 / embedding_dim)
+            projection.uniform_(-b, b)
+        else:
+            nn.init.xavier_uniform_(projection)
+
+
 def _init_table(weight: torch.Tensor, projection: torch.Tensor | None, init: str,
                 num_categories: int, embedding_dim: int) -> None:
     """Draw one table (n, w) and its projection (D, w) in place by rule ``init``."""
+    lo, hi = md_table_bounds(init, num_categories, weight.shape[1])
     with torch.no_grad():
-        if init == "reference":  # the DLRM script: the full table's U(-a, a), Xavier projection
-            a = full_table_bound(num_categories)
-            weight.uniform_(-a, a)
-        elif init == "xavier":  # PrEmbeddingBag's own constructor: Xavier for both
-            nn.init.xavier_uniform_(weight)
-        else:  # unit_norm: rows of norm about 1, a projection that keeps the norm
-            c = math.sqrt(3.0 / weight.shape[1])
-            weight.uniform_(-c, c)
-        if projection is not None:
-            if init == "unit_norm":
-                b = math.sqrt(3.0 / embedding_dim)
-                projection.uniform_(-b, b)
-            else:
-                nn.init.xavier_uniform_(projection)
+        weight.uniform_(lo, hi)
+    if projection is not None:
+        init_projection(projection, init, embedding_dim)
 
 
 def _check_init(init: str, where: str) -> str:

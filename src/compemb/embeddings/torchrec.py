@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compemb.scheme import TorchRecPlan
+from compemb.scheme import NormalInit, ParamPlan, TorchRecPlan
 from compemb.spec import EmbeddingSpec, FeaturePlan, plan_collection
 
 if TYPE_CHECKING:
@@ -72,18 +72,18 @@ class FeatureRoute:
     one_hot: bool = False
 
 
-class SeededUniform:
-    """A table's ``init_fn``: U(lo, hi) from a generator of its own, seeded by the run's seed
-    and the table's name, so every rank draws the same data-parallel table and a sharded run
-    is reproducible without the global RNG.
+class SeededInit:
+    """A table's ``init_fn``: a draw from a generator of its own, seeded by the run's seed and
+    the table's name, so every rank draws the same data-parallel table and a sharded run is
+    reproducible without the global RNG. Subclasses say what is drawn.
 
     A ShardedTensor (TorchRec's sharded weight) is drawn shard by shard, each from a generator
     seeded by its offsets too: the same at the same world size and plan; another world size
     shards (and so draws) differently.
     """
 
-    def __init__(self, low: float, high: float, seed: int, name: str):
-        self.low, self.high, self.seed, self.name = low, high, seed, name
+    def __init__(self, seed: int, name: str):
+        self.seed, self.name = seed, name
 
     def __call__(self, weight: Any) -> Any:
         if hasattr(weight, "local_shards"):
@@ -100,10 +100,45 @@ class SeededUniform:
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
         generator = torch.Generator(device=tensor.device).manual_seed(seed)
         with torch.no_grad():
-            tensor.uniform_(self.low, self.high, generator=generator)
+            self._draw(tensor, generator)
+
+    def _draw(self, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        raise NotImplementedError
+
+
+class SeededUniform(SeededInit):
+    """U(lo, hi), seeded as :class:`SeededInit` says."""
+
+    def __init__(self, low: float, high: float, seed: int, name: str):
+        super().__init__(seed, name)
+        self.low, self.high = low, high
+
+    def _draw(self, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        tensor.uniform_(self.low, self.high, generator=generator)
 
     def __repr__(self) -> str:
         return f"SeededUniform({self.low}, {self.high}, seed={self.seed}, name={self.name!r})"
+
+
+class SeededNormal(SeededInit):
+    """N(0, std^2) (TT cores), seeded as :class:`SeededInit` says."""
+
+    def __init__(self, std: float, seed: int, name: str):
+        super().__init__(seed, name)
+        self.std = std
+
+    def _draw(self, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        tensor.normal_(0.0, self.std, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"SeededNormal({self.std}, seed={self.seed}, name={self.name!r})"
+
+
+def seeded_init(table: ParamPlan, seed: int, name: str) -> SeededInit:
+    """The ``init_fn`` of a planned table: its U(lo, hi) bounds or its :class:`NormalInit`."""
+    if isinstance(table.init, NormalInit):
+        return SeededNormal(table.init.std, seed, name)
+    return SeededUniform(*table.bounds, seed, name)
 
 
 def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | None,
@@ -167,7 +202,7 @@ class TorchRecEmbeddingCollection(nn.Module):
             collection. Checked on every batch.
         validate: check every id against its feature's n before any lookup (FBGEMM would
             clamp an id >= n to row 0 silently); ``False`` for inputs checked upstream.
-        seed: seeds every table's init (:class:`SeededUniform`).
+        seed: seeds every table's init (:class:`SeededUniform`, :class:`SeededNormal`).
         device: where the tables are built; ``"meta"`` builds them without memory, for
             ``DistributedModelParallel`` to allocate and initialize only each rank's shards
             (path functions are then built on the CPU).
@@ -233,9 +268,8 @@ class TorchRecEmbeddingCollection(nn.Module):
             if route.module is not None:
                 self.paths[name] = route.module
             for t, table in zip(tables, plan.tables, strict=True):
-                lo, hi = table.bounds
                 common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
-                          "feature_names": [t], "init_fn": SeededUniform(lo, hi, seed, t)}
+                          "feature_names": [t], "init_fn": seeded_init(table, seed, t)}
                 if pooled:
                     pooled_cfgs.append(trec.EmbeddingBagConfig(pooling=pooling, **common))
                 else:

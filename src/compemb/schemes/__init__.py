@@ -13,3 +13,14 @@ for _scheme in (FullScheme(), HashScheme(), PathScheme(), FeatureScheme()):
 SCHEMES.for_families(ComposeScheme)
 
 __all__ = ["ComposeScheme", "FeatureScheme", "FullScheme", "HashScheme", "PathScheme"]
+
+# Schemes added later: appended, one block each.
+from compemb.schemes.md import MixedDimScheme  # noqa: E402
+
+register_scheme(MixedDimScheme())
+__all__ += ["MixedDimScheme"]
+
+from compemb.schemes.tt import TTScheme  # noqa: E402
+
+register_scheme(TTScheme())
+__all__ += ["TTScheme"]

@@ -130,10 +130,14 @@ def sharding_types(
             types[t] = ["data_parallel"]
             continue
         if width % 4:
+            route = next(r for r in collection.routes if t in r.tables)
+            scheme, _ = route.plan.scheme.describe(route.plan.spec)
             raise ValueError(
-                f"table {t} is {width} wide: FBGEMM's kernels need a multiple of 4, and an "
-                f"unpooled table cannot be data-parallel; choose embedding_dim so that every "
-                f"table width is a multiple of 4 (concat splits D among its tables)"
+                f"table {t} ({scheme}) is {width} wide: FBGEMM's kernels need a multiple of 4, "
+                f"and an unpooled table cannot be data-parallel; choose embedding_dim and the "
+                f"scheme's settings so that every table width is a multiple of 4 (concat splits "
+                f"D among its tables; TT cores are r_(k-1) d_k r_k wide: an even rank when D "
+                f"has even factors)"
             )
         types[t] = ["table_wise"]
         # FBGEMM needs column shards of a multiple of 4 columns.
