@@ -23,3 +23,8 @@ def spec_id(spec: EmbeddingSpec) -> str:
     shown = [str(v) for k, v in spec.to_dict().items()
              if k != "scheme" and v not in (None, 0, False, "sum", "natural", "default")]
     return "-".join([spec.scheme, *shown])
+
+
+SCHEME_SPECS["robe"] = [EmbeddingSpec("robe", size=64, block=4),
+                        EmbeddingSpec("robe", size=96, block=2, seed=3)]
+SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]

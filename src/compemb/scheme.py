@@ -14,7 +14,7 @@ are registered by :mod:`compemb.schemes`, which importing ``compemb`` loads.
 
 >>> SCHEMES.lookup("tt")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-ValueError: unknown scheme 'tt'; registered: full, hash, path, feature, qr, mixed_radix, crt...
+ValueError: unknown scheme 'tt'; registered: full, hash, path, feature, ...
 """
 
 from __future__ import annotations
@@ -104,6 +104,10 @@ class TorchRecPlan:
         combine: (the looked-up parts, the buckets of the further partitions, ``module``) ->
             ``outputs`` tensors: (B, D) each when pooled, (N, D) per id otherwise.
         module: the data-parallel part applied after the lookups (path functions), or None.
+        lookup: ids (N,) -> one (N, L) tensor per table: the L rows each id reads from it,
+            instead of the plan's partitions' one bucket each (ROBE's hashed blocks). Such
+            tables are looked up unpooled and come to ``combine`` as (N L, W); None: the
+            partitions' buckets.
     """
 
     pooled: bool
@@ -111,6 +115,7 @@ class TorchRecPlan:
     combine: Callable[[list[torch.Tensor], Sequence[torch.Tensor], nn.Module | None],
                       list[torch.Tensor]]
     module: nn.Module | None = None
+    lookup: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
 
 
 class Scheme(ABC):
@@ -123,6 +128,8 @@ class Scheme(ABC):
     Attributes:
         compresses: False for the full table, the scheme every feature can fall back to.
         knob: the setting that sets the size, which ``fit_budget`` searches (None: none).
+        knob_grows: the size grows with the knob (an array size, a width), where collisions
+            shrink it.
         takes_hot: whether ``hot`` private rows apply (composed with the scheme's tables).
         takes_order: whether ids may be renumbered (``order``) before partitioning.
     """
@@ -131,6 +138,7 @@ class Scheme(ABC):
     settings_type: ClassVar[type]
     compresses: ClassVar[bool] = True
     knob: ClassVar[str | None] = "collisions"
+    knob_grows: ClassVar[bool] = False
     takes_hot: ClassVar[bool] = False
     takes_order: ClassVar[bool] = True
 
@@ -180,6 +188,10 @@ class Scheme(ABC):
                     partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         """The composition operation (or None) and the trained parameters (tables, then dense
         parts) of a feature with these partitions."""
+
+    def knob_unit(self, spec: EmbeddingSpec) -> int:
+        """The knob's values are multiples of this (a ROBE array holds whole blocks)."""
+        return 1
 
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
         """Adjust the plans of every feature this scheme embeds, seen together (for schemes

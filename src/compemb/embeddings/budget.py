@@ -3,7 +3,7 @@ embedding parameters, counted from plans: nothing is built."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -55,6 +55,10 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
         return embedding_parameters(cardinalities, embedding_dim,
                                     spec.with_(**{knob: c, **others}))
 
+    if spec.owner.knob_grows:
+        unit = spec.owner.knob_unit(spec)
+        best = _largest_within(lambda c: size(c * unit), budget, spec.scheme, f"{knob}/{unit}")
+        return spec.with_(**{knob: best * unit, **others})
     # Size falls as the knob grows until the tables are as small as they get (QR: about
     # sqrt(n)), then rises (and a feature with no more categories than collisions keeps its
     # full table): find that point on a geometric grid, then bisect below it.
@@ -73,3 +77,18 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
         else:
             lo = mid + 1
     return spec.with_(**{knob: lo, **others})
+
+
+def _largest_within(size: Callable[[int], int], budget: int, scheme: str, knob: str) -> int:
+    """The largest knob >= 1 whose size is within ``budget``, for a size that grows with the
+    knob: doubling, then bisection."""
+    if size(1) > budget:
+        raise ValueError(f"budget {budget:,} is below the smallest {scheme} embedding of these "
+                         f"features ({size(1):,} parameters at {knob}=1); raise the budget")
+    lo, hi = 1, 2
+    while size(hi) <= budget:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid)
+    return lo

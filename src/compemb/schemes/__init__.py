@@ -13,3 +13,8 @@ for _scheme in (FullScheme(), HashScheme(), PathScheme(), FeatureScheme()):
 SCHEMES.for_families(ComposeScheme)
 
 __all__ = ["ComposeScheme", "FeatureScheme", "FullScheme", "HashScheme", "PathScheme"]
+
+from compemb.schemes.robe import RobeScheme  # noqa: E402
+
+register_scheme(RobeScheme())
+__all__ += ["RobeScheme"]
