@@ -27,4 +27,6 @@ def spec_id(spec: EmbeddingSpec) -> str:
 
 SCHEME_SPECS["robe"] = [EmbeddingSpec("robe", size=64, block=4),
                         EmbeddingSpec("robe", size=96, block=2, seed=3)]
+SCHEME_SPECS["dhe"] = [EmbeddingSpec("dhe", width=8, hashes=16),
+                       EmbeddingSpec("dhe", width=6, depth=1, hashes=8, encoding="gaussian")]
 SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]

@@ -18,3 +18,8 @@ from compemb.schemes.robe import RobeScheme  # noqa: E402
 
 register_scheme(RobeScheme())
 __all__ += ["RobeScheme"]
+
+from compemb.schemes.dhe import DHEScheme  # noqa: E402
+
+register_scheme(DHEScheme())
+__all__ += ["DHEScheme"]
