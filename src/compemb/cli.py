@@ -241,6 +241,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_bool(text: str) -> bool:
+    """A bool setting's flag value: true or false."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting of a flat spec (--scheme, --collisions, --hot, ...: the registered
     schemes' own and the shared ones), so a new scheme's settings need no edit here. A flag
@@ -250,7 +257,8 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     for name, annotation in setting_types().items():
         if name == "sparse":  # follows the optimizer; no effect on counts
             continue
-        convert = int if annotation in (int, int | None) else str
+        convert = int if annotation in (int, int | None) else _flag_bool if annotation is bool \
+            else str
         more = f"; one of {', '.join(schemes())}" if name == "scheme" else ""
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert,
                             default=argparse.SUPPRESS, help=f"the spec's {name}{more}")
