@@ -10,6 +10,7 @@ import pytest
 import trainkit
 
 from compemb.cli import main
+from compemb.config import apply_overrides
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import EmbeddingSpec, embedding_parameters
 from compemb.training import loop, resume, train
@@ -85,3 +86,24 @@ def test_params_counts_what_the_plans_count(flags: list[str], spec: EmbeddingSpe
     mlp = 64 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 16 + 16  # k = 64 hashes by default
     per_feature = 1024 if spec.scheme == "robe" else mlp
     assert counted["embedding"] == big * per_feature + small
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_sharded_on_torchrec_trains_and_counts_as_replicated(scheme: str, synth: Path,
+                                                             tmp_path: Path) -> None:
+    """One process, train.sharding=torchrec: aligned ROBE's array is a TorchRec table, DHE's
+    network runs data-parallel; the counts equal the replicated run's."""
+    pytest.importorskip("torchrec")
+    spec = {"robe": ["model.embedding.size=64", "model.embedding.block=4"],
+            "dhe": ["model.embedding.width=8", "model.embedding.hashes=16"]}[scheme]
+    config = trainkit.tiny_config(synth, "model.embedding.collisions=null",
+                                  f"model.embedding.scheme={scheme}", *spec, "train.max_steps=3",
+                                  "train.optimizer=adagrad")  # fmt: skip
+    with trainkit.one_thread():
+        replicated = train(config, tmp_path / "r", progress=False)
+        sharded = train(apply_overrides(config, ["train.sharding=torchrec"]), tmp_path / "s",
+                        progress=False)
+    for key in ("steps", "num_parameters", "embedding_parameters"):
+        assert sharded[key] == replicated[key], key
+    assert 0 < sharded["val_logloss"] < 1
