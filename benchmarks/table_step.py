@@ -145,6 +145,48 @@ def report(times: dict[str, list[float]], batch: int) -> None:
         print(row)
 
 
+def module_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a per-module benchmark (:func:`bench_modules`); add your own to it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[2048, 16384])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--cap", type=int, default=1_000_000, help="rows per table (0: none)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def capped_cards(args: argparse.Namespace) -> list[int]:
+    """Set threads and seed; the Criteo Kaggle cardinalities capped at ``args.cap``."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.sparse.check_sparse_tensor_invariants.disable()
+    return [min(n, args.cap) if args.cap else n for n in CRITEO_KAGGLE_CARDINALITIES]
+
+
+def bench_modules(made: dict[str, tuple[torch.nn.Module, str]], cards: list[int],
+                  args: argparse.Namespace, what: str = "") -> None:
+    """Per-module variants (``name -> (module, note)``) on ``cards``: print the setup and each
+    one's parameters, then each batch size's report of steps with torch's Adagrad (CPU time).
+    ``args`` holds ``batches``, ``rounds``, ``steps`` and ``cap``; ``what`` ends the header."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU time, D={D}, "
+          f"26 Criteo Kaggle features capped at {args.cap or 'no'} rows, one id per bag, uniform "
+          f"ids, forward + backward + Adagrad (lr {LR}); median of {args.rounds} rounds of "
+          f"{args.steps} steps{what}")
+    for name, (module, note) in made.items():
+        params = sum(p.numel() for p in module.parameters())
+        print(f"  {name:28s} {params:>13,} parameters {note}")
+    steps = {name: compemb_step(m, torch.optim.Adagrad(m.parameters(), lr=LR))
+             for name, (m, _) in made.items()}
+    limits = torch.tensor(cards)
+    for batch in args.batches:
+        def make_ids(batch=batch) -> torch.Tensor:
+            return (torch.rand(batch, len(cards)) * limits).long()
+
+        report(bench(steps, make_ids, args.rounds, args.steps, time.process_time), batch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", nargs="+", default=["adagrad", "rowwise_adagrad"],

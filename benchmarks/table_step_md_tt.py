@@ -22,7 +22,6 @@ machine. Variants:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -32,10 +31,9 @@ from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import FullEmbeddingBag
 from compemb.embeddings.mixed_dim import MixedDimEmbeddingBag, md_widths
 from compemb.embeddings.tt import TTEmbeddingBag
-from table_step import bench, compemb_step, report
+from table_step import bench_modules, capped_cards, module_parser
 
 D = 16
-LR = 0.01
 
 
 class PerFeature(nn.Module):
@@ -78,36 +76,12 @@ def variants(cards: list[int], args: argparse.Namespace) -> dict[str, tuple[nn.M
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[2048, 16384])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    parser.add_argument("--cap", type=int, default=1_000_000, help="rows per table (0: none)")
+    parser = module_parser(__doc__)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--tt-threshold", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    torch.sparse.check_sparse_tensor_invariants.disable()
-    cards = [min(n, args.cap) if args.cap else n for n in CRITEO_KAGGLE_CARDINALITIES]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU time, D={D}, "
-          f"26 Criteo Kaggle features capped at {args.cap or 'no'} rows, one id per bag, uniform "
-          f"ids, forward + backward + Adagrad (lr {LR}); median of {args.rounds} rounds of "
-          f"{args.steps} steps")
-    made = variants(cards, args)
-    for name, (module, note) in made.items():
-        params = sum(p.numel() for p in module.parameters())
-        print(f"  {name:28s} {params:>13,} parameters {note}")
-    steps = {name: compemb_step(m, torch.optim.Adagrad(m.parameters(), lr=LR))
-             for name, (m, _) in made.items()}
-    limits = torch.tensor(cards)
-    for batch in args.batches:
-        def make_ids(batch=batch) -> torch.Tensor:
-            return (torch.rand(batch, len(cards)) * limits).long()
-
-        report(bench(steps, make_ids, args.rounds, args.steps, time.process_time), batch)
+    cards = capped_cards(args)
+    bench_modules(variants(cards, args), cards, args)
 
 
 if __name__ == "__main__":

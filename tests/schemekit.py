@@ -16,6 +16,10 @@ SCHEME_SPECS: dict[str, list[EmbeddingSpec]] = {
     "feature": [EmbeddingSpec("feature", collisions=4)],
     "md": [EmbeddingSpec("md", alpha=0.3, base_width=4, multiple_of=4)],
     "tt": [EmbeddingSpec("tt", rank=2), EmbeddingSpec("tt", rank=3, num_cores=2)],
+    "robe": [EmbeddingSpec("robe", size=64, block=4),
+             EmbeddingSpec("robe", size=96, block=2, seed=3)],
+    "dhe": [EmbeddingSpec("dhe", width=8, hashes=16),
+            EmbeddingSpec("dhe", width=6, depth=1, hashes=8, encoding="gaussian")],
 }
 SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]
 

@@ -14,7 +14,7 @@ are registered by :mod:`compemb.schemes`, which importing ``compemb`` loads.
 
 >>> SCHEMES.lookup("nope")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-ValueError: unknown scheme 'nope'; registered: full, hash, path, feature, ..., qr, mixed_radix...
+ValueError: unknown scheme 'nope'; registered: full, hash, path, feature, ...
 """
 
 from __future__ import annotations
@@ -119,6 +119,10 @@ class TorchRecPlan:
         combine: (the looked-up parts, the buckets of the further partitions, ``module``) ->
             ``outputs`` tensors: (B, D) each when pooled, (N, D) per id otherwise.
         module: the data-parallel part applied after the lookups (path functions), or None.
+        lookup: ids (N,) -> one (N, L) tensor per table: the L rows each id reads from it,
+            instead of the plan's partitions' one bucket each (ROBE's hashed blocks). Such
+            tables are looked up unpooled and come to ``combine`` as (N L, W); None: the
+            partitions' buckets.
     """
 
     pooled: bool
@@ -126,6 +130,7 @@ class TorchRecPlan:
     combine: Callable[[list[torch.Tensor], Sequence[torch.Tensor], nn.Module | None],
                       list[torch.Tensor]]
     module: nn.Module | None = None
+    lookup: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
 
 
 class Scheme(ABC):
@@ -138,8 +143,9 @@ class Scheme(ABC):
     Attributes:
         compresses: False for the full table, the scheme every feature can fall back to.
         knob: the setting that sets the size, which ``fit_budget`` searches (None: none).
-        knob_grows: whether a larger knob makes larger tables (a width, a rank), searched from
-            1 to :meth:`knob_limit`; otherwise it shrinks them (collisions).
+        knob_grows: whether a larger knob makes larger tables (a width, a rank, an array
+            size), searched from 1 up to :meth:`knob_limit` in steps of :meth:`knob_unit`;
+            otherwise it shrinks them (collisions).
         sizes: the settings that size the tables, one at a time (``fit_budget`` clears those
             other than the knob).
         takes_hot: whether ``hot`` private rows apply (composed with the scheme's tables).
@@ -202,14 +208,19 @@ class Scheme(ABC):
         """The composition operation (or None) and the trained parameters (tables, then dense
         parts) of a feature with these partitions."""
 
+    def knob_unit(self, spec: EmbeddingSpec) -> int:
+        """The knob's values are multiples of this (a ROBE array holds whole blocks)."""
+        return 1
+
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
         """Adjust the plans of every feature this scheme embeds, seen together (for schemes
         whose features share or split something); the default plans features one by one."""
         return plans
 
-    def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int:
-        """The largest value ``fit_budget`` tries for a knob that grows the tables."""
-        return embedding_dim
+    def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int | None:
+        """The largest value ``fit_budget`` tries for a knob that grows the tables (None: no
+        limit but the budget)."""
+        return None
 
     def num_outputs(self, plan: FeaturePlan) -> int:
         """Vectors per sample."""

@@ -56,9 +56,12 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
                                     spec.with_(**{knob: c, **others}))
 
     if spec.owner.knob_grows:
-        return spec.with_(**{knob: _largest_fitting(size, budget, spec.owner.knob_limit(
-            cardinalities, embedding_dim), f"{spec.scheme} {knob}"), **others})
-
+        unit = spec.owner.knob_unit(spec)
+        limit = spec.owner.knob_limit(cardinalities, embedding_dim)
+        best = _largest_fitting(lambda c: size(c * unit), budget,
+                                None if limit is None else limit // unit,
+                                f"{spec.scheme} {knob}" + (f"/{unit}" if unit > 1 else ""))
+        return spec.with_(**{knob: best * unit, **others})
     # Size falls as the knob grows until the tables are as small as they get (QR: about
     # sqrt(n)), then rises (and a feature with no more categories than collisions keeps its
     # full table): find that point on a geometric grid, then bisect below it.
@@ -79,17 +82,20 @@ def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: Embedding
     return spec.with_(**{knob: lo, **others})
 
 
-def _largest_fitting(size: Callable[[int], int], budget: int, limit: int, what: str) -> int:
-    """The largest knob in 1..limit whose size fits ``budget``, for a size that grows with the
-    knob (bisection; a feature that falls back to its full table may bend it slightly)."""
+def _largest_fitting(size: Callable[[int], int], budget: int, limit: int | None,
+                     what: str) -> int:
+    """The largest knob >= 1 (and <= ``limit`` when given) whose size fits ``budget``, for a
+    size that grows with the knob: doubling, then bisection (a feature that falls back to its
+    full table may bend the size slightly)."""
     if size(1) > budget:
         raise ValueError(f"budget {budget:,} is below the smallest embedding of these features "
-                         f"({size(1):,} parameters at {what}=1)")
-    lo, hi = 1, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if size(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
+                         f"({size(1):,} parameters at {what}=1); raise the budget")
+    lo, hi = 1, 2  # size(lo) fits; hi is past the limit or does not fit
+    while (limit is None or hi <= limit) and size(hi) <= budget:
+        lo, hi = hi, 2 * hi
+    if limit is not None:
+        hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid)
     return lo

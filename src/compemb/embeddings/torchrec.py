@@ -258,7 +258,7 @@ class TorchRecEmbeddingCollection(nn.Module):
         for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
             route = plan.scheme.torchrec(plan, dev)
             # a one-hot feature's pooled rows are its rows: combined after pooling alike
-            single = f < one_hot and not weighted
+            single = f < one_hot and not weighted and route.lookup is None
             pooled = single or (spec.mode != "max" and route.pooled)
             tables = tuple(f"{name}__{j}" for j in range(len(plan.tables)))
             outputs = tuple(f"{name}_{j}" for j in range(route.outputs)) \
@@ -353,14 +353,17 @@ class TorchRecEmbeddingCollection(nn.Module):
         for r in self.routes:
             ids, lengths, weights = jts[r.name]
             ids = ids.long()
-            buckets = r.plan.partitions.buckets(ids)
-            buckets, rest[r.name] = buckets[: len(r.tables)], buckets[len(r.tables):]
+            if r.route.lookup is None:
+                buckets = r.plan.partitions.buckets(ids)
+                buckets, rest[r.name] = buckets[: len(r.tables)], buckets[len(r.tables):]
+            else:  # L rows per id, each id's together: a sample's L times as many rows
+                buckets, rest[r.name] = r.route.lookup(ids), ()
             for t, table, b in zip(r.tables, r.plan.tables, buckets, strict=True):
                 dest = pooled_in if r.pooled else unpooled_in.setdefault(
                     table.width, {"keys": [], "values": [], "lengths": []})
                 dest["keys"].append(t)
-                dest["values"].append(b)
-                dest["lengths"].append(lengths)
+                dest["values"].append(b.reshape(-1))
+                dest["lengths"].append(lengths if b.dim() == 1 else lengths * b.shape[1])
                 if r.pooled and self.weighted:
                     pooled_in["weights"].append(weights)
         pooled: dict[str, torch.Tensor] = {}

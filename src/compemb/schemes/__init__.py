@@ -24,3 +24,13 @@ from compemb.schemes.tt import TTScheme  # noqa: E402
 
 register_scheme(TTScheme())
 __all__ += ["TTScheme"]
+
+from compemb.schemes.robe import RobeScheme  # noqa: E402
+
+register_scheme(RobeScheme())
+__all__ += ["RobeScheme"]
+
+from compemb.schemes.dhe import DHEScheme  # noqa: E402
+
+register_scheme(DHEScheme())
+__all__ += ["DHEScheme"]

@@ -124,6 +124,9 @@ class MixedDimScheme(Scheme):
     def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
         return P.remainder(num_categories, num_categories)
 
+    def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int:
+        return embedding_dim  # the smallest feature's width, at most D
+
     def cannot_shrink(self, spec: EmbeddingSpec, num_categories: int) -> str | None:
         # a feature at width D is its full table, as the reference keeps it; ``threshold``
         # keeps small features full before the widths are planned

@@ -1,0 +1,109 @@
+"""ROBE and DHE through the trainer and the CLI: ``compemb train`` from a config file (DLRM and
+DCN), resuming after a crash gives the run that never stopped, ``compemb params`` counts them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trainkit
+
+from compemb.cli import main
+from compemb.config import apply_overrides
+from compemb.data import CRITEO_KAGGLE_CARDINALITIES
+from compemb.embeddings import EmbeddingSpec, embedding_parameters
+from compemb.training import loop, resume, train
+
+SCHEMES = {"robe": "{scheme: robe, size: 64, block: 2}",
+           "dhe": "{scheme: dhe, width: 8, hashes: 16, encoding: gaussian}"}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trainkit.synth_folder(tmp_path_factory.mktemp("synth") / "data")
+
+
+@pytest.mark.parametrize("model", ["dlrm", "dcn"])
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_cli_trains_from_a_config(scheme: str, model: str, synth: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{dataset: {synth}}}\n"
+                   f"model: {{name: {model}, embedding_dim: 4, embedding: {SCHEMES[scheme]}}}\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--set", "train.max_steps=3", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    final = json.loads(capsys.readouterr().out)
+    assert final["steps"] == 3 and 0 < final["val_logloss"] < 1
+    assert (out / "config.yaml").read_text().count(f"scheme: {scheme}") == 1
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_resume_after_a_crash_is_exact(scheme: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    data = trainkit.bag_dataset()  # 10 steps per epoch, checkpoints at 7 and 14
+    settings = {"robe": ["model.embedding.size=64", "model.embedding.block=2"],
+                "dhe": ["model.embedding.width=8", "model.embedding.hashes=16"]}[scheme]
+    config = trainkit.tiny_config("in-memory", "model.embedding.collisions=null",
+                                  f"model.embedding.scheme={scheme}", *settings,
+                                  "train.epochs=2", "train.lr=0.05")  # fmt: skip
+    full = train(config, tmp_path / "full", dataset=data, progress=False)
+    real_checkpoint = loop._checkpoint
+
+    def checkpoint_then_crash(trainer: loop.Trainer) -> None:
+        real_checkpoint(trainer)
+        if trainer.state.step == 14:
+            raise _Killed
+
+    monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
+    with pytest.raises(_Killed):
+        train(config, tmp_path / "run", dataset=data, progress=False)
+    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
+    resumed = resume(tmp_path / "run", dataset=data, progress=False)
+    assert resumed["steps"] == 20
+    for key in ("val_logloss", "test_logloss", "test_auc", "embedding_parameters"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize(("flags", "spec"), [
+    (["--scheme", "robe", "--size", "1024", "--aligned", "false"],
+     EmbeddingSpec("robe", size=1024, aligned=False, threshold=100)),
+    (["--scheme", "dhe", "--width", "32", "--depth", "3"],
+     EmbeddingSpec("dhe", width=32, depth=3, threshold=100)),
+])
+def test_params_counts_what_the_plans_count(flags: list[str], spec: EmbeddingSpec,
+                                            capsys: pytest.CaptureFixture) -> None:
+    assert main(["params", *flags, "--threshold", "100", "--json"]) == 0
+    counted = json.loads(capsys.readouterr().out)
+    assert counted["embedding"] == embedding_parameters(CRITEO_KAGGLE_CARDINALITIES, 16, spec)
+    big = sum(n > 100 for n in CRITEO_KAGGLE_CARDINALITIES)
+    small = sum(n * 16 for n in CRITEO_KAGGLE_CARDINALITIES if n <= 100)
+    mlp = 64 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 16 + 16  # k = 64 hashes by default
+    per_feature = 1024 if spec.scheme == "robe" else mlp
+    assert counted["embedding"] == big * per_feature + small
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_sharded_on_torchrec_trains_and_counts_as_replicated(scheme: str, synth: Path,
+                                                             tmp_path: Path) -> None:
+    """One process, train.sharding=torchrec: aligned ROBE's array is a TorchRec table, DHE's
+    network runs data-parallel; the counts equal the replicated run's."""
+    pytest.importorskip("torchrec")
+    spec = {"robe": ["model.embedding.size=64", "model.embedding.block=4"],
+            "dhe": ["model.embedding.width=8", "model.embedding.hashes=16"]}[scheme]
+    config = trainkit.tiny_config(synth, "model.embedding.collisions=null",
+                                  f"model.embedding.scheme={scheme}", *spec, "train.max_steps=3",
+                                  "train.optimizer=adagrad")  # fmt: skip
+    with trainkit.one_thread():
+        replicated = train(config, tmp_path / "r", progress=False)
+        sharded = train(apply_overrides(config, ["train.sharding=torchrec"]), tmp_path / "s",
+                        progress=False)
+    for key in ("steps", "num_parameters", "embedding_parameters"):
+        assert sharded[key] == replicated[key], key
+    assert 0 < sharded["val_logloss"] < 1
