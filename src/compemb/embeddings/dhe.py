@@ -3,7 +3,7 @@ Recommendation", KDD 2021): no table; an id's vector is an MLP applied to a dens
 seeded hashes of the id.
 
 Encoding, as the paper's dense hash encoding: k universal hashes h_1..h_k of the id into
-[0, m), m = 10^6 (:mod:`compemb.embeddings._universal`, exact int64), each made real by one of
+[0, m), m = 10^6 (``compemb.embeddings._universal``, exact int64), each made real by one of
 the paper's two transforms:
 
 - ``uniform``: 2 h / (m - 1) - 1, uniform on [-1, 1];
@@ -16,7 +16,8 @@ linear layer to D. The paper also puts batch normalization after the hidden laye
 out here so an id's vector does not depend on the rest of its batch (the module then equals the
 collections and the TorchRec route id by id).
 
-Cost per id (multiply-adds): k width + (depth - 1) width^2 + width D, :attr:`flops_per_id`.
+Cost per id (multiply-adds): k width + (depth - 1) width^2 + width D,
+:attr:`DHEEmbeddingBag.flops_per_id`.
 
 Letters: N ids, k hashes, D output width.
 """

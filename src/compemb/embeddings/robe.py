@@ -3,7 +3,7 @@ parameters; an id's D-wide vector is D / Z blocks of Z contiguous elements read 
 offsets.
 
 Block j of id x starts at offset ``o_j(x) = h_j(x) mod M'`` (``h_j`` the seeded universal hash of
-:mod:`compemb.embeddings._universal`) and reads elements ``o_j, o_j + 1, ..., o_j + Z - 1`` of the
+``compemb.embeddings._universal``) and reads elements ``o_j, o_j + 1, ..., o_j + Z - 1`` of the
 array, wrapping past its end to its start. With block-aligned offsets the offsets are multiples
 of Z (M' = M / Z choices, times Z), so the array is a table of M / Z rows of width Z and a block
 is one row; otherwise M' = M and the array is kept as a table of M rows of width 1, a block

@@ -513,6 +513,8 @@ def keyed_to_batch(kt: KeyedTensor, embedding_dim: int) -> torch.Tensor:
 
 __all__ = [
     "FeatureRoute",
+    "SeededInit",
+    "SeededNormal",
     "SeededUniform",
     "TorchRecEmbeddingCollection",
     "TorchRecSparseArch",

@@ -15,7 +15,7 @@ SCHEMES.for_families(ComposeScheme)
 __all__ = ["ComposeScheme", "FeatureScheme", "FullScheme", "HashScheme", "PathScheme"]
 
 # Schemes added later: appended, one block each.
-from compemb.schemes.md import MixedDimScheme  # noqa: E402
+from compemb.schemes.mixed_dim import MixedDimScheme  # noqa: E402
 
 register_scheme(MixedDimScheme())
 __all__ += ["MixedDimScheme"]

@@ -14,18 +14,21 @@ from torch import nn
 from compemb import partitions as P
 from compemb.embeddings.dhe import DHEEmbeddingBag, check_dhe
 from compemb.operations import Operation
+from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
 from compemb.spec import EmbeddingSpec, FeaturePlan
 
 
 @dataclass(frozen=True)
 class DHESettings:
-    """Attributes:
-    width: units of each hidden layer (the size knob).
-    depth: hidden layers.
-    hashes: k, the encoding's width (the paper uses 1024; even for ``gaussian``).
-    encoding: ``uniform`` on [-1, 1] or ``gaussian`` (Box-Muller), the paper's two transforms.
-    seed: seeds the k hashes.
+    """The settings of DHE.
+
+    Attributes:
+        width: units of each hidden layer (the size knob).
+        depth: hidden layers.
+        hashes: k, the encoding's width (the paper uses 1024; even for ``gaussian``).
+        encoding: ``uniform`` on [-1, 1] or ``gaussian`` (Box-Muller), the paper's two transforms.
+        seed: seeds the k hashes.
     """
 
     width: int | None = None
@@ -57,7 +60,7 @@ class DHEScheme(Scheme):
     knob_grows = True
     takes_order = False
 
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         # the identity: its one bucket per id is the id, which the route hands to the network
         return P.remainder(num_categories, num_categories)
 
@@ -67,7 +70,7 @@ class DHEScheme(Scheme):
         return None
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         s = spec.settings
         sizes = [s.hashes] + [s.width] * s.depth + [embedding_dim]
         params = []
@@ -95,3 +98,9 @@ class DHEScheme(Scheme):
         return (f"dhe w={w} depth={s.depth}",
                 f"k={s.hashes} {s.encoding}, {s.hashes * w + (s.depth - 1) * w * w} + {w}D "
                 f"mult-adds/id")
+
+
+__all__ = [
+    "DHEScheme",
+    "DHESettings",
+]

@@ -21,18 +21,21 @@ from torch import nn
 from compemb import partitions as P
 from compemb.embeddings.robe import RobeEmbeddingBag, check_robe, robe_table_shape
 from compemb.operations import Operation, full_table_bound
+from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
 from compemb.spec import EmbeddingSpec, FeaturePlan
 
 
 @dataclass(frozen=True)
 class RobeSettings:
-    """Attributes:
-    size: M, parameters in each compressed feature's array.
-    block: Z, contiguous elements per block (Z = D: one block per id); a multiple of 4 to shard.
-    aligned: offsets are multiples of Z, so the array is a table of M / Z rows of width Z (the
-        form TorchRec shards); otherwise any offset, and no TorchRec route.
-    seed: seeds the hashes of the block offsets.
+    """The settings of ROBE.
+
+    Attributes:
+        size: M, parameters in each compressed feature's array.
+        block: Z, contiguous elements per block (Z = D: one block per id); a multiple of 4 to shard.
+        aligned: offsets are multiples of Z, so the array is a table of M / Z rows of width Z (the
+            form TorchRec shards); otherwise any offset, and no TorchRec route.
+        seed: seeds the hashes of the block offsets.
     """
 
     size: int | None = None
@@ -70,7 +73,7 @@ class RobeScheme(Scheme):
     knob_grows = True
     takes_order = False
 
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         # ids are hashed, not partitioned: the identity, which no renumbering changes
         return P.remainder(num_categories, num_categories)
 
@@ -83,7 +86,7 @@ class RobeScheme(Scheme):
         return None
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         s, n = spec.settings, num_categories
         check_robe(embedding_dim, s.size, s.block, s.aligned, f"robe (num_categories={n})")
         a = full_table_bound(n)
@@ -114,3 +117,9 @@ class RobeScheme(Scheme):
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         s = spec.settings
         return f"robe M={s.size} Z={s.block}", "aligned" if s.aligned else "unaligned"
+
+
+__all__ = [
+    "RobeScheme",
+    "RobeSettings",
+]

@@ -15,17 +15,20 @@ from torch import nn
 from compemb import partitions as P
 from compemb.embeddings.tt import TT_INITS, TTEmbeddingBag, balanced_factors, tt_chain, tt_init_std
 from compemb.operations import Operation
+from compemb.partitions import PartitionSet
 from compemb.scheme import NormalInit, ParamPlan, Scheme, TorchRecPlan
 from compemb.spec import EmbeddingSpec, FeaturePlan
 
 
 @dataclass(frozen=True)
 class TTSettings:
-    """Attributes:
-    rank: the inner TT ranks r_1 = ... = r_{K-1} (the size knob).
-    num_cores: K >= 2 (3 in TT-Rec): n and D are each split into K factors.
-    init: ``paper`` (the chain at the full table's variance) or ``unit_norm`` (vectors of
-        norm about 1) (:func:`~compemb.embeddings.tt.tt_init_std`).
+    """The settings of TT-Rec.
+
+    Attributes:
+        rank: the inner TT ranks r_1 = ... = r_{K-1} (the size knob).
+        num_cores: K >= 2 (3 in TT-Rec): n and D are each split into K factors.
+        init: ``paper`` (the chain at the full table's variance) or ``unit_norm`` (vectors of
+            norm about 1) (:func:`~compemb.embeddings.tt.tt_init_std`).
     """
 
     rank: int = 8
@@ -48,7 +51,7 @@ def _shape(settings: TTSettings, embedding_dim: int) -> tuple[tuple[int, ...], t
 
 
 def _cores(settings: TTSettings, num_categories: int, embedding_dim: int,
-           partitions: P.PartitionSet) -> list[ParamPlan]:
+           partitions: PartitionSet) -> list[ParamPlan]:
     dims, ranks = _shape(settings, embedding_dim)
     std = tt_init_std(num_categories, ranks, embedding_dim, settings.init)
     return [ParamPlan(f"cores.{j}", (rows, ranks[j] * dims[j] * ranks[j + 1]), "table",
@@ -67,11 +70,11 @@ class TTScheme(Scheme):
     sizes = ("rank",)
     takes_order = False
 
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         return P.balanced_mixed_radix(num_categories, spec.settings.num_cores)
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         return None, _cores(spec.settings, num_categories, embedding_dim, partitions)
 
     def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int:
@@ -99,3 +102,9 @@ class TTScheme(Scheme):
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         s = spec.settings
         return f"tt r={s.rank}", f"K={s.num_cores} {s.init}"
+
+
+__all__ = [
+    "TTScheme",
+    "TTSettings",
+]

@@ -5,7 +5,7 @@ a table of its own width w <= D, from the alpha power rule over every feature's 
 
 The widths depend on all features at once, so a feature planned alone gets the width the rule
 gives a collection of one (the base width, or the budget over n), and
-:meth:`MixedDimScheme.plan_collection` replans the features of a collection together.
+``MixedDimScheme.plan_collection`` replans the features of a collection together.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from compemb.embeddings.mixed_dim import (
     md_widths,
 )
 from compemb.operations import Operation
+from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
 from compemb.spec import EmbeddingSpec, FeaturePlan
 
@@ -37,15 +38,17 @@ SHARDABLE_WIDTH = 4
 
 @dataclass(frozen=True)
 class MixedDimSettings:
-    """Attributes:
-    alpha: the power rule's exponent (>= 0; 0: every feature the same width).
-    base_width: d0, the width of the feature of fewest categories (default: D, as the
-        reference's DLRM runs); or
-    budget: B, the target sum of n_i w_i over the features, instead of ``base_width``.
-    round_pow2: round each width to the nearest power of 2 (the reference's ``round_dim``).
-    multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
-    init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier`` or
-        ``unit_norm`` (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
+    """The settings of mixed-dimension embeddings.
+
+    Attributes:
+        alpha: the power rule's exponent (>= 0; 0: every feature the same width).
+        base_width: d0, the width of the feature of fewest categories (default: D, as the
+            reference's DLRM runs); or
+        budget: B, the target sum of n_i w_i over the features, instead of ``base_width``.
+        round_pow2: round each width to the nearest power of 2 (the reference's ``round_dim``).
+        multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
+        init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier`` or
+            ``unit_norm`` (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
     """
 
     alpha: float = 0.3
@@ -121,7 +124,7 @@ class MixedDimScheme(Scheme):
     sizes = ("base_width", "budget")
     takes_order = False
 
-    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> P.PartitionSet:
+    def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         return P.remainder(num_categories, num_categories)
 
     def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int:
@@ -133,7 +136,7 @@ class MixedDimScheme(Scheme):
         return None
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
-                    partitions: P.PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
+                    partitions: PartitionSet) -> tuple[Operation | None, list[ParamPlan]]:
         (width,) = _widths(spec.settings, [num_categories], embedding_dim)
         return None, _params(spec.settings, num_categories, embedding_dim, width)
 
@@ -170,3 +173,9 @@ class MixedDimScheme(Scheme):
         size = f"B={s.budget}" if s.budget is not None else \
             f"d0={s.base_width if s.base_width is not None else 'D'}"
         return f"md alpha={s.alpha} {size}", s.init
+
+
+__all__ = [
+    "MixedDimScheme",
+    "MixedDimSettings",
+]
