@@ -225,3 +225,22 @@ def test_single_file_checkpoint_of_an_earlier_sharded_run_resumes(one_rank_run: 
     resumed = trainkit.compemb("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert trainkit.final(run) == trainkit.final(one_rank_run)
+
+
+@pytest.mark.parametrize("settings", [
+    ["model.embedding.scheme=md", "model.embedding.alpha=0.3", "model.embedding.base_width=4",
+     "model.embedding.multiple_of=4"],
+    ["model.embedding.scheme=tt", "model.embedding.rank=2"],
+    ["model.embedding.scheme=robe", "model.embedding.size=4096", "model.embedding.block=4"],
+], ids=["md", "tt", "robe"])  # fmt: skip
+def test_sharded_runs_of_other_schemes_resume_exactly(data: Path, tmp_path: Path,
+                                                      settings: list[str]) -> None:
+    """The sharded checkpoint path is the same for every scheme: a run cut after its first
+    checkpoint resumes to the uninterrupted run's metrics."""
+    config = _config(data, "model.embedding_dim=8", "train.keep_checkpoints=10", *settings)
+    with trainkit.one_thread():
+        train(config, tmp_path / "straight", progress=False)
+    cut = _cut_after_first_checkpoint(tmp_path / "straight", tmp_path / "cut")
+    resumed = trainkit.compemb("train", "--resume", str(cut))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert trainkit.final(cut) == trainkit.final(tmp_path / "straight")
