@@ -40,6 +40,7 @@ __all__ = [
     "HeadPartitions",
     "HotSlots",
     "RelabeledPartitions",
+    "frequency_rank",
     "frequency_relabeling",
     "PartitionFamily",
     "PartitionSet",
@@ -453,6 +454,18 @@ def explicit(
 ORDERS = ("natural", "frequency", "interleaved", "random")
 
 
+def frequency_rank(counts: np.ndarray) -> np.ndarray:
+    """Each category's rank by count, most frequent first, ties by id: (n,) int64.
+
+    >>> frequency_rank(np.array([5, 9, 5, 0])).tolist()
+    [1, 0, 2, 3]
+    """
+    counts = np.asarray(counts)
+    rank_of = np.empty(len(counts), dtype=np.int64)
+    rank_of[np.argsort(-counts.astype(np.int64), kind="stable")] = np.arange(len(counts))
+    return rank_of
+
+
 def frequency_relabeling(base: PartitionSet, order: str, counts: np.ndarray | None = None,
                          seed: int = 0) -> np.ndarray | None:
     """The new id of every category under ``order``: (n,) int64 permutation, or None for
@@ -482,8 +495,7 @@ def frequency_relabeling(base: PartitionSet, order: str, counts: np.ndarray | No
     counts = np.asarray(counts)
     if counts.shape != (n,):
         raise ValueError(f"counts must have shape ({n},) for {n} categories, got {counts.shape}")
-    rank_of = np.empty(n, dtype=np.int64)
-    rank_of[np.argsort(-counts.astype(np.int64), kind="stable")] = np.arange(n)
+    rank_of = frequency_rank(counts)
     if order == "frequency":
         return rank_of
     ids = torch.arange(n)

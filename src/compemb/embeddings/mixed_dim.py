@@ -29,7 +29,7 @@ from torch import nn
 
 from compemb.embeddings.base import BagModule
 from compemb.operations import full_table_bound
-from compemb.partitions import _iroot_ceil
+from compemb.partitions import _iroot_ceil, frequency_rank
 
 __all__ = [
     "INITS",
@@ -386,12 +386,11 @@ class BlockMixedDimEmbeddingBag(BagModule):
         if counts.shape != (num_categories,) or (counts < 0).any():
             raise ValueError(f"{where}: counts must be ({num_categories},) non-negative, got "
                              f"shape {counts.shape}")
-        order = np.argsort(-counts.astype(np.int64), kind="stable")
-        ranks = np.empty(num_categories, dtype=np.int64)
-        ranks[order] = np.arange(num_categories)
+        ranks = frequency_rank(counts)
+        by_count = np.empty_like(counts)
+        by_count[ranks] = counts  # counts from the most frequent category down
         starts = frequency_blocks(num_categories, num_blocks)
-        self.widths = tuple(block_widths(counts[order], starts, embedding_dim, alpha,
-                                         multiple_of))
+        self.widths = tuple(block_widths(by_count, starts, embedding_dim, alpha, multiple_of))
         self.init = _check_init(init, where)
         self.sparse = sparse
         self.register_buffer("ranks", torch.from_numpy(ranks).to(device))

@@ -11,6 +11,7 @@ of one feature in the batch, D output width.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,7 @@ class FeatureRoute:
     one_hot: bool = False
 
 
-class SeededInit:
+class SeededInit(ABC):
     """A table's ``init_fn``: a draw from a generator of its own, seeded by the run's seed and
     the table's name, so every rank draws the same data-parallel table and a sharded run is
     reproducible without the global RNG. Subclasses say what is drawn.
@@ -102,8 +103,9 @@ class SeededInit:
         with torch.no_grad():
             self._draw(tensor, generator)
 
+    @abstractmethod
     def _draw(self, tensor: torch.Tensor, generator: torch.Generator) -> None:
-        raise NotImplementedError
+        """Fill ``tensor`` in place from ``generator``."""
 
 
 class SeededUniform(SeededInit):
