@@ -409,6 +409,18 @@ class TorchRecEmbeddingCollection(nn.Module):
                 feature's values).
             ValueError: a one-hot feature's sample holding another number of ids.
         """
+        # One host sync for the whole batch (a GPU waits once); the culprit is looked for
+        # only when something is wrong.
+        flags = []
+        for r in self.routes:
+            ids, lengths, _ = jts[r.name]
+            if r.one_hot:
+                flags.append((lengths != 1).any())
+            if ids.numel():
+                low, high = torch.aminmax(ids)
+                flags.append((low < 0) | (high >= self.cardinalities[r.index]))
+        if not flags or not bool(torch.stack(flags).any()):
+            return
         for r in self.routes:
             ids, lengths, _ = jts[r.name]
             n = self.cardinalities[r.index]
@@ -418,11 +430,9 @@ class TorchRecEmbeddingCollection(nn.Module):
                     f"TorchRecEmbeddingCollection: feature {r.name!r} is one-hot, but sample {b} "
                     f"holds {int(lengths[b])} ids"
                 )
-            if ids.numel() == 0:
-                continue
-            low, high = torch.aminmax(ids)
-            if int(low) < 0 or int(high) >= n:
-                i = int(((ids < 0) | (ids >= n)).nonzero()[0])
+            bad = (ids < 0) | (ids >= n)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
                 sample = int(torch.searchsorted(lengths.cumsum(0), i, right=True))
                 raise IndexError(
                     f"TorchRecEmbeddingCollection: feature {r.name!r} id {int(ids[i])} (sample "
