@@ -126,7 +126,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = args.out or default_out(spec, args.model)
     command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
-    outcome = run_named(args.name, settings, out, progress=args.progress, command=command)
+    outcome = run_named(args.name, settings, out, progress=args.progress, command=command,
+                        lines=args.lines, targets=args.targets)
     print(format_table(outcome.results))
     files = ", ".join([outcome.report.name, outcome.plot.name, *RESULT_FILES])
     print(f"\nwrote {outcome.folder}/ ({files}) in {outcome.seconds:.0f} s")
@@ -152,7 +153,8 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     names = "; ".join(f"{k}: {v}" for k, v in EXPERIMENT_HELP.items())
     exp = sub.add_parser("experiment", help="run one of the paper's experiments (resumable)",
                          description=f"Experiments: {names}.")  # fmt: skip
-    exp.add_argument("name", help="fig4, fig5, fig6, fig7, table1, optimizers, init or demo")
+    exp.add_argument("name", help="fig4, fig5, fig6, fig7, table1, optimizers, init, demo or "
+                                  "frontier")
     exp.add_argument("--data", nargs="+", default=["movielens"], metavar="SOURCE",
                      help="movielens (default), synthetic DIR or criteo DIR")
     exp.add_argument("--model", choices=["dlrm", "dcn"], default="dlrm")
@@ -172,6 +174,10 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
                      help="runs trained at once, one process each (default 1)")  # fmt: skip
     exp.add_argument("--keep-checkpoints", action="store_true",
                      help="keep each finished run's checkpoint.pt")
+    exp.add_argument("--lines", nargs="+", metavar="SERIES",
+                     help="frontier only: these lines (e.g. hash 'qr mult' tt; default all)")
+    exp.add_argument("--targets", nargs="+", type=float, metavar="X",
+                     help="frontier only: these target compressions (default 2 4 16 60 250 1000)")
     exp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     exp.set_defaults(func=_cmd_experiment)

@@ -17,8 +17,11 @@ from compemb.experiments.frontier import (
     fitted_variants,
     make_variant,
     pick_values,
+    select_lines,
 )
 from compemb.experiments.grids import build_experiment
+from compemb.experiments.plots import plot_results
+from compemb.experiments.report import write_report
 from compemb.experiments.runner import Settings, run_experiment
 from compemb.spec import EmbeddingSpec
 from compemb.training import count_parameters
@@ -27,9 +30,15 @@ MOVIELENS = (943, 1682, 61, 2, 21, 795, 72, 19)
 PLANTED = (1460, 583, 55047, 48244, 305, 24, 10898, 633, 3, 27991, 5589, 54021, 3190)
 
 
+def _some_value(scheme: Line) -> float:
+    if scheme.values:
+        return scheme.values[-1]
+    return 16 if scheme.fitted else 4
+
+
 def test_sizes_are_the_trained_models_sizes() -> None:
     for scheme in FRONTIER_SCHEMES:
-        variant = make_variant(scheme, 4 if scheme.knob == "collisions" else 3)
+        variant = make_variant(scheme, _some_value(scheme))
         spec = EmbeddingSpec(**variant.model_fields())
         expected = count_parameters("dlrm", PLANTED, spec)["embedding"]
         assert embedding_parameters(variant, PLANTED) == expected, variant.label
@@ -38,7 +47,7 @@ def test_sizes_are_the_trained_models_sizes() -> None:
 def test_picked_values_land_near_their_targets_or_are_reported_missing() -> None:
     full = sum(PLANTED) * 16
     targets = (2, 4, 16, 60, 1000)
-    for scheme in FRONTIER_SCHEMES:
+    for scheme in (s for s in FRONTIER_SCHEMES if not s.fitted):
         picked = pick_values(scheme, PLANTED, targets)
         for target, (value, compression) in picked.items():
             variant = make_variant(scheme, value)
@@ -88,9 +97,54 @@ def test_a_tiny_frontier_trains_and_records_every_run(tmp_path) -> None:
     dataset = open_dataset(tmp_path / "data")
     by_series = {s.series: s for s in FRONTIER_SCHEMES}
     schemes = [by_series[name] for name in ("hash", "mixed radix mult", "qr mult freq",
-                                            "qr mult hot")]  # fmt: skip
+                                            "qr mult hot", "robe")]  # fmt: skip
     exp = build_frontier(dataset.cardinalities, schemes, targets=(2, 16))
     settings = Settings(dataset=str(tmp_path / "data"), trials=1, batch_size=64, max_steps=2)
     results = run_experiment(exp, settings, tmp_path / "out", dataset=dataset, progress=False)
-    assert [e["label"] for e in results["summary"]] == [v.label for v in exp.variants]
+    summary = results["summary"]
+    assert [e["label"] for e in summary] == [v.label for v in exp.variants]
     assert (tmp_path / "out" / "frontier" / "summary.csv").is_file()
+    # memory counts id maps (frequency order: 4 bytes per category), and each table step is
+    # timed against the full tables'
+    by_label = {e["label"]: e for e in summary}
+    freq = next(e for e in summary if e["series"] == "qr mult freq")
+    assert freq["embedding_bytes"] == 4 * freq["embedding_parameters"] + 4 * sum(
+        dataset.cardinalities)
+    assert by_label["full"]["embedding_bytes"] == 4 * 16 * sum(dataset.cardinalities)
+    assert by_label["full"]["table_step_vs_full"] == 1.0
+    assert all(0 < e["table_step_vs_full"] < 100 for e in summary)
+    report = write_report(results, tmp_path, plot=str(plot_results(results, tmp_path / "f.png")))
+    text = report.read_text()
+    assert "| embedding memory | table step vs full |" in text and "Table step vs full:" in text
+
+
+def test_growing_knobs_are_fitted_to_each_budget_and_reach_far() -> None:
+    full = sum(PLANTED) * 16
+    by_series = {s.series: s for s in FRONTIER_SCHEMES}
+    for series in ("tt", "robe", "dhe"):
+        line = by_series[series]
+        assert line.fitted and line.hot_share is None
+        fitted = fitted_variants(line, PLANTED, (4, 60, 1000))
+        assert 1000 in fitted or series == "tt", series  # ROBE and DHE shrink to any size
+        knobs = []
+        for target, (variant, compression) in fitted.items():
+            # fit_budget stays under the budget, so compression lands at or above the target
+            assert target <= compression <= target * TOLERANCE, (series, target, compression)
+            assert compression == pytest.approx(full / embedding_parameters(variant, PLANTED))
+            knobs.append(variant.model_fields()[line.setting])
+        assert knobs == sorted(knobs, reverse=True)  # less memory, a smaller knob
+    # MD's widths are at least 1: it never passes D-fold, and says so
+    exp = build_frontier(PLANTED, select_lines(["md"]), targets=(4, 60))
+    assert [v.label for v in exp.variants][1].startswith("md alpha=")
+    assert any(n.startswith("md: no alpha within") and "60x" in n for n in exp.notes)
+
+
+def test_lines_and_targets_choose_part_of_the_frontier() -> None:
+    exp = build_experiment("frontier", MOVIELENS, lines=["robe", "qr mult"], targets=[4])
+    assert [v.series for v in exp.variants] == ["full", "robe", "qr mult"]
+    with pytest.raises(ValueError, match="no frontier line 'nope'.*'qr mult'"):
+        select_lines(["nope"])
+    with pytest.raises(ValueError, match="experiment 'fig5' has fixed grids"):
+        build_experiment("fig5", MOVIELENS, targets=[4])
+    with pytest.raises(ValueError, match="target compressions must be > 1"):
+        build_frontier(MOVIELENS, targets=(1,))

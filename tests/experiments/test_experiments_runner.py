@@ -112,6 +112,7 @@ def test_aggregate_adds_excess_over_the_planted_optimum():
     rows = [{"series": "hash", "label": "hash c=2", "x": 2, "scheme": "hash", "operation": "",
              "collisions": 2, "k": None, "threshold": 0, "path_hidden": None,
              "optimizer": "adagrad", "init": "", "num_parameters": 10, "embedding_parameters": 8,
+             "embedding_bytes": 32,
              "compression": 2.0,
              "test_logloss": loss, "test_auc": 0.7, "test_accuracy": 0.8, "val_logloss": loss,
              "train_seconds": 1.0} for loss in (0.5, 0.7)]  # fmt: skip

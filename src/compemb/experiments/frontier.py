@@ -14,7 +14,9 @@ A new line is one more entry of :data:`FRONTIER_SCHEMES`. The frequency-aware on
 ids renumbered by training frequency before partitioning (``order``), and ``hot`` private rows
 for each feature's most frequent categories with the tail composed (or hashed); for those the
 library's :func:`~compemb.embeddings.budget.fit_budget` splits each target's budget between hot
-rows and collisions (``hot_share``).
+rows and collisions (``hot_share``). So are the methods users compare compositional embeddings
+with (mixed dimensions, TT-Rec, ROBE, DHE, ...): their knobs grow the tables (a width, a rank, an
+array's size), and ``fit_budget`` sets them to each target's budget.
 
 >>> exp = build_frontier((943, 1682, 61, 2, 21, 795, 72, 19), targets=(2, 4))
 >>> [v.label for v in exp.variants][:4]
@@ -48,7 +50,8 @@ class Line:
         series: its legend entry.
         fields: fixed ``ModelConfig`` fields (scheme, operation, path_hidden, ...).
         knob: the setting that sets the size; None: the registered scheme's knob.
-        values: the knob's candidate values; None: collisions from 2 upward, four per octave.
+        values: the knob's candidate values; None: collisions from 2 upward, four per octave
+            (or, for a knob that grows the tables, the value ``fit_budget`` picks per target).
         mirrored: collisions past the square root of the largest cardinality only mirror smaller
             ones (QR's quotient and remainder swap roles; concat then reaches 2x with a
             3-row quotient table), so candidates stop there; False for the hashing trick.
@@ -59,7 +62,7 @@ class Line:
     series: str
     fields: tuple[tuple[str, Any], ...]
     knob: str | None = None
-    values: tuple[int, ...] | None = None
+    values: tuple[float, ...] | None = None
     mirrored: bool = True
     hot_share: float | None = None
 
@@ -67,6 +70,13 @@ class Line:
     def setting(self) -> str:
         """The knob's name."""
         return self.knob or SCHEMES.lookup(dict(self.fields)["scheme"]).knob
+
+    @property
+    def fitted(self) -> bool:
+        """Sized by ``fit_budget`` per target (hot rows, or a knob that grows the tables)
+        rather than by picking among candidate values."""
+        return self.hot_share is not None or (
+            self.values is None and SCHEMES.lookup(dict(self.fields)["scheme"]).knob_grows)
 
 
 FRONTIER_SCHEMES: tuple[Line, ...] = (
@@ -87,7 +97,17 @@ FRONTIER_SCHEMES: tuple[Line, ...] = (
            (("scheme", "qr"), ("operation", "mult"), ("order", "interleaved"))),
     Line("qr mult hot", (("scheme", "qr"), ("operation", "mult")), hot_share=0.2),
     Line("hash hot", (("scheme", "hash"),), hot_share=0.2),
+    # The methods compared with: knobs that grow the tables, fitted to each budget.
+    # MD's widths are at least 1, so it compresses at most D-fold; d0 = D (the reference's) for
+    # the smallest feature, and alpha (the power rule's exponent) sets the size.
+    Line("md", (("scheme", "md"),), "alpha",
+         (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)),
+    Line("tt", (("scheme", "tt"),)),
+    Line("robe", (("scheme", "robe"),)),
+    Line("dhe", (("scheme", "dhe"),)),
 )
+# A value every growing knob takes, to build the spec fit_budget then resizes.
+_GROWING_START = 16
 
 
 @dataclass(frozen=True)
@@ -111,7 +131,7 @@ class FrontierVariant(Variant):
 
 
 def make_variant(
-    scheme: Line, value: int | None, x: float | None = None, **more: Any
+    scheme: Line, value: float | None, x: float | None = None, **more: Any
 ) -> FrontierVariant:
     """The variant of ``scheme`` with its knob at ``value`` (None: the scheme as it stands) and
     the fields ``more`` (``hot=...``) set."""
@@ -154,7 +174,7 @@ def pick_values(
     cardinalities: Sequence[int],
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
-) -> dict[float, tuple[int, float]]:
+) -> dict[float, tuple[float, float]]:
     """Per reachable target: the knob value nearest it (in log compression) and its compression.
 
     With ``scheme.hot_share`` use :func:`fitted_variants` instead."""
@@ -168,7 +188,7 @@ def pick_values(
             )
         except ValueError:  # a size the scheme refuses for these cardinalities
             continue
-    picked: dict[float, tuple[int, float]] = {}
+    picked: dict[float, tuple[float, float]] = {}
     for target in targets:
         if not sizes:
             break
@@ -184,10 +204,12 @@ def fitted_variants(
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
 ) -> dict[float, tuple[FrontierVariant, float]]:
-    """Per reachable target: the variant whose hot rows and collisions ``fit_budget`` picks for
-    the target's budget (``scheme.hot_share`` of it in hot rows), and its compression."""
+    """Per reachable target: the variant whose knob (and hot rows) ``fit_budget`` picks for the
+    target's budget (``scheme.hot_share`` of it in hot rows, if given), and its compression."""
     full = sum(cardinalities) * embedding_dim
-    base = EmbeddingSpec(**make_variant(scheme, 2).model_fields())  # type: ignore[arg-type]
+    grows = SCHEMES.lookup(dict(scheme.fields)["scheme"]).knob_grows
+    start = make_variant(scheme, _GROWING_START if grows else 2)
+    base = EmbeddingSpec(**start.model_fields())  # type: ignore[arg-type]
     out: dict[float, tuple[FrontierVariant, float]] = {}
     for target in targets:
         try:
@@ -195,11 +217,24 @@ def fitted_variants(
                               hot_share=scheme.hot_share)  # fmt: skip
         except ValueError:  # the budget is below the scheme's smallest embedding
             continue
-        variant = make_variant(scheme, getattr(spec, scheme.setting), x=target, hot=spec.hot)
+        hot = {"hot": spec.hot} if scheme.hot_share is not None else {}
+        variant = make_variant(scheme, getattr(spec, scheme.setting), x=target, **hot)
         compression = full / embedding_parameters(variant, cardinalities, embedding_dim)
         if abs(math.log(compression / target)) <= math.log(TOLERANCE):
             out[target] = (variant, compression)
     return out
+
+
+def select_lines(names: Sequence[str] | None) -> tuple[Line, ...]:
+    """The lines of :data:`FRONTIER_SCHEMES` named (by series), in that order; None: all."""
+    if names is None:
+        return FRONTIER_SCHEMES
+    by_series = {line.series: line for line in FRONTIER_SCHEMES}
+    unknown = [n for n in names if n not in by_series]
+    if unknown:
+        raise ValueError(f"no frontier line {', '.join(map(repr, unknown))}; the lines: "
+                         f"{', '.join(repr(s) for s in by_series)}")
+    return tuple(by_series[n] for n in names)
 
 
 def build_frontier(
@@ -210,10 +245,12 @@ def build_frontier(
 ) -> Experiment:
     """The frontier grid for data of ``cardinalities``: the full table, then every scheme at
     every target compression it can reach (a knob value picked twice is trained once)."""
+    if not targets or any(not t > 1 for t in targets):
+        raise ValueError(f"target compressions must be > 1, got {list(targets)}")
     variants: list[Variant] = [Variant("full", "full")]
     notes = []
     for scheme in schemes:
-        if scheme.hot_share is None:
+        if not scheme.fitted:
             picked = {t: (make_variant(scheme, value, x=t), c)
                       for t, (value, c) in pick_values(scheme, cardinalities, targets,
                                                        embedding_dim).items()}  # fmt: skip
@@ -234,7 +271,8 @@ def build_frontier(
         "frontier",
         "test loss against embedding parameters, every scheme",
         tuple(variants),
-        "embedding_params",
+        "frontier",
         "embedding parameters",
         notes=tuple(notes),
+        speed=True,
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from compemb.experiments.frontier import build_frontier
+from compemb.experiments.frontier import TARGET_COMPRESSIONS, build_frontier, select_lines
 from compemb.experiments.variants import Experiment, Variant
 
 # Figures 4-7 and table 1 of the paper, and two of ours (see EXPERIMENT_HELP).
@@ -99,9 +99,18 @@ def _thresholds(name: str, cards: Sequence[int]) -> Experiment:
                       notes=(note,) if note else ())  # fmt: skip
 
 
-def build_experiment(name: str, cardinalities: Sequence[int]) -> Experiment:
-    """The grid of experiment ``name`` for data with these ``cardinalities``."""
+def build_experiment(name: str, cardinalities: Sequence[int], *, embedding_dim: int = 16,
+                     lines: Sequence[str] | None = None,
+                     targets: Sequence[float] | None = None) -> Experiment:
+    """The grid of experiment ``name`` for data with these ``cardinalities``.
+
+    ``lines`` (series of :data:`~compemb.experiments.frontier.FRONTIER_SCHEMES`; None: all) and
+    ``targets`` (compressions; None: the default ones) choose part of the frontier, whose sizes
+    are counted at ``embedding_dim``; other experiments take neither."""
     cards = tuple(cardinalities)
+    if name != "frontier" and (lines is not None or targets is not None):
+        raise ValueError(f"lines and targets choose part of the frontier; experiment {name!r} "
+                         f"has fixed grids")
     if name == "fig4":
         variants = (Variant("full", "full"), Variant("hash", "hash", collisions=4),
                     Variant("qr mult", "qr", "mult", 4))  # fmt: skip
@@ -141,5 +150,6 @@ def build_experiment(name: str, cardinalities: Sequence[int]) -> Experiment:
                           tuple(variants), "params", "number of parameters",
                           notes=(note,) if note else ())  # fmt: skip
     if name == "frontier":
-        return build_frontier(cards)
+        return build_frontier(cards, select_lines(lines), targets or TARGET_COMPRESSIONS,
+                              embedding_dim)
     raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,17 @@ def run_named(
     *,
     progress: bool | None = None,
     command: str | None = None,
+    lines: Sequence[str] | None = None,
+    targets: Sequence[float] | None = None,
 ) -> Outcome:
     """Run experiment ``name`` with ``settings`` under ``out`` (resuming finished runs) and
-    write ``OUT/<name>/``: trials.csv, summary.csv, results.json, <name>.png and report.md."""
+    write ``OUT/<name>/``: trials.csv, summary.csv, results.json, <name>.png and report.md.
+    ``lines`` and ``targets`` choose part of the frontier (:func:`.build_experiment`)."""
     started = time.perf_counter()
     dataset = open_dataset(settings.dataset)
-    experiment = build_experiment(name, dataset.cardinalities)
+    experiment = build_experiment(name, dataset.cardinalities,
+                                  embedding_dim=settings.embedding_dim, lines=lines,
+                                  targets=targets)
     results = run_experiment(experiment, settings, out, dataset=dataset, progress=progress)
     folder = Path(out) / experiment.name
     plot = plot_results(results, folder / f"{experiment.name}.png")

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 Results = dict[str, Any]
 _COLORS = plt.get_cmap("tab20")  # more series than the default cycle's 10 stay apart
@@ -94,11 +95,55 @@ _DRAW: dict[str, Callable[[Axes, Results], None]] = {
 }
 
 
+_FRONTIER_X = (("embedding_parameters", "embedding parameters"),
+               ("embedding_bytes", "embedding memory (bytes: parameters and id maps)"),
+               ("table_step_vs_full", "table step time / full tables'"))
+
+
+def _frontier_figure(results: Results) -> Figure:
+    """The frontier on three axes: loss against parameters, bytes, and table step time (the
+    last only where measured); the excess over the planted optimum where there is one."""
+    summary = results["summary"]
+    axes_x = [x for x in _FRONTIER_X if all(x[0] in e for e in summary)]
+    optimum = results.get("optimum_test_logloss")
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(5 * len(axes_x) + 2.5, 5), sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, (key, label) in zip(axes[0], axes_x, strict=True):
+        for i, (series, entries) in enumerate(_series(results).items()):
+            entries = sorted(entries, key=lambda e: e[key])
+            ys = [e["test_logloss_mean"] - (optimum or 0.0) for e in entries]
+            style = ({"marker": "*", "color": "black", "linestyle": "none", "markersize": 12}
+                     if series == "full" else
+                     {"marker": "os^vDP<>"[i % 8], "color": _COLORS(i % 20)})  # fmt: skip
+            if key == "table_step_vs_full":  # the budgets' points, not a curve in speed
+                style["linestyle"] = "none"
+            ax.errorbar([e[key] for e in entries], ys,
+                        yerr=[e["test_logloss_std"] for e in entries], capsize=3,
+                        label=series, **style)  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if key == "table_step_vs_full":
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+        ax.set_xlabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("excess test log loss over the planted optimum" if optimum is not None
+                          else "test log loss")  # fmt: skip
+    settings = results["settings"]
+    fig.suptitle(f"{results['title']}\n{results['dataset']}, {settings['model'].upper()}, "
+                 f"{settings['trials']} trial(s): mean ± 1 std", fontsize=10)  # fmt: skip
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def figure_for(results: Results) -> Figure:
     """A figure of ``results`` drawn the way its experiment asks (``results["plot"]``)."""
     plot = results["plot"]
+    if plot == "frontier":
+        return _frontier_figure(results)
     if plot not in _DRAW:
-        raise ValueError(f"unknown plot kind {plot!r}; valid: {', '.join(_DRAW)}")
+        raise ValueError(f"unknown plot kind {plot!r}; valid: {', '.join([*_DRAW, 'frontier'])}")
     height = 0.25 * len(results["summary"]) + 1.5 if plot == "bars" else 4.5
     fig, ax = plt.subplots(figsize=(7, height))
     _DRAW[plot](ax, results)

@@ -12,13 +12,27 @@ def _pm(entry: dict[str, Any], metric: str, digits: int = 4) -> str:
     return f"{entry[f'{metric}_mean']:.{digits}f} ± {entry[f'{metric}_std']:.{digits}f}"
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.3f} MB" if n < 1e7 else f"{n / 1e6:.1f} MB"
+
+
 def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: scheme, operation, parameters, compression, test loss, AUC (mean ± std)."""
+    """Header and rows: scheme, operation, parameters, compression, test loss, AUC (mean ± std),
+    and where recorded the excess over a planted optimum, the embedding layer's bytes
+    (parameters and id maps) and its table step time over the full tables'."""
     excess = results.get("optimum_test_logloss") is not None
+    summary = results["summary"]
+    # results of earlier versions lack the byte counts and step times
+    memory = all("embedding_bytes" in e for e in summary)
+    speed = all("table_step_vs_full" in e for e in summary)
     header = ["scheme", "operation", "optimizer", "parameters", "compression",
               "test log loss", "test AUC"]  # fmt: skip
     if excess:
         header.append("excess log loss")
+    if memory:
+        header.append("embedding memory")
+    if speed:
+        header.append("table step vs full")
     rows = []
     schemes = [" ".join([e["scheme"]]
                         + [f"{k}={e[key]}" for k, key in (("c", "collisions"), ("k", "k"),
@@ -27,12 +41,17 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                for e in results["summary"]]  # fmt: skip
     keys = [(scheme, e["operation"]) for scheme, e in zip(schemes, results["summary"], strict=True)]
     for e, scheme, key in zip(results["summary"], schemes, keys, strict=True):
-        if keys.count(key) > 1:  # fields the summary lacks (order, hot) tell them apart
+        # fields the summary lacks (order, hot, a growing knob) tell them apart
+        if keys.count(key) > 1 or scheme == e["scheme"]:
             scheme = e["label"]
         row = [scheme, e["operation"] or "-", e["optimizer"], f"{e['num_parameters']:,}",
                f"{e['compression']:.1f}x", _pm(e, "test_logloss"), _pm(e, "test_auc")]  # fmt: skip
         if excess:
             row.append(f"{e['excess_logloss_mean']:+.4f}")
+        if memory:
+            row.append(_megabytes(e["embedding_bytes"]))
+        if speed:
+            row.append(f"{e['table_step_vs_full']:.2f}x")
         rows.append(row)
     return header, rows
 
@@ -85,6 +104,11 @@ def write_report(
     if results.get("optimum_test_logloss") is not None:
         lines += [f"The planted model's test log loss is {results['optimum_test_logloss']:.5f}; "
                   f"excess log loss = test log loss minus that optimum.", ""]  # fmt: skip
+    if all("table_step_vs_full" in e for e in results["summary"]):
+        lines += ["Table step vs full: the embedding layer's forward, backward and optimizer "
+                  "update on the data's own batches, its time over the full tables' (median of "
+                  "per-round ratios, variants interleaved, CPU time; above 1x is slower). "
+                  "Embedding memory: the layer's parameters and id maps, in bytes.", ""]
     lines += [f"- {note}" for note in results["notes"]] + ([""] if results["notes"] else [])
     lines += [markdown_table(results), ""]
     if plot:

@@ -31,6 +31,7 @@ from compemb.config import Config, config_from_dict, dump_config
 from compemb.data import Dataset, open_dataset
 from compemb.data.storage import read_metadata
 from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
+from compemb.experiments.speed import table_step_ratios
 from compemb.training import train
 from compemb.training.run_folder import RunFolder
 
@@ -190,6 +191,10 @@ def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int) -> dict[st
         "num_parameters": metrics["num_parameters"],
         "embedding_parameters": metrics["embedding_parameters"],
         "compression": full_embedding / metrics["embedding_parameters"],
+        # what the method needs in memory: its parameters and its id maps (runs that predate
+        # the byte counts: float32 parameters, no maps)
+        "embedding_bytes": metrics.get("embedding_bytes", 4 * metrics["embedding_parameters"])
+        + metrics.get("index_bytes", 0),
         "steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
         "run": run.folder.name,
     }  # fmt: skip
@@ -215,7 +220,7 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
         first = group[0]
         keep = ("series", "label", "x", "scheme", "operation", "collisions", "k", "threshold",
                 "path_hidden", "optimizer", "init", "num_parameters", "embedding_parameters",
-                "compression")  # fmt: skip
+                "embedding_bytes", "compression")  # fmt: skip
         entry: dict[str, Any] = {k: first[k] for k in keep}
         entry["trials"] = len(group)
         for metric in METRICS:
@@ -292,6 +297,14 @@ def run_experiment(
         "trials": rows,
     }  # fmt: skip
     results["summary"] = aggregate(rows, results["optimum_test_logloss"])
+    if experiment.speed:
+        configs = {run.variant.label: run.config for run in runs
+                   if run.seed == settings.first_seed}  # fmt: skip
+        with _torch_threads(settings.threads):
+            ratios = table_step_ratios(configs, experiment.variants[0].label, dataset,
+                                       batch_size=settings.batch_size)  # fmt: skip
+        for entry in results["summary"]:
+            entry["table_step_vs_full"] = ratios[entry["label"]]
     if experiment.curves:
         results["curves"] = aggregate_curves(runs)
     folder = out / experiment.name

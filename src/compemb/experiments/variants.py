@@ -80,10 +80,13 @@ class Experiment:
         variants: the models to train.
         plot: curve (val loss vs iterations), params (test loss vs parameters), threshold
             (test loss vs threshold), threshold_params (parameters vs threshold), hidden
-            (test loss vs hidden units) or bars (test loss per variant).
+            (test loss vs hidden units), bars (test loss per variant) or frontier (test loss vs
+            embedding parameters, bytes and table step time).
         x_label: the x axis' name.
         curves: record the validation curve (about 25 points per run).
         notes: how the grid was adapted to the data, for the report.
+        speed: also time each variant's table step against the grid's first variant's (the
+            full tables; :mod:`compemb.experiments.speed`).
     """
 
     name: str
@@ -93,3 +96,4 @@ class Experiment:
     x_label: str
     curves: bool = False
     notes: tuple[str, ...] = ()
+    speed: bool = False
