@@ -15,6 +15,7 @@ process's CPU time, so time spent descheduled is not counted.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -73,7 +74,7 @@ def table_step_ratios(
         raise ValueError(f"rounds and num_batches must be >= 1, got {rounds}, {num_batches}")
     seed = next(iter(configs.values())).train.seed
     stream = dataset.batches("train", batch_size, shuffle=True, seed=seed)
-    batches = [batch for _, batch in zip(range(num_batches), stream)]
+    batches = list(itertools.islice(stream, num_batches))
     steps = {label: table_step(config, dataset, batches) for label, config in configs.items()}
     for step in steps.values():
         step()
