@@ -133,12 +133,12 @@ def test_trials_rows_keep_every_scheme_size_and_operation(tmp_path):
     run = runner.Run(variant, 0, config, tmp_path / "run")
     metrics = {**dict.fromkeys(runner.METRICS, 0.5), "num_parameters": 10,
                "embedding_parameters": 5, "steps": 1, "train_seconds": 1.0}
-    row = runner.trial_row(run, metrics, 50)
+    row = runner.trial_row(run, metrics, 50, 20)
     assert (row["scheme"], row["operation"], row["k"], row["collisions"]) == (
         "mixed_radix", "mult", 3, None)
     path = runner.trial_row(runner.Run(
         Variant("path", "path", collisions=4, path_hidden=16), 0,
         config_from_dict({"model": {"embedding": {"scheme": "path", "collisions": 4,
                                                   "path_hidden": 16}}}), tmp_path / "p"),
-        metrics, 50)  # fmt: skip
+        metrics, 50, 20)  # fmt: skip
     assert (path["operation"], path["collisions"], path["path_hidden"]) == ("", 4, 16)

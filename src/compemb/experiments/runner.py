@@ -33,6 +33,8 @@ from compemb.data.storage import read_metadata
 from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
 from compemb.experiments.speed import table_step_ratios
 from compemb.training import train
+from compemb.training.build import model_for
+from compemb.training.params import parameter_report
 from compemb.training.run_folder import RunFolder
 
 METRICS = ("test_logloss", "test_auc", "test_accuracy", "val_logloss")
@@ -178,8 +180,10 @@ def _execute_all(
     return [f for f in finals if f is not None]
 
 
-def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int) -> dict[str, Any]:
-    """One row of trials.csv: the variant, its scheme's size settings, the run's metrics."""
+def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int,
+              embedding_bytes: int) -> dict[str, Any]:
+    """One row of trials.csv: the variant, its scheme's size settings, the run's metrics, and
+    its embedding layer's bytes (:func:`embedding_memory`)."""
     v, t, spec = run.variant, run.config.train, run.config.model.embedding
     own = dataclasses.asdict(spec.settings)
     return {
@@ -191,13 +195,17 @@ def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int) -> dict[st
         "num_parameters": metrics["num_parameters"],
         "embedding_parameters": metrics["embedding_parameters"],
         "compression": full_embedding / metrics["embedding_parameters"],
-        # what the method needs in memory: its parameters and its id maps (runs that predate
-        # the byte counts: float32 parameters, no maps)
-        "embedding_bytes": metrics.get("embedding_bytes", 4 * metrics["embedding_parameters"])
-        + metrics.get("index_bytes", 0),
+        "embedding_bytes": embedding_bytes,
         "steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
         "run": run.folder.name,
     }  # fmt: skip
+
+
+def embedding_memory(config: Config, dataset: Dataset) -> int:
+    """Bytes the configured embedding layer holds: its parameters and its id maps (frequency
+    order, hot ids, learned assignments), counted on the model built on the meta device."""
+    report = parameter_report(model_for(config, dataset, "meta"))
+    return report["embedding_bytes"] + report["index_bytes"]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -287,7 +295,9 @@ def run_experiment(
                disable=None if progress is None else not progress)  # fmt: skip
     with _torch_threads(settings.threads), bar:
         finals = _execute_all(runs, dataset, settings, bar)
-    rows = [trial_row(run, final, full_embedding) for run, final in zip(runs, finals, strict=True)]
+    memory = {run.variant.label: embedding_memory(run.config, dataset) for run in runs}
+    rows = [trial_row(run, final, full_embedding, memory[run.variant.label])
+            for run, final in zip(runs, finals, strict=True)]  # fmt: skip
     results = {
         "experiment": experiment.name, "title": experiment.title, "plot": experiment.plot,
         "x_label": experiment.x_label, "notes": list(experiment.notes),

@@ -355,8 +355,6 @@ def _finish(trainer: Trainer) -> None:
         "embedding_parameters": report["embedding"],
         "dense_parameters": report["dense"],
         "parameter_bytes": report["total_bytes"],
-        "embedding_bytes": report["embedding_bytes"],
-        "index_bytes": report["index_bytes"],
         "world_size": trainer.dist.world_size,
         "device": str(trainer.device),
     }
