@@ -29,6 +29,9 @@ SCHEME_SPECS: dict[str, list[EmbeddingSpec]] = {
                                order="frequency"),
                  EmbeddingSpec("md_block", alpha=0.5, base_width=4, multiple_of=4,
                                init="unit_norm", order="frequency")],
+    "md_qr": [EmbeddingSpec("md_qr", collisions=4, multiple_of=4, order="frequency"),
+              EmbeddingSpec("md_qr", "add", collisions=3, head=20, alpha=0.5, base_width=4,
+                            multiple_of=4, init="unit_norm", order="frequency")],
     "dhe": [EmbeddingSpec("dhe", width=8, hashes=16),
             EmbeddingSpec("dhe", width=6, depth=1, hashes=8, encoding="gaussian")],
 }

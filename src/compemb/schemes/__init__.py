@@ -39,3 +39,8 @@ from compemb.schemes.block_mixed_dim import BlockMixedDimScheme  # noqa: E402
 
 register_scheme(BlockMixedDimScheme())
 __all__ += ["BlockMixedDimScheme"]
+
+from compemb.schemes.mixed_dim_qr import MixedDimQRScheme  # noqa: E402
+
+register_scheme(MixedDimQRScheme())
+__all__ += ["MixedDimQRScheme"]
