@@ -8,7 +8,8 @@ the budget from below is trained; ties to the smaller alpha. Every row is traine
 seed; the table gives mean ± sample std of test AUC and the mean test log loss.
 
     .venv/bin/python benchmarks/movielens_md_qr.py [--collisions 9 4 3] [--seeds 0 1 2]
-        [--alphas 0.1 0.2 0.3] [--out runs/md-qr] [--json results.json]
+        [--alphas 0.1 0.2 0.3] [--schemes qr md md_block md_qr] [--out runs/md-qr]
+        [--json results.json]
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--collisions", type=int, nargs="+", default=[9, 4, 3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--schemes", nargs="+", default=["qr", *FAMILIES],
+                        choices=["qr", *FAMILIES])
     parser.add_argument("--out", type=Path, default=Path("runs/md-qr"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -73,11 +76,13 @@ def main() -> None:
     for c in args.collisions:
         qr = EmbeddingSpec("qr", "mult", collisions=c)
         budget = embedding_parameters(cards, 16, qr)
-        specs = [qr, *(matched(cards, budget, f, args.alphas) for f in FAMILIES.values())]
+        specs = [qr] if "qr" in args.schemes else []
+        specs += [matched(cards, budget, FAMILIES[name], args.alphas) for name in FAMILIES
+                  if name in args.schemes]
         for spec in specs:
             label, detail = spec.owner.describe(spec)
-            finals = [run(spec, seed, args.out / f"b{budget}-{spec.scheme}-s{seed}", dataset)
-                      for seed in args.seeds]
+            finals = [run(spec, seed, args.out / f"b{budget}-{label.replace(' ', '_')}-s{seed}",
+                          dataset) for seed in args.seeds]
             aucs = [f["test_auc"] for f in finals]
             rows.append({"budget": budget, "scheme": spec.scheme, "settings": label,
                          "detail": detail, "spec": spec.to_dict(),
