@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compemb.embeddings.base import BagModule
-from compemb.embeddings.mixed_dim import _check_init, _init_table, init_projection
+from compemb.embeddings.mixed_dim import INITS, init_projection, md_table_bounds
 from compemb.embeddings.operation import CompositionalEmbeddingBag
 from compemb.operations import Operation, get_operation
 from compemb.partitions import RelabeledPartitions, quotient_remainder, remainder
@@ -81,8 +81,10 @@ class HeadTailEmbeddingBag(BagModule):
             if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= d:
                 raise ValueError(f"{where}: {name} must be an int in [1, embedding_dim={d}], "
                                  f"got {w!r}")
+        if init not in INITS:
+            raise ValueError(f"{where}: init must be one of {INITS}, got {init!r}")
         self.head = head
-        self.init = _check_init(init, where)
+        self.init = init
         self.sparse = sparse
         ranks = ranks.cpu() if isinstance(ranks, torch.Tensor) else torch.as_tensor(ranks)
         self._keep_partitions(RelabeledPartitions(remainder(n, n), ranks.long()))
@@ -106,11 +108,13 @@ class HeadTailEmbeddingBag(BagModule):
 
     def reset_parameters(self) -> None:
         """Draw the head, the tail's tables and the projections (class docstring)."""
-        _init_table(self.head_weight, self.head_projection, self.init, self.num_categories,
-                    self.embedding_dim)
+        lo, hi = md_table_bounds(self.init, self.num_categories, self.head_weight.shape[1])
+        with torch.no_grad():
+            self.head_weight.uniform_(lo, hi)
         self.tail.reset_parameters()
-        if self.tail_projection is not None:
-            init_projection(self.tail_projection, self.init, self.embedding_dim)
+        for p in (self.head_projection, self.tail_projection):
+            if p is not None:
+                init_projection(p, self.init, self.embedding_dim)
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         """Each id's projected vector: (N,) int64 -> (N, D), no range check."""

@@ -40,7 +40,7 @@ from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
 from compemb.schemes.mixed_dim import SHARDABLE_WIDTH
 from compemb.spec import EmbeddingSpec, FeaturePlan
 
-__all__ = ["BlockMixedDimScheme", "BlockMixedDimSettings"]
+__all__ = ["BlockMixedDimScheme", "BlockMixedDimSettings", "data_parallel_device", "plan_ranks"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ def _layout(spec: EmbeddingSpec, num_categories: int, embedding_dim: int
                                      s.multiple_of)
 
 
-def _ranks(plan: FeaturePlan) -> torch.Tensor:
+def plan_ranks(plan: FeaturePlan) -> torch.Tensor:
+    """The frequency rank of every category of a planned feature ((n,) int64: the ``relabel``
+    map of ``order: frequency``)."""
     ranks = plan.partitions.relabeling()
     if ranks is None:
         raise ValueError(f"scheme {plan.spec.scheme!r}: this plan holds no frequency ranks (a "
@@ -106,7 +108,7 @@ class _BlockRoute(nn.Module):
                  device: torch.device | str | None):
         super().__init__()
         d = plan.embedding_dim
-        self.register_buffer("relabel", _ranks(plan).to(device))
+        self.register_buffer("relabel", plan_ranks(plan).to(device))
         self.register_buffer("starts", torch.tensor(starts, device=device), persistent=False)
         self.projections = nn.ParameterDict({
             str(j): nn.Parameter(torch.empty(d, w, device=device))
@@ -177,7 +179,7 @@ class BlockMixedDimScheme(Scheme):
     def module(self, plan: FeaturePlan, **common: Any) -> nn.Module:
         starts, _ = _layout(plan.spec, plan.num_categories, plan.embedding_dim)
         return BlockMixedDimEmbeddingBag(
-            plan.num_categories, plan.embedding_dim, _ranks(plan), starts,
+            plan.num_categories, plan.embedding_dim, plan_ranks(plan), starts,
             [t.width for t in plan.tables], init=plan.spec.settings.init, **common)
 
     def stacking(self, plan: FeaturePlan) -> str:

@@ -28,7 +28,6 @@ from torch import nn
 from compemb import partitions as P
 from compemb.embeddings.mixed_dim import (
     INITS,
-    _finish,
     frequency_blocks,
     init_projection,
     md_table_bounds,
@@ -38,7 +37,7 @@ from compemb.embeddings.mixed_dim_qr import HeadTailEmbeddingBag
 from compemb.operations import OPERATIONS, Operation, get_operation
 from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan, check_sizes
-from compemb.schemes.block_mixed_dim import _ranks, data_parallel_device
+from compemb.schemes.block_mixed_dim import data_parallel_device, plan_ranks
 from compemb.schemes.compose import compose_params
 from compemb.schemes.mixed_dim import SHARDABLE_WIDTH
 from compemb.spec import EmbeddingSpec, FeaturePlan
@@ -97,15 +96,18 @@ def _tail_tables(spec: EmbeddingSpec, tail: int, width: int) -> tuple[Operation,
     return op, [ParamPlan(f"tail.{t.name}", t.shape, t.role, t.init) for t in tables]
 
 
+def _round_up(width: int, multiple_of: int) -> int:
+    return -(-width // multiple_of) * multiple_of
+
+
 def _layout(spec: EmbeddingSpec, n: int, d: int) -> tuple[int, int, int]:
     """(h, w_h, w_t) of a feature of n categories (module docstring)."""
     s, h = spec.settings, _head(spec, n)
     d0 = d if s.base_width is None else min(s.base_width, d)
-    w_head = min(d, _finish(d0, False, s.multiple_of))
+    w_head = min(d, _round_up(d0, s.multiple_of))
     if not projection_pays(h, w_head, d):
         w_head = d
-    w_tail = min(d, _finish(max(1, round(d0 * (h / (n - h)) ** s.alpha)), False,
-                            s.multiple_of))
+    w_tail = min(d, _round_up(max(1, round(d0 * (h / (n - h)) ** s.alpha)), s.multiple_of))
     if w_tail < d:
         narrow = sum(t.numel for t in _tail_tables(spec, n - h, w_tail)[1]) + d * w_tail
         if narrow >= sum(t.numel for t in _tail_tables(spec, n - h, d)[1]):
@@ -122,7 +124,7 @@ class _HeadTailRoute(nn.Module):
         d, n, s = plan.embedding_dim, plan.num_categories, plan.spec.settings
         self.head, self.operation = head, plan.operation
         self.tail = P.quotient_remainder(n - head, s.collisions)
-        self.register_buffer("relabel", _ranks(plan).to(device))
+        self.register_buffer("relabel", plan_ranks(plan).to(device))
         for name, w in (("head_projection", head_width), ("tail_projection", tail_width)):
             p = None if w == d else nn.Parameter(torch.empty(d, w, device=device))
             if p is not None:
@@ -198,7 +200,7 @@ class MixedDimQRScheme(Scheme):
         h, w_head, w_tail = _layout(plan.spec, plan.num_categories, plan.embedding_dim)
         s = plan.spec.settings
         return HeadTailEmbeddingBag(
-            plan.num_categories, plan.embedding_dim, _ranks(plan), head=h, head_width=w_head,
+            plan.num_categories, plan.embedding_dim, plan_ranks(plan), head=h, head_width=w_head,
             tail_width=w_tail, collisions=s.collisions, operation=plan.operation, init=s.init,
             **common)  # fmt: skip
 
