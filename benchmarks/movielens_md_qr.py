@@ -8,8 +8,8 @@ the budget from below is trained; ties to the smaller alpha. Every row is traine
 seed; the table gives mean ± sample std of test AUC and the mean test log loss.
 
     .venv/bin/python benchmarks/movielens_md_qr.py [--collisions 9 4 3] [--seeds 0 1 2]
-        [--alphas 0.1 0.2 0.3] [--schemes qr md md_block md_qr] [--out runs/md-qr]
-        [--json results.json]
+        [--alphas 0.1 0.2 0.3] [--schemes qr md md_block md_qr] [--head H]
+        [--out runs/md-qr] [--json results.json]
 """
 
 from __future__ import annotations
@@ -67,9 +67,13 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--schemes", nargs="+", default=["qr", *FAMILIES],
                         choices=["qr", *FAMILIES])
+    parser.add_argument("--head", type=int, default=None,
+                        help="md_qr's head on every feature (default: ceil(sqrt(n)) each)")
     parser.add_argument("--out", type=Path, default=Path("runs/md-qr"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.head is not None:
+        FAMILIES["md_qr"] = {**FAMILIES["md_qr"], "head": args.head}
     dataset = open_dataset("movielens")
     cards = list(dataset.cardinalities)
     rows = []
