@@ -110,6 +110,7 @@ class _BlockRoute(nn.Module):
         d = plan.embedding_dim
         self.register_buffer("relabel", plan_ranks(plan).to(device))
         self.register_buffer("starts", torch.tensor(starts, device=device), persistent=False)
+        self.bounds = tuple(zip(starts[:-1], starts[1:], strict=True))  # Python ints: no sync
         self.projections = nn.ParameterDict({
             str(j): nn.Parameter(torch.empty(d, w, device=device))
             for j, w in enumerate(widths) if w != d})
@@ -120,9 +121,7 @@ class _BlockRoute(nn.Module):
         """ids (N,) -> K rows (N,), one per block's table, then each id's block (N,)."""
         rank = self.relabel[ids]
         block = torch.bucketize(rank, self.starts[1:-1], right=True)
-        sizes = self.starts[1:] - self.starts[:-1]
-        rows = [(rank - self.starts[j]).clamp(0, int(sizes[j]) - 1) for j in range(len(sizes))]
-        return [*rows, block]
+        return [*((rank - a).clamp(0, b - a - 1) for a, b in self.bounds), block]
 
     @staticmethod
     def combine(parts: list[torch.Tensor], rest: Sequence[torch.Tensor],
