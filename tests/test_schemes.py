@@ -26,7 +26,7 @@ from compemb.embeddings import (
     module_from_plan,
 )
 from compemb.spec import plan_collection
-from schemekit import SCHEME_SPECS, SPECS, spec_id
+from schemekit import SCHEME_SPECS, SPECS, kit_counts, spec_id
 
 CARDS = [3, 5000, 40, 777, 9000]
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_registry_checkpoint.pt"
@@ -55,14 +55,19 @@ def test_unknown_scheme_lists_the_registered_ones(outside):
 
 
 def _check_plans(spec: EmbeddingSpec) -> None:
-    ebc = EmbeddingBagCollection(CARDS, 8, spec)
+    ebc = EmbeddingBagCollection(CARDS, 8, spec, counts=kit_counts(spec, CARDS))
     assert sum(plan.num_parameters for plan in ebc.plans) == ebc.num_parameters
     assert embedding_parameters(CARDS, 8, spec) == ebc.num_parameters
+    sized = plan_collection(CARDS, 8, spec, sizing=True)
+    assert sum(p.index_bytes for p in sized) == ebc.index_bytes
     for plan in ebc.plans:
         module = module_from_plan(plan)
         state = module.state_dict()
-        assert [(p.name, p.shape) for p in plan.params] == [
-            (k, tuple(v.shape)) for k, v in state.items()]
+        # every name and shape, both ways (a module's own buffers, the id maps, come before
+        # its submodules' tensors in a state dict, after them in a plan)
+        assert {p.name: p.shape for p in plan.params} == {
+            k: tuple(v.shape) for k, v in state.items()}
+        assert len(plan.params) == len(state)
     keys = {k.split(".", 2)[2] for k in ebc.state_dict()}
     assert keys == {p.name for plan in ebc.plans for p in plan.params}
 
@@ -75,10 +80,13 @@ def test_plans_name_and_count_every_tensor_the_modules_hold(spec):
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_state_saved_by_one_collection_loads_into_another(spec, tmp_path):
     torch.manual_seed(0)
-    saved = EmbeddingBagCollection(CARDS, 8, spec)
+    counts = kit_counts(spec, CARDS)
+    saved = EmbeddingBagCollection(CARDS, 8, spec, counts=counts)
     torch.save(saved.state_dict(), tmp_path / "ebc.pt")
     torch.manual_seed(1)
-    loaded = EmbeddingBagCollection(CARDS, 8, spec)
+    # other counts: the id maps a checkpoint brings win
+    loaded = EmbeddingBagCollection(CARDS, 8, spec, counts=counts and [c[::-1].copy()
+                                                                       for c in counts])
     loaded.load_state_dict(torch.load(tmp_path / "ebc.pt"))
     ids = torch.stack([torch.arange(7) * (n // 7) for n in CARDS], dim=1)
     torch.testing.assert_close(loaded(ids), saved(ids), rtol=0, atol=0)

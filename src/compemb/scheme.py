@@ -120,9 +120,10 @@ class TorchRecPlan:
             ``outputs`` tensors: (B, D) each when pooled, (N, D) per id otherwise.
         module: the data-parallel part applied after the lookups (path functions), or None.
         lookup: ids (N,) -> one (N, L) tensor per table: the L rows each id reads from it,
-            instead of the plan's partitions' one bucket each (ROBE's hashed blocks). Such
-            tables are looked up unpooled and come to ``combine`` as (N L, W); None: the
-            partitions' buckets.
+            instead of the plan's partitions' one bucket each (ROBE's hashed blocks), then any
+            further tensors (N, ...), which go to ``combine`` as the further partitions'
+            buckets do (which block MD table an id's row comes from). Such tables are looked
+            up unpooled and come to ``combine`` as (N L, W); None: the partitions' buckets.
     """
 
     pooled: bool

@@ -11,17 +11,19 @@ from compemb.embeddings import (
     HashEmbeddingBag,
     PathEmbeddingBag,
     make_embedding_bag,
+    module_from_plan,
     resolve_spec,
 )
 from schemekit import SPECS as SCHEME_SPECS
-from schemekit import spec_id
+from schemekit import kit_counts, spec_id
 
 SPECS = SCHEME_SPECS
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_every_scheme_has_one_width(spec):
-    module = make_embedding_bag(5000, 12, spec)
+    counts = kit_counts(spec, [5000])
+    module = make_embedding_bag(5000, 12, spec, counts=counts and counts[0])
     out = module(torch.randint(0, 5000, (8, 3)))
     assert out.shape[-1] == 12
     assert out.shape == ((8, 2, 12) if spec.scheme == "feature" else (8, 12))
@@ -84,10 +86,10 @@ def test_collection_on_criteo_cardinalities_meta():
 
 
 def _reference(ebc: EmbeddingBagCollection) -> list[torch.nn.Module]:
-    """The per-feature modules of make_embedding_bag, holding the collection's weights."""
+    """The per-feature modules of the collection's plans, holding the collection's weights."""
     modules = []
-    for f, (n, spec) in enumerate(zip(ebc.cardinalities, ebc.specs, strict=True)):
-        m = make_embedding_bag(n, ebc.embedding_dim, spec)
+    for f, plan in enumerate(ebc.plans):
+        m = module_from_plan(plan)
         with torch.no_grad():
             for p, t in zip(m.parameters(), ebc.tables(f), strict=True):
                 p.copy_(t)
@@ -110,7 +112,7 @@ def test_collection_matches_per_feature_modules(spec, num_bags, view_grad):
     torch.manual_seed(0)
     cards = [3, 5000, 40, 777, 120, 9000, 61]  # the last num_bags are multi-hot bags
     single = len(cards) - num_bags
-    ebc = EmbeddingBagCollection(cards, 12, spec)
+    ebc = EmbeddingBagCollection(cards, 12, spec, counts=kit_counts(spec, cards))
     ref = _reference(ebc)
     ids = torch.stack([torch.randint(0, n, (6,)) for n in cards[:single]], dim=1)
     bags = [(torch.randint(0, n, (9,)), torch.tensor([0, 2, 2, 5, 8, 9]))

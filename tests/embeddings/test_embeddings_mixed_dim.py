@@ -223,8 +223,8 @@ def test_block_widths_by_hand():
 
 def _block_bag(dtype=torch.float32, mode="sum"):
     counts = np.array([5, 90, 0, 7, 300, 1, 1, 40, 2, 0, 3, 60])
-    return BlockMixedDimEmbeddingBag(12, 6, counts, mode, alpha=0.5, num_blocks=3,
-                                     dtype=dtype), counts
+    return BlockMixedDimEmbeddingBag.from_counts(12, 6, counts, mode, alpha=0.5, num_blocks=3,
+                                                 dtype=dtype), counts
 
 
 def test_block_module_by_hand():
@@ -243,7 +243,7 @@ def test_block_module_by_hand():
         row = bag.weights[j][r - starts[j]].detach()
         want = row if str(j) not in bag.projections else bag.projections[str(j)].detach() @ row
         torch.testing.assert_close(bag(torch.tensor([[i]]))[0], want)
-    assert "ranks" in bag.state_dict()
+    assert "relabel" in bag.state_dict() and "starts" not in bag.state_dict()
     assert bag.num_parameters == 3 * 6 + 3 * 2 + 6 * 2 + 6 * 1 + 6 * 1
 
 
@@ -259,9 +259,17 @@ def test_md_modules_drop_in(make):
 
 def test_block_module_errors():
     with pytest.raises(ValueError, match=r"counts must be \(12,\) non-negative"):
-        BlockMixedDimEmbeddingBag(12, 6, np.ones(11), alpha=0.5)
+        BlockMixedDimEmbeddingBag.from_counts(12, 6, np.ones(11), alpha=0.5)
     with pytest.raises(ValueError, match="num_blocks must be an int >= 1, got 0"):
-        BlockMixedDimEmbeddingBag(12, 6, np.ones(12), alpha=0.5, num_blocks=0)
+        BlockMixedDimEmbeddingBag.from_counts(12, 6, np.ones(12), alpha=0.5, num_blocks=0)
+    ranks = np.arange(12)
+    with pytest.raises(ValueError, match=r"starts must rise strictly from 0 to 12, got "
+                                         r"\(0, 3, 3, 12\)"):
+        BlockMixedDimEmbeddingBag(12, 6, ranks, (0, 3, 3, 12), (6, 2, 1))
+    with pytest.raises(ValueError, match=r"widths must be 2 ints in \[1, embedding_dim=6\]"):
+        BlockMixedDimEmbeddingBag(12, 6, ranks, (0, 3, 12), (6, 7))
+    with pytest.raises(ValueError, match="permutation"):
+        BlockMixedDimEmbeddingBag(12, 6, np.zeros(12), (0, 3, 12), (6, 2))
 
 
 @settings(max_examples=30, deadline=None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from schemekit import SPECS as SCHEME_SPECS
-from schemekit import spec_id
+from schemekit import kit_counts, spec_id
 
 pytest.importorskip("torchrec")
 # TorchRec 1.8 deprecation notices (ShardedTensor, broadcast_buffers) and FBGEMM's autograd
@@ -17,13 +17,12 @@ pytest.importorskip("torchrec")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec  # noqa: E402
-from compemb.embeddings.factory import make_embedding_bag  # noqa: E402
+from compemb.embeddings.factory import module_from_plan  # noqa: E402
 from compemb.embeddings.torchrec import (  # noqa: E402
     TorchRecEmbeddingCollection,
     ids_to_kjt,
     keyed_to_batch,
 )
-from compemb.spec import resolve_spec  # noqa: E402
 
 CARDS = [1000, 37, 5, 250]  # the 5-category feature falls back to full under every scheme
 D = 8
@@ -38,8 +37,8 @@ def _local_modules(trc: TorchRecEmbeddingCollection) -> list[torch.nn.Module]:
     """Per-feature modules holding copies of the TorchRec collection's weights."""
     state = _local_state(trc)
     modules = []
-    for route, n in zip(trc.routes, trc.cardinalities, strict=True):
-        module = make_embedding_bag(n, D, resolve_spec(trc.spec, n))
+    for route in trc.routes:
+        module = module_from_plan(route.plan)
         prefix = f"features.{route.index}."
         module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                 if k.startswith(prefix)})  # fmt: skip
@@ -62,8 +61,8 @@ def _bags(batch: int, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Te
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_one_hot_equals_local_collection(spec: EmbeddingSpec) -> None:
     torch.manual_seed(0)
-    trc = TorchRecEmbeddingCollection(CARDS, D, spec)
-    local = EmbeddingBagCollection(CARDS, D, spec)
+    trc = TorchRecEmbeddingCollection(CARDS, D, spec, counts=kit_counts(spec, CARDS))
+    local = EmbeddingBagCollection(CARDS, D, spec, counts=kit_counts(spec, CARDS))
     local.load_state_dict(_local_state(trc))
     ids = torch.stack([torch.randint(0, n, (16,)) for n in CARDS], dim=1)
     ids[0] = torch.tensor([n - 1 for n in CARDS])
@@ -81,7 +80,8 @@ def test_multi_hot_outputs_and_gradients(spec: EmbeddingSpec, mode: str) -> None
     gen = torch.Generator().manual_seed(2)
     weighted = mode == "weighted"
     spec = spec.with_(mode="sum" if weighted else mode)
-    trc = TorchRecEmbeddingCollection(CARDS, D, spec, weighted=weighted)
+    trc = TorchRecEmbeddingCollection(CARDS, D, spec, weighted=weighted,
+                                      counts=kit_counts(spec, CARDS))
     modules = _local_modules(trc)
     bags = _bags(6, gen)
     weights = [torch.rand(v.shape, generator=gen) for v, _ in bags] if weighted else None

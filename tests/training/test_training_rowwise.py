@@ -66,6 +66,19 @@ def test_sparse_step_leaves_untouched_rows_alone():
     assert int((opt.state[w]["sum"] != 0).sum()) == 2
 
 
+@pytest.mark.parametrize("rowwise", [False, True])
+def test_an_empty_sparse_gradient_changes_nothing(rowwise):
+    """A table no id of the batch read (a block MD block, an md_qr head) gets a sparse
+    gradient of no rows: no update, as torch's Adagrad."""
+    w = torch.nn.Parameter(torch.ones(6, 3))
+    opt = RowWiseAdagrad([{"params": [w], "rowwise": rowwise}], lr=0.1)
+    torch.nn.functional.embedding(torch.zeros(0, dtype=torch.long), w, sparse=True).sum().backward()
+    assert w.grad.is_sparse and w.grad._nnz() == 0
+    opt.step()
+    assert torch.equal(w.detach(), torch.ones(6, 3))
+    assert not opt.state[w]["sum"].any()
+
+
 def test_checkpoint_round_trip():
     w = torch.nn.Parameter(torch.randn(5, 2))
     opt = RowWiseAdagrad([{"params": [w], "rowwise": True}], lr=0.1)

@@ -3,6 +3,7 @@ module."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,7 @@ def make_embedding_bag(
     embedding_dim: int,
     spec: EmbeddingSpec | None = None,
     *,
+    counts: np.ndarray | None = None,
     validate: bool = True,
     include_last_offset: bool = False,
     device: torch.device | str | None = None,
@@ -45,6 +47,9 @@ def make_embedding_bag(
     Every module maps a bag to width ``embedding_dim`` (concat splits it among its tables);
     ``feature`` returns (B, k, D), every other scheme (B, D).
 
+    ``counts``: the feature's training-split count of each category (n,), for specs that
+    need them (``spec.needs_counts``: frequency ranks, hot rows).
+
     Raises:
         ValueError: for unknown names, or a compression that cannot shrink the table
             (collisions >= num_categories); raise ``threshold`` to keep such features full.
@@ -53,6 +58,6 @@ def make_embedding_bag(
         spec = EmbeddingSpec(**spec_fields)  # type: ignore[arg-type]
     elif spec_fields:
         raise ValueError(f"give a spec or spec fields, not both: {sorted(spec_fields)}")
-    plan = plan_feature(num_categories, embedding_dim, spec, strict=True)
+    plan = plan_feature(num_categories, embedding_dim, spec, strict=True, counts=counts)
     return module_from_plan(plan, validate=validate, include_last_offset=include_last_offset,
                             device=device, dtype=dtype)

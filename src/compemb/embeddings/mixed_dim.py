@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from torch import nn
 
 from compemb.embeddings.base import BagModule
 from compemb.operations import full_table_bound
-from compemb.partitions import _iroot_ceil, frequency_rank
+from compemb.partitions import RelabeledPartitions, _iroot_ceil, frequency_rank, remainder
 
 __all__ = [
     "INITS",
@@ -42,6 +43,8 @@ __all__ = [
     "md_parameters",
     "md_table_bounds",
     "md_widths",
+    "projection_pays",
+    "size_block_widths",
 ]
 
 INITS = ("reference", "xavier", "unit_norm")
@@ -346,19 +349,73 @@ def block_widths(counts: np.ndarray, starts: Sequence[int], embedding_dim: int, 
     return widths
 
 
-class BlockMixedDimEmbeddingBag(BagModule):
-    """Mixed dimensions inside one feature: categories ranked by their training count, cut into
-    blocks of geometrically growing size (:func:`frequency_blocks`), block b a table (size_b,
-    w_b) with widths falling by the alpha power rule on the blocks' mean counts
-    (:func:`block_widths`) and its own projection (D, w_b) (none where w_b == D).
+def projection_pays(rows: int, width: int, embedding_dim: int) -> bool:
+    """Whether storing ``rows`` rows at ``width`` < D plus a (D, width) projection holds fewer
+    parameters than the rows at D: rows * w + D * w < rows * D. A block where it does not is
+    kept at D, which also makes a layout's size grow with its widths (``fit_budget`` searches
+    a monotone size).
 
-    The rank of every category is a buffer (``ranks``, (n,) int64, ties by id), so it is saved
-    with the module. Init as :class:`MixedDimEmbeddingBag`, per block.
+    >>> projection_pays(7, 8, 16), projection_pays(100, 8, 16)
+    (False, True)
+    """
+    return width < embedding_dim and rows * width + embedding_dim * width < rows * embedding_dim
+
+
+def size_block_widths(starts: Sequence[int], embedding_dim: int, alpha: float,
+                      base_width: int | None = None, multiple_of: int = 1) -> list[int]:
+    """Widths of frequency-ranked blocks by the alpha power rule on their sizes alone: the head
+    block (the most frequent) gets d0 = ``base_width`` (default D), block b
+    w_b = max(1, round(d0 * (size_0 / size_b) ** alpha)), then up to a multiple of
+    ``multiple_of``, at most D, and D wherever its projection would not pay
+    (:func:`projection_pays`).
+
+    This is the rule of :func:`md_widths` with every block given the same query mass, which
+    is what geometric blocks (:func:`frequency_blocks`) carry under a Zipf law of exponent 1
+    (the ranks in [a, b) draw about ln(b / a) of the queries). It needs no counts, so a layout
+    is sized (and fitted to a budget) before the training split is read; the counts only
+    decide which category sits in which block.
+
+    >>> size_block_widths(frequency_blocks(1682, 4), 16, 0.3)  # sizes 7, 35, 221, 1419
+    [16, 10, 6, 3]
+    """
+    d = _positive_int(embedding_dim, "embedding_dim")
+    d0 = d if base_width is None else min(_positive_int(base_width, "base_width"), d)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
+        raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
+    sizes = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"starts must rise strictly from 0, got {tuple(starts)}")
+    widths = []
+    for j, size in enumerate(sizes):
+        w = d0 if j == 0 else max(1, round(d0 * (sizes[0] / size) ** alpha))
+        w = min(d, _finish(w, False, _positive_int(multiple_of, "multiple_of")))
+        widths.append(w if projection_pays(size, w, d) else d)
+    return widths
+
+
+class BlockMixedDimEmbeddingBag(BagModule):
+    """Mixed dimensions inside one feature: categories ranked by frequency, cut into blocks of
+    ranks [s_b, s_(b+1)), block b a table (size_b, w_b) with its own projection (D, w_b) (none
+    where w_b == D), so category i of rank r in block b gets ``P_b @ T_b[r - s_b]``.
+
+    :meth:`from_counts` ranks by training counts, cuts geometric blocks
+    (:func:`frequency_blocks`) and sets the widths by the alpha power rule on the blocks' mean
+    counts (:func:`block_widths`); the ``md_block`` scheme uses the same blocks with widths
+    from their sizes (:func:`size_block_widths`) and the ranks of ``order: frequency``.
+
+    The rank of every category is the buffer ``relabel`` ((n,) int64, saved with the module,
+    as every frequency-renumbered module keeps it); ``ranks`` reads it. Init as
+    :class:`MixedDimEmbeddingBag`, per block.
+
+    Args:
+        ranks: (n,) the rank of each category, a permutation of [0, n) (0: the most frequent).
+        starts: (K + 1,) block starts over the ranks, 0 first and n last.
+        widths: (K,) each block's width, in [1, D].
 
     Shapes: input (B, L) or (N,) with offsets (B,); output (B, D).
 
     >>> counts = 10_000 // np.arange(1, 1001)  # Zipf-like
-    >>> bag = BlockMixedDimEmbeddingBag(1000, 16, counts, alpha=0.5, num_blocks=4)
+    >>> bag = BlockMixedDimEmbeddingBag.from_counts(1000, 16, counts, alpha=0.5, num_blocks=4)
     >>> bag.widths, bag.num_parameters
     ((16, 6, 3, 1), 1672)
     """
@@ -367,12 +424,11 @@ class BlockMixedDimEmbeddingBag(BagModule):
         self,
         num_categories: int,
         embedding_dim: int,
-        counts: np.ndarray | Sequence[int],
+        ranks: np.ndarray | torch.Tensor,
+        starts: Sequence[int],
+        widths: Sequence[int],
         mode: str = "sum",
         *,
-        alpha: float,
-        num_blocks: int = 4,
-        multiple_of: int = 1,
         init: str = "reference",
         sparse: bool = False,
         include_last_offset: bool = False,
@@ -382,19 +438,24 @@ class BlockMixedDimEmbeddingBag(BagModule):
     ):
         super().__init__(num_categories, embedding_dim, mode, include_last_offset, validate)
         where = self._where()
-        counts = np.asarray(counts)
-        if counts.shape != (num_categories,) or (counts < 0).any():
-            raise ValueError(f"{where}: counts must be ({num_categories},) non-negative, got "
-                             f"shape {counts.shape}")
-        ranks = frequency_rank(counts)
-        by_count = np.empty_like(counts)
-        by_count[ranks] = counts  # counts from the most frequent category down
-        starts = frequency_blocks(num_categories, num_blocks)
-        self.widths = tuple(block_widths(by_count, starts, embedding_dim, alpha, multiple_of))
+        starts = tuple(int(s) for s in starts)
+        if starts[0] != 0 or starts[-1] != num_categories or any(
+                a >= b for a, b in zip(starts[:-1], starts[1:], strict=False)):
+            raise ValueError(f"{where}: starts must rise strictly from 0 to {num_categories}, "
+                             f"got {starts}")
+        if len(widths) != len(starts) - 1 or not all(
+                isinstance(w, int) and 1 <= w <= embedding_dim for w in widths):
+            raise ValueError(f"{where}: widths must be {len(starts) - 1} ints in [1, "
+                             f"embedding_dim={embedding_dim}], got {tuple(widths)}")
+        self.widths = tuple(widths)
         self.init = _check_init(init, where)
         self.sparse = sparse
-        self.register_buffer("ranks", torch.from_numpy(ranks).to(device))
-        self.register_buffer("starts", torch.tensor(starts, device=device))
+        # ranks are a relabelling of the identity partition; RelabeledPartitions checks that
+        # they are a permutation
+        ranks = ranks.cpu() if isinstance(ranks, torch.Tensor) else torch.as_tensor(ranks)
+        self._keep_partitions(RelabeledPartitions(remainder(num_categories, num_categories),
+                                                  ranks.long()))
+        self.register_buffer("starts", torch.tensor(starts), persistent=False)
         kw = {"device": device, "dtype": dtype}
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(b - a, w, **kw))
@@ -403,6 +464,40 @@ class BlockMixedDimEmbeddingBag(BagModule):
             str(j): nn.Parameter(torch.empty(embedding_dim, w, **kw))
             for j, w in enumerate(self.widths) if w != embedding_dim})
         self.reset_parameters()
+        if device is not None:
+            self.to(device)  # the id maps and block starts join the tables
+
+    @classmethod
+    def from_counts(
+        cls,
+        num_categories: int,
+        embedding_dim: int,
+        counts: np.ndarray | Sequence[int],
+        mode: str = "sum",
+        *,
+        alpha: float,
+        num_blocks: int = 4,
+        multiple_of: int = 1,
+        **kwargs: Any,
+    ) -> BlockMixedDimEmbeddingBag:
+        """Ranks by ``counts`` (ties by id), geometric blocks, widths by the alpha rule on the
+        blocks' mean counts with the head block at D; ``kwargs`` as the constructor's."""
+        counts = np.asarray(counts)
+        if counts.shape != (num_categories,) or (counts < 0).any():
+            raise ValueError(f"BlockMixedDimEmbeddingBag(num_categories={num_categories}): "
+                             f"counts must be ({num_categories},) non-negative, got shape "
+                             f"{counts.shape}")
+        ranks = frequency_rank(counts)
+        by_count = np.empty_like(counts)
+        by_count[ranks] = counts  # counts from the most frequent category down
+        starts = frequency_blocks(num_categories, num_blocks)
+        widths = block_widths(by_count, starts, embedding_dim, alpha, multiple_of)
+        return cls(num_categories, embedding_dim, ranks, starts, widths, mode, **kwargs)
+
+    @property
+    def ranks(self) -> torch.Tensor:
+        """(n,) the rank of each category (the ``relabel`` buffer)."""
+        return self.relabel
 
     @property
     def num_rows(self) -> int:
@@ -415,7 +510,7 @@ class BlockMixedDimEmbeddingBag(BagModule):
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         """Each id's projected vector: (N,) int64 -> (N, D), no range check."""
-        rank = self.ranks[ids]
+        (rank,) = self.partitions.buckets(ids)
         block = torch.bucketize(rank, self.starts[1:-1], right=True)
         where, values = [], []
         for j, w in enumerate(self.weights):

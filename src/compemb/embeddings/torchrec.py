@@ -359,7 +359,8 @@ class TorchRecEmbeddingCollection(nn.Module):
                 buckets = r.plan.partitions.buckets(ids)
                 buckets, rest[r.name] = buckets[: len(r.tables)], buckets[len(r.tables):]
             else:  # L rows per id, each id's together: a sample's L times as many rows
-                buckets, rest[r.name] = r.route.lookup(ids), ()
+                looked = r.route.lookup(ids)
+                buckets, rest[r.name] = looked[: len(r.tables)], tuple(looked[len(r.tables):])
             for t, table, b in zip(r.tables, r.plan.tables, buckets, strict=True):
                 dest = pooled_in if r.pooled else unpooled_in.setdefault(
                     table.width, {"keys": [], "values": [], "lengths": []})

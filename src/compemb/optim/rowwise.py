@@ -136,7 +136,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if parts:
                     index = torch.cat([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
                     g = torch.cat([g for _, g in parts]) if len(parts) > 1 else parts[0][1]
-                    sparse_adagrad_(rows, acc, index, g.reshape(index.numel(), -1), lr, eps)
+                    # the width, not -1: a table no id read has a gradient of no rows
+                    g = g.reshape(index.numel(), rows.shape[1])
+                    sparse_adagrad_(rows, acc, index, g, lr, eps)
                 if grad is not None:  # dense
                     g = grad.reshape(rows.shape)
                     if acc.shape[1] != rows.shape[1]:  # row-wise accumulators

@@ -34,3 +34,13 @@ from compemb.schemes.dhe import DHEScheme  # noqa: E402
 
 register_scheme(DHEScheme())
 __all__ += ["DHEScheme"]
+
+from compemb.schemes.block_mixed_dim import BlockMixedDimScheme  # noqa: E402
+
+register_scheme(BlockMixedDimScheme())
+__all__ += ["BlockMixedDimScheme"]
+
+from compemb.schemes.mixed_dim_qr import MixedDimQRScheme  # noqa: E402
+
+register_scheme(MixedDimQRScheme())
+__all__ += ["MixedDimQRScheme"]
