@@ -102,6 +102,11 @@ FRONTIER_SCHEMES: tuple[Line, ...] = (
     # the smallest feature, and alpha (the power rule's exponent) sets the size.
     Line("md", (("scheme", "md"),), "alpha",
          (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)),
+    # Block MD (widths falling over frequency blocks inside a feature) and MD + QR (private
+    # head rows, a QR-composed tail at the MD rule's width) rank ids by training frequency.
+    Line("md block", (("scheme", "md_block"), ("order", "frequency")), "alpha",
+         (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.0)),
+    Line("md+qr", (("scheme", "md_qr"), ("order", "frequency"))),
     Line("tt", (("scheme", "tt"),)),
     Line("robe", (("scheme", "robe"),)),
     Line("dhe", (("scheme", "dhe"),)),
