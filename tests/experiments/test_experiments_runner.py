@@ -108,18 +108,24 @@ def test_interrupted_run_resumes_from_its_folder(tmp_path, dataset):
     assert again["trials"][0]["steps"] == 6
 
 
-def test_aggregate_adds_excess_over_the_planted_optimum():
-    rows = [{"series": "hash", "label": "hash c=2", "x": 2, "scheme": "hash", "operation": "",
-             "collisions": 2, "k": None, "threshold": 0, "path_hidden": None,
-             "optimizer": "adagrad", "init": "", "num_parameters": 10, "embedding_parameters": 8,
-             "embedding_bytes": 32,
-             "compression": 2.0,
-             "test_logloss": loss, "test_auc": 0.7, "test_accuracy": 0.8, "val_logloss": loss,
-             "train_seconds": 1.0} for loss in (0.5, 0.7)]  # fmt: skip
-    (entry,) = aggregate(rows, optimum=0.4)
+def test_aggregate_adds_excess_over_the_planted_optimum_and_differences_paired_by_seed():
+    def row(label: str, seed: int, loss: float) -> dict:
+        return {"series": label, "label": label, "x": 2, "scheme": "hash", "operation": "",
+                "collisions": 2, "k": None, "threshold": 0, "path_hidden": None,
+                "optimizer": "adagrad", "init": "", "num_parameters": 10,
+                "embedding_parameters": 8, "embedding_bytes": 32, "compression": 2.0,
+                "seed": seed, "test_logloss": loss, "test_auc": 0.7, "test_accuracy": 0.8,
+                "val_logloss": loss, "train_seconds": 1.0}  # fmt: skip
+
+    # seed 1 is hard for every variant: the paired difference does not see it
+    rows = [row("full", 0, 0.45), row("full", 1, 0.65), row("hash", 0, 0.5), row("hash", 1, 0.7)]
+    full, entry = aggregate(rows, optimum=0.4)
     assert entry["test_logloss_mean"] == pytest.approx(0.6)
     assert entry["test_logloss_std"] == pytest.approx(0.02**0.5)
     assert entry["excess_logloss_mean"] == pytest.approx(0.2)
+    assert entry["paired_logloss_mean"] == pytest.approx(0.05)
+    assert entry["paired_logloss_std"] == pytest.approx(0.0)
+    assert full["paired_logloss_mean"] == 0.0
 
 
 def test_trials_rows_keep_every_scheme_size_and_operation(tmp_path):

@@ -29,6 +29,9 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
               "test log loss", "test AUC"]  # fmt: skip
     if excess:
         header.append("excess log loss")
+    paired = all("paired_logloss_mean" in e for e in summary) and summary[0]["trials"] > 1
+    if paired:
+        header.append(f"vs {summary[0]['label']}, same seed")
     if memory:
         header.append("embedding memory")
     if speed:
@@ -48,6 +51,8 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                f"{e['compression']:.1f}x", _pm(e, "test_logloss"), _pm(e, "test_auc")]  # fmt: skip
         if excess:
             row.append(f"{e['excess_logloss_mean']:+.4f}")
+        if paired:
+            row.append(f"{e['paired_logloss_mean']:+.4f} ± {e['paired_logloss_std']:.4f}")
         if memory:
             row.append(_megabytes(e["embedding_bytes"]))
         if speed:
@@ -104,6 +109,11 @@ def write_report(
     if results.get("optimum_test_logloss") is not None:
         lines += [f"The planted model's test log loss is {results['optimum_test_logloss']:.5f}; "
                   f"excess log loss = test log loss minus that optimum.", ""]  # fmt: skip
+    first = results["summary"][0]
+    if "paired_logloss_mean" in first and first["trials"] > 1:
+        lines += [f"vs {first['label']}, same seed: test log loss minus the {first['label']} "
+                  f"run's of the same seed, mean ± std over seeds (the seed's data order and "
+                  f"dense init move every variant alike; the difference removes that).", ""]
     if all("table_step_vs_full" in e for e in results["summary"]):
         lines += ["Table step vs full: the embedding layer's forward, backward and optimizer "
                   "update on the data's own batches, its time over the full tables' (median of "

@@ -218,11 +218,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> list[dict]:
     """Mean and sample std (ddof 1; 0 for one trial) over trials, per label, in grid order.
 
-    With ``optimum`` (the planted model's test log loss) adds the mean excess log loss.
+    With ``optimum`` (the planted model's test log loss) adds the mean excess log loss. Every
+    label also gets its test log loss minus the grid's first variant's (the full tables) at the
+    same seed, mean and std over the seeds both ran (``paired_logloss_*``): a seed's data order
+    and dense init move every variant alike, and the paired difference removes that.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["label"], []).append(row)
+    base = {r["seed"]: r["test_logloss"] for r in next(iter(groups.values()), [])}
     summary = []
     for group in groups.values():
         first = group[0]
@@ -235,6 +239,9 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([r[metric] for r in group])
         if optimum is not None:
             entry["excess_logloss_mean"] = entry["test_logloss_mean"] - optimum
+        paired = [r["test_logloss"] - base[r["seed"]] for r in group if r["seed"] in base]
+        if paired:
+            entry["paired_logloss_mean"], entry["paired_logloss_std"] = _mean_std(paired)
         entry["train_seconds_mean"] = _mean_std([r["train_seconds"] for r in group])[0]
         summary.append(entry)
     return summary
