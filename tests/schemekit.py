@@ -20,6 +20,8 @@ SCHEME_SPECS: dict[str, list[EmbeddingSpec]] = {
              EmbeddingSpec("robe", size=96, block=2, seed=3)],
     "dhe": [EmbeddingSpec("dhe", width=8, hashes=16),
             EmbeddingSpec("dhe", width=6, depth=1, hashes=8, encoding="gaussian")],
+    "cce": [EmbeddingSpec("cce", rows=8, chunks=2),
+            EmbeddingSpec("cce", rows=5, chunks=1, seed=3)],
 }
 SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]
 

@@ -34,3 +34,8 @@ from compemb.schemes.dhe import DHEScheme  # noqa: E402
 
 register_scheme(DHEScheme())
 __all__ += ["DHEScheme"]
+
+from compemb.schemes.cce import CCEScheme  # noqa: E402
+
+register_scheme(CCEScheme())
+__all__ += ["CCEScheme"]
