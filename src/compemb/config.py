@@ -102,6 +102,7 @@ class TrainConfig:
     device: str | None = None  # cpu or cuda; None: cuda when available
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
     keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
+    recluster_every: int | None = None  # recluster (CCE) every N steps; 0 or None: never
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,15 @@ def _resolve(config: Config, source: str) -> Config:
     checks += [
         (t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0: at the end)"),
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1"),
+        (t.recluster_every is None or t.recluster_every >= 0,
+         f"train.recluster_every={t.recluster_every}: must be >= 0 (0 or null: never)"),
+        (not t.recluster_every or m.embedding.owner.reclusters,
+         f"train.recluster_every={t.recluster_every}: scheme {m.embedding.scheme!r} has nothing "
+         f"to recluster; leave it out"),
+        (not t.recluster_every or t.sharding != "torchrec",
+         f"train.recluster_every={t.recluster_every} with train.sharding=torchrec: reclustering "
+         f"needs each chunk table's owner to cluster it and broadcast the new assignment, which "
+         f"is not implemented; use train.sharding=replicate to recluster"),
         (m.embedding_dim >= 1, f"model.embedding_dim={m.embedding_dim}: must be >= 1"),
     ]
     for ok, message in checks:

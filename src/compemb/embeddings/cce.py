@@ -40,6 +40,8 @@ Letters: N ids, n categories, D width, c chunks, W = D / c, R rows of T_i (and o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -182,13 +184,27 @@ class CCEEmbeddingBag(BagModule):
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()
-    def recluster(self, seed: int) -> None:
+    def recluster(self, seed: int,
+                  all_reduce: Callable[[torch.Tensor], None] | None = None) -> None:
         """Cluster each chunk's vectors of the seen ids and rewrite the chunk (module docstring).
 
         Deterministic given ``seed`` and the module's state: chunk i draws from a generator
         seeded with (``seed``, i). With no id seen yet there is nothing to fit, and nothing
         changes.
+
+        Args:
+            seed: seeds the k-means samples and starts and the new hashes.
+            all_reduce: sums a tensor over the ranks in place, when each rank has trained on
+                its own share of the batches: the ranks' seen ids are merged first, so every
+                rank (holding the same tables) computes the same clustering.
         """
+        if self.tables is None:
+            raise ValueError(f"{self._where()} holds no tables (a TorchRec route's module): "
+                             f"the ranks that own the chunk tables must cluster them")
+        if all_reduce is not None:
+            merged = self.seen.to(torch.int32)
+            all_reduce(merged)
+            self.seen.copy_(merged > 0)
         ids = self.seen.nonzero().squeeze(1)
         m, r = ids.shape[0], self.rows
         if m == 0:

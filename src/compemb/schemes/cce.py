@@ -70,6 +70,7 @@ class CCEScheme(Scheme):
     knob_grows = True
     sizes = ("rows",)
     takes_order = False
+    reclusters = True
 
     def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         # ids are hashed and assigned, not partitioned: the identity, which no renumbering

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -237,6 +238,8 @@ def _fit(trainer: Trainer, progress: bool | None) -> None:
             )  # fmt: skip
             for batch in batches:
                 global_rows = _train_step(trainer, batch)
+                if t.recluster_every and state.step % t.recluster_every == 0:
+                    _recluster(trainer)
                 bar.update(global_rows)
                 if state.step % 20 == 0 and state.loss_rows:
                     bar.set_postfix(loss=f"{state.loss_sum / state.loss_rows:.4f}")
@@ -283,6 +286,19 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
     state.loss_rows += global_rows
     state.train_seconds += time.perf_counter() - started
     return global_rows
+
+
+def _recluster(trainer: Trainer) -> None:
+    """Call ``recluster`` on every embedding module that has one (CCE), after the optimizer
+    step, each with its own seed drawn from (train seed, its place, step): a resumed run
+    reclusters as the uninterrupted one. The optimizer's state is left as it is."""
+    t, step = trainer.config.train, trainer.state.step
+    reduce = (lambda x: D.all_reduce_sum(x, trainer.dist)) if trainer.dist.enabled else None
+    owners = [m for m in trainer.model.sparse_arch.modules() if callable(getattr(m, "recluster",
+                                                                                 None))]
+    for j, module in enumerate(owners):
+        seed = int(np.random.SeedSequence([t.seed, j, step]).generate_state(1)[0])
+        module.recluster(seed, all_reduce=reduce)
 
 
 def _record(trainer: Trainer) -> None:

@@ -1,0 +1,144 @@
+"""CCE through the trainer and the CLI: ``compemb train`` on MovieLens with reclustering, a run
+interrupted between reclusterings resumes to the run that never stopped, ``compemb params``
+counts tables and id maps, the settings that cannot work are refused, and sharded training
+without reclustering counts as replicated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import trainkit
+
+from compemb.cli import main
+from compemb.config import apply_overrides
+from compemb.data import CRITEO_KAGGLE_CARDINALITIES
+from compemb.embeddings import EmbeddingSpec, embedding_parameters
+from compemb.embeddings._universal import hash_coefficients
+from compemb.training import loop, resume, train
+
+CCE = ["model.embedding.collisions=null", "model.embedding.scheme=cce",
+       "model.embedding.rows=6", "model.embedding.chunks=2"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trainkit.synth_folder(tmp_path_factory.mktemp("synth") / "data")
+
+
+def test_cli_trains_on_movielens_and_reclusters(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {dataset: movielens}\n"
+                   "model: {name: dlrm, embedding_dim: 8, "
+                   "embedding: {scheme: cce, rows: 16, chunks: 2, kmeans_iters: 10}}\n"
+                   "train: {batch_size: 256, max_steps: 6, recluster_every: 3}\n")
+    out = tmp_path / "run"
+    with trainkit.one_thread():
+        assert main(["train", "--config", str(cfg), "--out", str(out), "--device", "cpu"]) == 0
+    final = json.loads(capsys.readouterr().out)
+    assert final["steps"] == 6 and 0 < final["test_logloss"] < 1
+    assert "recluster_every: 3" in (out / "config.yaml").read_text()
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    features = sorted({k.split(".")[2] for k in state if k.endswith(".assignment")})
+    assert features  # users and items are both larger than 2 x 16 rows
+    first = hash_coefficients(4, 0)[:, 2:]
+    for f in features:
+        prefix = f"sparse_arch.features.{f}."
+        # reclustered: new hashes, and the seen ids share rows (16 of them per chunk)
+        assert not state[prefix + "hash_coefficients"].equal(first)
+        seen = state[prefix + "seen"]
+        assert 16 < int(seen.sum()) < seen.numel()
+        assert state[prefix + "assignment"][seen].unique().numel() <= 16
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_between_reclusterings_is_exact(synth: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reclustering at steps 3 and 6 before the crash at 7, at 9 and 12 after the resume."""
+    config = trainkit.tiny_config(synth, *CCE, "train.max_steps=12", "train.recluster_every=3")
+    with trainkit.one_thread():
+        full = train(config, tmp_path / "full", progress=False)
+        never = train(apply_overrides(config, ["train.recluster_every=0"]), tmp_path / "never",
+                      progress=False)
+        real_checkpoint = loop._checkpoint
+
+        def checkpoint_then_crash(trainer: loop.Trainer) -> None:
+            real_checkpoint(trainer)
+            if trainer.state.step == 7:
+                raise _Killed
+
+        monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
+        with pytest.raises(_Killed):
+            train(config, tmp_path / "run", progress=False)
+        monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
+        resumed = resume(tmp_path / "run", progress=False)
+    assert resumed["steps"] == 12
+    assert never["val_logloss"] != pytest.approx(full["val_logloss"], abs=1e-6)
+    for key, value in trainkit.final(tmp_path / "full").items():
+        if isinstance(value, float):
+            assert resumed[key] == pytest.approx(value, abs=1e-6), key
+        else:
+            assert resumed[key] == value, key
+    saved = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["model"]
+             for run in ("full", "run")]
+    assert saved[0].keys() == saved[1].keys()
+    for key in saved[0]:
+        torch.testing.assert_close(saved[1][key], saved[0][key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_params_counts_tables_and_id_maps(capsys: pytest.CaptureFixture) -> None:
+    assert main(["params", "--scheme", "cce", "--rows", "64", "--chunks", "4",
+                 "--threshold", "100", "--json"]) == 0
+    counted = json.loads(capsys.readouterr().out)
+    spec = EmbeddingSpec("cce", rows=64, chunks=4, threshold=100)
+    assert counted["embedding"] == embedding_parameters(CRITEO_KAGGLE_CARDINALITIES, 16, spec)
+    # compressed: n > 100 and n > 2 x 64 rows (the 105-category feature keeps its full table)
+    cce = [n for n in CRITEO_KAGGLE_CARDINALITIES if n > 128]
+    full = sum(n * 16 for n in CRITEO_KAGGLE_CARDINALITIES if n <= 128)
+    assert counted["embedding"] == len(cce) * 2 * 64 * 16 + full
+    # assignment n x 4 int32, hashes 2 x 4 int64, the seen mask n bytes
+    assert counted["index_bytes"] == sum(n * 4 * 4 + 2 * 4 * 8 + n for n in cce)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ([*CCE, "train.recluster_every=-1"], "train.recluster_every=-1: must be >= 0"),
+    (["train.recluster_every=5"], "scheme 'qr' has nothing to recluster"),
+    ([*CCE, "train.sharding=torchrec", "train.recluster_every=5"],
+     "with train.sharding=torchrec: reclustering needs"),
+    ([*CCE, "model.embedding.chunks=3"], "embedding_dim=4 must be a multiple of chunks=3"),
+])
+def test_impossible_settings_are_refused(overrides: list[str], message: str,
+                                         synth: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        config = trainkit.tiny_config(synth, *overrides)
+        train(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_sharded_on_torchrec_trains_and_counts_as_replicated(synth: Path,
+                                                             tmp_path: Path) -> None:
+    """Without reclustering: each chunk a TorchRec table, the assignment and hashes in the
+    route's data-parallel module."""
+    pytest.importorskip("torchrec")
+    config = trainkit.tiny_config(synth, *CCE, "model.embedding.chunks=1", "train.max_steps=3",
+                                  "train.optimizer=adagrad")  # fmt: skip
+    with trainkit.one_thread():
+        replicated = train(config, tmp_path / "r", progress=False)
+        sharded = train(apply_overrides(config, ["train.sharding=torchrec"]), tmp_path / "s",
+                        progress=False)
+    for key in ("steps", "num_parameters", "embedding_parameters"):
+        assert sharded[key] == replicated[key], key
+    assert 0 < sharded["val_logloss"] < 1
+
+
+def test_torchrec_refuses_chunks_not_a_multiple_of_4_wide(synth: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torchrec")
+    config = trainkit.tiny_config(synth, *CCE, "train.sharding=torchrec")  # D=4 over 2 chunks
+    with pytest.raises(ValueError, match="a width that is a multiple of 4"):
+        train(config, tmp_path / "s", progress=False)
