@@ -22,11 +22,13 @@ differs from that code, and why:
   vocabulary): an unseen id's vector is its untrained init, which would pull centroids, and
   assigning every id costs n R W per chunk. An unseen id keeps its row index (its first hash),
   so its vector stays defined: a centroid plus a residual row.
-- k-means is Lloyd's, in torch on the CPU (the code uses faiss): initial centroids a seeded
-  sample of R distinct points (faiss's default init), at most ``kmeans_iters`` rounds (the code:
-  100), stopping early once no label changes (a further round would change nothing), on a
-  seeded sample of at most ``kmeans_samples`` points per centroid (the code: 200; faiss: 256).
-  A centroid left without points keeps its place.
+- k-means is Lloyd's, in torch (the code uses faiss): at most ``kmeans_iters`` rounds (the
+  code: 100), stopping early once no label changes (a further round would change nothing), on
+  a seeded sample of at most ``kmeans_samples`` points per centroid (the code: 200; faiss
+  keeps 256). It starts from greedy k-means++ rather than faiss's uniform sample of points: ids that
+  share both rows have equal vectors, so a uniform sample often starts two centroids on one
+  point, and faiss's repair (splitting a large cluster) is not reproduced here. A centroid left
+  without points keeps its place.
 - Fewer seen ids than R: each gets a row of its own (its vector, exactly); the other rows keep
   their values (the code fills them with random points).
 - Rows of H_i no seen id hashes to are 0 (the code divides 0 by 0 there, giving NaN).
@@ -40,6 +42,7 @@ Letters: N ids, n categories, D width, c chunks, W = D / c, R rows of T_i (and o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -50,7 +53,7 @@ from torch import nn
 from compemb.embeddings._universal import PRIME, check_hashable, hash_coefficients, universal_hash
 from compemb.embeddings.base import BagModule, full_table_bound
 
-__all__ = ["CCEEmbeddingBag", "check_cce", "kmeans", "nearest"]
+__all__ = ["CCEEmbeddingBag", "check_cce", "kmeans", "kmeans_plus_plus", "nearest"]
 
 
 def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -71,12 +74,39 @@ def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k starting centroids by greedy k-means++ (Arthur and Vassilvitskii 2007; greedy as
+    scikit-learn's default): the first a uniform draw; for each next one, 2 + ln k candidates
+    drawn with probability proportional to their squared distance to the nearest centroid so
+    far (uniform once every point coincides with one), keeping the candidate that lowers the
+    sum of those distances most. (m, W) -> (k, W).
+
+    >>> pts = torch.tensor([[0.0], [0.0], [0.0], [9.0]])
+    >>> kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(0)).sort(0).values.flatten()
+    tensor([0., 9.])
+    """
+    m = points.shape[0]
+    tries = 2 + int(math.log(k))
+    chosen = [int(torch.randint(m, (1,), generator=generator))]
+    dist = ((points - points[chosen[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
+        picks = torch.multinomial(weights.double().cpu(), tries, replacement=True,
+                                  generator=generator).to(points.device)
+        candidates = ((points[None] - points[picks][:, None]) ** 2).sum(2)  # (tries, m)
+        candidates = torch.minimum(candidates, dist)
+        best = int(candidates.sum(1).argmin())
+        chosen.append(int(picks[best]))
+        dist = candidates[best]
+    return points[chosen].clone()
+
+
 def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
            ) -> torch.Tensor:
     """Lloyd's k-means: (m, W) points, m >= k -> (k, W) centroids.
 
-    Starts from k distinct points drawn with ``generator``; runs at most ``iters`` rounds,
-    stopping once no label changes. A centroid without points keeps its place.
+    Starts from :func:`kmeans_plus_plus` (greedy); runs at most ``iters`` rounds, stopping
+    once no label changes. A centroid without points keeps its place.
 
     >>> pts = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
     >>> kmeans(pts, 2, 10, torch.Generator().manual_seed(0)).sort(0).values.flatten()
@@ -84,8 +114,7 @@ def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
     """
     if points.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} points, got {points.shape[0]}")
-    first = torch.randperm(points.shape[0], generator=generator)[:k]
-    centroids = points[first.to(points.device)].clone()
+    centroids = kmeans_plus_plus(points, k, generator)
     labels = None
     for _ in range(iters):
         new = nearest(points, centroids)
@@ -128,7 +157,7 @@ class CCEEmbeddingBag(BagModule):
 
     >>> bag = CCEEmbeddingBag(10_000, 16, rows=32, chunks=4)
     >>> bag(torch.tensor([[1, 2], [3, 9999]])).shape, bag.num_parameters
-    (torch.Size([2, 16]), 256)
+    (torch.Size([2, 16]), 1024)
     >>> bag.recluster(seed=0)  # nothing seen yet: nothing to cluster
     >>> _ = bag.train()(torch.tensor([[1, 2], [3, 9999]]))
     >>> int(bag.seen.sum())
