@@ -105,8 +105,9 @@ def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
            ) -> torch.Tensor:
     """Lloyd's k-means: (m, W) points, m >= k -> (k, W) centroids.
 
-    Starts from :func:`kmeans_plus_plus` (greedy); runs at most ``iters`` rounds, stopping
-    once no label changes. A centroid without points keeps its place.
+    Starts from :func:`kmeans_plus_plus` (greedy) over a random 8k of the points (all of them
+    when fewer); runs at most ``iters`` rounds, stopping once no label changes. A centroid
+    without points keeps its place.
 
     >>> pts = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
     >>> kmeans(pts, 2, 10, torch.Generator().manual_seed(0)).sort(0).values.flatten()
@@ -114,7 +115,12 @@ def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
     """
     if points.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} points, got {points.shape[0]}")
-    centroids = kmeans_plus_plus(points, k, generator)
+    # the start is k sequential draws: taken from at most 8k points, so its cost stays O(k^2 W)
+    pool = points
+    if points.shape[0] > 8 * k:
+        pool = points[torch.randperm(points.shape[0], generator=generator)[:8 * k].to(
+            points.device)]
+    centroids = kmeans_plus_plus(pool, k, generator)
     labels = None
     for _ in range(iters):
         new = nearest(points, centroids)
