@@ -248,10 +248,6 @@ def _resolve(config: Config, source: str) -> Config:
         (not t.recluster_every or m.embedding.owner.reclusters,
          f"train.recluster_every={t.recluster_every}: scheme {m.embedding.scheme!r} has nothing "
          f"to recluster; leave it out"),
-        (not t.recluster_every or t.sharding != "torchrec",
-         f"train.recluster_every={t.recluster_every} with train.sharding=torchrec: reclustering "
-         f"needs each chunk table's owner to cluster it and broadcast the new assignment, which "
-         f"is not implemented; use train.sharding=replicate to recluster"),
         (m.embedding_dim >= 1, f"model.embedding_dim={m.embedding_dim}: must be >= 1"),
     ]
     for ok, message in checks:

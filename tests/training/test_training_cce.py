@@ -109,8 +109,6 @@ def test_params_counts_tables_and_id_maps(capsys: pytest.CaptureFixture) -> None
 @pytest.mark.parametrize(("overrides", "message"), [
     ([*CCE, "train.recluster_every=-1"], "train.recluster_every=-1: must be >= 0"),
     (["train.recluster_every=5"], "scheme 'qr' has nothing to recluster"),
-    ([*CCE, "train.sharding=torchrec", "train.recluster_every=5"],
-     "with train.sharding=torchrec: reclustering needs"),
     ([*CCE, "model.embedding.chunks=3"], "embedding_dim=4 must be a multiple of chunks=3"),
 ])
 def test_impossible_settings_are_refused(overrides: list[str], message: str,
@@ -121,20 +119,23 @@ def test_impossible_settings_are_refused(overrides: list[str], message: str,
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
-def test_sharded_on_torchrec_trains_and_counts_as_replicated(synth: Path,
-                                                             tmp_path: Path) -> None:
-    """Without reclustering: each chunk a TorchRec table, the assignment and hashes in the
-    route's data-parallel module."""
+def test_sharded_on_torchrec_trains_reclusters_and_counts_as_replicated(synth: Path,
+                                                                        tmp_path: Path) -> None:
+    """Each chunk a TorchRec table, the assignment and hashes in the route's data-parallel
+    module; the rank owning a chunk table reclusters it (one rank here)."""
     pytest.importorskip("torchrec")
-    config = trainkit.tiny_config(synth, *CCE, "model.embedding.chunks=1", "train.max_steps=3",
+    config = trainkit.tiny_config(synth, *CCE, "model.embedding.chunks=1", "train.max_steps=6",
                                   "train.optimizer=adagrad")  # fmt: skip
+    sharding = ["train.sharding=torchrec"]
     with trainkit.one_thread():
         replicated = train(config, tmp_path / "r", progress=False)
-        sharded = train(apply_overrides(config, ["train.sharding=torchrec"]), tmp_path / "s",
-                        progress=False)
+        sharded = train(apply_overrides(config, sharding), tmp_path / "s", progress=False)
+        reclustered = train(apply_overrides(config, [*sharding, "train.recluster_every=3"]),
+                            tmp_path / "c", progress=False)
     for key in ("steps", "num_parameters", "embedding_parameters"):
-        assert sharded[key] == replicated[key], key
-    assert 0 < sharded["val_logloss"] < 1
+        assert sharded[key] == replicated[key] == reclustered[key], key
+    assert 0 < sharded["val_logloss"] < 1 and 0 < reclustered["val_logloss"] < 1
+    assert reclustered["val_logloss"] != pytest.approx(sharded["val_logloss"], abs=1e-6)
 
 
 def test_torchrec_refuses_chunks_not_a_multiple_of_4_wide(synth: Path, tmp_path: Path) -> None:

@@ -235,42 +235,64 @@ class CCEEmbeddingBag(BagModule):
         """
         if self.tables is None:
             raise ValueError(f"{self._where()} holds no tables (a TorchRec route's module): "
-                             f"the ranks that own the chunk tables must cluster them")
+                             f"the ranks that own the chunk tables recluster them "
+                             f"(recluster_table)")
+        self.merge_seen(all_reduce)
+        for i, table in enumerate(self.tables):
+            self.recluster_table(i, table, seed)
+
+    @torch.no_grad()
+    def merge_seen(self, all_reduce: Callable[[torch.Tensor], None] | None) -> None:
+        """Make ``seen`` the union of every rank's (``all_reduce`` sums over the ranks in
+        place; None: one rank, nothing to merge)."""
         if all_reduce is not None:
             merged = self.seen.to(torch.int32)
             all_reduce(merged)
             self.seen.copy_(merged > 0)
-        ids = self.seen.nonzero().squeeze(1)
+
+    @torch.no_grad()
+    def recluster_table(self, i: int, table: torch.Tensor, seed: int) -> None:
+        """Recluster chunk i, its table (2R, W) given (this module's own, or a TorchRec shard
+        holding it whole): rewrites ``table`` in place and column i of ``assignment`` and
+        ``hash_coefficients`` (:meth:`table_maps`)."""
+        ids = self.seen.nonzero().squeeze(1).to(table.device)
         m, r = ids.shape[0], self.rows
         if m == 0:
             return
-        for i, table in enumerate(self.tables):
-            gen = _generator(seed, i)
-            learned = self.assignment[ids, i].long()
-            hashed = universal_hash(ids, self.hash_coefficients[:, i:i + 1], r)[:, 0] + r
-            vectors = table[learned] + table[hashed]  # (m, W)
-            centroids = table[:r].clone()
-            if m <= r:  # a row for each seen id
-                centroids[:m] = vectors
-                labels = torch.arange(m, device=ids.device)
-            else:
-                points = vectors
-                if m > self.kmeans_samples * r:
-                    pick = torch.randperm(m, generator=gen)[: self.kmeans_samples * r]
-                    points = vectors[pick.to(ids.device)]
-                centroids = kmeans(points, r, self.kmeans_iters, gen)
-                labels = nearest(vectors, centroids)
-            a = torch.randint(1, PRIME, (1,), generator=gen)
-            b = torch.randint(0, PRIME, (1,), generator=gen)
-            coefficients = torch.stack([a, b]).to(self.hash_coefficients)
-            rehashed = universal_hash(ids, coefficients, r)[:, 0]
-            residuals = vectors - centroids[labels]
-            sums = torch.zeros_like(centroids).index_add_(0, rehashed, residuals)
-            counts = torch.bincount(rehashed, minlength=r).clamp(min=1)
-            table[:r] = centroids
-            table[r:] = sums / counts[:, None].to(sums.dtype)
-            self.assignment[ids, i] = labels.to(self.assignment.dtype)
-            self.hash_coefficients[:, i:i + 1] = coefficients
+        gen = _generator(seed, i)
+        learned = self.assignment[ids, i].long().to(table.device)
+        coefficients = self.hash_coefficients[:, i:i + 1]
+        hashed = universal_hash(ids, coefficients, r)[:, 0] + r
+        vectors = table[learned] + table[hashed]  # (m, W)
+        centroids = table[:r].clone()
+        if m <= r:  # a row for each seen id
+            centroids[:m] = vectors
+            labels = torch.arange(m, device=table.device)
+        else:
+            points = vectors
+            if m > self.kmeans_samples * r:
+                pick = torch.randperm(m, generator=gen)[: self.kmeans_samples * r]
+                points = vectors[pick.to(table.device)]
+            centroids = kmeans(points, r, self.kmeans_iters, gen)
+            labels = nearest(vectors, centroids)
+        a = torch.randint(1, PRIME, (1,), generator=gen)
+        b = torch.randint(0, PRIME, (1,), generator=gen)
+        coefficients = torch.stack([a, b])
+        rehashed = universal_hash(ids, coefficients, r)[:, 0]
+        residuals = vectors - centroids[labels]
+        sums = torch.zeros_like(centroids).index_add_(0, rehashed, residuals)
+        counts = torch.bincount(rehashed, minlength=r).clamp(min=1)
+        table[:r] = centroids
+        table[r:] = sums / counts[:, None].to(sums.dtype)
+        assignment, hashes = self.table_maps(i)
+        assignment[ids.to(assignment.device)] = labels.to(assignment)
+        hashes.copy_(coefficients[:, 0])
+
+    def table_maps(self, i: int) -> list[torch.Tensor]:
+        """Views of what reclustering table i rewrites besides it: column i of
+        ``assignment`` and of ``hash_coefficients`` (what the rank owning a TorchRec shard of
+        table i broadcasts to the others)."""
+        return [self.assignment[:, i], self.hash_coefficients[:, i]]
 
 
 def check_cce(embedding_dim: int, rows: int, chunks: int, where: str) -> None:

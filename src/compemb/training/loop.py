@@ -293,12 +293,18 @@ def _recluster(trainer: Trainer) -> None:
     step, each with its own seed drawn from (train seed, its place, step): a resumed run
     reclusters as the uninterrupted one. The optimizer's state is left as it is."""
     t, step = trainer.config.train, trainer.state.step
+
+    def seed_of(j: int) -> int:
+        return int(np.random.SeedSequence([t.seed, j, step]).generate_state(1)[0])
+
+    if trainer.sharded is not None:  # each table's owner reclusters it and broadcasts
+        trainer.sharded.recluster(seed_of)
+        return
     reduce = (lambda x: D.all_reduce_sum(x, trainer.dist)) if trainer.dist.enabled else None
     owners = [m for m in trainer.model.sparse_arch.modules() if callable(getattr(m, "recluster",
                                                                                  None))]
     for j, module in enumerate(owners):
-        seed = int(np.random.SeedSequence([t.seed, j, step]).generate_state(1)[0])
-        module.recluster(seed, all_reduce=reduce)
+        module.recluster(seed_of(j), all_reduce=reduce)
 
 
 def _record(trainer: Trainer) -> None:
