@@ -6,6 +6,8 @@ without reclustering counts as replicated."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,13 @@ import torch
 import trainkit
 
 from compemb.cli import main
-from compemb.config import apply_overrides
+from compemb.config import apply_overrides, dump_config
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import EmbeddingSpec, embedding_parameters
 from compemb.embeddings._universal import hash_coefficients
 from compemb.training import loop, resume, train
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 CCE = ["model.embedding.collisions=null", "model.embedding.scheme=cce",
        "model.embedding.rows=6", "model.embedding.chunks=2"]
 
@@ -143,3 +146,27 @@ def test_torchrec_refuses_chunks_not_a_multiple_of_4_wide(synth: Path, tmp_path:
     config = trainkit.tiny_config(synth, *CCE, "train.sharding=torchrec")  # D=4 over 2 chunks
     with pytest.raises(ValueError, match="a width that is a multiple of 4"):
         train(config, tmp_path / "s", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_two_ranks_recluster_as_one(synth: Path, tmp_path: Path) -> None:
+    """Sharded over 2 ranks (torchrun, gloo), each chunk table on one of them: its owner
+    reclusters it and broadcasts the assignment, after the ranks' seen ids are merged; the run
+    ends where the 1-rank sharded run does."""
+    pytest.importorskip("torchrec")
+    config = trainkit.tiny_config(synth, *CCE, "model.embedding_dim=8", "train.max_steps=12",
+                                  "train.recluster_every=4", "train.sharding=torchrec",
+                                  "train.batch_size=64")  # fmt: skip
+    (tmp_path / "c.yaml").write_text(dump_config(config))
+    two = subprocess.run([*TORCHRUN, "-m", "compemb.cli", "train", "--config",
+                          str(tmp_path / "c.yaml"), "--out", str(tmp_path / "two")],
+                         env=trainkit.env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    plan = [line.split() for line in two.stderr.splitlines() if line.startswith("f")]
+    owners = {words[-1] for words in plan if words[0].startswith(("f2__", "f4__"))}
+    assert owners == {"[0]", "[1]"}, two.stderr[-3000:]  # both ranks own chunk tables
+    with trainkit.one_thread():
+        one = train(config, tmp_path / "one", progress=False)
+    final = json.loads((tmp_path / "two" / "final.json").read_text())
+    assert final["world_size"] == 2 and final["steps"] == 12
+    assert final["test_logloss"] == pytest.approx(one["test_logloss"], abs=1e-4)
