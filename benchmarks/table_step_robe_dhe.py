@@ -16,9 +16,10 @@ most ``--threshold`` categories keeping their full tables. Variants:
 - CCE with c = 4 chunks (8 rows of width 4 per id) and c = 1 (2 rows of width 16); sparse
   gradients; the rows R are the knob. Its training-mode forward also marks the ids seen.
 
-After the steps, one ``recluster`` of each CCE collection is timed (CPU time, over the ids the
-steps saw), with ``--kmeans-iters`` and ``--kmeans-samples`` (lower than the scheme's defaults
-of 100 and 200, which on these sizes take many minutes on one thread).
+After the steps, one ``recluster`` of the CCE collections of the ``--recluster-ratios`` is
+timed (CPU time, over the ids the steps saw), with ``--kmeans-iters`` and ``--kmeans-samples``
+(lower than the scheme's defaults of 100 and 200, which on these sizes take many minutes on one
+thread; at /10, R = 31,845 rows, the sequential k-means++ start alone takes minutes).
 
     .venv/bin/python benchmarks/table_step_robe_dhe.py [--batches 2048] [--ratios 10 100]
 """
@@ -71,12 +72,13 @@ def variants(cards: list[int], args: argparse.Namespace) -> dict[str, tuple[nn.M
     return out
 
 
-def time_reclustering(made: dict[str, tuple[nn.Module, str]]) -> None:
-    """CPU time of one ``recluster`` of each collection whose modules have one."""
+def time_reclustering(made: dict[str, tuple[nn.Module, str]], ratios: list[int]) -> None:
+    """CPU time of one ``recluster`` of each collection of ``ratios`` whose modules have
+    one."""
     print(f"\none recluster of every feature, CPU time, {torch.get_num_threads()} thread(s)")
     for name, (module, _) in made.items():
         owners = [m for m in module.modules() if callable(getattr(m, "recluster", None))]
-        if not owners:
+        if not owners or not name.endswith(tuple(f"/{r}" for r in ratios)):
             continue
         seen = sum(int(m.seen.sum()) for m in owners)
         started = time.process_time()
@@ -92,11 +94,12 @@ def main() -> None:
     parser.add_argument("--threshold", type=int, default=1000)
     parser.add_argument("--kmeans-iters", type=int, default=10)
     parser.add_argument("--kmeans-samples", type=int, default=32)
+    parser.add_argument("--recluster-ratios", type=int, nargs="*", default=[100])
     args = parser.parse_args()
     cards = capped_cards(args)
     made = variants(cards, args)
     bench_modules(made, cards, args, f"; threshold {args.threshold}")
-    time_reclustering(made)
+    time_reclustering(made, args.recluster_ratios)
 
 
 if __name__ == "__main__":
