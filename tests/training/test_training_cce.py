@@ -170,3 +170,26 @@ def test_two_ranks_recluster_as_one(synth: Path, tmp_path: Path) -> None:
     final = json.loads((tmp_path / "two" / "final.json").read_text())
     assert final["world_size"] == 2 and final["steps"] == 12
     assert final["test_logloss"] == pytest.approx(one["test_logloss"], abs=1e-4)
+
+
+def test_two_replicated_ranks_recluster_as_one(synth: Path, tmp_path: Path) -> None:
+    """torchrun, 2 ranks under DDP: each keeps its own seen ids (not broadcast from rank 0),
+    merged before each reclustering, so both recluster alike and the run ends where one
+    process does."""
+    config = trainkit.tiny_config(synth, *CCE, "train.max_steps=12", "train.recluster_every=4",
+                                  "train.batch_size=64")  # fmt: skip
+    (tmp_path / "c.yaml").write_text(dump_config(config))
+    two = subprocess.run([*TORCHRUN, "-m", "compemb.cli", "train", "--config",
+                          str(tmp_path / "c.yaml"), "--out", str(tmp_path / "two")],
+                         env=trainkit.env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    with trainkit.one_thread():
+        one = train(config, tmp_path / "one", progress=False)
+    final = json.loads((tmp_path / "two" / "final.json").read_text())
+    assert final["world_size"] == 2 and final["steps"] == 12
+    assert final["test_logloss"] == pytest.approx(one["test_logloss"], abs=1e-4)
+    saved = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["model"]
+    ones = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["model"]
+    for key in saved:
+        if key.endswith((".seen", ".assignment", ".hash_coefficients")):
+            assert saved[key].equal(ones[key]), key

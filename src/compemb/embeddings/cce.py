@@ -170,6 +170,10 @@ class CCEEmbeddingBag(BagModule):
     4
     """
 
+    # Each rank marks the ids of its own share of the batches: not synchronized by DDP, merged
+    # over the ranks by merge_seen (before reclustering and checkpoints).
+    rank_local_buffers = ("seen",)
+
     def __init__(self, num_categories: int, embedding_dim: int, rows: int, chunks: int = 4,
                  seed: int = 0, mode: str = "sum", *, kmeans_iters: int = 100,
                  kmeans_samples: int = 200, sparse: bool = False,

@@ -333,7 +333,23 @@ def _evaluate(trainer: Trainer, split: str) -> dict[str, Any]:
     return evaluate(trainer.model, trainer.dataset, split, t.eval_batch_size, trainer.device)
 
 
+def _merge_rank_local(trainer: Trainer) -> None:
+    """Under torchrun, merge what each rank's modules keep for themselves (``merge_seen``:
+    CCE's seen ids) so the checkpoint, written once, holds every rank's."""
+    if not trainer.dist.enabled:
+        return
+
+    def reduce(x: torch.Tensor) -> None:
+        D.all_reduce_sum(x, trainer.dist)
+
+    arch = trainer.model.sparse_arch
+    for module in arch.modules():
+        if callable(getattr(module, "merge_seen", None)):
+            module.merge_seen(reduce)
+
+
 def _checkpoint(trainer: Trainer) -> None:
+    _merge_rank_local(trainer)
     extra = {"state": trainer.state.to_dict(), "rng": rng_state(),
              "config": trainer.config.to_dict()}  # fmt: skip
     if trainer.sharded is not None:
