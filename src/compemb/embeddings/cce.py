@@ -6,7 +6,7 @@ An id's D-wide vector is c chunks of width W = D / c. Chunk i of id x is
     T_i[a_i(x)] + H_i[h_i(x)]
 
 with T_i and H_i tables of R rows each, ``a_i`` a learned id-to-row assignment (it starts as a
-seeded hash) and ``h_i`` a seeded hash (:mod:`compemb.embeddings._universal`). Both tables of a
+seeded hash) and ``h_i`` a seeded hash (``compemb.embeddings._universal``). Both tables of a
 chunk are one table of 2R rows (T_i the first R, H_i the last R), so a TorchRec table-wise
 plan puts a whole chunk on one rank.
 
