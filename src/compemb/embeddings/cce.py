@@ -69,8 +69,10 @@ def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     labels = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
     for start in range(0, points.shape[0], block):
         x = points[start:start + block]
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every c
-        labels[start:start + block] = (sq - 2 * x @ centroids.T).argmin(1)
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every c. One fused
+        # pass (addmm) and the argmin: with narrow chunks the passes over the (m, k) block,
+        # not the products, take the time
+        labels[start:start + block] = torch.addmm(sq, x, centroids.T, alpha=-2).argmin(1)
     return labels
 
 
@@ -87,14 +89,20 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
     """
     m = points.shape[0]
     tries = 2 + int(math.log(k))
+    sq = (points * points).sum(1)
+
+    def distances(rows: torch.Tensor) -> torch.Tensor:
+        """Squared distances of the points ``rows`` to every point: (r,) -> (r, m)."""
+        near = torch.addmm(sq[rows][:, None] + sq[None], points[rows], points.T, alpha=-2)
+        return near.clamp_(min=0)  # rounding leaves tiny negatives
+
     chosen = [int(torch.randint(m, (1,), generator=generator))]
-    dist = ((points - points[chosen[0]]) ** 2).sum(1)
+    dist = distances(torch.tensor(chosen, device=points.device))[0]
     for _ in range(1, k):
         weights = dist if dist.sum() > 0 else torch.ones_like(dist)
         picks = torch.multinomial(weights.double().cpu(), tries, replacement=True,
                                   generator=generator).to(points.device)
-        candidates = ((points[None] - points[picks][:, None]) ** 2).sum(2)  # (tries, m)
-        candidates = torch.minimum(candidates, dist)
+        candidates = torch.minimum(distances(picks), dist)  # (tries, m)
         best = int(candidates.sum(1).argmin())
         chosen.append(int(picks[best]))
         dist = candidates[best]
