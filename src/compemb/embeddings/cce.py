@@ -25,10 +25,11 @@ differs from that code, and why:
 - k-means is Lloyd's, in torch (the code uses faiss): at most ``kmeans_iters`` rounds (the
   code: 100), stopping early once no label changes (a further round would change nothing), on
   a seeded sample of at most ``kmeans_samples`` points per centroid (the code: 200; faiss
-  keeps 256). It starts from greedy k-means++ rather than faiss's uniform sample of points: ids that
-  share both rows have equal vectors, so a uniform sample often starts two centroids on one
-  point, and faiss's repair (splitting a large cluster) is not reproduced here. A centroid left
-  without points keeps its place.
+  keeps 256). It starts from greedy k-means++ (over at most 8R of the points) rather than
+  faiss's uniform sample of points: ids that share both rows have equal vectors, so a uniform
+  sample often starts two centroids on one point, and faiss's repair (splitting a large
+  cluster) is not reproduced here. A centroid left without points keeps its place. Cost per
+  chunk: about ``kmeans_iters`` x ``kmeans_samples`` x R^2 distances, plus R per seen id.
 - Fewer seen ids than R: each gets a row of its own (its vector, exactly); the other rows keep
   their values (the code fills them with random points).
 - Rows of H_i no seen id hashes to are 0 (the code divides 0 by 0 there, giving NaN).
@@ -143,7 +144,7 @@ def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
 
 
 def _generator(*words: int) -> torch.Generator:
-    """A CPU generator seeded from several integers (seed, feature, chunk, step)."""
+    """A CPU generator seeded from several integers (a reclustering's seed, a chunk)."""
     state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
