@@ -193,3 +193,21 @@ def test_two_replicated_ranks_recluster_as_one(synth: Path, tmp_path: Path) -> N
     for key in saved:
         if key.endswith((".seen", ".assignment", ".hash_coefficients")):
             assert saved[key].equal(ones[key]), key
+
+
+def test_chunk_tables_are_sharded_table_wise_only() -> None:
+    """So that one rank holds each whole and can recluster it (even where FBGEMM offers
+    row-wise sharding: CUDA)."""
+    pytest.importorskip("torchrec")
+    from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+    from compemb.training.sharding import sharding_types
+
+    trc = TorchRecEmbeddingCollection([100_000, 50_000], 16,
+                                      EmbeddingSpec("cce", rows=20_000, chunks=2),
+                                      device="meta")  # fmt: skip
+    robe = TorchRecEmbeddingCollection([100_000], 16, EmbeddingSpec("robe", size=400_000),
+                                       device="meta")  # fmt: skip
+    for device in ("cpu", "cuda"):
+        types = sharding_types(trc, torch.device(device), small_bytes=0)
+        assert types == {t: ["table_wise"] for t in ("f0__0", "f0__1", "f1__0", "f1__1")}
+    assert "row_wise" in sharding_types(robe, torch.device("cuda"), small_bytes=0)["f0__0"]
