@@ -1,4 +1,4 @@
-"""Table training step of ROBE and DHE embeddings against the full tables.
+"""Table training step of ROBE, DHE and CCE embeddings against the full tables.
 
 The harness of ``table_step.py`` (forward + backward + torch's Adagrad on a fixed random output
 gradient, gradients set to None before each step, variants interleaved round by round, CPU
@@ -12,7 +12,14 @@ most ``--threshold`` categories keeping their full tables. Variants:
 - ROBE, block-aligned Z = 4 and Z = 16 (one block per id), and unaligned Z = 4; sparse
   gradients of the array;
 - DHE, depth 2, k = 64 hashes, uniform encoding; the width is the knob (its multiply-adds per
-  id are printed).
+  id are printed);
+- CCE with c = 4 chunks (8 rows of width 4 per id) and c = 1 (2 rows of width 16); sparse
+  gradients; the rows R are the knob. Its training-mode forward also marks the ids seen.
+
+After the steps, one ``recluster`` of the CCE collections of the ``--recluster-ratios`` is
+timed (CPU time, over the ids the steps saw), with ``--kmeans-iters`` and ``--kmeans-samples``
+(lower than the scheme's defaults of 100 and 200, which on these sizes take many minutes on one
+thread; at /10, R = 31,845 rows, the sequential k-means++ start alone takes minutes).
 
     .venv/bin/python benchmarks/table_step_robe_dhe.py [--batches 2048] [--ratios 10 100]
 """
@@ -20,7 +27,9 @@ most ``--threshold`` categories keeping their full tables. Variants:
 from __future__ import annotations
 
 import argparse
+import time
 
+import torch
 from torch import nn
 
 from compemb import EmbeddingBagCollection, EmbeddingSpec
@@ -47,6 +56,12 @@ def variants(cards: list[int], args: argparse.Namespace) -> dict[str, tuple[nn.M
             ("ROBE Z=4 unaligned", EmbeddingSpec("robe", size=4, block=4, aligned=False,
                                                  threshold=t, sparse=True)),
             ("DHE", EmbeddingSpec("dhe", width=1, threshold=t)),
+            ("CCE c=4", EmbeddingSpec("cce", rows=1, chunks=4, threshold=t, sparse=True,
+                                      kmeans_iters=args.kmeans_iters,
+                                      kmeans_samples=args.kmeans_samples)),
+            ("CCE c=1", EmbeddingSpec("cce", rows=1, chunks=1, threshold=t, sparse=True,
+                                      kmeans_iters=args.kmeans_iters,
+                                      kmeans_samples=args.kmeans_samples)),
         ):
             fitted = fit_budget(cards, D, spec, budget)
             module = EmbeddingBagCollection(cards, D, fitted, validate=False)
@@ -57,13 +72,34 @@ def variants(cards: list[int], args: argparse.Namespace) -> dict[str, tuple[nn.M
     return out
 
 
+def time_reclustering(made: dict[str, tuple[nn.Module, str]], ratios: list[int]) -> None:
+    """CPU time of one ``recluster`` of each collection of ``ratios`` whose modules have
+    one."""
+    print(f"\none recluster of every feature, CPU time, {torch.get_num_threads()} thread(s)")
+    for name, (module, _) in made.items():
+        owners = [m for m in module.modules() if callable(getattr(m, "recluster", None))]
+        if not owners or not name.endswith(tuple(f"/{r}" for r in ratios)):
+            continue
+        seen = sum(int(m.seen.sum()) for m in owners)
+        started = time.process_time()
+        for j, m in enumerate(owners):
+            m.recluster(seed=j)
+        took = time.process_time() - started
+        print(f"  {name:28s} {took:8.1f} s  ({len(owners)} features, {seen:,} seen ids)")
+
+
 def main() -> None:
     parser = module_parser(__doc__)
     parser.add_argument("--ratios", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--threshold", type=int, default=1000)
+    parser.add_argument("--kmeans-iters", type=int, default=10)
+    parser.add_argument("--kmeans-samples", type=int, default=32)
+    parser.add_argument("--recluster-ratios", type=int, nargs="*", default=[100])
     args = parser.parse_args()
     cards = capped_cards(args)
-    bench_modules(variants(cards, args), cards, args, f"; threshold {args.threshold}")
+    made = variants(cards, args)
+    bench_modules(made, cards, args, f"; threshold {args.threshold}")
+    time_reclustering(made, args.recluster_ratios)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ SCHEME_SPECS: dict[str, list[EmbeddingSpec]] = {
                             multiple_of=4, init="unit_norm", order="frequency")],
     "dhe": [EmbeddingSpec("dhe", width=8, hashes=16),
             EmbeddingSpec("dhe", width=6, depth=1, hashes=8, encoding="gaussian")],
+    "cce": [EmbeddingSpec("cce", rows=8, chunks=2),
+            EmbeddingSpec("cce", rows=5, chunks=1, seed=3)],
 }
 SPECS = [spec for specs in SCHEME_SPECS.values() for spec in specs]
 

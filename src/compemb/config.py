@@ -102,6 +102,7 @@ class TrainConfig:
     device: str | None = None  # cpu or cuda; None: cuda when available
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
     keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
+    recluster_every: int | None = None  # recluster (CCE) every N steps; 0 or None: never
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,11 @@ def _resolve(config: Config, source: str) -> Config:
     checks += [
         (t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0: at the end)"),
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1"),
+        (t.recluster_every is None or t.recluster_every >= 0,
+         f"train.recluster_every={t.recluster_every}: must be >= 0 (0 or null: never)"),
+        (not t.recluster_every or m.embedding.owner.reclusters,
+         f"train.recluster_every={t.recluster_every}: scheme {m.embedding.scheme!r} has nothing "
+         f"to recluster; leave it out"),
         (m.embedding_dim >= 1, f"model.embedding_dim={m.embedding_dim}: must be >= 1"),
     ]
     for ok, message in checks:

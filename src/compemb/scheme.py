@@ -151,6 +151,8 @@ class Scheme(ABC):
             other than the knob).
         takes_hot: whether ``hot`` private rows apply (composed with the scheme's tables).
         takes_order: whether ids may be renumbered (``order``) before partitioning.
+        reclusters: whether its modules have a ``recluster(seed, all_reduce=None)`` that the
+            trainer calls every ``train.recluster_every`` steps (CCE's k-means).
     """
 
     name: str
@@ -161,6 +163,7 @@ class Scheme(ABC):
     sizes: ClassVar[tuple[str, ...]] = ("collisions", "k")
     takes_hot: ClassVar[bool] = False
     takes_order: ClassVar[bool] = True
+    reclusters: ClassVar[bool] = False
 
     def setting_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.settings_type))

@@ -232,7 +232,9 @@ def test_single_file_checkpoint_of_an_earlier_sharded_run_resumes(one_rank_run: 
      "model.embedding.multiple_of=4"],
     ["model.embedding.scheme=tt", "model.embedding.rank=2"],
     ["model.embedding.scheme=robe", "model.embedding.size=4096", "model.embedding.block=4"],
-], ids=["md", "tt", "robe"])  # fmt: skip
+    ["model.embedding.collisions=null", "model.embedding.scheme=cce", "model.embedding.rows=64",
+     "model.embedding.chunks=2", "model.embedding.kmeans_iters=10", "train.recluster_every=15"],
+], ids=["md", "tt", "robe", "cce-reclustered"])  # fmt: skip
 def test_sharded_runs_of_other_schemes_resume_exactly(data: Path, tmp_path: Path,
                                                       settings: list[str]) -> None:
     """The sharded checkpoint path is the same for every scheme: a run cut after its first

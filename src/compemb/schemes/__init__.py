@@ -44,3 +44,8 @@ from compemb.schemes.mixed_dim_qr import MixedDimQRScheme  # noqa: E402
 
 register_scheme(MixedDimQRScheme())
 __all__ += ["MixedDimQRScheme"]
+
+from compemb.schemes.cce import CCEScheme  # noqa: E402
+
+register_scheme(CCEScheme())
+__all__ += ["CCEScheme"]

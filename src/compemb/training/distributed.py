@@ -78,12 +78,19 @@ def wrap_model(
 
     With ``sparse_tables`` the parameters of ``model.sparse_arch`` stay outside DDP: its reducer
     rejects sparse gradients of parameters that are not ``nn.Embedding`` weights ("Cannot access
-    storage of SparseTensorImpl"). Call :func:`reduce_table_grads` after every backward.
+    storage of SparseTensorImpl"). Call :func:`reduce_table_grads` after every backward. The
+    buffers a module names in ``rank_local_buffers`` are not broadcast from rank 0.
     """
     if not info.enabled:
         return model
+    # buffers each rank keeps for itself (CCE's seen ids), which DDP must not overwrite with
+    # rank 0's
+    names = [".".join(part for part in ("sparse_arch", m, b) if part)
+             for m, module in model.sparse_arch.named_modules()
+             for b in getattr(module, "rank_local_buffers", ())]  # fmt: skip
     if sparse_tables:
-        names = [f"sparse_arch.{n}" for n, _ in model.sparse_arch.named_parameters()]
+        names += [f"sparse_arch.{n}" for n, _ in model.sparse_arch.named_parameters()]
+    if names:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -237,6 +238,8 @@ def _fit(trainer: Trainer, progress: bool | None) -> None:
             )  # fmt: skip
             for batch in batches:
                 global_rows = _train_step(trainer, batch)
+                if t.recluster_every and state.step % t.recluster_every == 0:
+                    _recluster(trainer)
                 bar.update(global_rows)
                 if state.step % 20 == 0 and state.loss_rows:
                     bar.set_postfix(loss=f"{state.loss_sum / state.loss_rows:.4f}")
@@ -285,6 +288,25 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
     return global_rows
 
 
+def _recluster(trainer: Trainer) -> None:
+    """Call ``recluster`` on every embedding module that has one (CCE), after the optimizer
+    step, each with its own seed drawn from (train seed, its place, step): a resumed run
+    reclusters as the uninterrupted one. The optimizer's state is left as it is."""
+    t, step = trainer.config.train, trainer.state.step
+
+    def seed_of(j: int) -> int:
+        return int(np.random.SeedSequence([t.seed, j, step]).generate_state(1)[0])
+
+    if trainer.sharded is not None:  # each table's owner reclusters it and broadcasts
+        trainer.sharded.recluster(seed_of)
+        return
+    reduce = (lambda x: D.all_reduce_sum(x, trainer.dist)) if trainer.dist.enabled else None
+    owners = [m for m in trainer.model.sparse_arch.modules() if callable(getattr(m, "recluster",
+                                                                                 None))]
+    for j, module in enumerate(owners):
+        module.recluster(seed_of(j), all_reduce=reduce)
+
+
 def _record(trainer: Trainer) -> None:
     """Validate (rank 0), append a record to metrics.jsonl; the other ranks wait."""
     state = trainer.state
@@ -311,7 +333,23 @@ def _evaluate(trainer: Trainer, split: str) -> dict[str, Any]:
     return evaluate(trainer.model, trainer.dataset, split, t.eval_batch_size, trainer.device)
 
 
+def _merge_rank_local(trainer: Trainer) -> None:
+    """Under torchrun, merge what each rank's modules keep for themselves (``merge_seen``:
+    CCE's seen ids) so the checkpoint, written once, holds every rank's."""
+    if not trainer.dist.enabled:
+        return
+
+    def reduce(x: torch.Tensor) -> None:
+        D.all_reduce_sum(x, trainer.dist)
+
+    arch = trainer.model.sparse_arch
+    for module in arch.modules():
+        if callable(getattr(module, "merge_seen", None)):
+            module.merge_seen(reduce)
+
+
 def _checkpoint(trainer: Trainer) -> None:
+    _merge_rank_local(trainer)
     extra = {"state": trainer.state.to_dict(), "rng": rng_state(),
              "config": trainer.config.to_dict()}  # fmt: skip
     if trainer.sharded is not None:

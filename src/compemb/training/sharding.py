@@ -21,7 +21,7 @@ R ranks equals a single process's step on the whole batch.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,11 +117,17 @@ def sharding_types(
 
     Unpooled tables (EmbeddingCollection) are never data-parallel: TorchRec 1.8's
     data-parallel EmbeddingCollection returns wrong rows on CPU (or fails in split_with_sizes).
+    Tables whose route's module reclusters them (``recluster_table``: CCE) are table-wise only,
+    so one rank holds each whole.
 
     Raises:
         ValueError: for an unpooled table whose width is not a multiple of 4.
     """
     pooled = {t for r in collection.routes if r.pooled for t in r.tables}
+    reclustered = {t for r in collection.routes
+                   if callable(getattr(collection.paths[r.name] if r.name in collection.paths
+                                       else None, "recluster_table", None))
+                   for t in r.tables}  # fmt: skip
     types = {}
     for t, nbytes in collection.table_bytes().items():
         width = collection.table_shapes[t][1]
@@ -140,6 +146,8 @@ def sharding_types(
                 f"has even factors)"
             )
         types[t] = ["table_wise"]
+        if t in reclustered:  # its owner reclusters it whole (ShardedTraining.recluster)
+            continue
         # FBGEMM needs column shards of a multiple of 4 columns.
         if t in pooled and width % 8 == 0:
             types[t].append("column_wise")
@@ -235,6 +243,28 @@ def _shard_slices(value: Any) -> Iterable[tuple[torch.Tensor, tuple[slice, ...]]
         md = s.metadata
         yield s.tensor, tuple(slice(o, o + n) for o, n in
                               zip(md.shard_offsets, md.shard_sizes, strict=True))
+
+
+def _whole_table(state: dict[str, Any], table: str, shape: tuple[int, int]
+                 ) -> tuple[int, torch.Tensor | None]:
+    """The rank that holds TorchRec table ``table`` whole, and the table if it is this rank.
+
+    Raises:
+        ValueError: when no rank holds it whole (split by rows or columns).
+    """
+    keys = [k for k in state if k.endswith(f"embeddings.{table}.weight")]
+    if len(keys) != 1:
+        raise ValueError(f"table {table}: expected one state-dict entry, found {keys}")
+    value = state[keys[0]]
+    if not _is_sharded(value):  # data-parallel: every rank holds it
+        return 0, value
+    whole = [m for m in value.metadata().shards_metadata if tuple(m.shard_sizes) == shape]
+    if not whole:
+        raise ValueError(f"table {table} {shape} is split over ranks; reclustering needs it "
+                         f"whole on one rank (table-wise sharding)")
+    owner = whole[0].placement.rank()
+    local = [s.tensor for s in value.local_shards() if tuple(s.metadata.shard_sizes) == shape]
+    return owner, local[0] if local else None
 
 
 def load_full_state_dict(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -345,6 +375,44 @@ class ShardedTraining:
     def net(self) -> nn.Module:
         """The model to train and evaluate (DMP)."""
         return self.sharded.model
+
+    def recluster(self, seed_of: Callable[[int], int]) -> None:
+        """Recluster every feature whose route's data-parallel module can (CCE), collectively.
+
+        The k-th such feature (in feature order, as the local collection's modules) gets seed
+        ``seed_of(k)``. Its module merges every rank's seen ids; then for each of its tables
+        the rank holding it (whole: such tables are table-wise) reclusters it in place through
+        ``module.recluster_table`` and broadcasts what else that rewrote (``table_maps``: the
+        assignment column and the hash) to every rank. No table leaves its rank. The fused
+        optimizer's state is left as it is, as on the local path.
+
+        Raises:
+            ValueError: when such a table is not whole on one rank.
+        """
+        collection = self.sharded.collection
+        state = self.net.state_dict()
+        world = dist.get_world_size()
+
+        def reduce(x: torch.Tensor) -> None:
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+
+        k = 0
+        for r in collection.routes:
+            module = collection.paths[r.name] if r.name in collection.paths else None
+            if not callable(getattr(module, "recluster_table", None)):
+                continue
+            seed = seed_of(k)
+            k += 1
+            module.merge_seen(reduce if world > 1 else None)
+            for i, t in enumerate(r.tables):
+                owner, local = _whole_table(state, t, collection.table_shapes[t])
+                if local is not None:
+                    module.recluster_table(i, local, seed)
+                for view in module.table_maps(i):
+                    buffer = view.contiguous()
+                    if world > 1:
+                        dist.broadcast(buffer, src=owner)
+                    view.copy_(buffer)
 
     def _state(self) -> dict[str, Any]:
         """This rank's model and fused-optimizer state: ShardedTensors of its own shards,

@@ -1,0 +1,318 @@
+"""CCE (Tsang and Ahle, "Clustering the Sketch: Dynamic Compression for Embedding Tables",
+NeurIPS 2023): clustered compositional embeddings.
+
+An id's D-wide vector is c chunks of width W = D / c. Chunk i of id x is
+
+    T_i[a_i(x)] + H_i[h_i(x)]
+
+with T_i and H_i tables of R rows each, ``a_i`` a learned id-to-row assignment (it starts as a
+seeded hash) and ``h_i`` a seeded hash (``compemb.embeddings._universal``). Both tables of a
+chunk are one table of 2R rows (T_i the first R, H_i the last R), so a TorchRec table-wise
+plan puts a whole chunk on one rank.
+
+Every so often (``train.recluster_every``) :meth:`CCEEmbeddingBag.recluster` runs k-means with
+k = R over each chunk's current vectors of the ids seen in training, points every seen id's
+``a_i`` at its nearest centroid and makes T_i the centroids: ids whose vectors agree come to
+share a row. As the authors' ``CCEmbedding.cluster`` (github.com/thomasahle/cce, ``cce/cce.py``)
+it then draws a new hash ``h_i`` and sets each row of H_i to the mean residual (vector before,
+minus its new centroid) of the ids hashed to it, so the vectors change little. Where this
+differs from that code, and why:
+
+- Only ids seen in training are clustered and reassigned (the code clusters every id of the
+  vocabulary): an unseen id's vector is its untrained init, which would pull centroids, and
+  assigning every id costs n R W per chunk. An unseen id keeps its row index (its first hash),
+  so its vector stays defined: a centroid plus a residual row.
+- k-means is Lloyd's, in torch (the code uses faiss): at most ``kmeans_iters`` rounds (the
+  code: 100), stopping early once no label changes (a further round would change nothing), on
+  a seeded sample of at most ``kmeans_samples`` points per centroid (the code: 200; faiss
+  keeps 256). It starts from greedy k-means++ (over at most 8R of the points) rather than
+  faiss's uniform sample of points: ids that share both rows have equal vectors, so a uniform
+  sample often starts two centroids on one point, and faiss's repair (splitting a large
+  cluster) is not reproduced here. A centroid left without points keeps its place. Cost per
+  chunk: about ``kmeans_iters`` x ``kmeans_samples`` x R^2 distances, plus R per seen id.
+- Fewer seen ids than R: each gets a row of its own (its vector, exactly); the other rows keep
+  their values (the code fills them with random points).
+- Rows of H_i no seen id hashes to are 0 (the code divides 0 by 0 there, giving NaN).
+
+Optimizer state is left as it is, as the authors' training script leaves it (it calls
+``cluster`` between epochs and never touches the optimizer): the Adagrad sums of rewritten
+rows carry on.
+
+Letters: N ids, n categories, D width, c chunks, W = D / c, R rows of T_i (and of H_i).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compemb.embeddings._universal import PRIME, check_hashable, hash_coefficients, universal_hash
+from compemb.embeddings.base import BagModule, full_table_bound
+
+__all__ = ["CCEEmbeddingBag", "check_cce", "kmeans", "kmeans_plus_plus", "nearest"]
+
+
+def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """The nearest centroid (squared Euclidean) of each point: (m, W), (k, W) -> (m,) int64.
+
+    Computed in blocks of about 2^22 distances, so memory stays bounded whatever m.
+
+    >>> nearest(torch.tensor([[0.0], [0.9], [2.2]]), torch.tensor([[0.0], [1.0], [2.0]])).tolist()
+    [0, 1, 2]
+    """
+    block = max(1, 2**22 // max(centroids.shape[0], 1))
+    sq = (centroids * centroids).sum(1)
+    labels = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
+    for start in range(0, points.shape[0], block):
+        x = points[start:start + block]
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every c. One fused
+        # pass (addmm) and the argmin: with narrow chunks the passes over the (m, k) block,
+        # not the products, take the time
+        labels[start:start + block] = torch.addmm(sq, x, centroids.T, alpha=-2).argmin(1)
+    return labels
+
+
+def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k starting centroids by greedy k-means++ (Arthur and Vassilvitskii 2007; greedy as
+    scikit-learn's default): the first a uniform draw; for each next one, 2 + ln k candidates
+    drawn with probability proportional to their squared distance to the nearest centroid so
+    far (uniform once every point coincides with one), keeping the candidate that lowers the
+    sum of those distances most. (m, W) -> (k, W).
+
+    >>> pts = torch.tensor([[0.0], [0.0], [0.0], [9.0]])
+    >>> kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(0)).sort(0).values.flatten()
+    tensor([0., 9.])
+    """
+    m = points.shape[0]
+    tries = 2 + int(math.log(k))
+    sq = (points * points).sum(1)
+
+    def distances(rows: torch.Tensor) -> torch.Tensor:
+        """Squared distances of the points ``rows`` to every point: (r,) -> (r, m)."""
+        near = torch.addmm(sq[rows][:, None] + sq[None], points[rows], points.T, alpha=-2)
+        return near.clamp_(min=0)  # rounding leaves tiny negatives
+
+    chosen = [int(torch.randint(m, (1,), generator=generator))]
+    dist = distances(torch.tensor(chosen, device=points.device))[0]
+    for _ in range(1, k):
+        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
+        picks = torch.multinomial(weights.double().cpu(), tries, replacement=True,
+                                  generator=generator).to(points.device)
+        candidates = torch.minimum(distances(picks), dist)  # (tries, m)
+        best = int(candidates.sum(1).argmin())
+        chosen.append(int(picks[best]))
+        dist = candidates[best]
+    return points[chosen].clone()
+
+
+def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
+           ) -> torch.Tensor:
+    """Lloyd's k-means: (m, W) points, m >= k -> (k, W) centroids.
+
+    Starts from :func:`kmeans_plus_plus` (greedy) over a random 8k of the points (all of them
+    when fewer); runs at most ``iters`` rounds, stopping once no label changes. A centroid
+    without points keeps its place.
+
+    >>> pts = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
+    >>> kmeans(pts, 2, 10, torch.Generator().manual_seed(0)).sort(0).values.flatten()
+    tensor([0.0500, 5.1000])
+    """
+    if points.shape[0] < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {points.shape[0]}")
+    # the start is k sequential draws: taken from at most 8k points, so its cost stays O(k^2 W)
+    pool = points
+    if points.shape[0] > 8 * k:
+        pool = points[torch.randperm(points.shape[0], generator=generator)[:8 * k].to(
+            points.device)]
+    centroids = kmeans_plus_plus(pool, k, generator)
+    labels = None
+    for _ in range(iters):
+        new = nearest(points, centroids)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
+        counts = torch.bincount(labels, minlength=k)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None].to(points.dtype)
+    return centroids
+
+
+def _generator(*words: int) -> torch.Generator:
+    """A CPU generator seeded from several integers (a reclustering's seed, a chunk)."""
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+class CCEEmbeddingBag(BagModule):
+    """``nn.EmbeddingBag``'s interface over clustered compositional embeddings.
+
+    Args:
+        num_categories: n.
+        embedding_dim: D, a multiple of ``chunks``.
+        rows: R, rows of each chunk's learned table T_i (and of its hashed table H_i).
+        chunks: c, chunks of width D / c.
+        seed: seeds the first assignment and the first hashes.
+        kmeans_iters: most Lloyd rounds per chunk when reclustering.
+        kmeans_samples: most points per centroid k-means is fitted on.
+        mode, sparse, include_last_offset, validate, device, dtype: as ``nn.EmbeddingBag``.
+
+    Tables ``tables.<i>`` (2R, W) hold T_i then H_i, each entry drawn U(-a / sqrt(2), a /
+    sqrt(2)) with a = sqrt(1/n) the full table's bound: a chunk is the sum of two entries, so
+    vectors start with the full table's variance. Buffers (saved in checkpoints):
+    ``assignment`` (n, c) int32, the rows a_i(x) of T_i; ``hash_coefficients`` (2, c) int64,
+    the hashes h_i; ``seen`` (n,) bool, the ids a training-mode forward has embedded.
+
+    Forward: ``(input, offsets=None, per_sample_weights=None) -> (B, D)``.
+
+    >>> bag = CCEEmbeddingBag(10_000, 16, rows=32, chunks=4)
+    >>> bag(torch.tensor([[1, 2], [3, 9999]])).shape, bag.num_parameters
+    (torch.Size([2, 16]), 1024)
+    >>> bag.recluster(seed=0)  # nothing seen yet: nothing to cluster
+    >>> _ = bag.train()(torch.tensor([[1, 2], [3, 9999]]))
+    >>> int(bag.seen.sum())
+    4
+    """
+
+    # Each rank marks the ids of its own share of the batches: not synchronized by DDP, merged
+    # over the ranks by merge_seen (before reclustering and checkpoints).
+    rank_local_buffers = ("seen",)
+
+    def __init__(self, num_categories: int, embedding_dim: int, rows: int, chunks: int = 4,
+                 seed: int = 0, mode: str = "sum", *, kmeans_iters: int = 100,
+                 kmeans_samples: int = 200, sparse: bool = False,
+                 include_last_offset: bool = False, validate: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__(num_categories, embedding_dim, mode, include_last_offset, validate)
+        check_cce(embedding_dim, rows, chunks, type(self).__name__)
+        check_hashable(num_categories, type(self).__name__)
+        self.rows, self.chunks, self.sparse = rows, chunks, sparse
+        self.kmeans_iters, self.kmeans_samples = kmeans_iters, kmeans_samples
+        width = embedding_dim // chunks
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.empty(2 * rows, width, device=device, dtype=dtype))
+            for _ in range(chunks))
+        first = hash_coefficients(2 * chunks, seed)  # the first assignment, then h_i
+        ids = torch.arange(num_categories, device=device)
+        self.register_buffer("assignment", universal_hash(ids, first[:, :chunks], rows).int())
+        self.register_buffer("hash_coefficients", first[:, chunks:].clone().to(device))
+        self.register_buffer("seen", torch.zeros(num_categories, dtype=torch.bool, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        b = full_table_bound(self.num_categories) / 2**0.5
+        with torch.no_grad():
+            for table in self.tables:
+                table.uniform_(-b, b)
+
+    @property
+    def num_rows(self) -> int:
+        """Table rows: 2R per chunk."""
+        return 2 * self.rows * self.chunks
+
+    def lookup(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """The two rows each id reads from each chunk's table, as a TorchRec route's ``lookup``:
+        ids (N,) -> c tensors (N, 2): [a_i(x), R + h_i(x)]. In training mode, marks the ids
+        seen."""
+        if self.training:
+            self.seen[ids] = True
+        learned = self.assignment[ids].long()  # (N, c)
+        hashed = universal_hash(ids, self.hash_coefficients, self.rows) + self.rows
+        return list(torch.stack([learned, hashed], dim=2).unbind(1))
+
+    def compose(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.lookup(ids)
+        parts = [F.embedding(r, t, sparse=self.sparse).sum(1)
+                 for r, t in zip(rows, self.tables, strict=True)]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def recluster(self, seed: int,
+                  all_reduce: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Cluster each chunk's vectors of the seen ids and rewrite the chunk (module docstring).
+
+        Deterministic given ``seed`` and the module's state: chunk i draws from a generator
+        seeded with (``seed``, i). With no id seen yet there is nothing to fit, and nothing
+        changes.
+
+        Args:
+            seed: seeds the k-means samples and starts and the new hashes.
+            all_reduce: sums a tensor over the ranks in place, when each rank has trained on
+                its own share of the batches: the ranks' seen ids are merged first, so every
+                rank (holding the same tables) computes the same clustering.
+        """
+        if self.tables is None:
+            raise ValueError(f"{self._where()} holds no tables (a TorchRec route's module): "
+                             f"the ranks that own the chunk tables recluster them "
+                             f"(recluster_table)")
+        self.merge_seen(all_reduce)
+        for i, table in enumerate(self.tables):
+            self.recluster_table(i, table, seed)
+
+    @torch.no_grad()
+    def merge_seen(self, all_reduce: Callable[[torch.Tensor], None] | None) -> None:
+        """Make ``seen`` the union of every rank's (``all_reduce`` sums over the ranks in
+        place; None: one rank, nothing to merge)."""
+        if all_reduce is not None:
+            merged = self.seen.to(torch.int32)
+            all_reduce(merged)
+            self.seen.copy_(merged > 0)
+
+    @torch.no_grad()
+    def recluster_table(self, i: int, table: torch.Tensor, seed: int) -> None:
+        """Recluster chunk i, its table (2R, W) given (this module's own, or a TorchRec shard
+        holding it whole): rewrites ``table`` in place and column i of ``assignment`` and
+        ``hash_coefficients`` (:meth:`table_maps`)."""
+        ids = self.seen.nonzero().squeeze(1).to(table.device)
+        m, r = ids.shape[0], self.rows
+        if m == 0:
+            return
+        gen = _generator(seed, i)
+        learned = self.assignment[ids, i].long().to(table.device)
+        coefficients = self.hash_coefficients[:, i:i + 1]
+        hashed = universal_hash(ids, coefficients, r)[:, 0] + r
+        vectors = table[learned] + table[hashed]  # (m, W)
+        centroids = table[:r].clone()
+        if m <= r:  # a row for each seen id
+            centroids[:m] = vectors
+            labels = torch.arange(m, device=table.device)
+        else:
+            points = vectors
+            if m > self.kmeans_samples * r:
+                pick = torch.randperm(m, generator=gen)[: self.kmeans_samples * r]
+                points = vectors[pick.to(table.device)]
+            centroids = kmeans(points, r, self.kmeans_iters, gen)
+            labels = nearest(vectors, centroids)
+        a = torch.randint(1, PRIME, (1,), generator=gen)
+        b = torch.randint(0, PRIME, (1,), generator=gen)
+        coefficients = torch.stack([a, b])
+        rehashed = universal_hash(ids, coefficients, r)[:, 0]
+        residuals = vectors - centroids[labels]
+        sums = torch.zeros_like(centroids).index_add_(0, rehashed, residuals)
+        counts = torch.bincount(rehashed, minlength=r).clamp(min=1)
+        table[:r] = centroids
+        table[r:] = sums / counts[:, None].to(sums.dtype)
+        assignment, hashes = self.table_maps(i)
+        assignment[ids.to(assignment.device)] = labels.to(assignment)
+        hashes.copy_(coefficients[:, 0])
+
+    def table_maps(self, i: int) -> list[torch.Tensor]:
+        """Views of what reclustering table i rewrites besides it: column i of
+        ``assignment`` and of ``hash_coefficients`` (what the rank owning a TorchRec shard of
+        table i broadcasts to the others)."""
+        return [self.assignment[:, i], self.hash_coefficients[:, i]]
+
+
+def check_cce(embedding_dim: int, rows: int, chunks: int, where: str) -> None:
+    """c >= 1 divides D; R >= 1."""
+    for name, v in (("rows", rows), ("chunks", chunks)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {v!r}")
+    if embedding_dim % chunks:
+        raise ValueError(f"{where}: embedding_dim={embedding_dim} must be a multiple of "
+                         f"chunks={chunks}")
