@@ -57,6 +57,7 @@ class Line:
             3-row quotient table), so candidates stop there; False for the hashing trick.
         hot_share: the share of each target's budget spent on ``hot`` private rows; the
             library's ``fit_budget`` then picks hot and collisions (the knob is not searched).
+        train: fixed ``TrainConfig`` fields the scheme needs (CCE's ``recluster_every``).
     """
 
     series: str
@@ -65,6 +66,7 @@ class Line:
     values: tuple[float, ...] | None = None
     mirrored: bool = True
     hot_share: float | None = None
+    train: tuple[tuple[str, Any], ...] = ()
 
     @property
     def setting(self) -> str:
@@ -110,6 +112,9 @@ FRONTIER_SCHEMES: tuple[Line, ...] = (
     Line("tt", (("scheme", "tt"),)),
     Line("robe", (("scheme", "robe"),)),
     Line("dhe", (("scheme", "dhe"),)),
+    # CCE reclusters every 500 steps: once in MovieLens's epoch at batch 128, twice in a
+    # million planted rows' at batch 1024 (the authors recluster a few times early on).
+    Line("cce", (("scheme", "cce"),), train=(("recluster_every", 500),)),
 )
 # A value every growing knob takes, to build the spec fit_budget then resizes.
 _GROWING_START = 16
@@ -122,10 +127,12 @@ class FrontierVariant(Variant):
     Attributes:
         extra: ``(field, value)`` pairs added to the ``EmbeddingSpec``.
         tag: what the label adds to Variant's (``k=3``, ``hot=120``).
+        train: ``(field, value)`` pairs added to the ``TrainConfig``.
     """
 
     extra: tuple[tuple[str, Any], ...] = ()
     tag: str = ""
+    train: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
@@ -133,6 +140,9 @@ class FrontierVariant(Variant):
 
     def model_fields(self) -> dict[str, object]:
         return {**super().model_fields(), **dict(self.extra)}
+
+    def train_fields(self) -> dict[str, object]:
+        return dict(self.train)
 
 
 def make_variant(
@@ -149,7 +159,7 @@ def make_variant(
     shown = ([f"{scheme.setting}={value}"] if value is not None and scheme.setting not in own
              else [])
     tag = " ".join(shown + [f"{k}={v}" for k, v in more.items()])
-    return FrontierVariant(scheme.series, x=x, extra=extra, tag=tag, **own)
+    return FrontierVariant(scheme.series, x=x, extra=extra, tag=tag, train=scheme.train, **own)
 
 
 @cache

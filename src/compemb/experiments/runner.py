@@ -110,7 +110,7 @@ def plan_runs(
                 "train": {"optimizer": optimizer_for(variant, settings), "seed": seed,
                           "batch_size": settings.batch_size, "epochs": settings.epochs,
                           "max_steps": settings.max_steps, "eval_every": eval_every,
-                          "checkpoint_every": 10**9},
+                          "checkpoint_every": 10**9, **variant.train_fields()},
             }  # fmt: skip
             config = config_from_dict(raw, f"experiment {experiment.name}")
             digest = hashlib.sha1(dump_config(config).encode()).hexdigest()[:8]

@@ -69,6 +69,10 @@ class Variant:
             fields["init"] = self.init
         return fields
 
+    def train_fields(self) -> dict[str, object]:
+        """``TrainConfig`` fields of its own (the experiment's settings give the rest)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Experiment:
