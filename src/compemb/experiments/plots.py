@@ -102,26 +102,33 @@ _FRONTIER_X = (("embedding_parameters", "embedding parameters"),
 
 def _frontier_figure(results: Results) -> Figure:
     """The frontier on three axes: loss against parameters, bytes, and table step time (the
-    last only where measured); the excess over the planted optimum where there is one."""
+    last only where measured). With several seeds the loss is each run's minus the full tables'
+    at the same seed (median, bars to min and max); otherwise the test loss (its excess over the
+    planted optimum where there is one)."""
     summary = results["summary"]
     axes_x = [x for x in _FRONTIER_X if all(x[0] in e for e in summary)]
     optimum = results.get("optimum_test_logloss")
     # with several seeds, each run against the full tables' of its seed (runner.aggregate)
-    paired = summary[0]["trials"] > 1 and all("paired_logloss_mean" in e for e in summary)
-    y_key = "paired_logloss" if paired else "test_logloss"
+    paired = summary[0]["trials"] > 1 and all("paired_logloss_median" in e for e in summary)
     fig, axes = plt.subplots(1, len(axes_x), figsize=(5 * len(axes_x) + 2.5, 5), sharey=True,
                              squeeze=False)  # fmt: skip
     for ax, (key, label) in zip(axes[0], axes_x, strict=True):
         for i, (series, entries) in enumerate(_series(results).items()):
             entries = sorted(entries, key=lambda e: e[key])
-            ys = [e[f"{y_key}_mean"] - (0.0 if paired else optimum or 0.0) for e in entries]
+            if paired:  # the median seed, bars to the best and worst (a stalled run shows)
+                ys = [e["paired_logloss_median"] for e in entries]
+                errs = [[y - e["paired_logloss_min"] for y, e in zip(ys, entries, strict=True)],
+                        [e["paired_logloss_max"] - y for y, e in zip(ys, entries, strict=True)]]
+            else:
+                ys = [e["test_logloss_mean"] - (optimum or 0.0) for e in entries]
+                errs = [e["test_logloss_std"] for e in entries]
             style = ({"marker": "*", "color": "black", "linestyle": "none", "markersize": 12}
                      if series == "full" else
                      {"marker": "os^vDP<>"[i % 8], "color": _COLORS(i % 20)})  # fmt: skip
             if key == "table_step_vs_full":  # the budgets' points, not a curve in speed
                 style["linestyle"] = "none"
             ax.errorbar([e[key] for e in entries], ys,
-                        yerr=[e[f"{y_key}_std"] for e in entries], capsize=3,
+                        yerr=errs, capsize=3,
                         label=series, **style)  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -131,14 +138,16 @@ def _frontier_figure(results: Results) -> Figure:
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(
-        "test log loss minus the full tables' (same seed)" if paired
+        "test log loss minus the full tables' (same seed):\nmedian over seeds, bars to min and max"
+        if paired
         else "excess test log loss over the planted optimum" if optimum is not None
         else "test log loss")  # fmt: skip
     settings, full = results["settings"], summary[0]
     where = (f"; full tables {full['test_logloss_mean'] - optimum:+.4f} over the planted "
              f"optimum" if optimum is not None else "")
+    spread = "median, min and max" if paired else "mean ± 1 std"
     fig.suptitle(f"{results['title']}\n{results['dataset']}, {settings['model'].upper()}, "
-                 f"{settings['trials']} trial(s): mean ± 1 std{where}", fontsize=10)  # fmt: skip
+                 f"{settings['trials']} trial(s): {spread}{where}", fontsize=10)  # fmt: skip
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig

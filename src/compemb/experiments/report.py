@@ -52,7 +52,8 @@ def table_rows(results: Results) -> tuple[list[str], list[list[str]]]:
         if excess:
             row.append(f"{e['excess_logloss_mean']:+.4f}")
         if paired:
-            row.append(f"{e['paired_logloss_mean']:+.4f} ± {e['paired_logloss_std']:.4f}")
+            row.append(f"{e['paired_logloss_mean']:+.4f} ± {e['paired_logloss_std']:.4f} "
+                       f"(median {e['paired_logloss_median']:+.4f})")
         if memory:
             row.append(_megabytes(e["embedding_bytes"]))
         if speed:
@@ -112,8 +113,9 @@ def write_report(
     first = results["summary"][0]
     if "paired_logloss_mean" in first and first["trials"] > 1:
         lines += [f"vs {first['label']}, same seed: test log loss minus the {first['label']} "
-                  f"run's of the same seed, mean ± std over seeds (the seed's data order and "
-                  f"dense init move every variant alike; the difference removes that).", ""]
+                  f"run's of the same seed, mean ± std and median over seeds (the seed's data "
+                  f"order and dense init move every variant alike; the difference removes that).",
+                  ""]
     if all("table_step_vs_full" in e for e in results["summary"]):
         lines += ["Table step vs full: the embedding layer's forward, backward and optimizer "
                   "update on the data's own batches, its time over the full tables' (median of "

@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing
 import shutil
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -220,8 +221,9 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
 
     With ``optimum`` (the planted model's test log loss) adds the mean excess log loss. Every
     label also gets its test log loss minus the grid's first variant's (the full tables) at the
-    same seed, mean and std over the seeds both ran (``paired_logloss_*``): a seed's data order
-    and dense init move every variant alike, and the paired difference removes that.
+    same seed, mean, std, median, min and max over the seeds both ran (``paired_logloss_*``): a
+    seed's data order and dense init move every variant alike, and the paired difference removes
+    that.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -242,6 +244,9 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
         paired = [r["test_logloss"] - base[r["seed"]] for r in group if r["seed"] in base]
         if paired:
             entry["paired_logloss_mean"], entry["paired_logloss_std"] = _mean_std(paired)
+            # robust to the odd run that stalls (DLRM with Adagrad, now and then, any scheme)
+            entry["paired_logloss_median"] = statistics.median(paired)
+            entry["paired_logloss_min"], entry["paired_logloss_max"] = min(paired), max(paired)
         entry["train_seconds_mean"] = _mean_std([r["train_seconds"] for r in group])[0]
         summary.append(entry)
     return summary
