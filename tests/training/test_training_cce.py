@@ -19,7 +19,7 @@ from compemb.config import apply_overrides, dump_config
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import EmbeddingSpec, embedding_parameters
 from compemb.embeddings._universal import hash_coefficients
-from compemb.training import loop, resume, train
+from compemb.training import train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 CCE = ["model.embedding.collisions=null", "model.embedding.scheme=cce",
@@ -57,9 +57,6 @@ def test_cli_trains_on_movielens_and_reclusters(tmp_path: Path,
         assert state[prefix + "assignment"][seen].unique().numel() <= 16
 
 
-class _Killed(Exception):
-    pass
-
 
 def test_resume_between_reclusterings_is_exact(synth: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,18 +66,7 @@ def test_resume_between_reclusterings_is_exact(synth: Path, tmp_path: Path,
         full = train(config, tmp_path / "full", progress=False)
         never = train(apply_overrides(config, ["train.recluster_every=0"]), tmp_path / "never",
                       progress=False)
-        real_checkpoint = loop._checkpoint
-
-        def checkpoint_then_crash(trainer: loop.Trainer) -> None:
-            real_checkpoint(trainer)
-            if trainer.state.step == 7:
-                raise _Killed
-
-        monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
-        with pytest.raises(_Killed):
-            train(config, tmp_path / "run", progress=False)
-        monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
-        resumed = resume(tmp_path / "run", progress=False)
+        resumed = trainkit.crash_then_resume(config, tmp_path / "run", monkeypatch, 7)
     assert resumed["steps"] == 12
     assert never["val_logloss"] != pytest.approx(full["val_logloss"], abs=1e-6)
     for key, value in trainkit.final(tmp_path / "full").items():

@@ -12,7 +12,7 @@ import trainkit
 from compemb.cli import main
 from compemb.config import load_config
 from compemb.data import open_dataset
-from compemb.training import evaluate_run, loop, resume, train
+from compemb.training import evaluate_run, loop, train
 from compemb.training.checkpoint import load_checkpoint
 
 
@@ -53,9 +53,6 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path) -> None:
     assert a["test_logloss"] != c["test_logloss"]
 
 
-class _Killed(Exception):
-    pass
-
 
 def _close(a: dict, b: dict) -> bool:
     """Equal keys, strings equal, numbers within 1e-6."""
@@ -80,18 +77,8 @@ def test_resume_after_a_crash_is_exact(
     config = trainkit.tiny_config("in-memory", f"train.optimizer={optimizer}", "train.lr=0.05",
                                   "train.epochs=2", "model.name=dcn")  # fmt: skip
     full = train(config, tmp_path / "full", dataset=data, progress=False)
-    real_checkpoint = loop._checkpoint
-
-    def checkpoint_then_crash(trainer: loop.Trainer) -> None:
-        real_checkpoint(trainer)
-        if trainer.state.step == 14:  # in the second epoch, after a record at step 10
-            raise _Killed
-
-    monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
-    with pytest.raises(_Killed):
-        train(config, tmp_path / "run", dataset=data, progress=False)
-    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
-    resumed = resume(tmp_path / "run", dataset=data, progress=False)
+    # killed in the second epoch, after a record at step 10
+    resumed = trainkit.crash_then_resume(config, tmp_path / "run", monkeypatch, 14, dataset=data)
     assert resumed["steps"] == 20 and resumed["epochs_completed"] == 2
     assert _close(resumed, full)
     def records(run: str) -> list[dict]:

@@ -14,7 +14,7 @@ from compemb.cli import main
 from compemb.config import apply_overrides, load_config
 from compemb.data import open_dataset
 from compemb.embeddings import embedding_parameters
-from compemb.training import loop, resume, train
+from compemb.training import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -27,9 +27,6 @@ SCHEMES = {  # multiple_of=4: what TorchRec shards
               "model.embedding.multiple_of=4", "model.embedding.order=frequency"],
 }
 
-
-class _Killed(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +57,7 @@ def test_resume_after_a_crash_is_exact(scheme: str, synth: Path, tmp_path: Path,
                                       "train.max_steps=12"])
     with trainkit.one_thread():
         full = train(config, tmp_path / "full", progress=False)
-        real_checkpoint = loop._checkpoint
-
-        def checkpoint_then_crash(trainer: loop.Trainer) -> None:
-            real_checkpoint(trainer)
-            if trainer.state.step == 7:
-                raise _Killed
-
-        monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
-        with pytest.raises(_Killed):
-            train(config, tmp_path / "run", progress=False)
-        monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
-        resumed = resume(tmp_path / "run", progress=False)
+        resumed = trainkit.crash_then_resume(config, tmp_path / "run", monkeypatch, 7)
     assert resumed["steps"] == full["steps"] == 12
     for key, value in trainkit.final(tmp_path / "full").items():
         if isinstance(value, float) and key not in ("train_seconds", "samples_per_s"):

@@ -13,7 +13,7 @@ from compemb.cli import main
 from compemb.config import apply_overrides, load_config
 from compemb.data import open_dataset
 from compemb.embeddings import embedding_parameters
-from compemb.training import loop, resume, train
+from compemb.training import train
 
 # TorchRec 1.8 deprecation notices and FBGEMM's autograd fallback notice (as in the other
 # TorchRec tests, whose gradient checks cover it).
@@ -24,9 +24,6 @@ SCHEMES = {  # multiple_of=4: TorchRec refuses narrower widths (FBGEMM would not
     "tt": {"scheme": "tt", "rank": 4},
 }
 
-
-class _Killed(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +64,7 @@ def test_resume_after_a_crash_is_exact(scheme: str, synth: Path, tmp_path: Path,
                                       "train.max_steps=12", "model.name=dcn"])
     with trainkit.one_thread():
         full = train(config, tmp_path / "full", progress=False)
-        real_checkpoint = loop._checkpoint
-
-        def checkpoint_then_crash(trainer: loop.Trainer) -> None:
-            real_checkpoint(trainer)
-            if trainer.state.step == 7:
-                raise _Killed
-
-        monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
-        with pytest.raises(_Killed):
-            train(config, tmp_path / "run", progress=False)
-        monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
-        resumed = resume(tmp_path / "run", progress=False)
+        resumed = trainkit.crash_then_resume(config, tmp_path / "run", monkeypatch, 7)
     assert resumed["steps"] == 12
     for key, value in trainkit.final(tmp_path / "full").items():
         if isinstance(value, float):

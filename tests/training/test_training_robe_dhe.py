@@ -13,7 +13,7 @@ from compemb.cli import main
 from compemb.config import apply_overrides
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import EmbeddingSpec, embedding_parameters
-from compemb.training import loop, resume, train
+from compemb.training import train
 
 SCHEMES = {"robe": "{scheme: robe, size: 64, block: 2}",
            "dhe": "{scheme: dhe, width: 8, hashes: 16, encoding: gaussian}"}
@@ -39,9 +39,6 @@ def test_cli_trains_from_a_config(scheme: str, model: str, synth: Path, tmp_path
     assert (out / "config.yaml").read_text().count(f"scheme: {scheme}") == 1
 
 
-class _Killed(Exception):
-    pass
-
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_resume_after_a_crash_is_exact(scheme: str, tmp_path: Path,
@@ -53,18 +50,7 @@ def test_resume_after_a_crash_is_exact(scheme: str, tmp_path: Path,
                                   f"model.embedding.scheme={scheme}", *settings,
                                   "train.epochs=2", "train.lr=0.05")  # fmt: skip
     full = train(config, tmp_path / "full", dataset=data, progress=False)
-    real_checkpoint = loop._checkpoint
-
-    def checkpoint_then_crash(trainer: loop.Trainer) -> None:
-        real_checkpoint(trainer)
-        if trainer.state.step == 14:
-            raise _Killed
-
-    monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
-    with pytest.raises(_Killed):
-        train(config, tmp_path / "run", dataset=data, progress=False)
-    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
-    resumed = resume(tmp_path / "run", dataset=data, progress=False)
+    resumed = trainkit.crash_then_resume(config, tmp_path / "run", monkeypatch, 14, dataset=data)
     assert resumed["steps"] == 20
     for key in ("val_logloss", "test_logloss", "test_auc", "embedding_parameters"):
         assert resumed[key] == pytest.approx(full[key], rel=1e-6), key

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from compemb.config import Config, apply_overrides
@@ -77,3 +78,27 @@ def compemb(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def final(run_dir: Path) -> dict:
     data = json.loads((run_dir / "final.json").read_text())
     return {k: v for k, v in data.items() if k not in TIMING_KEYS}
+
+
+class Killed(Exception):
+    """The crash :func:`crash_then_resume` injects."""
+
+
+def crash_then_resume(config: Config, run_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                      at_step: int, **kwargs) -> dict:
+    """Train ``config`` into ``run_dir``, killed right after its checkpoint at ``at_step``, then
+    resume it; the resumed run's final metrics. ``kwargs`` (``dataset=``) go to both calls."""
+    from compemb.training import loop, resume, train
+
+    real_checkpoint = loop._checkpoint
+
+    def checkpoint_then_crash(trainer: loop.Trainer) -> None:
+        real_checkpoint(trainer)
+        if trainer.state.step == at_step:
+            raise Killed
+
+    monkeypatch.setattr(loop, "_checkpoint", checkpoint_then_crash)
+    with pytest.raises(Killed):
+        train(config, run_dir, progress=False, **kwargs)
+    monkeypatch.setattr(loop, "_checkpoint", real_checkpoint)
+    return resume(run_dir, progress=False, **kwargs)
