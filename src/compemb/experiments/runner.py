@@ -307,7 +307,8 @@ def run_experiment(
                disable=None if progress is None else not progress)  # fmt: skip
     with _torch_threads(settings.threads), bar:
         finals = _execute_all(runs, dataset, settings, bar)
-    memory = {run.variant.label: embedding_memory(run.config, dataset) for run in runs}
+    first = {run.variant.label: run for run in reversed(runs)}  # one run per variant
+    memory = {label: embedding_memory(run.config, dataset) for label, run in first.items()}
     rows = [trial_row(run, final, full_embedding, memory[run.variant.label])
             for run, final in zip(runs, finals, strict=True)]  # fmt: skip
     results = {
