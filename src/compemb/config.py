@@ -93,7 +93,10 @@ class TrainConfig:
     lr: float | None = None  # None: the optimizer's default (Adagrad 0.01, AMSGrad 0.001)
     batch_size: int = 128  # global rows per step, split across ranks under torchrun
     epochs: int = 1  # the paper trains one epoch
-    seed: int = 0  # model init and shuffling (seed + epoch)
+    seed: int = 0  # model init, and shuffling unless shuffle_seed is set
+    # the data order's seed (epoch e shuffles with shuffle_seed + e); None: seed, so one seed
+    # sets both. Apart, an init draw and a data order can be told apart (seed studies).
+    shuffle_seed: int | None = None
     shuffle: bool = True  # shuffle training rows each epoch
     eval_every: int = 0  # validation log loss every N steps (0: only at the end)
     checkpoint_every: int = 1000  # atomic checkpoint every N steps (and always at the end)
@@ -103,6 +106,11 @@ class TrainConfig:
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
     keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
     recluster_every: int | None = None  # recluster (CCE) every N steps; 0 or None: never
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of epoch 0's data order (epoch e uses it + e)."""
+        return self.seed if self.shuffle_seed is None else self.shuffle_seed
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ def _fit(trainer: Trainer, progress: bool | None) -> None:
     with bar:
         while state.step < total and state.epoch < t.epochs:
             batches = trainer.dataset.batches(
-                "train", t.batch_size, shuffle=t.shuffle, seed=t.seed + state.epoch,
+                "train", t.batch_size, shuffle=t.shuffle, seed=t.order_seed + state.epoch,
                 start=state.step_in_epoch, rank=trainer.dist.rank,
                 world_size=trainer.dist.world_size,
             )  # fmt: skip
