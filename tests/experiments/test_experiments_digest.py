@@ -79,8 +79,9 @@ def test_every_field_is_hashed_from_the_start_or_has_a_neutral_value():
         keys |= {f"model.embedding[{name}].{s}" for s in SCHEMES.lookup(name).setting_names()}
     unregistered = keys - digest.BASELINE - set(digest.NEUTRAL)
     assert not unregistered, (
-        f"{sorted(unregistered)}: a field added to the config or a scheme records its neutral "
-        f"value (training as before the field existed) in compemb.experiments.digest.NEUTRAL")
+        f"{sorted(unregistered)}: a field added to the config or to a scheme records its "
+        f"neutral value (training as before the field existed) in compemb.experiments.digest."
+        f"NEUTRAL; a new scheme lists its settings in digest._BASELINE_SCHEMES")
     assert set(digest.NEUTRAL) <= keys and not set(digest.NEUTRAL) & digest.BASELINE
 
 

@@ -8,14 +8,16 @@ its neutral value (:data:`NEUTRAL`).
 
 Two rules keep cached runs valid and never stale:
 
-- **A new config field or scheme setting** has its neutral value recorded in :data:`NEUTRAL`:
-  the value at which training runs as it did before the field existed (an option that is off).
-  A run at that value keeps its digest, so adding the field leaves finished runs cached; a run
-  at another value (its default included) gets a folder of its own. A field of compemb's config
-  or schemes that is in neither :data:`BASELINE` (the fields there were when digests began to
-  leave fields out; frozen) nor :data:`NEUTRAL` fails ``tests/experiments/test_experiments_digest
-  .py``. A field nobody registered (of a scheme defined outside compemb) is always hashed: a
-  cached run may be missed, never wrongly reused.
+- **A new config field or setting of an existing scheme** has its neutral value recorded in
+  :data:`NEUTRAL`: the value at which training runs as it did before the field existed (an
+  option that is off). A run at that value keeps its digest, so adding the field leaves finished
+  runs cached; a run at another value (its default included) gets a folder of its own. **A new
+  scheme** lists its settings in ``_BASELINE_SCHEMES`` (no run of it exists yet, so all are
+  hashed). A field of compemb's config or schemes in neither :data:`BASELINE` (the fields there
+  were when this rule began, and each later scheme's settings as it was added; never grown
+  otherwise) nor :data:`NEUTRAL` fails a test (``tests/experiments/test_experiments_digest.py``).
+  A field nobody registered (of a scheme defined outside compemb) is always hashed: a cached run
+  may be missed, never wrongly reused.
 - **Bump RESULTS_VERSION** when the same config trains to a different result: a fix in the
   training loop, an init or a scheme (a stall fixed), a value that now means something else
   (``lr: null`` another rate), a default that is not a config value. A config field's changed
@@ -47,6 +49,7 @@ __all__ = [
     "RESULTS_VERSION",
     "VERSION_FILE",
     "adopt_earlier",
+    "check_version",
     "config_fields",
     "flat_config",
     "folder_version",
@@ -58,6 +61,7 @@ RESULTS_VERSION = 1  # bump when the same config trains to a different result (m
 VERSION_FILE = "results_version"  # in each run folder: the RESULTS_VERSION that wrote it
 _UNSTAMPED = 1  # the version of a folder written before folders were stamped
 
+# Each scheme's settings when this rule began or when the scheme was added (a new scheme: a line).
 _BASELINE_SCHEMES: dict[str, tuple[str, ...]] = {
     "full": (), "hash": ("collisions",),
     "path": ("collisions", "family", "path_transform", "path_hidden"),
@@ -71,7 +75,8 @@ _BASELINE_SCHEMES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("qr", "mixed_radix", "crt"), ("operation", "collisions", "k", "init")),
 }  # fmt: skip
 # The fields hashed whatever their value: every field there was when this rule began (results
-# version 1). Frozen: a field added since goes in NEUTRAL.
+# version 1), and a scheme added since with the settings it was added with. A field added to a
+# section or to a scheme that is already here goes in NEUTRAL, never here.
 BASELINE: frozenset[str] = frozenset({
     "imports", "data.dataset", "model.name", "model.embedding_dim", "model.sparse",
     *(f"model.embedding.{name}" for name in ("scheme", "threshold", "mode", "order",
@@ -153,6 +158,16 @@ def folder_version(folder: Path) -> int:
     if not text.isdigit():
         raise ValueError(f"{path}: expected a results version (an integer), got {text!r}")
     return int(text)
+
+
+def check_version(folder: Path) -> None:
+    """Raise unless the run in ``folder`` was written at :data:`RESULTS_VERSION` (its name carries
+    this version's digest, so another stamp means the folder was moved by hand)."""
+    version = folder_version(folder)
+    if version != RESULTS_VERSION:
+        raise ValueError(f"{folder} was written at results version {version}, this code is at "
+                         f"{RESULTS_VERSION}, yet its name carries this version's digest (moved "
+                         f"by hand?): delete it to train the run again")  # fmt: skip
 
 
 def _written_digest(folder: Path) -> str | None:

@@ -7,9 +7,10 @@ config field but those at the neutral value recorded when they were added: a cha
 a change that moves results never reuses an old run, and a new field at its neutral value keeps
 every finished one. Each folder records the results version that wrote it, and folders named by
 the earlier digest (of the whole config dump) are renamed once when the same run is planned.
-Results go to
-``OUT/<experiment>/``: ``trials.csv`` (one row per run), ``summary.csv`` (mean and std per
-variant) and ``results.json`` (both, the settings and, with curves, the validation curves).
+
+Results go to ``OUT/<experiment>/``: ``trials.csv`` (one row per run), ``summary.csv`` (mean and
+std per variant) and ``results.json`` (both, the settings and, with curves, the validation
+curves).
 """
 
 from __future__ import annotations
@@ -35,13 +36,7 @@ from tqdm import tqdm
 from compemb.config import Config, config_from_dict
 from compemb.data import Dataset, open_dataset
 from compemb.data.storage import read_metadata
-from compemb.experiments.digest import (
-    RESULTS_VERSION,
-    adopt_earlier,
-    folder_version,
-    run_digest,
-    write_version,
-)
+from compemb.experiments.digest import adopt_earlier, check_version, run_digest, write_version
 from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
 from compemb.experiments.speed import table_step_ratios
 from compemb.training import train
@@ -145,11 +140,8 @@ def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]
     """Train ``run`` (or read its final metrics if it finished before); its final metrics."""
     folder = RunFolder(run.folder)
     resume = folder.config.is_file()
-    version = folder_version(run.folder) if resume else RESULTS_VERSION
-    if version != RESULTS_VERSION:
-        raise ValueError(f"{run.folder} was written at results version {version}, this code is "
-                         f"at {RESULTS_VERSION}, yet its name carries this version's digest "
-                         f"(moved by hand?): delete it to train the run again")  # fmt: skip
+    if resume:
+        check_version(run.folder)
     if folder.is_done():
         return folder.read_final()
     if not resume:
