@@ -140,10 +140,10 @@ def test_a_folder_of_the_earlier_digest_is_adopted_once(out, dataset, finished):
     assert again["trials"] == finished[1]["trials"]
     assert not earlier.exists() and the_folder(out) == folder
     assert digest.folder_version(folder) == digest.RESULTS_VERSION
-    assert not digest.adopt_earlier(folder, runner.plan_runs(TINY, SETTINGS, dataset, out)[0]
-                                    .config)  # fmt: skip
-    assert run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)["trials"] == \
-        finished[1]["trials"]
+    (run,) = runner.plan_runs(TINY, SETTINGS, dataset, out)
+    assert not digest.adopt_earlier(run.folder, run.config)  # once: nothing left to adopt
+    again = run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)
+    assert again["trials"] == finished[1]["trials"]
 
 
 @pytest.mark.parametrize("edit", [
