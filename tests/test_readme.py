@@ -10,6 +10,7 @@ import compemb.embeddings.budget
 import compemb.embeddings.collection
 import compemb.embeddings.operation
 import compemb.embeddings.path
+import compemb.experiments.digest
 import compemb.operations
 import compemb.partitions
 import compemb.registry
@@ -46,7 +47,8 @@ def test_links_of_the_readme_and_the_pages_lead_somewhere():
 def test_docstring_examples_run():
     for module in (compemb.partitions, compemb.operations, compemb.registry, compemb.spec,
                    compemb.embeddings.base, compemb.embeddings.operation, compemb.embeddings.path,
-                   compemb.embeddings.collection, compemb.embeddings.budget):
+                   compemb.embeddings.collection, compemb.embeddings.budget,
+                   compemb.experiments.digest):
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
         assert result.attempted > 0 or module is compemb.embeddings.base, module.__name__

@@ -17,6 +17,10 @@ Unknown keys, wrong types and impossible combinations (the spec checks its own) 
 before any training, with a message naming the key, the value, where it came from and what
 would work.
 
+A field added here (or to a scheme's settings) records its neutral value, the one at which
+training runs as before the field existed, in :data:`compemb.experiments.digest.NEUTRAL`: the
+experiments' finished runs at that value stay cached.
+
 >>> config = load_config_text("model: {embedding: {scheme: qr, collisions: 4}}", "inline")
 >>> config.model.embedding.collisions, config.model.embedding.sparse
 (4, True)

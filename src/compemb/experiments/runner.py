@@ -1,10 +1,16 @@
 """Run an experiment's grid (every variant, every trial), then aggregate over trials.
 
-Each run trains into its own folder ``OUT/runs/<variant>-<optimizer>-s<seed>-<hash>`` (the hash
-is the config's, so a changed setting never reuses an old run); a folder holding ``final.json``
-is read, not retrained, so an interrupted experiment resumes where it stopped. Results go to
-``OUT/<experiment>/``: ``trials.csv`` (one row per run), ``summary.csv`` (mean and std per
-variant) and ``results.json`` (both, the settings and, with curves, the validation curves).
+Each run trains into its own folder ``OUT/runs/<variant>-<optimizer>-s<seed>-<digest>``; a folder
+holding ``final.json`` is read, not retrained, so an interrupted experiment resumes where it
+stopped. The digest (:mod:`compemb.experiments.digest`) hashes the results version and every
+config field but those at the neutral value recorded when they were added: a changed setting or
+a change that moves results never reuses an old run, and a new field at its neutral value keeps
+every finished one. Each folder records the results version that wrote it, and folders named by
+the earlier digest (of the whole config dump) are renamed once when the same run is planned.
+
+Results go to ``OUT/<experiment>/``: ``trials.csv`` (one row per run), ``summary.csv`` (mean and
+std per variant) and ``results.json`` (both, the settings and, with curves, the validation
+curves).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import json
 import math
 import multiprocessing
@@ -28,9 +33,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from compemb.config import Config, config_from_dict, dump_config
+from compemb.config import Config, config_from_dict
 from compemb.data import Dataset, open_dataset
 from compemb.data.storage import read_metadata
+from compemb.experiments.digest import adopt_earlier, check_version, run_digest, write_version
 from compemb.experiments.grids import AUTO_OPTIMIZER, Experiment, Variant
 from compemb.experiments.speed import table_step_ratios
 from compemb.training import train
@@ -114,9 +120,8 @@ def plan_runs(
                           "checkpoint_every": 10**9, **variant.train_fields()},
             }  # fmt: skip
             config = config_from_dict(raw, f"experiment {experiment.name}")
-            digest = hashlib.sha1(dump_config(config).encode()).hexdigest()[:8]
             optimizer = "" if variant.optimizer else f"-{config.train.optimizer}"  # in the slug
-            name = f"{variant.slug}{optimizer}-s{seed}-{digest}"
+            name = f"{variant.slug}{optimizer}-s{seed}-{run_digest(config)}"
             runs.append(Run(variant, seed, config, Path(out) / "runs" / name))
     return runs
 
@@ -134,9 +139,13 @@ def _torch_threads(n: int) -> Iterator[None]:
 def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]:
     """Train ``run`` (or read its final metrics if it finished before); its final metrics."""
     folder = RunFolder(run.folder)
+    resume = folder.config.is_file()
+    if resume:
+        check_version(run.folder)
     if folder.is_done():
         return folder.read_final()
-    resume = folder.config.is_file()
+    if not resume:
+        write_version(run.folder)
     metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
     if not keep_checkpoint:
         folder.checkpoint.unlink(missing_ok=True)
@@ -301,6 +310,8 @@ def run_experiment(
     out = Path(out)
     dataset = dataset if dataset is not None else open_dataset(settings.dataset)
     runs = plan_runs(experiment, settings, dataset, out)
+    for run in runs:
+        adopt_earlier(run.folder, run.config)
     full_embedding = sum(dataset.cardinalities) * settings.embedding_dim
     started = time.perf_counter()
     bar = tqdm(total=len(runs), desc=experiment.name, unit="run", dynamic_ncols=True,

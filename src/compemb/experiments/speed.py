@@ -7,10 +7,15 @@ fused=True)``), with gradients cleared before each step (a sparse gradient left 
 summed into the next). The batches are the data's own (the first few of the shuffled training
 split), so id skew and feature widths are the trained models'.
 
-Variants are timed in rounds, every variant once per round in a rotated order, and each
-variant's time is divided by the full tables' of the same round: noise on a shared machine hits
-a round's variants alike, and the median of the per-round ratios is kept. The clock is the
-process's CPU time, so time spent descheduled is not counted.
+Variants are timed in rounds against the full tables, one variant at a time: the base layer
+(the full tables) is built once, and in each round every other variant, in a rotated order, is
+built, given one untimed warm-up step, timed back to back with the base (which of the two goes
+first alternates by round) and dropped before the next is built. At most two embedding layers
+exist at once, so a frontier of Criteo-size variants times in the memory of two runs; rebuilding
+each round keeps the rounds interleaved, so noise on a shared machine that lasts a while hits
+every variant's rounds alike. Each variant's time is divided by the base's timed beside it, and
+the median of the per-round ratios is kept. The clock is the process's CPU time, so time spent
+descheduled is not counted.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ def table_step_ratios(
         base: the label the others are divided by (the full tables).
         batch_size, num_batches: the training split's first batches, shuffled with the first
             config's seed.
-        rounds: timed rounds after one untimed warm-up step of each variant.
+        rounds: timed rounds; in each, every variant but ``base`` is built anew and takes one
+            untimed warm-up step before it is timed.
     """
     if base not in configs:
         raise ValueError(f"base {base!r} is not among the variants timed")
@@ -75,17 +81,26 @@ def table_step_ratios(
     seed = next(iter(configs.values())).train.seed
     stream = dataset.batches("train", batch_size, shuffle=True, seed=seed)
     batches = list(itertools.islice(stream, num_batches))
-    steps = {label: table_step(config, dataset, batches) for label, config in configs.items()}
-    for step in steps.values():
-        step()
-    labels = list(steps)
-    ratios: dict[str, list[float]] = {label: [] for label in labels}
+    base_step = table_step(configs[base], dataset, batches)
+    base_step()  # warm-up
+    others = [label for label in configs if label != base]
+    ratios: dict[str, list[float]] = {label: [] for label in others}
     for r in range(rounds):
-        seconds = {}
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-            start = time.process_time()
-            steps[label]()
-            seconds[label] = time.process_time() - start
-        for label in labels:
-            ratios[label].append(seconds[label] / max(seconds[base], 1e-9))
-    return {label: statistics.median(values) for label, values in ratios.items()}
+        shift = r % max(len(others), 1)
+        for label in others[shift:] + others[:shift]:
+            step = table_step(configs[label], dataset, batches)
+            step()  # warm-up: first-touch allocations and optimizer state
+            if r % 2 == 0:
+                base_seconds, seconds = _cpu_seconds(base_step), _cpu_seconds(step)
+            else:
+                seconds, base_seconds = _cpu_seconds(step), _cpu_seconds(base_step)
+            ratios[label].append(seconds / max(base_seconds, 1e-9))
+            del step  # this variant's layer goes before the next one is built
+    medians = {label: statistics.median(values) for label, values in ratios.items()}
+    return {label: 1.0 if label == base else medians[label] for label in configs}
+
+
+def _cpu_seconds(step: Callable[[], None]) -> float:
+    start = time.process_time()
+    step()
+    return time.process_time() - start
