@@ -54,6 +54,28 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path) -> None:
 
 
 
+def test_shuffle_seed_moves_the_order_not_the_init(tmp_path: Path, monkeypatch) -> None:
+    data = trainkit.bag_dataset()
+    orders: list[int] = []
+    batches = type(data).batches
+
+    def spy(self, split, batch_size, **kw):
+        if kw.get("shuffle"):  # training batches (evaluation reads in order)
+            orders.append(kw["seed"])
+        return batches(self, split, batch_size, **kw)
+
+    monkeypatch.setattr(type(data), "batches", spy)
+    base = trainkit.tiny_config("in-memory", "train.max_steps=3", "train.seed=1")
+    apart = trainkit.tiny_config("in-memory", "train.max_steps=3", "train.seed=1",
+                                 "train.shuffle_seed=7")  # fmt: skip
+    train(base, tmp_path / "a", dataset=data, progress=False)
+    train(apart, tmp_path / "b", dataset=data, progress=False)
+    assert orders == [1, 7]  # epoch 0 of each
+    # the same init seed, another order: the runs differ (only through their batches)
+    assert trainkit.final(tmp_path / "a")["test_logloss"] != \
+        trainkit.final(tmp_path / "b")["test_logloss"]
+
+
 def _close(a: dict, b: dict) -> bool:
     """Equal keys, strings equal, numbers within 1e-6."""
     if a.keys() != b.keys():

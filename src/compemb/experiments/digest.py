@@ -92,6 +92,7 @@ BASELINE: frozenset[str] = frozenset({
 # records it here (scheme settings as model.embedding[SCHEME].NAME).
 NEUTRAL: dict[str, Any] = {
     "train.recluster_every": None,  # runs of the MovieLens frontier were written before it
+    "train.shuffle_seed": None,  # None: the order follows train.seed, as before the field
 }
 
 
