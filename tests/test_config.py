@@ -134,3 +134,41 @@ def test_example_configs_build_the_models_they_describe() -> None:
     # the sizes their comments state
     assert totals["criteo-dlrm-full"] == pytest.approx(5.4e8, rel=0.01)
     assert totals["criteo-dlrm-path"] == pytest.approx(1.357e8, rel=0.001)
+
+
+@pytest.mark.parametrize(("written", "kind", "kept"), [
+    ("16x", "ratio", "16x"),
+    ("2000000", "parameters", "'2000000'"),  # kept as text: an md config's int is MD's own
+    ("2e6", "parameters", "2e6"),
+    ("200MB", "bytes", "200MB"),
+    ("1.5GB", "bytes", "1.5GB"),
+])  # fmt: skip
+def test_a_budget_loads_dumps_and_loads_again(written: str, kind: str, kept: str) -> None:
+    c = load_config_text(f"model: {{embedding: {{scheme: qr, operation: mult, "
+                         f"budget: {written}}}}}", "x")  # fmt: skip
+    spec = c.model.embedding
+    assert spec.budget.kind == kind and spec.budget_pending
+    text = dump_config(c)
+    assert f"budget: {kept}\n" in text and "collisions" not in text  # not chosen yet
+    assert load_config_text(text, "dumped") == c
+
+
+def test_a_budget_is_checked_where_it_is_written() -> None:
+    with pytest.raises(ValueError, match=r"x: model.embedding: budget '16y': unknown unit 'y'; "
+                                         r"expected a compression ratio \('16x'\)"):
+        load_config_text("model: {embedding: {scheme: qr, budget: 16y}}", "x")
+    with pytest.raises(ValueError, match=r"x: model.embedding.budget: expected str or int or "
+                                         r"float, got True \(bool\)"):
+        load_config_text("model: {embedding: {scheme: qr, budget: true}}", "x")
+    with pytest.raises(ValueError, match="scheme 'full' has no size setting for budget=4x"):
+        load_config_text("model: {embedding: {budget: 4x}}", "x")
+
+
+def test_budget_overrides_and_a_new_scheme_keeps_the_budget() -> None:
+    c = load_config_text("model: {embedding: {scheme: qr, collisions: 4}}", "x")
+    c = apply_overrides(c, ["model.embedding.collisions=null", "model.embedding.budget=200MB"])
+    assert str(c.model.embedding.budget) == "200MB" and c.model.embedding.budget_pending
+    robe = apply_overrides(c, ["model.embedding.scheme=robe"]).model.embedding
+    assert robe.scheme == "robe" and str(robe.budget) == "200MB" and robe.budget_pending
+    assert apply_overrides(c, ["model.embedding.budget=null",
+                               "model.embedding.collisions=5"]).model.embedding.budget is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compemb.config import load_config_text
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import (
     EmbeddingBagCollection,
@@ -24,12 +25,13 @@ D = 16
 
 @pytest.mark.parametrize("alpha", [0.0, 0.2, 0.3])
 @pytest.mark.parametrize("sizing", [{"base_width": 16}, {"base_width": 4, "multiple_of": 4},
-                                    {"budget": 10**8, "round_pow2": True}],
+                                    {"table_budget": 10**8, "round_pow2": True}],
                          ids=["d0", "multiple4", "budget-pow2"])
 def test_widths_are_md_widths_over_the_collection(alpha: float, sizing: dict) -> None:
     cards = list(CRITEO_KAGGLE_CARDINALITIES)
     plans = plan_collection(cards, D, EmbeddingSpec("md", alpha=alpha, **sizing), sizing=True)
-    expected = [min(w, D) for w in md_widths(cards, alpha, **sizing)]
+    rule = {"budget" if k == "table_budget" else k: v for k, v in sizing.items()}
+    expected = [min(w, D) for w in md_widths(cards, alpha, **rule)]
     assert [p.tables[0].width for p in plans] == expected
     assert sum(p.num_parameters for p in plans) == md_parameters(cards, expected, D)
     if alpha == 0.0:
@@ -104,20 +106,20 @@ def test_torchrec_refuses_widths_fbgemm_cannot_shard() -> None:
 
 
 def test_fit_budget_picks_the_largest_base_width_that_fits() -> None:
-    spec = EmbeddingSpec("md", alpha=0.2, budget=123)
+    spec = EmbeddingSpec("md", alpha=0.2, table_budget=123)
     fitted = fit_budget(CARDS, D, spec, 30_000)
-    assert fitted.budget is None and fitted.alpha == 0.2
+    assert fitted.table_budget is None and fitted.alpha == 0.2
     d0 = fitted.base_width
     assert 1 < d0 < D and embedding_parameters(CARDS, D, fitted) <= 30_000
     assert embedding_parameters(CARDS, D, fitted.with_(base_width=d0 + 1)) > 30_000
-    with pytest.raises(ValueError, match="below the smallest embedding.*md base_width=1"):
+    with pytest.raises(ValueError, match="below the smallest md embedding.*at base_width=1,"):
         fit_budget(CARDS, D, spec, 100)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"alpha": -0.1}, "alpha must be a number >= 0, got -0.1"),
     ({"base_width": 0}, "base_width must be an int >= 1, got 0"),
-    ({"base_width": 4, "budget": 100}, "give base_width or budget, not both"),
+    ({"base_width": 4, "table_budget": 100}, "give base_width or table_budget, not both"),
     ({"multiple_of": 2.0}, "multiple_of must be an int >= 1, got 2.0"),
     ({"round_pow2": 1}, "round_pow2 must be true or false, got 1"),
     ({"init": "default"}, r"init must be one of \('reference', 'xavier', 'unit_norm'\)"),
@@ -126,3 +128,17 @@ def test_fit_budget_picks_the_largest_base_width_that_fits() -> None:
 def test_settings_are_checked(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EmbeddingSpec("md", **settings)
+
+
+def test_an_old_integer_budget_is_the_table_budget_with_a_warning() -> None:
+    """``budget`` was MD's target sum of n w before ``model.embedding.budget`` took the name."""
+    config_text = "model: {embedding: {scheme: md, alpha: 0.3, budget: 20000}}"
+    with pytest.warns(FutureWarning, match="budget=20000 is read as table_budget=20000"):
+        old = load_config_text(config_text, "old.yaml").model.embedding
+    assert old == EmbeddingSpec("md", alpha=0.3, table_budget=20_000, sparse=True)
+    assert old.budget is None
+    assert "budget" not in old.to_dict() and old.to_dict()["table_budget"] == 20_000
+    with pytest.raises(ValueError, match="give table_budget=5 or the old budget=7, not both"):
+        EmbeddingSpec("md", table_budget=5, budget=7)
+    new = EmbeddingSpec("md", alpha=0.3, budget="2e4")  # text: a memory budget
+    assert new.budget_pending and new.table_budget is None

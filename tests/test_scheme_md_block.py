@@ -113,7 +113,7 @@ def test_fit_budget_picks_the_largest_base_width_that_fits() -> None:
     assert d0 == 11 and embedding_parameters(CARDS, D, fitted) == 25_854
     assert embedding_parameters(CARDS, D, fitted.with_(base_width=12)) > 30_000
     assert fit_budget(CARDS, D, spec, 10**6).base_width == D  # the limit: the head at D
-    with pytest.raises(ValueError, match="below the smallest embedding.*md_block base_width=1"):
+    with pytest.raises(ValueError, match="below the smallest md_block embedding.*at base_width=1,"):
         fit_budget(CARDS, D, spec, 15_000)
 
 

@@ -202,6 +202,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
         if report["index_bytes"]:
             print(f"{'id maps':>9}: {report['index_bytes']:>41,} bytes")
         print(f"compression of the embeddings vs full tables: {report['compression_ratio']:.2f}x")
+        if "budget" in report:
+            chosen = ", ".join(f"{k}={v}" for k, v in report["fitted"].items())
+            print(f"budget {report['budget']}: {chosen}")
     return 0
 
 
@@ -268,6 +271,9 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
             next((a for a in typing.get_args(annotation) if a is not type(None)), annotation),
             str)
         more = f"; one of {', '.join(schemes())}" if name == "scheme" else ""
+        if name == "budget":
+            more = ("; a memory budget that chooses the scheme's size setting: a compression "
+                    "ratio (16x), parameters (2e6) or bytes (200MB, id maps counted)")
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=convert,
                             default=argparse.SUPPRESS, help=f"the spec's {name}{more}")
 

@@ -180,8 +180,19 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_type(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        for one in inner[:-1]:  # the first that fits (model.embedding.budget: str | int | float)
+            try:
+                return _check_type(value, one, where)
+            except ValueError:
+                pass
+        try:
+            return _check_type(value, inner[-1], where)
+        except ValueError:
+            if len(inner) == 1:
+                raise
+        names = " or ".join(a.__name__ for a in inner)
+        raise ValueError(f"{where}: expected {names}, got {value!r} ({type(value).__name__})")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str):
@@ -370,9 +381,9 @@ def apply_overrides(config: Config, overrides: typing.Iterable[str]) -> Config:
                 raise ValueError(f"{source}: cannot read {text!r} as a value") from err
         values[name] = _check_type(value, hints[name], source)
         if f"{path}.{name}" == "model.embedding.scheme":
-            # a new scheme drops the settings it does not have
+            # a new scheme drops the settings it does not have (a budget is any scheme's)
             try:
-                own = (*SCHEMES.lookup(value).setting_names(), *SHARED)
+                own = (*SCHEMES.lookup(value).setting_names(), *SHARED, "budget")
             except ValueError as err:
                 raise ValueError(f"{source}: {err}") from err
             for key in [k for k in values if k not in own and k != "scheme"]:

@@ -216,6 +216,16 @@ class Scheme(ABC):
         """The knob's values are multiples of this (a ROBE array holds whole blocks)."""
         return 1
 
+    def knob_placeholder(self, given: dict[str, Any]) -> int:
+        """A knob value these settings (``given``: the others) accept, held by a spec whose
+        budget will choose the knob (``fit_budget`` replaces it; nothing is planned with it)."""
+        return 16 if self.knob_grows else 2
+
+    def upgrade_settings(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The settings of a flat spec (``given``, with ``budget``) under today's names: where
+        a setting was renamed, an old config's key is mapped here, with a FutureWarning."""
+        return given
+
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
         """Adjust the plans of every feature this scheme embeds, seen together (for schemes
         whose features share or split something); the default plans features one by one."""

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from compemb import partitions as P
+from compemb.memory import MemoryBudget
 from compemb.operations import Operation, full_table_bound, table_bounds
 from compemb.partitions import PartitionSet
 from compemb.scheme import SCHEMES, ParamPlan, Scheme
@@ -66,7 +67,8 @@ def setting_types() -> dict[str, Any]:
     out: dict[str, Any] = {"scheme": hints["scheme"]}
     for name in schemes():
         out.update(typing.get_type_hints(SCHEMES.lookup(name).settings_type))
-    return {**out, **{k: hints[k] for k in SHARED}}
+    # a budget is written as text ("16x", "200MB") or a count (2000000, 2e6): MemoryBudget.parse
+    return {**out, **{k: hints[k] for k in SHARED}, "budget": str | int | float | None}
 
 
 @dataclass(frozen=True, init=False)
@@ -94,6 +96,13 @@ class EmbeddingSpec:
             (a partition of singletons plus one shared tail bucket, composed with the others:
             :class:`~compemb.partitions.HeadPartitions`); needs the training split's counts.
             For the schemes that take it (``Scheme.takes_hot``).
+        budget: a memory budget (:class:`~compemb.memory.MemoryBudget`: ``"16x"``, ``2e6``
+            parameters, ``"200MB"``) that chooses the scheme's knob (``Scheme.knob``) when the
+            cardinalities are known (:func:`~compemb.embeddings.budget.resolve_budget`: at the
+            start of a run, in ``compemb params``); a spec that gives the knob too keeps it,
+            and the budget checks that it fits.
+        budget_pending: True while the budget has not chosen the knob: the knob is not set
+            (reading it raises) and nothing can be planned.
     """
 
     scheme: str = "full"
@@ -104,27 +113,42 @@ class EmbeddingSpec:
     order: str = "natural"
     order_seed: int = 0
     hot: int = 0
+    budget: MemoryBudget | None = None
+    budget_pending: bool = False
 
     def __init__(self, scheme: str = "full", operation: str | None = None, *,
                  settings: Any = None, threshold: int = 0, mode: str = "sum",
                  sparse: bool = False, order: str = "natural", order_seed: int = 0,
-                 hot: int = 0, **flat: Any):
+                 hot: int = 0, budget: MemoryBudget | str | int | float | None = None,
+                 **flat: Any):
         owner = SCHEMES.lookup(scheme)
         if operation is not None:
             flat["operation"] = operation
+        flat = owner.upgrade_settings({**flat, "budget": budget})
+        budget = flat.pop("budget")
+        if budget is not None:
+            budget = MemoryBudget.parse(budget)
+            if owner.knob is None:
+                raise ValueError(f"scheme {scheme!r} has no size setting for budget={budget} "
+                                 f"to choose; leave budget out")
+        pending = False
         if settings is None:
             own = set(owner.setting_names())
-            settings = owner.make_settings({
-                k: v for k, v in flat.items()
-                if k in own or k not in _OLD_DEFAULTS or _OLD_DEFAULTS[k] != v
-            })  # fmt: skip
+            given = {k: v for k, v in flat.items()
+                     if k in own or k not in _OLD_DEFAULTS or _OLD_DEFAULTS[k] != v}
+            if budget is not None and given.get(owner.knob) is None:
+                pending = True
+                _check_budget_chooses(owner, budget, given)
+                given[owner.knob] = owner.knob_placeholder(given)
+            settings = owner.make_settings(given)
         elif flat:
             raise ValueError(f"give settings or its fields, not both: {sorted(flat)}")
         elif not isinstance(settings, owner.settings_type):
             raise TypeError(f"scheme {scheme!r} takes settings of type "
                             f"{owner.settings_type.__name__}, got {type(settings).__name__}")
         values = {"scheme": scheme, "settings": settings, "threshold": threshold, "mode": mode,
-                  "sparse": sparse, "order": order, "order_seed": order_seed, "hot": hot}
+                  "sparse": sparse, "order": order, "order_seed": order_seed, "hot": hot,
+                  "budget": budget, "budget_pending": pending}
         for name, value in values.items():
             object.__setattr__(self, name, value)
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
@@ -141,6 +165,9 @@ class EmbeddingSpec:
         settings = self.__dict__.get("settings")
         if name.startswith("__") or settings is None:
             raise AttributeError(name)
+        if name == self.owner.knob and self.__dict__.get("budget_pending"):
+            raise AttributeError(f"{name} is not chosen yet: budget {self.budget} chooses it "
+                                 f"for the features' cardinalities (resolve_budget)")
         if name in self.owner.setting_names():
             return getattr(settings, name)
         raise AttributeError(f"scheme {self.scheme!r} has no setting {name!r}; its settings: "
@@ -161,9 +188,14 @@ class EmbeddingSpec:
         return not self.owner.compresses or num_categories <= self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat form config files take: scheme, its settings, the shared settings."""
+        """The flat form config files take: scheme, its settings, the shared settings, and the
+        budget when there is one (without the knob while the budget has not chosen it)."""
+        own = dataclasses.asdict(self.settings)
+        if self.budget_pending:
+            del own[self.owner.knob]
         shared = {name: getattr(self, name) for name in SHARED}
-        return {"scheme": self.scheme, **dataclasses.asdict(self.settings), **shared}
+        budget = {} if self.budget is None else {"budget": self.budget.to_config()}
+        return {"scheme": self.scheme, **own, **shared, **budget}
 
     def with_(self, **changes: Any) -> EmbeddingSpec:
         """A copy with some fields changed (validated again); a new scheme drops the old
@@ -171,8 +203,17 @@ class EmbeddingSpec:
         flat = self.to_dict()
         if changes.get("scheme", self.scheme) != self.scheme:
             for name in self.owner.setting_names():
-                del flat[name]
+                flat.pop(name, None)
         return EmbeddingSpec(**{**flat, **changes})
+
+
+def _check_budget_chooses(owner: Scheme, budget: MemoryBudget, given: dict[str, Any]) -> None:
+    """A budget chooses the knob: the other settings that size the tables must be left out."""
+    others = [k for k in owner.sizes if k != owner.knob and given.get(k) is not None]
+    if others:
+        shown = ", ".join(f"{k}={given[k]!r}" for k in others)
+        raise ValueError(f"budget={budget} chooses {owner.knob} of scheme {owner.name!r}; "
+                         f"leave out {shown} (or the budget)")
 
 
 def spec_partitions(spec: EmbeddingSpec, num_categories: int,
@@ -230,7 +271,7 @@ def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
     if not spec.owner.compresses:
         return spec
     if spec.keeps_full(num_categories) or spec.owner.cannot_shrink(spec, num_categories):
-        return spec.with_(scheme="full", order="natural", hot=0)
+        return spec.with_(scheme="full", order="natural", hot=0, budget=None)
     return spec
 
 
@@ -340,6 +381,9 @@ def plan_feature(
             size only (see :func:`spec_partitions`).
     """
     n, d = num_categories, embedding_dim
+    if spec.budget_pending:
+        raise ValueError(f"budget {spec.budget} has not chosen {spec.owner.knob} yet: "
+                         f"resolve_budget(spec, cardinalities, embedding_dim) chooses it")
     for name, value in (("num_categories", n), ("embedding_dim", d)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")

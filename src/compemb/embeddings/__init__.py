@@ -1,7 +1,12 @@
 """Embedding modules that drop in where ``torch.nn.EmbeddingBag`` was."""
 
 from compemb.embeddings.base import FullEmbeddingBag, full_table_bound
-from compemb.embeddings.budget import embedding_parameters, fit_budget
+from compemb.embeddings.budget import (
+    embedding_bytes,
+    embedding_parameters,
+    fit_budget,
+    resolve_budget,
+)
 from compemb.embeddings.collection import EmbeddingBagCollection
 from compemb.embeddings.factory import make_embedding_bag, module_from_plan
 from compemb.embeddings.operation import (
@@ -35,6 +40,7 @@ __all__ = [
     "HashEmbeddingBag",
     "PathEmbeddingBag",
     "Scheme",
+    "embedding_bytes",
     "embedding_parameters",
     "fit_budget",
     "full_table_bound",
@@ -45,6 +51,7 @@ __all__ = [
     "plan_feature",
     "register_operation",
     "register_scheme",
+    "resolve_budget",
     "resolve_spec",
     "schemes",
     "spec_partitions",

@@ -5,7 +5,8 @@ registered scheme's own, :attr:`compemb.scheme.Scheme.knob`; ``k`` for mixed rad
 its size. For every target compression of :data:`TARGET_COMPRESSIONS` (the full
 tables' embedding parameters over the scheme's, about 2x to 1000x) the knob value whose
 compression on the data's cardinalities comes nearest is trained, if it lands within a factor
-:data:`TOLERANCE` of the target; a scheme that cannot reach a target (QR saturates near
+:data:`~compemb.embeddings.budget.TOLERANCE` of the target (the factor a config's budget
+must be reached within); a scheme that cannot reach a target (QR saturates near
 ``c = sqrt(n)``, mixed radix only has a few sizes, small features keep full tables) skips it,
 and the report says so. Sizes are counted on the meta device with the library's own modules,
 so they are the trained models' sizes.
@@ -31,14 +32,13 @@ from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
 
+from compemb.embeddings.budget import TOLERANCE, fit_budget
 from compemb.embeddings.budget import embedding_parameters as _collection_parameters
-from compemb.embeddings.budget import fit_budget
 from compemb.experiments.variants import Experiment, Variant
 from compemb.scheme import SCHEMES
 from compemb.spec import EmbeddingSpec
 
 TARGET_COMPRESSIONS = (2, 4, 16, 60, 250, 1000)
-TOLERANCE = 1.5  # a knob value counts for a target within this factor of its compression
 _VARIANT_FIELDS = {f.name for f in fields(Variant)}
 
 
@@ -116,8 +116,6 @@ FRONTIER_SCHEMES: tuple[Line, ...] = (
     # million planted rows' at batch 1024 (the authors recluster a few times early on).
     Line("cce", (("scheme", "cce"),), train=(("recluster_every", 500),)),
 )
-# A value every growing knob takes, to build the spec fit_budget then resizes.
-_GROWING_START = 16
 
 
 @dataclass(frozen=True)
@@ -222,8 +220,8 @@ def fitted_variants(
     """Per reachable target: the variant whose knob (and hot rows) ``fit_budget`` picks for the
     target's budget (``scheme.hot_share`` of it in hot rows, if given), and its compression."""
     full = sum(cardinalities) * embedding_dim
-    grows = SCHEMES.lookup(dict(scheme.fields)["scheme"]).knob_grows
-    start = make_variant(scheme, _GROWING_START if grows else 2)
+    owner = SCHEMES.lookup(dict(scheme.fields)["scheme"])
+    start = make_variant(scheme, owner.knob_placeholder(dict(scheme.fields)))
     base = EmbeddingSpec(**start.model_fields())  # type: ignore[arg-type]
     out: dict[float, tuple[FrontierVariant, float]] = {}
     for target in targets:

@@ -4,13 +4,14 @@ a table of its own width w <= D, from the alpha power rule over every feature's 
 (none where w == D).
 
 The widths depend on all features at once, so a feature planned alone gets the width the rule
-gives a collection of one (the base width, or the budget over n), and
+gives a collection of one (the base width, or the table budget over n), and
 ``MixedDimScheme.plan_collection`` replans the features of a collection together.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,11 @@ class MixedDimSettings:
         alpha: the power rule's exponent (>= 0; 0: every feature the same width).
         base_width: d0, the width of the feature of fewest categories (default: D, as the
             reference's DLRM runs); or
-        budget: B, the target sum of n_i w_i over the features, instead of ``base_width``.
+        table_budget: B, the target sum of n_i w_i over the features (the tables' parameters,
+            projections not counted; the reference's ``md_solver(B=...)``), instead of
+            ``base_width``. It was ``budget`` until ``model.embedding.budget`` (a memory budget
+            of any scheme) took that name; an integer ``budget`` of scheme md is still read
+            as this, with a FutureWarning.
         round_pow2: round each width to the nearest power of 2 (the reference's ``round_dim``).
         multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
         init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier`` or
@@ -53,7 +58,7 @@ class MixedDimSettings:
 
     alpha: float = 0.3
     base_width: int | None = None
-    budget: int | None = None
+    table_budget: int | None = None
     round_pow2: bool = False
     multiple_of: int = 1
     init: str = "reference"
@@ -62,13 +67,13 @@ class MixedDimSettings:
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not a >= 0:
             raise ValueError(f"alpha must be a number >= 0, got {a!r}")
-        for name in ("base_width", "budget", "multiple_of"):
+        for name in ("base_width", "table_budget", "multiple_of"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.base_width is not None and self.budget is not None:
-            raise ValueError(f"give base_width or budget, not both (base_width="
-                             f"{self.base_width}, budget={self.budget})")
+        if self.base_width is not None and self.table_budget is not None:
+            raise ValueError(f"give base_width or table_budget, not both (base_width="
+                             f"{self.base_width}, table_budget={self.table_budget})")
         if not isinstance(self.round_pow2, bool):
             raise ValueError(f"round_pow2 must be true or false, got {self.round_pow2!r}")
         if self.init not in INITS:
@@ -79,8 +84,8 @@ def _widths(settings: MixedDimSettings, cardinalities: Sequence[int], embedding_
             ) -> list[int]:
     """Each feature's width by the power rule, at most D."""
     s = settings
-    base = None if s.budget is not None else (s.base_width or embedding_dim)
-    widths = md_widths(cardinalities, s.alpha, base_width=base, budget=s.budget,
+    base = None if s.table_budget is not None else (s.base_width or embedding_dim)
+    widths = md_widths(cardinalities, s.alpha, base_width=base, budget=s.table_budget,
                        round_pow2=s.round_pow2, multiple_of=s.multiple_of)
     return [min(w, embedding_dim) for w in widths]
 
@@ -121,7 +126,7 @@ class MixedDimScheme(Scheme):
     settings_type = MixedDimSettings
     knob = "base_width"
     knob_grows = True
-    sizes = ("base_width", "budget")
+    sizes = ("base_width", "table_budget")
     takes_order = False
 
     def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
@@ -129,6 +134,22 @@ class MixedDimScheme(Scheme):
 
     def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int:
         return embedding_dim  # the smallest feature's width, at most D
+
+    def upgrade_settings(self, given: dict[str, Any]) -> dict[str, Any]:
+        # An integer was MD's own target sum of n w; a memory budget of the whole layer is a
+        # ratio, a count written as text ("2e6") or bytes, or any count once this reading ends.
+        old = given.get("budget")
+        if isinstance(old, bool) or not isinstance(old, int):
+            return given
+        if given.get("table_budget") is not None:
+            raise ValueError(f"scheme 'md': give table_budget={given['table_budget']} or the "
+                             f"old budget={old}, not both")
+        warnings.warn(f"scheme 'md': budget={old} is read as table_budget={old} (MD's target "
+                      f"sum of n w, renamed); write table_budget. In a later version an integer "
+                      f"budget will be a parameter budget of the whole embedding layer",
+                      FutureWarning, stacklevel=3)
+        return {**{k: v for k, v in given.items() if k != "budget"}, "table_budget": old,
+                "budget": None}
 
     def cannot_shrink(self, spec: EmbeddingSpec, num_categories: int) -> str | None:
         # a feature at width D is its full table, as the reference keeps it; ``threshold``
@@ -170,7 +191,7 @@ class MixedDimScheme(Scheme):
 
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         s = spec.settings
-        size = f"B={s.budget}" if s.budget is not None else \
+        size = f"B={s.table_budget}" if s.table_budget is not None else \
             f"d0={s.base_width if s.base_width is not None else 'D'}"
         return f"md alpha={s.alpha} {size}", s.init
 

@@ -80,6 +80,10 @@ class RobeScheme(Scheme):
     def knob_unit(self, spec: EmbeddingSpec) -> int:
         return spec.settings.block
 
+    def knob_placeholder(self, given: dict[str, Any]) -> int:
+        block = given.get("block", RobeSettings.block)  # one block: a size every block takes
+        return block if type(block) is int and block >= 1 else 16
+
     def cannot_shrink(self, spec: EmbeddingSpec, num_categories: int) -> str | None:
         # whether this is smaller than n x D needs D, not given here: ``threshold`` keeps
         # small features full

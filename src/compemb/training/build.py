@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
 
 from compemb.config import Config
 from compemb.data import Batch, Dataset
 from compemb.data.sources import open_category_counts
-from compemb.embeddings import EmbeddingSpec
+from compemb.embeddings import EmbeddingSpec, resolve_budget
 from compemb.models import RankingModel, build_model
 
 
 def forward(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits (B,) of a batch."""
     return model(batch.dense, batch.categorical, batch.bags)
+
+
+def resolve_config(config: Config, cardinalities: Sequence[int]) -> Config:
+    """The config a run of features of ``cardinalities`` keeps: ``model.embedding.budget``'s
+    knob chosen (:func:`~compemb.embeddings.budget.resolve_budget`), or, where the config gives
+    it, checked against the budget. A config without a budget is returned as it is."""
+    m = config.model
+    try:
+        spec = resolve_budget(m.embedding, cardinalities, m.embedding_dim)
+    except ValueError as err:
+        raise ValueError(f"model.embedding: {err}") from err
+    if spec is m.embedding:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(m, embedding=spec))
 
 
 def embedding_spec(config: Config, *, sparse: bool | None = None) -> EmbeddingSpec:
@@ -39,6 +56,7 @@ def model_for(
     shard; the dataset's single-valued features are declared one-hot, and the tables' init is
     seeded by ``train.seed``.
     """
+    config = resolve_config(config, dataset.cardinalities)
     spec = embedding_spec(config, sparse=False if torchrec else sparse)
     # Frequency-aware embeddings read the training split's counts; the maps they make are saved
     # with the model, so a checkpoint maps ids as its training did.

@@ -27,7 +27,7 @@ from compemb.embeddings.torchrec import require_torchrec
 from compemb.models import RankingModel
 from compemb.optim import make_optimizer, optimizer_kind
 from compemb.training import distributed as D
-from compemb.training.build import forward, model_for
+from compemb.training.build import forward, model_for, resolve_config
 from compemb.training.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -123,9 +123,11 @@ def _setup(
     device: torch.device,
     info: D.DistInfo,
 ) -> Trainer:
-    _prepare_folder(config, folder, resume, info)
     seed_everything(config.train.seed)
     dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
+    # a budget chooses its knob for the data's cardinalities; config.yaml keeps both
+    config = resolve_config(config, dataset.cardinalities)
+    _prepare_folder(config, folder, resume, info)
     if config.train.sharding == "torchrec":
         return _setup_sharded(config, folder, resume, dataset, device, info)
     sparse = bool(config.model.sparse) and D.sparse_allowed(device, info)
@@ -205,7 +207,7 @@ def _restore(
 def _prepare_folder(config: Config, folder: RunFolder, resume: bool, info: D.DistInfo) -> None:
     if resume:
         saved = folder.require(folder.config, f"cannot resume {folder.path}")
-        if load_config(saved) != config:
+        if load_config(saved) != config:  # both resolved: the saved one keeps the knob
             raise ValueError(f"cannot resume {folder.path} with a config that differs from {saved}")
         return
     if folder.holds_run():

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from compemb.embeddings import EmbeddingSpec
+from compemb.embeddings import EmbeddingSpec, resolve_budget
 from compemb.models import RankingModel, build_model
 from compemb.optim import optimizer_kind
 
@@ -84,12 +84,24 @@ def count_parameters(
 ) -> dict[str, Any]:
     """:func:`parameter_report` of a model built on the meta device (allocates nothing).
 
+    A spec with a budget (``spec.budget``) gets its knob chosen for these cardinalities first
+    (:func:`~compemb.embeddings.budget.resolve_budget`); the report then also holds ``budget``
+    and ``fitted``, the knob and the value it chose.
+
     >>> from compemb.data import CRITEO_KAGGLE_CARDINALITIES as C
     >>> count_parameters("dlrm", C, EmbeddingSpec("full"))["total"]
     540677217
+    >>> report = count_parameters("dlrm", C, EmbeddingSpec("qr", budget="100x"))
+    >>> report["fitted"], round(report["compression_ratio"])
+    ({'collisions': 101}, 100)
     """
+    spec = resolve_budget(spec, cardinalities, embedding_dim)
     # Frequency-aware specs size the same whatever the counts: count with uniform ones.
     counts = [np.zeros(n, dtype=np.int64) for n in cardinalities] if spec.needs_counts else None
     built = build_model(model, cardinalities, num_dense, embedding_dim, spec, counts=counts,
                         device="meta")
-    return {"model": model, **parameter_report(built, optimizer)}
+    report = {"model": model, **parameter_report(built, optimizer)}
+    if spec.budget is not None:
+        knob = spec.owner.knob
+        report.update(budget=str(spec.budget), fitted={knob: getattr(spec, knob)})
+    return report
