@@ -93,6 +93,11 @@ BASELINE: frozenset[str] = frozenset({
 NEUTRAL: dict[str, Any] = {
     "train.recluster_every": None,  # runs of the MovieLens frontier were written before it
     "train.shuffle_seed": None,  # None: the order follows train.seed, as before the field
+    "model.embedding.budget": None,  # None: the scheme's own knob sizes it, as before
+}
+# A setting renamed since -> the name it is hashed under, so runs written before keep their digest.
+RENAMED: dict[str, str] = {
+    "model.embedding[md].table_budget": "model.embedding[md].budget",
 }
 
 
@@ -115,6 +120,7 @@ def _flatten(tree: dict[str, Any], scheme: str, path: str = "") -> dict[str, Any
         where = f"{path}.{key}" if path else str(key)
         if path == "model.embedding" and key not in ("scheme", *SHARED):
             where = f"model.embedding[{scheme}].{key}"
+        where = RENAMED.get(where, where)
         if isinstance(value, dict):
             out.update(_flatten(value, scheme, where))
         else:
