@@ -63,6 +63,7 @@ __all__ = [
     "dump_config",
     "load_config",
     "load_config_text",
+    "load_run_config",
 ]
 
 DEVICES = ("cpu", "cuda")
@@ -110,6 +111,15 @@ class TrainConfig:
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
     keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
     recluster_every: int | None = None  # recluster (CCE) every N steps; 0 or None: never
+    # the learning rate rises linearly from lr / N to lr over the first N steps (every
+    # parameter, as the reference DLRM's warm-up); without it Adagrad's first steps, each
+    # lr * sign(gradient) on every MLP weight, can kill the bottom MLP's output layer (a run
+    # that stalls, docs/results/stalls.md). 0: none, the paper's protocol.
+    warmup_steps: int = 100
+
+    def lr_factor(self, step: int) -> float:
+        """The warm-up's factor on the learning rate of step ``step`` (0-based)."""
+        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
     @property
     def order_seed(self) -> int:
@@ -265,6 +275,7 @@ def _resolve(config: Config, source: str) -> Config:
     checks += [(getattr(t, f) >= 1, f"train.{f}={getattr(t, f)}: must be >= 1") for f in positive]
     checks += [
         (t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0: at the end)"),
+        (t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}: must be >= 0 (0: none)"),
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1"),
         (t.recluster_every is None or t.recluster_every >= 0,
          f"train.recluster_every={t.recluster_every}: must be >= 0 (0 or null: never)"),
@@ -329,6 +340,32 @@ def load_config(path: str | Path) -> Config:
     if path.suffix not in (".yaml", ".yml", ".toml"):
         raise ValueError(f"{path}: config files end in .yaml, .yml or .toml")
     return load_config_text(path.read_text(), str(path), toml=path.suffix == ".toml")
+
+
+# Defaults changed since runs were first written: a run's config.yaml holds every field there was
+# when it was written, so one that lacks a field here predates it and ran with this value.
+PAST_DEFAULTS: dict[str, Any] = {"train.warmup_steps": 0}
+
+
+def load_run_config(path: str | Path) -> Config:
+    """A run folder's ``config.yaml``, with the value it ran with for a field added since
+    (:data:`PAST_DEFAULTS`) rather than that field's new default."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: cannot parse: {err}") from err
+    if isinstance(raw, dict):
+        for key, value in PAST_DEFAULTS.items():
+            *sections, name = key.split(".")
+            holder = raw
+            for section in sections:
+                if not isinstance(holder.get(section, {}), dict):
+                    break
+                holder = holder.setdefault(section, {})
+            else:
+                holder.setdefault(name, value)
+    return config_from_dict(raw, str(path))
 
 
 def _parse_override(item: str) -> tuple[list[str], str]:

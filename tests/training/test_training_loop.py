@@ -14,6 +14,7 @@ from compemb.config import load_config
 from compemb.data import open_dataset
 from compemb.training import evaluate_run, loop, train
 from compemb.training.checkpoint import load_checkpoint
+from compemb.training.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +190,34 @@ def test_trainer_fused_adagrad_equals_torch_adagrad_on_sparse_tables(tmp_path: P
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
     assert fused["val_logloss"] == pytest.approx(reference["val_logloss"], abs=1e-6)
+
+
+def test_warmup_raises_the_rate_linearly_then_holds(tmp_path: Path, monkeypatch) -> None:
+    rates: list[float] = []
+    step = loop._train_step
+
+    def spy(trainer, batch):
+        rows = step(trainer, batch)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return rows
+
+    monkeypatch.setattr(loop, "_train_step", spy)
+    config = trainkit.tiny_config("in-memory", "train.max_steps=6", "train.warmup_steps=4",
+                                  "train.lr=0.02")  # fmt: skip
+    train(config, tmp_path / "run", dataset=trainkit.bag_dataset(), progress=False)
+    assert rates == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02, 0.02])
+
+
+def test_a_run_written_before_warmup_resumes_without_it(tmp_path: Path) -> None:
+    """A run's config.yaml holds every field there was when it was written: one without
+    train.warmup_steps ran without warm-up (config.PAST_DEFAULTS), whatever today's default."""
+    config = trainkit.tiny_config("in-memory", "train.max_steps=2", "train.warmup_steps=0")
+    run = tmp_path / "run"
+    train(config, run, dataset=trainkit.bag_dataset(), progress=False)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("  warmup_steps: 0\n", ""))
+    assert "warmup_steps" not in (run / "config.yaml").read_text()
+    assert RunFolder(run).read_config().train.warmup_steps == 0
+    assert load_config(run / "config.yaml").train.warmup_steps == 100  # a hand-written file
+    (run / "final.json").unlink()
+    train(config, run, resume=True, dataset=trainkit.bag_dataset(), progress=False)

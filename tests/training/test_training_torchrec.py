@@ -234,3 +234,34 @@ def test_plan_rules() -> None:
                                  "f1__0": ["data_parallel"]}
     with pytest.raises(ValueError, match="multiple of 4"):
         types(6, "mult")
+
+
+def test_warmup_reaches_fbgemm_tables_before_their_update(tmp_path: Path, monkeypatch) -> None:
+    """FBGEMM's fused tables update in backward with the rate TorchRec hands them at zero_grad:
+    the warm-up's rate of step s reaches them before step s's backward (seen at the next
+    forward), as it reaches the dense parameters' optimizer."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        SplitTableBatchedEmbeddingBagsCodegen as TBE,
+    )
+
+    seen: list[tuple[int, float]] = []
+    forward = TBE.forward
+
+    def spy(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # training steps, not evaluation
+            seen.append((id(self), self.get_learning_rate()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TBE, "forward", spy)
+    # a table above sharding.SMALL_BYTES (70,000 x 4 floats) goes to FBGEMM, not data-parallel
+    data = trainkit.synth_folder(tmp_path / "data", rows=400, big=70_000, numbering="population")
+    config = trainkit.tiny_config(data, "model.embedding.scheme=full",
+                                  "train.sharding=torchrec", "train.max_steps=6",
+                                  "train.warmup_steps=4", "train.lr=0.05",
+                                  "train.eval_every=0")  # fmt: skip
+    with trainkit.one_thread():
+        train(config, tmp_path / "run", progress=False)
+    first = seen[0][0]
+    rates = [lr for module, lr in seen if module == first]
+    assert len(rates) == 6
+    assert rates[1:] == pytest.approx([0.05 * min(1, (s + 1) / 4) for s in range(5)])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from compemb.config import Config, dump_config, load_config
+from compemb.config import Config, dump_config, load_run_config
 from compemb.data import Batch, Dataset, open_dataset
 from compemb.embeddings.torchrec import require_torchrec
 from compemb.models import RankingModel
@@ -207,7 +207,7 @@ def _restore(
 def _prepare_folder(config: Config, folder: RunFolder, resume: bool, info: D.DistInfo) -> None:
     if resume:
         saved = folder.require(folder.config, f"cannot resume {folder.path}")
-        if load_config(saved) != config:  # both resolved: the saved one keeps the knob
+        if load_run_config(saved) != config:  # both resolved: the saved one keeps the knob
             raise ValueError(f"cannot resume {folder.path} with a config that differs from {saved}")
         return
     if folder.holds_run():
@@ -269,6 +269,14 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
     batch = batch.to(trainer.device, non_blocking=True)
     logits = forward(trainer.net, batch)
     loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+    if t.warmup_steps:  # before backward, where FBGEMM's fused tables update
+        lr = (t.lr if t.lr is not None else optimizer_kind(t.optimizer).default_lr) \
+            * t.lr_factor(state.step)
+        if trainer.sharded is not None:
+            trainer.sharded.set_learning_rate(lr)
+        else:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = lr
     trainer.optimizer.zero_grad(set_to_none=True)
     (loss_sum * (trainer.dist.world_size / global_rows)).backward()
     if trainer.tables_outside_ddp:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from compemb.config import Config, load_config
+from compemb.config import Config, load_run_config
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class RunFolder:
 
     def read_config(self) -> Config:
         """The config the run was started with."""
-        return load_config(self.require(self.config, "not a run folder"))
+        return load_run_config(self.require(self.config, "not a run folder"))
 
     def read_final(self) -> dict[str, Any]:
         """The final metrics of a finished run."""

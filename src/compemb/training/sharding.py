@@ -376,6 +376,15 @@ class ShardedTraining:
         """The model to train and evaluate (DMP)."""
         return self.sharded.model
 
+    def set_learning_rate(self, lr: float) -> None:
+        """Train every parameter at ``lr`` from the next step: the dense optimizer's groups and
+        FBGEMM's fused tables, which update inside backward with the rate TorchRec's fused
+        optimizer hands them in its ``zero_grad`` (that is all it does there)."""
+        fused = self.net.fused_optimizer
+        for group in (*self.optimizer.param_groups, *fused.param_groups):
+            group["lr"] = lr
+        fused.zero_grad()
+
     def recluster(self, seed_of: Callable[[int], int]) -> None:
         """Recluster every feature whose route's data-parallel module can (CCE), collectively.
 
