@@ -93,8 +93,8 @@ BASELINE: frozenset[str] = frozenset({
 NEUTRAL: dict[str, Any] = {
     "train.recluster_every": None,  # runs of the MovieLens frontier were written before it
     "train.shuffle_seed": None,  # None: the order follows train.seed, as before the field
-    "model.embedding.budget": None,
-    "train.warmup_steps": 0,  # 0: no warm-up, as before the field (its default is 100)  # None: the scheme's own knob sizes it, as before
+    "model.embedding.budget": None,  # None: the scheme's own knob sizes it, as before
+    "train.warmup_steps": 0,  # 0: no warm-up, as before the field (its default is 100)
 }
 # A setting renamed since -> the name it is hashed under, so runs written before keep their digest.
 RENAMED: dict[str, str] = {
