@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from compemb.config import Config, load_config
+
+
+class RunInUse(FileExistsError):
+    """A run folder another process is writing (:meth:`RunFolder.writing`): taken, as a
+    folder that already holds a run is for a new one."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class RunFolder:
     CHECKPOINT: ClassVar[str] = "checkpoint.pt"
     CHECKPOINTS: ClassVar[str] = "checkpoints"
     FINAL: ClassVar[str] = "final.json"
+    LOCK: ClassVar[str] = ".lock"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -60,6 +70,31 @@ class RunFolder:
         from compemb.training.sharded_checkpoint import latest
 
         return latest(self.checkpoints)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the folder's lock (its file ``.lock``) while this process writes the run; the
+        lock goes with the process, however it ends.
+
+        Raises:
+            FileNotFoundError: no such folder.
+            RunInUse: another process holds it (the same run started twice, or ranks of a
+                killed run still alive), with that process's pid.
+        """
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such run folder")
+        with open(self.path / self.LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise RunInUse(f"{self.path} is in use: another process is training it (pid "
+                               f"{f.read().strip() or '?'}); resume it once that process has "
+                               f"ended") from None  # fmt: skip
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield
 
     def holds_run(self) -> bool:
         """Whether a run was started here (its config, a checkpoint or final metrics exist)."""
