@@ -1,6 +1,6 @@
 """Kill and resume under stress: 2-rank MovieLens runs killed with SIGKILL at random points
 (also inside a checkpoint save), resumed on 1 or 2 ranks, must end where an uninterrupted run
-ends. Not a test of the default suite: each try takes about a minute of two cores.
+ends. Not a test of the default suite: each try takes one or two minutes of two cores.
 
 Each try launches `torchrun --nproc_per_node=2 ... compemb train` (sharded by TorchRec, or
 replicated with ``--replicated``), then kills it with SIGKILL:
@@ -9,9 +9,11 @@ replicated with ``--replicated``), then kills it with SIGKILL:
   torchrun process alone, as `kill -9 PID` of the command one started), ``rank`` (one rank;
   torchrun stops the other);
 - when: ``random`` (a uniform time, once the run trains: a validation record past where it
-  started), ``save`` (after a shorter random wait, as soon as a save's temporary folder or file
-  appears, plus 0-30 ms), ``commit`` (likewise, as soon as a new checkpoint is complete: while
-  the older ones are deleted).
+  started), ``save`` (after a shorter random wait, once a save's temporary folder or file
+  appears: 0-30 ms later, or as it goes if sooner), ``commit`` (likewise, as soon as a new
+  checkpoint is complete: while the older ones are deleted).
+
+``--whom`` and ``--when`` narrow the draws (``--when save`` to hammer the saves).
 
 The run is resumed with `compemb train --resume` on 1 or 2 ranks, at once as a user would,
 killed again in a third of the tries, and resumed to the end. A try passes when every process
@@ -22,7 +24,7 @@ uninterrupted run's (exactly when every part ran on 2 ranks, within 1e-4 in log 
 part ran on 1: the float sums differ). Failing tries keep their run folder and every log.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/kill_resume_stress.py --out /tmp/kr \\
-        --tries 20 --replicated 4
+        --tries 20 --replicated 5
 """
 
 from __future__ import annotations
@@ -179,8 +181,10 @@ def kill(run: Run, run_dir: Path, whom: str, when: str, start: int, window: floa
     time.sleep(rng.uniform(0, window if when == "random" else 0.7 * window))
     before = checkpoints(run_dir)
     while when != "random" and running():
-        if when == "save" and in_save(run_dir):
-            time.sleep(rng.uniform(0, 0.03))
+        if when == "save" and in_save(run_dir):  # a random point of it, or its end if sooner
+            until = time.monotonic() + rng.uniform(0, 0.03)
+            while time.monotonic() < until and in_save(run_dir):
+                time.sleep(0.0005)
             break
         if when == "commit" and checkpoints(run_dir) != before:
             break
@@ -253,7 +257,7 @@ def one_try(n: int, out: Path, replicated: bool, reference: Path, seconds_per_st
     exact, reached = True, 0
     for k in range(2 if rng.random() < 0.35 else 1):
         left = args.steps - reached - 25  # the kill waits for a validation record (every 25)
-        event = kill(run, run_dir, rng.choice(WHOM), rng.choice(WHEN), reached,
+        event = kill(run, run_dir, rng.choice(args.whom), rng.choice(args.when), reached,
                      max(0.0, left * seconds_per_step), rng, args.grace)  # fmt: skip
         done = saved_step(run_dir) or 0
         reached = max(done, event.get("last_record") or 0)
@@ -302,6 +306,10 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a killed run's processes may take to end")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whom", nargs="+", choices=WHOM, default=list(WHOM),
+                        help="whom a kill may hit (drawn per kill)")
+    parser.add_argument("--when", nargs="+", choices=WHEN, default=list(WHEN),
+                        help="the moments a kill may come at (drawn per kill)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)

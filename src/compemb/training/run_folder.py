@@ -25,8 +25,8 @@ class RunFolder:
 
     It holds ``config.yaml`` (the resolved config, written first), ``metrics.jsonl`` (one record
     per validation), the last atomic checkpoint (``checkpoint.pt``, or for a sharded run the
-    newest complete folder in ``checkpoints/``) and, once the run is done, ``final.json`` (its
-    final metrics).
+    newest complete folder in ``checkpoints/``), once the run is done ``final.json`` (its
+    final metrics), and ``.lock``, locked while a process writes the run (:meth:`writing`).
 
     >>> RunFolder(Path("runs/a")).checkpoint.as_posix()
     'runs/a/checkpoint.pt'
