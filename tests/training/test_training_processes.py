@@ -75,3 +75,42 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
     for key in ("test_logloss", "val_logloss", "train_loss"):
         assert a[key] == pytest.approx(b[key], abs=1e-4), key
     assert a["test_logloss"] != pytest.approx(0.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_rank_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """torchrun starts each rank in a session of its own, so a SIGKILL of torchrun alone left
+    the ranks training and writing the run folder while it was resumed. Here a launcher
+    starts a "rank" as torchrun does and is killed: the rank ends within seconds."""
+    rank = ("import time, torch\nfrom compemb.training.distributed import init_distributed\n"
+            "init_distributed(torch.device('cpu'))\nprint('ready', flush=True)\n"
+            "time.sleep(60)\n")  # fmt: skip
+    launcher = ("import subprocess, sys, time\nrank = subprocess.Popen([sys.executable, '-c', "
+                "sys.argv[1]], start_new_session=True)\nprint(rank.pid, flush=True)\n"
+                "time.sleep(60)\n")  # fmt: skip
+    env = {**trainkit.env(), "TORCHELASTIC_RUN_ID": "test", "RANK": "0"}  # as torchrun sets
+    with open(tmp_path / "rank.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", launcher, rank], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=err)  # fmt: skip
+    pid = int(proc.stdout.readline())
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the rank outlived its launcher by 10 s"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    assert "rank 0 stops: its launcher" in (tmp_path / "rank.err").read_text()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,29 @@ def test_missing_files_are_named(copy: Path, capsys) -> None:
         assert f"{copy}: config.yaml is missing (not a run folder)" in err
     err = _fails_in_one_line(capsys, "evaluate", str(copy / "nowhere"))
     assert "config.yaml is missing" in err
+
+
+def test_a_run_another_process_writes_is_refused_until_that_process_ends(copy: Path,
+                                                                        capsys) -> None:
+    """A second writer of a run folder (the run resumed twice, or started while ranks of a
+    killed run still train) stops in one line naming the holder; the lock goes with the
+    holding process, however it ends (SIGKILL here)."""
+    (copy / "final.json").unlink()
+    hold = ("import sys, time\nfrom compemb.training.run_folder import RunFolder\n"
+            "with RunFolder(sys.argv[1]).writing():\n"
+            "    print('held', flush=True)\n    time.sleep(60)\n")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(copy)], env=trainkit.env(),
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        err = _fails_in_one_line(capsys, "train", "--resume", str(copy))
+        assert f"{copy} is in use: another process is training it (pid {holder.pid})" in err
+        assert not (copy / "final.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert RunFolder(copy).read_final()["steps"] == 2
 
 
 def test_run_folder_reads_what_the_trainer_wrote(run: Path) -> None:

@@ -6,7 +6,11 @@ model is replicated and wrapped in DistributedDataParallel (gloo on CPU, nccl on
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -45,7 +49,12 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op without it)."""
+    """Join the process group torchrun describes in the environment (no-op without it).
+
+    Under torchrun the process also ends when its launcher dies (:func:`stop_with_launcher`).
+    """
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun for its workers
+        stop_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -55,6 +64,28 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@functools.cache  # one watcher per process
+def stop_with_launcher(poll_s: float = 0.5) -> None:
+    """End this process (as SIGKILL would: nothing more is written) once its parent, the
+    torchrun launcher, is gone; checked every ``poll_s`` seconds by a daemon thread.
+
+    torchrun starts each rank in a session of its own, so a SIGKILL of torchrun alone (``kill
+    -9`` of the command one started) would leave the ranks training on and writing the run
+    folder while a resume of it starts (which deleted the resumed run's checkpoint under it).
+    A launcher that dies before this is called goes unnoticed.
+    """
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        print(f"compemb: rank {os.environ.get('RANK', '?')} stops: its launcher (pid "
+              f"{launcher}) is gone", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(1)
+
+    threading.Thread(target=watch, name="compemb-stop-with-launcher", daemon=True).start()
 
 
 def local_rank_from_env() -> int:

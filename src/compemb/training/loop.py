@@ -9,6 +9,7 @@ a replicated run evaluates and writes files on rank 0 while the others wait, a s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -98,13 +99,18 @@ def train(
         require_torchrec()  # before anything is written: the error names the extra
     # TorchRec's DMP needs a process group even for one process.
     own_group = config.train.sharding == "torchrec" and ensure_process_group()
+    folder = RunFolder(out_dir)
     try:
-        trainer = _setup(config, RunFolder(out_dir), resume, dataset, device, info)
-        if not trainer.folder.is_done():
-            _fit(trainer, progress)
-            _finish(trainer)
-        D.barrier(info)
-        return trainer.folder.read_final()
+        if info.is_main and not resume:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        # rank 0 holds the folder while the run writes it: a second writer is refused
+        with folder.writing() if info.is_main else contextlib.nullcontext():
+            trainer = _setup(config, folder, resume, dataset, device, info)
+            if not trainer.folder.is_done():
+                _fit(trainer, progress)
+                _finish(trainer)
+            D.barrier(info)
+            return trainer.folder.read_final()
     finally:
         D.shutdown(info)
         end_process_group(own_group)
@@ -217,7 +223,6 @@ def _prepare_folder(config: Config, folder: RunFolder, resume: bool, info: D.Dis
         )
     D.barrier(info)  # every rank has looked before rank 0 writes
     if info.is_main:
-        folder.path.mkdir(parents=True, exist_ok=True)
         text = dump_config(config)
         atomic_write(folder.config, lambda tmp: tmp.write_text(text))
 

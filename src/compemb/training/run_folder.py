@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from compemb.config import Config, load_run_config
+
+
+class RunInUse(FileExistsError):
+    """A run folder another process is writing (:meth:`RunFolder.writing`): taken, as a
+    folder that already holds a run is for a new one."""
 
 
 @dataclass(frozen=True)
@@ -16,8 +25,8 @@ class RunFolder:
 
     It holds ``config.yaml`` (the resolved config, written first), ``metrics.jsonl`` (one record
     per validation), the last atomic checkpoint (``checkpoint.pt``, or for a sharded run the
-    newest complete folder in ``checkpoints/``) and, once the run is done, ``final.json`` (its
-    final metrics).
+    newest complete folder in ``checkpoints/``), once the run is done ``final.json`` (its
+    final metrics), and ``.lock``, locked while a process writes the run (:meth:`writing`).
 
     >>> RunFolder(Path("runs/a")).checkpoint.as_posix()
     'runs/a/checkpoint.pt'
@@ -30,6 +39,7 @@ class RunFolder:
     CHECKPOINT: ClassVar[str] = "checkpoint.pt"
     CHECKPOINTS: ClassVar[str] = "checkpoints"
     FINAL: ClassVar[str] = "final.json"
+    LOCK: ClassVar[str] = ".lock"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -60,6 +70,31 @@ class RunFolder:
         from compemb.training.sharded_checkpoint import latest
 
         return latest(self.checkpoints)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the folder's lock (its file ``.lock``) while this process writes the run; the
+        lock goes with the process, however it ends.
+
+        Raises:
+            FileNotFoundError: no such folder.
+            RunInUse: another process holds it (the same run started twice, or ranks of a
+                killed run still alive), with that process's pid.
+        """
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such run folder")
+        with open(self.path / self.LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise RunInUse(f"{self.path} is in use: another process is training it (pid "
+                               f"{f.read().strip() or '?'}); resume it once that process has "
+                               f"ended") from None  # fmt: skip
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield
 
     def holds_run(self) -> bool:
         """Whether a run was started here (its config, a checkpoint or final metrics exist)."""
