@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from compemb.spec import EmbeddingSpec, plan_collection
+from compemb.spec import EmbeddingSpec, collection_parameters, plan_collection
 
 __all__ = ["embedding_parameters", "fit_budget"]
 
@@ -17,8 +17,8 @@ def embedding_parameters(cardinalities: Sequence[int], embedding_dim: int,
     """Parameters of the embedding layer ``spec`` gives these features (tables, hot rows and
     path functions), counted from the features' plans: nothing is built. The frequency order
     does not change the count, so no counts are needed."""
-    plans = plan_collection(cardinalities, embedding_dim, spec, sizing=True)
-    return sum(plan.num_parameters for plan in plans)
+    return collection_parameters(plan_collection(cardinalities, embedding_dim, spec,
+                                                 sizing=True))
 
 
 def fit_budget(cardinalities: Sequence[int], embedding_dim: int, spec: EmbeddingSpec,
