@@ -5,9 +5,14 @@ route (one stock table for the shared array)."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
+from compemb.config import load_config_text
 from compemb.embeddings import (
     EmbeddingBagCollection,
     EmbeddingSpec,
@@ -235,3 +240,51 @@ def test_docstring_examples_run():
     for module in (robe, _universal):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+OLD = Path(__file__).parents[1] / "fixtures" / "robe_per_feature_checkpoint.pt"
+
+
+def test_robe_z_is_the_default():
+    spec = EmbeddingSpec("robe", size=64)
+    assert (spec.shared, spec.aligned, spec.cap_at_full) == (True, False, True)
+
+
+def test_configs_and_checkpoints_written_before_robe_z_load_as_they_were():
+    """The fixture holds collections built by the code before ROBE-Z (an array per feature,
+    aligned by default, hashes not saved), with each spec as a run's config.yaml held it: the
+    spec reads as that form, the state loads, the outputs are the ones it gave."""
+    old = torch.load(OLD, weights_only=True)
+    cards, d, ids = old["cards"], old["dim"], old["ids"]
+    for name, case in old["cases"].items():
+        written = {k: v for k, v in case["config"].items() if k != "sparse"}  # model.sparse's
+        text = yaml.safe_dump({"model": {"embedding_dim": d, "embedding": written}})
+        spec = load_config_text(text, name).model.embedding.with_(sparse=False)
+        assert (spec.shared, spec.cap_at_full) == (False, False), name
+        assert spec.aligned == case["config"]["aligned"], name
+        ebc = EmbeddingBagCollection(cards, d, spec)
+        missing = set(ebc.state_dict()) - set(case["state"])
+        assert missing and all(k.endswith(".coefficients") for k in missing), name
+        ebc.load_state_dict(case["state"])  # without hashes: its config's seed draws them
+        torch.testing.assert_close(ebc(ids), case["output"], rtol=0, atol=0, msg=name)
+        if "torchrec_keys" in case and importlib.util.find_spec("torchrec") is not None:
+            from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+
+            keys = TorchRecEmbeddingCollection(cards, d, spec, plans=ebc.plans).state_key_map()
+            assert {k: keys[k] for k in case["torchrec_keys"]} == case["torchrec_keys"], name
+
+
+@pytest.mark.parametrize(("shared", "full"), [(False, [3, 8]), (True, [])])
+def test_no_feature_holds_more_than_its_full_table(shared, full):
+    """Decided by bytes: per feature, an array of 64 float32 and 2 x 2 int32 hashes (272 bytes)
+    against a full table of n x 8 float32 (n = 8: 256 bytes; n = 9: 288); shared, a feature
+    holds only its hashes (16 bytes)."""
+    cards = [3, 8, 9, 1000]
+    spec = EmbeddingSpec("robe", size=64, block=4, shared=shared)
+    plans = plan_collection(cards, 8, spec)
+    assert [p.num_categories for p in plans if p.spec.scheme == "full"] == full
+    ebc = EmbeddingBagCollection(cards, 8, spec)
+    assert ebc.num_parameters == embedding_parameters(cards, 8, spec)
+    assert ebc.num_parameters == 64 * (1 if shared else 2) + 8 * sum(full)
+    old = EmbeddingSpec("robe", size=64, block=4, shared=False, cap_at_full=False)
+    assert embedding_parameters(cards, 8, old) == 4 * 64  # as compemb planned before

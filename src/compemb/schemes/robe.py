@@ -1,12 +1,18 @@
 """ROBE: arrays of M parameters read in hashed blocks
 (:class:`~compemb.embeddings.robe.RobeEmbeddingBag`).
 
-``shared`` (the paper's ROBE-Z) plans ONE array for every feature the scheme embeds: a
-collection-level :class:`~compemb.spec.SharedPlan` (``shared.robe.weight`` in checkpoints,
+By default the paper's ROBE-Z: ONE array for every feature the scheme embeds, planned once as
+a collection-level :class:`~compemb.spec.SharedPlan` (``shared.robe.weight`` in checkpoints,
 TorchRec table ``robe``), M parameters in all, which ``fit_budget`` searches; each feature
-keeps only its hashes (``features.<f>.coefficients``). Otherwise each feature has an array of
-M parameters of its own (``features.<f>.weight``), the form compemb had first; a feature whose
-array and hashes would take more bytes than its full table keeps the full table.
+keeps only its hashes (``features.<f>.coefficients``), and its blocks start at any element.
+``shared=False`` gives each feature an array of M parameters of its own (``features.<f>.weight``)
+and ``aligned=True`` block-aligned offsets: the deviations compemb had first, kept as settings.
+With ``cap_at_full`` (default) a feature whose own tensors would take at least its full table's
+bytes keeps the full table.
+
+A spec naming exactly the settings compemb wrote before ROBE-Z (size, block, aligned, seed: a
+run's config.yaml then) reads as that form (:data:`OLD_DEFAULTS`), so those runs' checkpoints
+load as they were written.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
 from compemb.spec import EmbeddingSpec, FeaturePlan, SharedPlan, plan_feature
 
+# A spec written before ROBE-Z became the default names exactly these settings (a run's
+# config.yaml held them all) and means the form compemb had then: an array per feature, aligned
+# offsets unless it says otherwise, every feature above the threshold given its array.
+WRITTEN_BEFORE = frozenset({"size", "block", "aligned", "seed"})
+OLD_DEFAULTS = {"shared": False, "cap_at_full": False}
+
 
 @dataclass(frozen=True)
 class RobeSettings:
@@ -52,10 +64,10 @@ class RobeSettings:
 
     size: int | None = None
     block: int = 4
-    aligned: bool = True
-    shared: bool = False
+    aligned: bool = False
+    shared: bool = True
     seed: int = 0
-    cap_at_full: bool = False
+    cap_at_full: bool = True
 
     def __post_init__(self) -> None:
         if self.size is None:
@@ -94,6 +106,11 @@ class RobeScheme(Scheme):
     knob = "size"
     knob_grows = True
     takes_order = False
+
+    def make_settings(self, given: dict[str, Any]) -> Any:
+        if set(given) == WRITTEN_BEFORE:
+            given = {**given, **OLD_DEFAULTS}
+        return super().make_settings(given)
 
     def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         # ids are hashed, not partitioned: the identity, which no renumbering changes
@@ -175,6 +192,8 @@ def _full(plan: FeaturePlan) -> FeaturePlan:
 
 
 __all__ = [
+    "OLD_DEFAULTS",
+    "WRITTEN_BEFORE",
     "RobeScheme",
     "RobeSettings",
 ]
