@@ -141,7 +141,9 @@ class RobeScheme(Scheme):
         table keeps it."""
         s = plans[0].spec.settings
         if s.shared:
-            plans = [dataclasses.replace(p, params=p.params[1:]) for p in plans]
+            plans = [dataclasses.replace(p, params=tuple(q for q in p.params
+                                                         if q.name != "weight"))
+                     for p in plans]  # fmt: skip
         larger = [s.cap_at_full and p.num_bytes + p.index_bytes >= _full_bytes(p)
                   for p in plans]
         kept = [p for p, big in zip(plans, larger, strict=True) if not big]
@@ -169,9 +171,11 @@ class RobeScheme(Scheme):
                 f"cannot shard; use shared=True (one (size / block, block) table), "
                 f"aligned=True, or train.sharding=replicate"
             )
-        # the hashes only (no array: TorchRec holds it)
-        module = self.module(plan, validate=False, device=device)  # hashes on the CPU if meta
+        # the hashes only (TorchRec holds the array): drawn on the CPU, the array never built
+        module = self.module(plan, validate=False, device="meta")
         module.weight = None
+        if device is not None and torch.device(device).type != "meta":
+            module.to(device)
         return TorchRecPlan(False, 1, _concat_blocks, module, lookup=module.lookup)
 
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
