@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from compemb.config import load_config_text
+from compemb.config import dump_config, load_config_text
 from compemb.embeddings import (
     EmbeddingBagCollection,
     EmbeddingSpec,
@@ -245,9 +245,15 @@ def test_docstring_examples_run():
 OLD = Path(__file__).parents[1] / "fixtures" / "robe_per_feature_checkpoint.pt"
 
 
-def test_robe_z_is_the_default():
+def test_robe_z_is_the_default_and_configs_written_now_keep_their_form():
     spec = EmbeddingSpec("robe", size=64)
     assert (spec.shared, spec.aligned, spec.cap_at_full) == (True, False, True)
+    for form in (spec, spec.with_(shared=False, aligned=True)):
+        written = {k: v for k, v in form.to_dict().items() if k != "sparse"}  # model.sparse's
+        config = load_config_text(yaml.safe_dump({"model": {"embedding": written}}), "saved")
+        assert config.model.embedding.settings == form.settings
+        text = dump_config(config)
+        assert load_config_text(text, "again").model.embedding.settings == form.settings
 
 
 def test_configs_and_checkpoints_written_before_robe_z_load_as_they_were():
