@@ -82,7 +82,7 @@ def test_params_counts_what_the_plans_count(flags: list[str], spec: EmbeddingSpe
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_sharded_on_torchrec_trains_and_counts_as_replicated(scheme: str, synth: Path,
                                                              tmp_path: Path) -> None:
-    """One process, train.sharding=torchrec: aligned ROBE's array is a TorchRec table, DHE's
+    """One process, train.sharding=torchrec: ROBE-Z's array is one TorchRec table, DHE's
     network runs data-parallel; the counts equal the replicated run's."""
     pytest.importorskip("torchrec")
     spec = {"robe": ["model.embedding.size=64", "model.embedding.block=4"],
