@@ -9,8 +9,10 @@ most ``--threshold`` categories keeping their full tables. Variants:
 
 - compemb full tables (the stacked collection; the base of the ratios), and the full tables as
   per-feature modules (ROBE and DHE features are per-feature modules: what that layout costs);
-- ROBE, block-aligned Z = 4 and Z = 16 (one block per id), and unaligned Z = 4; sparse
-  gradients of the array;
+- ROBE-Z (one array for all features, blocks at any offset: two rows read per block) at Z = 4
+  and Z = 16 (one block per id); ROBE with an array per feature, block-aligned (one row per
+  block) at Z = 4 and Z = 16, and unaligned at Z = 4 (Z rows of width 1); sparse gradients of
+  the arrays;
 - DHE, depth 2, k = 64 hashes, uniform encoding; the width is the knob (its multiply-adds per
   id are printed);
 - CCE with c = 4 chunks (8 rows of width 4 per id) and c = 1 (2 rows of width 16); sparse
@@ -51,10 +53,15 @@ def variants(cards: list[int], args: argparse.Namespace) -> dict[str, tuple[nn.M
     for ratio in args.ratios:
         budget = full.num_parameters // ratio
         for name, spec in (
-            ("ROBE Z=4", EmbeddingSpec("robe", size=4, block=4, threshold=t, sparse=True)),
-            ("ROBE Z=16", EmbeddingSpec("robe", size=16, block=16, threshold=t, sparse=True)),
-            ("ROBE Z=4 unaligned", EmbeddingSpec("robe", size=4, block=4, aligned=False,
-                                                 threshold=t, sparse=True)),
+            ("ROBE-Z Z=4", EmbeddingSpec("robe", size=4, block=4, threshold=t, sparse=True)),
+            ("ROBE-Z Z=16", EmbeddingSpec("robe", size=16, block=16, threshold=t, sparse=True)),
+            ("ROBE per feature Z=4", EmbeddingSpec("robe", size=4, block=4, shared=False,
+                                                   aligned=True, threshold=t, sparse=True)),
+            ("ROBE per feature Z=16", EmbeddingSpec("robe", size=16, block=16, shared=False,
+                                                    aligned=True, threshold=t, sparse=True)),
+            ("ROBE per feature Z=4 unaligned", EmbeddingSpec(
+                "robe", size=4, block=4, shared=False, aligned=False, threshold=t,
+                sparse=True)),
             ("DHE", EmbeddingSpec("dhe", width=1, threshold=t)),
             ("CCE c=4", EmbeddingSpec("cce", rows=1, chunks=4, threshold=t, sparse=True,
                                       kmeans_iters=args.kmeans_iters,

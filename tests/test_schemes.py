@@ -25,7 +25,7 @@ from compemb.embeddings import (
     fit_budget,
     module_from_plan,
 )
-from compemb.spec import plan_collection
+from compemb.spec import collection_parameters, plan_collection, shared_plans
 from schemekit import SCHEME_SPECS, SPECS, kit_counts, spec_id
 
 CARDS = [3, 5000, 40, 777, 9000]
@@ -56,20 +56,22 @@ def test_unknown_scheme_lists_the_registered_ones(outside):
 
 def _check_plans(spec: EmbeddingSpec) -> None:
     ebc = EmbeddingBagCollection(CARDS, 8, spec, counts=kit_counts(spec, CARDS))
-    assert sum(plan.num_parameters for plan in ebc.plans) == ebc.num_parameters
+    assert collection_parameters(ebc.plans) == ebc.num_parameters
     assert embedding_parameters(CARDS, 8, spec) == ebc.num_parameters
     sized = plan_collection(CARDS, 8, spec, sizing=True)
     assert sum(p.index_bytes for p in sized) == ebc.index_bytes
     for plan in ebc.plans:
-        module = module_from_plan(plan)
+        module = module_from_plan(plan)  # on its own, it holds what it reads with others
         state = module.state_dict()
+        params = (*plan.params, *(() if plan.shared is None else plan.shared.params))
         # every name and shape, both ways (a module's own buffers, the id maps, come before
         # its submodules' tensors in a state dict, after them in a plan)
-        assert {p.name: p.shape for p in plan.params} == {
-            k: tuple(v.shape) for k, v in state.items()}
-        assert len(plan.params) == len(state)
-    keys = {k.split(".", 2)[2] for k in ebc.state_dict()}
-    assert keys == {p.name for plan in ebc.plans for p in plan.params}
+        assert {p.name: p.shape for p in params} == {k: tuple(v.shape) for k, v in state.items()}
+        assert len(params) == len(state)
+    keys = {k for k in ebc.state_dict()}
+    assert keys == {f"features.{f}.{p.name}" for f, plan in enumerate(ebc.plans)
+                    for p in plan.params} | {f"shared.{s.key}.{p.name}"
+                                             for s in shared_plans(ebc.plans) for p in s.params}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)

@@ -36,10 +36,13 @@ __all__ = [
     "SHARED",
     "EmbeddingSpec",
     "FeaturePlan",
+    "SharedPlan",
+    "collection_parameters",
     "compose_bounds",
     "plan_collection",
     "plan_feature",
     "resolve_spec",
+    "shared_plans",
     "schemes",
     "setting_types",
     "spec_partitions",
@@ -276,6 +279,39 @@ def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
 
 
 @dataclass(frozen=True)
+class SharedPlan:
+    """Tensors that several features of one scheme read together, planned once for the
+    collection (ROBE-Z's one array for every feature it embeds).
+
+    Attributes:
+        key: its name in the collection: checkpoints save its tensors once, as
+            ``shared.<key>.<name>``; TorchRec's table is named ``<key>``.
+        params: the tensors (tables), as :class:`~compemb.scheme.ParamPlan`.
+        members: how many features read it (each plan's ``member`` is its place among them).
+    """
+
+    key: str
+    params: tuple[ParamPlan, ...]
+    members: int
+
+    @property
+    def tables(self) -> tuple[ParamPlan, ...]:
+        return tuple(p for p in self.params if p.role == "table")
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel for p in self.params if p.role != "map")
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(p.numel * p.itemsize for p in self.params if p.role != "map")
+
+    @property
+    def index_bytes(self) -> int:
+        return sum(p.numel * p.itemsize for p in self.params if p.role == "map")
+
+
+@dataclass(frozen=True)
 class FeaturePlan:
     """Everything needed to build one feature's embedding, by any backend, and to count it.
 
@@ -287,6 +323,9 @@ class FeaturePlan:
         operation: the composition operation, or None.
         params: every tensor the feature keeps (:class:`~compemb.scheme.ParamPlan`): its tables
             in partition order, dense parts (path functions), id maps.
+        shared: what it reads together with other features (counted once, by the collection:
+            :func:`shared_plans`), or None.
+        member: its place among the features that read ``shared``.
     """
 
     num_categories: int
@@ -295,6 +334,8 @@ class FeaturePlan:
     partitions: PartitionSet
     operation: Operation | None
     params: tuple[ParamPlan, ...]
+    shared: SharedPlan | None = None
+    member: int = 0
 
     @property
     def scheme(self) -> Scheme:
@@ -321,7 +362,7 @@ class FeaturePlan:
 
     @property
     def num_parameters(self) -> int:
-        """Trained parameters: tables and dense parts."""
+        """Trained parameters: tables and dense parts (not ``shared``'s)."""
         return sum(p.numel for p in self.params if p.role != "map")
 
     @property
@@ -423,3 +464,19 @@ def plan_collection(
                            strict=True):
             plans[f] = plan
     return tuple(plans)
+
+
+def shared_plans(plans: Sequence[FeaturePlan]) -> tuple[SharedPlan, ...]:
+    """The collection-level plans the features read, each once, in order of first reader."""
+    seen: dict[str, SharedPlan] = {}
+    for plan in plans:
+        if plan.shared is not None:
+            seen.setdefault(plan.shared.key, plan.shared)
+    return tuple(seen.values())
+
+
+def collection_parameters(plans: Sequence[FeaturePlan]) -> int:
+    """Trained parameters of a collection of these plans: every feature's own, and each shared
+    plan's once."""
+    return (sum(plan.num_parameters for plan in plans)
+            + sum(s.num_parameters for s in shared_plans(plans)))

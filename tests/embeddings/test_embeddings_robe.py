@@ -1,12 +1,18 @@
-"""ROBE: forward against a hand-computed gather from the array, gradients (gradcheck, and
-accumulation into shared elements), settings errors, full-table fallback, budget fitting, and
-the TorchRec route (aligned) or its refusal (unaligned)."""
+"""ROBE: forward and gradient against the paper's formulas written out here (shared array and
+per-feature arrays, offsets unaligned and aligned), the shared array as one plan entry and one
+checkpoint key, hashes saved with the model, settings errors, budget fitting, and the TorchRec
+route (one stock table for the shared array)."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
+from compemb.config import dump_config, load_config_text
 from compemb.embeddings import (
     EmbeddingBagCollection,
     EmbeddingSpec,
@@ -14,82 +20,162 @@ from compemb.embeddings import (
     fit_budget,
     make_embedding_bag,
 )
-from compemb.embeddings._universal import PRIME
 from compemb.embeddings.robe import RobeEmbeddingBag
+from compemb.spec import plan_collection, shared_plans
+
+PRIME = 2**31 - 1  # the paper's hash: ((a x + b) mod P) mod M, P the Mersenne prime 2^31 - 1
+CARDS = [1000, 37, 250, 5000]
+D = 8
+FORMS = {
+    "shared": {"shared": True, "aligned": False},
+    "shared-aligned": {"shared": True, "aligned": True},
+    "per-feature": {"shared": False, "aligned": False},
+    "per-feature-aligned": {"shared": False, "aligned": True},
+}
 
 
-def _by_hand(bag: RobeEmbeddingBag, i: int) -> torch.Tensor:
-    """Id i's vector read element by element from the flat array, with the hash written out."""
-    flat = bag.weight.detach().reshape(-1)
-    m, z = bag.size, bag.block
-    out = []
-    for a, b in bag.coefficients.T.tolist():
-        h = (a * i + b) % PRIME
-        start = (h % (m // z)) * z if bag.aligned else h % m
-        out += [flat[(start + e) % m] for e in range(z)]
-    return torch.stack(out)
+def _offset(a: int, b: int, x: int, m: int, z: int, aligned: bool) -> int:
+    """Where chunk (a, b) of id x starts in an array of m elements (the paper's ROBE-Z: any
+    element; aligned: a multiple of z)."""
+    h = (a * x + b) % PRIME
+    return z * (h % (m // z)) if aligned else h % m
 
 
-@pytest.mark.parametrize("aligned", [True, False])
-def test_forward_is_the_hand_computed_gather(aligned):
+def _paper_vector(array: list[float], coefficients: list[list[int]], x: int, z: int,
+                  aligned: bool) -> list[float]:
+    """Id x's vector: chunk j is z consecutive elements of the array from its offset, read
+    circularly."""
+    m, out = len(array), []
+    for a, b in zip(*coefficients, strict=True):
+        start = _offset(a, b, x, m, z, aligned)
+        out += [array[(start + e) % m] for e in range(z)]
+    return out
+
+
+def _arrays(ebc: EmbeddingBagCollection) -> tuple[list[list[float]], list[list[list[int]]]]:
+    """Each feature's flat array and hashes, read from the checkpoint keys."""
+    state = ebc.state_dict()
+    arrays, hashes = [], []
+    for f in range(len(CARDS)):
+        key = "shared.robe.weight" if f"features.{f}.weight" not in state \
+            else f"features.{f}.weight"
+        arrays.append(state[key].reshape(-1).tolist())
+        hashes.append(state[f"features.{f}.coefficients"].tolist())
+    return arrays, hashes
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_forward_and_gradient_are_the_papers(form):
     torch.manual_seed(0)
-    bag = RobeEmbeddingBag(1000, 8, size=12, block=4, aligned=aligned, seed=5)
-    ids = torch.tensor([0, 1, 7, 999, 7])
-    out = bag(ids, torch.tensor([0, 2, 2]))  # bags [0, 1], [], [7, 999, 7]
-    rows = torch.stack([_by_hand(bag, i) for i in ids.tolist()])
-    torch.testing.assert_close(out, torch.stack([rows[:2].sum(0), torch.zeros(8),
-                                                 rows[2:].sum(0)]), rtol=0, atol=0)
+    spec = EmbeddingSpec("robe", size=24, block=4, seed=5, **FORMS[form])
+    ebc = EmbeddingBagCollection(CARDS, D, spec)
+    arrays, hashes = _arrays(ebc)
+    aligned = spec.aligned
+    ids = torch.tensor([[0, 0, 0, 0], [1, 36, 249, 4999], [999, 7, 7, 123]])
+    out = ebc(ids)
+    for row in range(ids.shape[0]):
+        for f in range(len(CARDS)):
+            want = _paper_vector(arrays[f], hashes[f], int(ids[row, f]), 4, aligned)
+            assert out[row, f].tolist() == want, (row, f)
+    # the gradient: each output coordinate's gradient lands on the element it read
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * probe).sum().backward()
+    for f in range(len(CARDS)):
+        m = len(arrays[f])
+        expected = torch.zeros(m)
+        for fg in range(len(CARDS)) if spec.shared else [f]:
+            for row in range(ids.shape[0]):
+                x = int(ids[row, fg])
+                for j, (a, b) in enumerate(zip(*hashes[fg], strict=True)):
+                    start = _offset(a, b, x, m, 4, aligned)
+                    for e in range(4):
+                        expected[(start + e) % m] += probe[row, fg, 4 * j + e]
+        got = ebc.tables(f)[-1].grad.reshape(-1)
+        torch.testing.assert_close(got, expected)
 
 
 def test_unaligned_blocks_wrap_around_the_end():
-    bag = RobeEmbeddingBag(50, 4, size=10, block=4, aligned=False)
-    with torch.no_grad():
-        bag.weight.copy_(torch.arange(10.0).reshape(10, 1))
-    starts = {int(bag(torch.tensor([[i]]))[0, 0]) for i in range(50)}
-    assert max(starts) > 6  # some block starts within Z - 1 of the end
-    for i in range(50):
-        v = bag(torch.tensor([[i]]))[0]
-        assert v.tolist() == [(v[0].item() + e) % 10 for e in range(4)]
+    for member in (None, 0):  # the per-feature (M, 1) array and the (M / Z, Z) one
+        bag = RobeEmbeddingBag(50, 4, size=12, block=4, member=member)
+        with torch.no_grad():
+            bag.array.copy_(torch.arange(12.0).reshape(bag.array.shape))
+        starts = {int(bag(torch.tensor([[i]]))[0, 0]) for i in range(50)}
+        assert max(starts) > 8  # some block starts within Z - 1 of the end
+        for i in range(50):
+            v = bag(torch.tensor([[i]]))[0]
+            assert v.tolist() == [(v[0].item() + e) % 12 for e in range(4)]
 
 
-@pytest.mark.parametrize("aligned", [True, False])
-def test_gradcheck(aligned):
-    bag = RobeEmbeddingBag(30, 4, size=8, block=2, aligned=aligned, dtype=torch.float64)
+@pytest.mark.parametrize(("member", "aligned"), [(None, True), (None, False), (0, False)])
+def test_gradcheck(member, aligned):
+    bag = RobeEmbeddingBag(30, 4, size=8, block=2, aligned=aligned, member=member,
+                           dtype=torch.float64)
     ids, offsets = torch.tensor([3, 4, 3, 29]), torch.tensor([0, 1, 3])
     weights = torch.rand(4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda w: torch.func.functional_call(
         bag, {"weight": w}, (ids, offsets, weights)), bag.weight.detach().requires_grad_())
 
 
-def test_gradients_accumulate_into_shared_elements():
-    """An element read by several blocks gets the sum of their gradients (dense and sparse)."""
+def test_sparse_gradients_of_the_shared_array_equal_dense_ones():
     torch.manual_seed(0)
-    dense = RobeEmbeddingBag(100, 8, size=8, block=4, aligned=False)
-    sparse = RobeEmbeddingBag(100, 8, size=8, block=4, aligned=False, sparse=True)
+    spec = EmbeddingSpec("robe", size=16, block=4, shared=True, aligned=False)
+    dense = EmbeddingBagCollection(CARDS, D, spec)
+    sparse = EmbeddingBagCollection(CARDS, D, spec.with_(sparse=True))
     sparse.load_state_dict(dense.state_dict())
-    ids = torch.arange(20)
-    for bag in (dense, sparse):
-        (bag(ids[:, None]) * torch.arange(8.0)).sum().backward()
-    rows = dense.rows(ids)  # (N, D): element of each output coordinate
-    expected = torch.zeros(8).index_add_(0, rows.reshape(-1), torch.arange(8.0).repeat(20))
-    torch.testing.assert_close(dense.weight.grad.reshape(-1), expected)
-    torch.testing.assert_close(sparse.weight.grad.to_dense().reshape(-1), expected)
+    ids = torch.stack([torch.arange(20) % n for n in CARDS], dim=1)
+    for ebc in (dense, sparse):
+        (ebc(ids) * torch.arange(8.0)).sum().backward()
+    (a,), (b,) = dense.shared.robe.parameters(), sparse.shared.robe.parameters()
+    torch.testing.assert_close(b.grad.to_dense(), a.grad)
+
+
+def test_the_shared_array_is_one_plan_entry_and_one_key(tmp_path):
+    spec = EmbeddingSpec("robe", size=64, block=4, shared=True, aligned=False, threshold=40)
+    plans = plan_collection(CARDS, D, spec)
+    (shared,) = shared_plans(plans)
+    assert [p.spec.scheme for p in plans] == ["robe", "full", "robe", "robe"]
+    assert shared.members == 3 and [p.member for p in plans if p.shared] == [0, 1, 2]
+    assert [(t.name, t.shape) for t in shared.tables] == [("weight", (16, 4))]
+    ebc = EmbeddingBagCollection(CARDS, D, spec)
+    assert ebc.num_parameters == embedding_parameters(CARDS, D, spec) == 64 + 37 * D
+    assert sorted(ebc.state_dict()) == [
+        "features.0.coefficients", "features.1.weight", "features.2.coefficients",
+        "features.3.coefficients", "shared.robe.weight"]
+    # the features hash to other offsets
+    hashes = [ebc.state_dict()[f"features.{f}.coefficients"] for f in (0, 2, 3)]
+    assert not hashes[0].equal(hashes[1]) and not hashes[1].equal(hashes[2])
+    assert hashes[0].dtype == torch.int32  # values below 2^31 - 1
+    torch.save(ebc.state_dict(), tmp_path / "ebc.pt")
+    loaded = EmbeddingBagCollection(CARDS, D, spec.with_(seed=9))  # another seed: other hashes
+    loaded.load_state_dict(torch.load(tmp_path / "ebc.pt", weights_only=True))
+    ids = torch.stack([torch.arange(7) * (n // 7) for n in CARDS], dim=1)
+    torch.testing.assert_close(loaded(ids), ebc(ids), rtol=0, atol=0)
+    assert set(loaded.state_dict()) == set(ebc.state_dict())
+
+
+def test_fit_budget_searches_the_one_array():
+    spec = EmbeddingSpec("robe", size=4, block=4, shared=True, aligned=False, threshold=40)
+    fitted = fit_budget(CARDS, D, spec, 10_000)
+    assert fitted.size == 10_000 - 37 * D - (10_000 - 37 * D) % 4
+    assert embedding_parameters(CARDS, D, fitted) <= 10_000
 
 
 def test_settings_errors_name_the_value():
     with pytest.raises(ValueError, match="scheme 'robe' needs size"):
         EmbeddingSpec("robe")
     with pytest.raises(ValueError, match="array size 10 must be a multiple of the block size 4"):
-        EmbeddingSpec("robe", size=10, block=4)
+        EmbeddingSpec("robe", size=10, block=4, shared=True)
     with pytest.raises(ValueError, match="block must be an int >= 1, got 0"):
         EmbeddingSpec("robe", size=10, block=0)
+    with pytest.raises(ValueError, match="shared must be a bool, got 1"):
+        EmbeddingSpec("robe", size=16, shared=1)
     with pytest.raises(ValueError, match="embedding_dim=6 must be a multiple of the block size 4"):
         make_embedding_bag(100, 6, EmbeddingSpec("robe", size=16, block=4))
 
 
-def test_counts_fallback_and_budget():
+def test_per_feature_counts_and_budget():
     cards = [3, 20, 5000, 9000]
-    spec = EmbeddingSpec("robe", size=200, block=4, threshold=25)
+    spec = EmbeddingSpec("robe", size=200, block=4, threshold=25, shared=False)
     ebc = EmbeddingBagCollection(cards, 8, spec)
     # at most 25 categories: full tables (3 x 8, 20 x 8); the others hold 200 each
     assert [p.spec.scheme for p in ebc.plans] == ["full", "full", "robe", "robe"]
@@ -100,9 +186,111 @@ def test_counts_fallback_and_budget():
     assert embedding_parameters(cards, 8, fitted.with_(size=fitted.size + 4)) > 10_000
 
 
-def test_torchrec_refuses_unaligned_by_name():
+def _torchrec():
     pytest.importorskip("torchrec")
-    from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+    from compemb.embeddings import torchrec
 
-    with pytest.raises(ValueError, match="scheme 'robe' with aligned=False has no TorchRec route"):
-        TorchRecEmbeddingCollection([1000], 8, EmbeddingSpec("robe", size=64, aligned=False))
+    return torchrec
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("aligned", [False, True])
+def test_torchrec_reads_the_shared_array_from_one_stock_table(aligned):
+    trec = _torchrec()
+    torch.manual_seed(0)
+    spec = EmbeddingSpec("robe", size=24, block=4, shared=True, aligned=aligned)
+    trc = trec.TorchRecEmbeddingCollection(CARDS, D, spec)
+    (ec,) = trc.unpooled.values()
+    (config,) = ec.embedding_configs()
+    assert (config.name, config.num_embeddings, config.embedding_dim) == ("robe", 6, 4)
+    assert config.feature_names == [f"f{f}__0" for f in range(4)]
+    local = EmbeddingBagCollection(CARDS, D, spec)
+    state = trc.local_state_dict({k: v.detach() for k, v in trc.state_dict().items()})
+    assert sorted(state) == sorted(local.state_dict())
+    local.load_state_dict(state)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.stack([torch.randint(0, n, (16,), generator=gen) for n in CARDS], dim=1)
+    ids[0] = torch.tensor([n - 1 for n in CARDS])
+    out = trec.keyed_to_batch(trc(trec.ids_to_kjt(ids, trc.feature_names)), D)
+    ref = local(ids)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same elements, read exactly
+    probe = torch.randn(out.shape, generator=gen)
+    (out * probe).sum().backward()
+    (ref * probe).sum().backward()
+    torch.testing.assert_close(trc.named_tables()["robe"].grad, local.shared.robe.weight.grad)
+    # the key map both ways
+    arch = trec.TorchRecSparseArch(CARDS, D, spec)
+    arch.load_local_state_dict(local.state_dict())
+    torch.testing.assert_close(arch(ids), ref, rtol=0, atol=0)
+
+
+def test_torchrec_refuses_per_feature_unaligned_by_name():
+    trec = _torchrec()
+    with pytest.raises(ValueError, match="scheme 'robe' with shared=False and aligned=False has "
+                                         "no TorchRec route"):
+        trec.TorchRecEmbeddingCollection([1000], 8, EmbeddingSpec("robe", size=64, shared=False,
+                                                                  aligned=False))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from compemb.embeddings import _universal, robe
+
+    for module in (robe, _universal):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+OLD = Path(__file__).parents[1] / "fixtures" / "robe_per_feature_checkpoint.pt"
+
+
+def test_robe_z_is_the_default_and_configs_written_now_keep_their_form():
+    spec = EmbeddingSpec("robe", size=64)
+    assert (spec.shared, spec.aligned, spec.cap_at_full) == (True, False, True)
+    for form in (spec, spec.with_(shared=False, aligned=True)):
+        written = {k: v for k, v in form.to_dict().items() if k != "sparse"}  # model.sparse's
+        config = load_config_text(yaml.safe_dump({"model": {"embedding": written}}), "saved")
+        assert config.model.embedding.settings == form.settings
+        text = dump_config(config)
+        assert load_config_text(text, "again").model.embedding.settings == form.settings
+
+
+def test_configs_and_checkpoints_written_before_robe_z_load_as_they_were():
+    """The fixture holds collections built by the code before ROBE-Z (an array per feature,
+    aligned by default, hashes not saved), with each spec as a run's config.yaml held it: the
+    spec reads as that form, the state loads, the outputs are the ones it gave."""
+    old = torch.load(OLD, weights_only=True)
+    cards, d, ids = old["cards"], old["dim"], old["ids"]
+    for name, case in old["cases"].items():
+        written = {k: v for k, v in case["config"].items() if k != "sparse"}  # model.sparse's
+        text = yaml.safe_dump({"model": {"embedding_dim": d, "embedding": written}})
+        spec = load_config_text(text, name).model.embedding.with_(sparse=False)
+        assert (spec.shared, spec.cap_at_full) == (False, False), name
+        assert spec.aligned == case["config"]["aligned"], name
+        ebc = EmbeddingBagCollection(cards, d, spec)
+        missing = set(ebc.state_dict()) - set(case["state"])
+        assert missing and all(k.endswith(".coefficients") for k in missing), name
+        ebc.load_state_dict(case["state"])  # without hashes: its config's seed draws them
+        torch.testing.assert_close(ebc(ids), case["output"], rtol=0, atol=0, msg=name)
+        if "torchrec_keys" in case and importlib.util.find_spec("torchrec") is not None:
+            from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
+
+            keys = TorchRecEmbeddingCollection(cards, d, spec, plans=ebc.plans).state_key_map()
+            assert {k: keys[k] for k in case["torchrec_keys"]} == case["torchrec_keys"], name
+
+
+@pytest.mark.parametrize(("shared", "full"), [(False, [3, 8]), (True, [])])
+def test_no_feature_holds_more_than_its_full_table(shared, full):
+    """Decided by bytes: per feature, an array of 64 float32 and 2 x 2 int32 hashes (272 bytes)
+    against a full table of n x 8 float32 (n = 8: 256 bytes; n = 9: 288); shared, a feature
+    holds only its hashes (16 bytes)."""
+    cards = [3, 8, 9, 1000]
+    spec = EmbeddingSpec("robe", size=64, block=4, shared=shared)
+    plans = plan_collection(cards, 8, spec)
+    assert [p.num_categories for p in plans if p.spec.scheme == "full"] == full
+    ebc = EmbeddingBagCollection(cards, 8, spec)
+    assert ebc.num_parameters == embedding_parameters(cards, 8, spec)
+    assert ebc.num_parameters == 64 * (1 if shared else 2) + 8 * sum(full)
+    old = EmbeddingSpec("robe", size=64, block=4, shared=False, cap_at_full=False)
+    assert embedding_parameters(cards, 8, old) == 4 * 64  # as compemb planned before

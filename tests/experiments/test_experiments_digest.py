@@ -56,12 +56,12 @@ def the_folder(out):
 
 
 def add_train_field(monkeypatch, default, neutral=None, *, registered=True):
-    """As if ``train.warmup_steps`` had been added to TrainConfig (and to NEUTRAL)."""
-    field = ("warmup_steps", int, dataclasses.field(default=default))
+    """As if ``train.future_knob`` had been added to TrainConfig (and to NEUTRAL)."""
+    field = ("future_knob", int, dataclasses.field(default=default))
     grown = dataclasses.make_dataclass("TrainConfig", [field], bases=(TrainConfig,), frozen=True)
     monkeypatch.setitem(config_module._SECTIONS, "train", grown)  # what the loader builds
     if registered:
-        monkeypatch.setitem(digest.NEUTRAL, "train.warmup_steps", neutral)
+        monkeypatch.setitem(digest.NEUTRAL, "train.future_knob", neutral)
 
 
 def own_schemes():
@@ -102,7 +102,7 @@ def test_a_finished_run_stays_cached_after_a_field_at_its_neutral_default_is_add
         out, dataset, finished, monkeypatch):
     add_train_field(monkeypatch, default=0, neutral=0)
     (run,) = runner.plan_runs(TINY, SETTINGS, dataset, out)
-    assert run.config.train.warmup_steps == 0 and run.folder == the_folder(out)
+    assert run.config.train.future_knob == 0 and run.folder == the_folder(out)
     again = run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)
     assert again["trials"] == finished[1]["trials"]
 

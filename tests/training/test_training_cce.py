@@ -196,4 +196,4 @@ def test_chunk_tables_are_sharded_table_wise_only() -> None:
     for device in ("cpu", "cuda"):
         types = sharding_types(trc, torch.device(device), small_bytes=0)
         assert types == {t: ["table_wise"] for t in ("f0__0", "f0__1", "f1__0", "f1__1")}
-    assert "row_wise" in sharding_types(robe, torch.device("cuda"), small_bytes=0)["f0__0"]
+    assert "row_wise" in sharding_types(robe, torch.device("cuda"), small_bytes=0)["robe"]

@@ -57,8 +57,9 @@ def test_resume_after_a_crash_is_exact(scheme: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("flags", "spec"), [
-    (["--scheme", "robe", "--size", "1024", "--aligned", "false"],
-     EmbeddingSpec("robe", size=1024, aligned=False, threshold=100)),
+    (["--scheme", "robe", "--size", "1024"], EmbeddingSpec("robe", size=1024, threshold=100)),
+    (["--scheme", "robe", "--size", "1024", "--shared", "false", "--aligned", "false"],
+     EmbeddingSpec("robe", size=1024, shared=False, aligned=False, threshold=100)),
     (["--scheme", "dhe", "--width", "32", "--depth", "3"],
      EmbeddingSpec("dhe", width=32, depth=3, threshold=100)),
 ])
@@ -70,15 +71,18 @@ def test_params_counts_what_the_plans_count(flags: list[str], spec: EmbeddingSpe
     big = sum(n > 100 for n in CRITEO_KAGGLE_CARDINALITIES)
     small = sum(n * 16 for n in CRITEO_KAGGLE_CARDINALITIES if n <= 100)
     mlp = 64 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 16 + 16  # k = 64 hashes by default
-    per_feature = 1024 if spec.scheme == "robe" else mlp
-    assert counted["embedding"] == big * per_feature + small
+    if spec.scheme == "dhe":
+        compressed = big * mlp
+    else:  # ROBE-Z: one array for all; otherwise one per feature
+        compressed = 1024 if spec.shared else big * 1024
+    assert counted["embedding"] == compressed + small
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_sharded_on_torchrec_trains_and_counts_as_replicated(scheme: str, synth: Path,
                                                              tmp_path: Path) -> None:
-    """One process, train.sharding=torchrec: aligned ROBE's array is a TorchRec table, DHE's
+    """One process, train.sharding=torchrec: ROBE-Z's array is one TorchRec table, DHE's
     network runs data-parallel; the counts equal the replicated run's."""
     pytest.importorskip("torchrec")
     spec = {"robe": ["model.embedding.size=64", "model.embedding.block=4"],

@@ -44,6 +44,16 @@ def test_two_ranks_match_one_process() -> None:
     assert "table_wise" in run.stdout and "data_parallel" in run.stdout
 
 
+def test_robe_z_shared_table_on_two_ranks_matches_one_process() -> None:
+    """ROBE-Z's one table, which every feature reads (two rows per unaligned block), sharded
+    table-wise over 2 ranks: as the worker checks for the paper's schemes, with Adagrad."""
+    run = subprocess.run([*TORCHRUN, str(WORKER), "robe", "adagrad"], env=trainkit.env(),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert run.stdout.count(" adagrad\n") == 1, run.stdout
+    assert "robe" in run.stdout and "table_wise" in run.stdout
+
+
 def test_unknown_fused_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match="amsgrad.*no fused kernel"):
         sharding.fused_optimizer_params("amsgrad", 0.001)

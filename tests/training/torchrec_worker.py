@@ -4,7 +4,9 @@ leaves a rank without rows); the results must
 equal one process's steps on the whole batches (computed here too, unsharded). Between the
 steps the sharded model and its optimizer go through full state and back, as a checkpoint would.
 
-Usage: torchrun --nproc_per_node=N torchrec_worker.py OPTIMIZER [OPTIMIZER ...]
+Usage: torchrun --nproc_per_node=N torchrec_worker.py [robe] OPTIMIZER [OPTIMIZER ...]
+(``robe``: the ROBE-Z specs, whose one shared table every feature reads, instead of the
+paper's schemes)
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ SPECS = [
     EmbeddingSpec("path", collisions=4, path_hidden=3),
     EmbeddingSpec("feature", collisions=4, mode="mean"),
 ]
+# ROBE-Z: one table (64 rows of width 4) that every feature reads, two rows per block unaligned
+ROBE_SPECS = [EmbeddingSpec("robe", size=256, block=4, shared=True, aligned=False)]
 TOL = 1e-5
 
 
@@ -146,9 +150,11 @@ def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
 
 def main() -> None:
     dist.init_process_group("gloo")
-    for optimizer in sys.argv[1:]:
+    args = sys.argv[1:]
+    specs = ROBE_SPECS if args[0] == "robe" else SPECS
+    for optimizer in args[1:] if args[0] == "robe" else args:
         lr = {"sgd": 0.5, "adagrad": 0.1, "rowwise_adagrad": 0.1}[optimizer]
-        for spec in SPECS:
+        for spec in specs:
             run(spec, optimizer, lr)
     dist.barrier()
     # Interpreter teardown after TorchRec sometimes aborts ("terminate called without an

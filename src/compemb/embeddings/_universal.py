@@ -16,8 +16,9 @@ __all__ = ["PRIME", "hash_coefficients", "universal_hash"]
 PRIME = 2**31 - 1
 
 
-def hash_coefficients(num_hashes: int, seed: int) -> torch.Tensor:
-    """(2, num_hashes) int64: the a_j (row 0) and b_j (row 1) of ``num_hashes`` hashes.
+def hash_coefficients(num_hashes: int, seed: int | tuple[int, ...]) -> torch.Tensor:
+    """(2, num_hashes) int64: the a_j (row 0) and b_j (row 1) of ``num_hashes`` hashes; ``seed``
+    an int or a tuple of them (NumPy's ``default_rng`` takes either).
 
     >>> hash_coefficients(3, 0).equal(hash_coefficients(3, 0))
     True

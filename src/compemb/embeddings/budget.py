@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from compemb.memory import MemoryBudget
-from compemb.spec import EmbeddingSpec, plan_collection
+from compemb.spec import EmbeddingSpec, collection_parameters, plan_collection, shared_plans
 
 __all__ = ["TOLERANCE", "embedding_bytes", "embedding_parameters", "fit_budget",
            "resolve_budget"]
@@ -28,8 +28,8 @@ def embedding_parameters(cardinalities: Sequence[int], embedding_dim: int,
     """Parameters of the embedding layer ``spec`` gives these features (tables, hot rows and
     path functions), counted from the features' plans: nothing is built. The frequency order
     does not change the count, so no counts are needed."""
-    plans = plan_collection(cardinalities, embedding_dim, spec, sizing=True)
-    return sum(plan.num_parameters for plan in plans)
+    return collection_parameters(plan_collection(cardinalities, embedding_dim, spec,
+                                                 sizing=True))
 
 
 def embedding_bytes(cardinalities: Sequence[int], embedding_dim: int,
@@ -42,7 +42,7 @@ def embedding_bytes(cardinalities: Sequence[int], embedding_dim: int,
     200256
     """
     plans = plan_collection(cardinalities, embedding_dim, spec, sizing=True)
-    return sum(plan.num_bytes + plan.index_bytes for plan in plans)
+    return sum(p.num_bytes + p.index_bytes for p in (*plans, *shared_plans(plans)))
 
 
 def _counter(unit: str) -> Callable[[Sequence[int], int, EmbeddingSpec], int]:

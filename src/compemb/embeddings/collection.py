@@ -15,7 +15,7 @@ from compemb.embeddings.batched import TableGroup, TableStack
 from compemb.embeddings.batched_path import PathGroup, PathStack
 from compemb.embeddings.factory import module_from_plan
 from compemb.operations import OPERATIONS
-from compemb.spec import EmbeddingSpec, plan_collection
+from compemb.spec import EmbeddingSpec, SharedPlan, plan_collection, shared_plans
 
 
 def _merge_single_tables(grouped: dict[TableStack | PathStack, list[int]],
@@ -33,6 +33,21 @@ def _merge_single_tables(grouped: dict[TableStack | PathStack, list[int]],
     grouped[target] = sorted(grouped[target] + grouped.pop(single))
 
 
+class SharedTensors(nn.Module):
+    """The tables of a :class:`~compemb.spec.SharedPlan` (ROBE-Z's one array), each a parameter
+    under its plan name, drawn U(lo, hi) as the plan says; the features that read them hold a
+    reference, so the collection saves them once: ``shared.<key>.<name>``."""
+
+    def __init__(self, plan: SharedPlan, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        for p in plan.tables:
+            weight = nn.Parameter(torch.empty(p.shape, device=device, dtype=dtype))
+            with torch.no_grad():
+                weight.uniform_(*p.bounds)
+            self.register_parameter(p.name, weight)
+
+
 class EmbeddingBagCollection(nn.Module):
     """F categorical features, each embedded as its :class:`~compemb.spec.FeaturePlan` says,
     looked up together.
@@ -48,7 +63,9 @@ class EmbeddingBagCollection(nn.Module):
 
     The state dict names each feature's tables as its per-feature module does
     (``features.<f>.weights.<j>``, ``features.<f>.paths.0.0.weight``, ...), whatever group
-    stores them, so checkpoints survive a change of grouping.
+    stores them, so checkpoints survive a change of grouping; tables several features read
+    together (:class:`~compemb.spec.SharedPlan`: ROBE-Z's array) are saved once, as
+    ``shared.<key>.<name>``, and held by ``shared``.
 
     Shapes: ``ids`` (B, F1) int64, one id per single-valued feature; ``bags`` the remaining
     F - F1 multi-hot features as ``(values (N,), offsets (B,))`` pairs. Output (B, F_out, D):
@@ -107,8 +124,11 @@ class EmbeddingBagCollection(nn.Module):
                                    dtype=dtype)
             self.groups.append(group)
             self._group_features.append(features)
+        self.shared = nn.ModuleDict({
+            s.key: SharedTensors(s, device, dtype) for s in shared_plans(self.plans)})
         self.modules_by_feature = nn.ModuleDict({
-            str(f): module_from_plan(self.plans[f], validate=False, device=device, dtype=dtype)
+            str(f): module_from_plan(self.plans[f], validate=False, device=device, dtype=dtype,
+                                     shared=self._shared_of(f))
             for f in self.unstacked
         })  # fmt: skip
         widths = [plan.num_outputs for plan in self.plans]
@@ -127,8 +147,17 @@ class EmbeddingBagCollection(nn.Module):
             "_limits", torch.tensor(self.cardinalities, device=device), persistent=False
         )
         self._key_map = self._feature_keys()
+        # id maps a scheme redraws from its seed: checkpoints written before they were saved
+        # load without them
+        self._seeded = {f"features.{f}.{p.name}" for f, plan in enumerate(self.plans)
+                        for p in plan.params if p.init == "seed"}
         self.register_state_dict_post_hook(_to_feature_keys)
         self.register_load_state_dict_pre_hook(_from_feature_keys)
+
+    def _shared_of(self, feature: int) -> nn.Module | None:
+        """The module holding what feature ``feature`` reads with others, or None."""
+        shared = self.plans[feature].shared
+        return None if shared is None else self.shared[shared.key]
 
     def _feature_keys(self) -> list[tuple[str, str, Any]]:
         """(feature key, internal key, where in the internal tensor) for every tensor of every
@@ -170,16 +199,20 @@ class EmbeddingBagCollection(nn.Module):
     def num_rows(self) -> int:
         """Rows in all tables."""
         return sum(g.num_rows for g in self.groups) + sum(
-            m.num_rows for m in self.modules_by_feature.values()
-        )
+            m.num_rows for f, m in self.modules_by_feature.items()
+            if self.plans[int(f)].shared is None
+        ) + sum(t.shape[0] for s in self.shared.values() for t in s.parameters())
 
     def tables(self, feature: int) -> list[torch.Tensor]:
         """Feature ``feature``'s tables, in partition order: views into the stacked weights
-        (or the parameters of its own module), e.g. to inspect or export one feature."""
+        (or the parameters of its own module, then the shared tables it reads), e.g. to inspect
+        or export one feature."""
         for group, members in zip(self.groups, self._group_features, strict=True):
             if feature in members:
                 return group.tables(members.index(feature))
-        return list(self.modules_by_feature[str(feature)].parameters())
+        shared = self._shared_of(feature)
+        return [*self.modules_by_feature[str(feature)].parameters(),
+                *(() if shared is None else shared.parameters())]
 
     def table_parameters(self) -> list[nn.Parameter]:
         """The embedding tables (row-indexed, shape (rows, width)), without path functions: what
@@ -190,6 +223,8 @@ class EmbeddingBagCollection(nn.Module):
         for key, module in self.modules_by_feature.items():
             own = dict(module.named_parameters())
             tables.extend(own[p.name] for p in self.plans[int(key)].tables)
+        for shared in self.shared.values():
+            tables.extend(shared.parameters())
         return tables
 
     @property
@@ -205,7 +240,8 @@ class EmbeddingBagCollection(nn.Module):
         """Bytes of the frequency maps kept beside the tables (relabelled ids: 4 per category
         of a renumbered feature; hot ids: 8 each), from the plans; 0 for the paper's
         partitions."""
-        return sum(plan.index_bytes for plan in self.plans)
+        return sum(plan.index_bytes for plan in self.plans) + sum(
+            s.index_bytes for s in shared_plans(self.plans))
 
     @property
     def full_parameters(self) -> int:
@@ -330,7 +366,8 @@ def _from_feature_keys(module: EmbeddingBagCollection, state_dict: dict, prefix:
             targets[ikey] = own[ikey].detach().clone()
         value = state_dict.pop(prefix + fkey, None)
         if value is None:
-            missing_keys.append(prefix + fkey)
+            if fkey not in module._seeded:
+                missing_keys.append(prefix + fkey)
             continue
         slot = targets[ikey] if where is None else targets[ikey][where]
         if value.shape != slot.shape:

@@ -19,13 +19,19 @@ def module_from_plan(
     include_last_offset: bool = False,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    shared: nn.Module | None = None,
 ) -> nn.Module:
     """The per-feature module a plan describes (its scheme builds it), initialized by the
-    plan's rule; its state-dict keys are the plan's parameter names."""
+    plan's rule; its state-dict keys are the plan's parameter names.
+
+    ``shared``: for a plan that reads a :class:`~compemb.spec.SharedPlan`, the collection's
+    module holding its tensors, which the module reads instead of a copy of its own (None:
+    the module holds its own, as a collection of this one feature would)."""
     spec = plan.spec
+    more = {} if shared is None else {"shared": shared}
     return plan.scheme.module(plan, mode=spec.mode, sparse=spec.sparse, validate=validate,
                               include_last_offset=include_last_offset, device=device,
-                              dtype=dtype)
+                              dtype=dtype, **more)
 
 
 def make_embedding_bag(

@@ -52,7 +52,9 @@ class FeatureRoute:
         index: the feature's position (f in the local collection's ``features.<f>`` keys).
         plan: the feature's :class:`~compemb.spec.FeaturePlan` (resolved spec, partitions,
             operation, tables).
-        tables: TorchRec table names, in the plan's table order: ``<feature>__<j>``.
+        tables: TorchRec table names, in the plan's table order: ``<feature>__<j>``; for a
+            plan that reads a :class:`~compemb.spec.SharedPlan`, its tables (``<key>``), which
+            every feature reading them looks up.
         pooled: tables in the pooled EmbeddingBagCollection and combined after pooling (the
             combination commutes with the pooling, or the feature is one-hot: a pooled
             one-id bag is the row itself); otherwise looked up unpooled, combined per id, then
@@ -71,6 +73,33 @@ class FeatureRoute:
     outputs: tuple[str, ...]
     route: TorchRecPlan
     one_hot: bool = False
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The lookups' keys (TorchRec's feature names): ``<feature>__<j>``, one per table."""
+        return tuple(f"{self.name}__{j}" for j in range(len(self.tables)))
+
+    @property
+    def table_plans(self) -> tuple[ParamPlan, ...]:
+        """The tables it looks up: the plan's own, or the shared ones it reads."""
+        shared = self.plan.shared
+        return self.plan.tables if shared is None else shared.tables
+
+    @property
+    def local_keys(self) -> tuple[str, ...]:
+        """Each table's key in the local collection's state dict."""
+        shared = self.plan.shared
+        where = f"features.{self.index}" if shared is None else f"shared.{shared.key}"
+        return tuple(f"{where}.{t.name}" for t in self.table_plans)
+
+
+def _table_names(name: str, plan: FeaturePlan) -> tuple[str, ...]:
+    """TorchRec's names of the tables a feature looks up."""
+    if plan.shared is None:
+        return tuple(f"{name}__{j}" for j in range(len(plan.tables)))
+    tables = plan.shared.tables
+    return (plan.shared.key,) if len(tables) == 1 else tuple(
+        f"{plan.shared.key}__{j}" for j in range(len(tables)))
 
 
 class SeededInit(ABC):
@@ -185,7 +214,9 @@ class TorchRecEmbeddingCollection(nn.Module):
     weight scales the composed vector once. Path functions stay ordinary modules
     (data-parallel under DMP).
 
-    Table names are ``<feature>__<j>``: feature name and index in the plan's tables.
+    Table names are ``<feature>__<j>``: feature name and index in the plan's tables; a table
+    several features read (ROBE-Z's array) is one table named by its shared plan (``robe``),
+    whose ``feature_names`` list each reader's ``<feature>__<j>``.
     :meth:`local_state_dict` renames a state dict to the local collection's feature keys.
 
     Args:
@@ -257,30 +288,45 @@ class TorchRecEmbeddingCollection(nn.Module):
             plans = plan_collection(self.cardinalities, embedding_dim, spec, counts=counts)
         if len(plans) != len(names):
             raise ValueError(f"{len(plans)} plans for {len(names)} features")
+        shared_cfgs: dict[str, dict[str, Any]] = {}  # tables several features read
         for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
             route = plan.scheme.torchrec(plan, dev)
             # a one-hot feature's pooled rows are its rows: combined after pooling alike
             single = f < one_hot and not weighted and route.lookup is None
             pooled = single or (spec.mode != "max" and route.pooled)
-            tables = tuple(f"{name}__{j}" for j in range(len(plan.tables)))
             outputs = tuple(f"{name}_{j}" for j in range(route.outputs)) \
                 if route.outputs > 1 else (name,)
-            routes.append(FeatureRoute(name, f, plan, tables, pooled, outputs, route,
-                                       f < one_hot))  # fmt: skip
+            r = FeatureRoute(name, f, plan, _table_names(name, plan), pooled, outputs, route,
+                             f < one_hot)
+            routes.append(r)
             if route.module is not None:
                 self.paths[name] = route.module
-            for t, table in zip(tables, plan.tables, strict=True):
+            for t, key, table in zip(r.tables, r.keys, r.table_plans, strict=True):
                 common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
-                          "feature_names": [t], "init_fn": seeded_init(table, seed, t)}
+                          "feature_names": [key], "init_fn": seeded_init(table, seed, t)}
+                if plan.shared is not None:
+                    if t in shared_cfgs and shared_cfgs[t]["pooled"] != pooled:
+                        raise ValueError(f"table {t} is read pooled by some features and "
+                                         f"unpooled by others")
+                    cfg = shared_cfgs.setdefault(t, {"pooled": pooled, **common,
+                                                     "feature_names": []})
+                    cfg["feature_names"].append(key)
+                    continue
                 if pooled:
                     pooled_cfgs.append(trec.EmbeddingBagConfig(pooling=pooling, **common))
                 else:
                     unpooled_cfgs.setdefault(table.width, []).append(
                         trec.EmbeddingConfig(**common))
+        for cfg in shared_cfgs.values():
+            if cfg.pop("pooled"):
+                pooled_cfgs.append(trec.EmbeddingBagConfig(pooling=pooling, **cfg))
+            else:
+                unpooled_cfgs.setdefault(cfg["embedding_dim"], []).append(
+                    trec.EmbeddingConfig(**cfg))
         self.routes = tuple(routes)
         # Kept apart from the modules, which DMP replaces by sharded ones.
         self.table_shapes = {t: (table.rows, table.width) for r in routes
-                             for t, table in zip(r.tables, r.plan.tables, strict=True)}
+                             for t, table in zip(r.tables, r.table_plans, strict=True)}
         self.pooled = trec.EmbeddingBagCollection(pooled_cfgs, is_weighted=weighted, device=dev) \
             if pooled_cfgs else None
         self.unpooled = nn.ModuleDict({
@@ -311,14 +357,15 @@ class TorchRecEmbeddingCollection(nn.Module):
 
     def state_key_map(self) -> dict[str, str]:
         """This collection's state-dict keys -> the local collection's (``features.<f>.<name>``,
-        the per-feature module's keys), tables and path functions alike."""
+        the per-feature module's keys; ``shared.<key>.<name>`` for shared tables), tables and
+        path functions alike."""
         out = {}
         width = {t: w for t, (_, w) in self.table_shapes.items()}
         for r in self.routes:
-            for t, table in zip(r.tables, r.plan.tables, strict=True):
+            for t, local in zip(r.tables, r.local_keys, strict=True):
                 where = f"pooled.embedding_bags.{t}" if r.pooled \
                     else f"unpooled.d{width[t]}.embeddings.{t}"
-                out[f"{where}.weight"] = f"features.{r.index}.{table.name}"
+                out[f"{where}.weight"] = local
             if r.name in self.paths:  # the data-parallel module: dense parts and id maps
                 for p in (*r.plan.dense, *r.plan.maps):
                     out[f"paths.{r.name}.{p.name}"] = f"features.{r.index}.{p.name}"
@@ -361,10 +408,10 @@ class TorchRecEmbeddingCollection(nn.Module):
             else:  # L rows per id, each id's together: a sample's L times as many rows
                 looked = r.route.lookup(ids)
                 buckets, rest[r.name] = looked[: len(r.tables)], tuple(looked[len(r.tables):])
-            for t, table, b in zip(r.tables, r.plan.tables, buckets, strict=True):
+            for key, table, b in zip(r.keys, r.table_plans, buckets, strict=True):
                 dest = pooled_in if r.pooled else unpooled_in.setdefault(
                     table.width, {"keys": [], "values": [], "lengths": []})
-                dest["keys"].append(t)
+                dest["keys"].append(key)
                 dest["values"].append(b.reshape(-1))
                 dest["lengths"].append(lengths if b.dim() == 1 else lengths * b.shape[1])
                 if r.pooled and self.weighted:
@@ -390,7 +437,7 @@ class TorchRecEmbeddingCollection(nn.Module):
         outs = []
         for r in self.routes:
             module = self.paths[r.name] if r.name in self.paths else None
-            parts = r.route.combine([(pooled if r.pooled else rows)[t] for t in r.tables],
+            parts = r.route.combine([(pooled if r.pooled else rows)[k] for k in r.keys],
                                     rest[r.name], module)  # fmt: skip
             if not r.pooled:
                 _, lengths, weights = jts[r.name]

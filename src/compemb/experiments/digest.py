@@ -95,6 +95,8 @@ NEUTRAL: dict[str, Any] = {
     "train.shuffle_seed": None,  # None: the order follows train.seed, as before the field
     "model.embedding.budget": None,  # None: the scheme's own knob sizes it, as before
     "train.warmup_steps": 0,  # 0: no warm-up, as before the field (its default is 100)
+    "model.embedding[robe].shared": False,  # one array per feature, as before ROBE-Z
+    "model.embedding[robe].cap_at_full": False,
 }
 # A setting renamed since -> the name it is hashed under, so runs written before keep their digest.
 RENAMED: dict[str, str] = {

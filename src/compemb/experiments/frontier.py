@@ -111,6 +111,12 @@ FRONTIER_SCHEMES: tuple[Line, ...] = (
     Line("md+qr", (("scheme", "md_qr"), ("order", "frequency"))),
     Line("tt", (("scheme", "tt"),)),
     Line("robe", (("scheme", "robe"),)),
+    # ROBE as compemb had it before ROBE-Z: an array per feature, block-aligned offsets, every
+    # feature given its array (the earlier "robe" points)
+    Line("robe per feature", (("scheme", "robe"), ("shared", False), ("aligned", True),
+                              ("cap_at_full", False))),
+    # ROBE-Z's one array with block-aligned offsets: which of the two changes matters
+    Line("robe aligned", (("scheme", "robe"), ("aligned", True))),
     Line("dhe", (("scheme", "dhe"),)),
     # CCE reclusters every 500 steps: once in MovieLens's epoch at batch 128, twice in a
     # million planted rows' at batch 1024 (the authors recluster a few times early on).
