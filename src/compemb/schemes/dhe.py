@@ -65,8 +65,8 @@ class DHEScheme(Scheme):
         return P.remainder(num_categories, num_categories)
 
     def cannot_shrink(self, spec: EmbeddingSpec, num_categories: int) -> str | None:
-        # whether this is smaller than n x D needs D, not given here: ``threshold`` keeps
-        # small features full
+        # no rows to compare: the plan's bytes against the full table's decide
+        # (compemb.spec.plan_collection)
         return None
 
     def plan_params(self, spec: EmbeddingSpec, num_categories: int, embedding_dim: int,
@@ -79,6 +79,8 @@ class DHEScheme(Scheme):
             params += [ParamPlan(f"mlp.{2 * j}.weight", (outputs, inputs), "dense",
                                  "kaiming_uniform"),
                        ParamPlan(f"mlp.{2 * j}.bias", (outputs,), "dense", "kaiming_uniform")]
+        # the hash coefficients, saved so a checkpoint reproduces its vectors under any seed
+        params.append(ParamPlan("coefficients", (2, s.hashes), "map", "seed", 8))
         return None, params
 
     def module(self, plan: FeaturePlan, **common: Any) -> nn.Module:
