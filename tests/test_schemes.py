@@ -78,6 +78,27 @@ def test_plans_name_and_count_every_tensor_the_modules_hold(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_planned_bytes_are_the_bytes_of_the_feature_keyed_state(spec):
+    """Parameters and id maps, each in the type the module stores it in: what the plans (and
+    the frontier's memory column) count is what a checkpoint of the collection holds."""
+    ebc = EmbeddingBagCollection(CARDS, 8, spec, counts=kit_counts(spec, CARDS))
+    state = ebc.state_dict()
+    for f, plan in enumerate(ebc.plans):
+        own = {k: v for k, v in state.items() if k.startswith(f"features.{f}.")}
+        assert sum(v.nbytes for v in own.values()) == plan.held_bytes, (f, plan.spec.scheme)
+    assert sum(v.nbytes for v in state.values()) == sum(p.held_bytes for p in ebc.plans)
+    sized = plan_collection(CARDS, 8, spec, sizing=True)
+    assert sum(p.held_bytes for p in sized) == sum(p.held_bytes for p in ebc.plans)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_no_feature_holds_more_than_its_full_table(spec):
+    for plan in plan_collection([2, *CARDS], 8, spec, counts=kit_counts(spec, [2, *CARDS])):
+        assert plan.held_bytes <= plan.full_bytes or plan.scheme.name == "full"
+        assert (plan.kept_full is not None) == (plan.scheme.name == "full" != spec.scheme)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_state_saved_by_one_collection_loads_into_another(spec, tmp_path):
     torch.manual_seed(0)
     counts = kit_counts(spec, CARDS)
@@ -118,12 +139,14 @@ def test_sizing_plans_count_maps_without_counts(spec):
 def test_old_checkpoints_load_and_give_the_same_outputs():
     """State dicts written before schemes were registered objects (the fixture's script): their
     flat specs still parse, their keys are this code's keys, and loading them gives the outputs
-    they gave. Built from other counts, so the loaded id maps must be the ones used."""
+    they gave. Built from other counts, so the loaded id maps must be the ones used. They were
+    planned before features were capped at their full table's bytes: ``cap_at_full=False``
+    (one feature of the path case is planned larger than its full table)."""
     old = torch.load(FIXTURE, weights_only=False)
     cards, d, ids = old["cards"], old["dim"], old["ids"]
     other_counts = [c[::-1].copy() for c in old["counts"]]
     for name, case in old["cases"].items():
-        spec = EmbeddingSpec(**case["spec"])
+        spec = EmbeddingSpec(**case["spec"], cap_at_full=False)
         ebc = EmbeddingBagCollection(cards, d, spec, counts=other_counts)
         assert set(ebc.state_dict()) == set(case["state"]), name
         ebc.load_state_dict(case["state"])
@@ -136,8 +159,8 @@ def test_old_torchrec_keys_are_kept():
 
     old = torch.load(FIXTURE, weights_only=False)
     for name, case in old["cases"].items():
-        ebc = EmbeddingBagCollection(old["cards"], old["dim"], EmbeddingSpec(**case["spec"]),
-                                     counts=old["counts"])
+        spec = EmbeddingSpec(**case["spec"], cap_at_full=False)  # planned before the cap
+        ebc = EmbeddingBagCollection(old["cards"], old["dim"], spec, counts=old["counts"])
         keys = TorchRecEmbeddingCollection(old["cards"], old["dim"], ebc.spec,
                                            plans=ebc.plans).state_key_map()
         # the path functions' module now also owns its id maps (saved as the local keys)
