@@ -91,6 +91,26 @@ def test_planned_bytes_are_the_bytes_of_the_feature_keyed_state(spec):
     assert sum(p.held_bytes for p in sized) == sum(p.held_bytes for p in ebc.plans)
 
 
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.needs_counts or s.scheme == "cce"],
+                         ids=spec_id)
+def test_checkpoints_with_int64_maps_load(spec):
+    """Id maps were int64 (relabel of md_block and md_qr, per-feature relabels) or int32 (CCE's
+    assignment) before each was stored in its smallest type: such state loads, into the
+    stored types, and gives the same vectors."""
+    counts = kit_counts(spec, CARDS)
+    saved = EmbeddingBagCollection(CARDS, 8, spec, counts=counts)
+    state = saved.state_dict()
+    narrow = {k: v.dtype for k, v in state.items() if not v.is_floating_point()}
+    assert any(t in (torch.int32, torch.uint8) for t in narrow.values())
+    old = {k: v if v.is_floating_point() else v.long() for k, v in state.items()}
+    loaded = EmbeddingBagCollection(CARDS, 8, spec, counts=counts and [c[::-1].copy()
+                                                                       for c in counts])
+    loaded.load_state_dict(old)
+    assert {k: v.dtype for k, v in loaded.state_dict().items() if k in narrow} == narrow
+    ids = torch.stack([torch.arange(7) * (n // 7) for n in CARDS], dim=1)
+    torch.testing.assert_close(loaded(ids), saved(ids), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_no_feature_holds_more_than_its_full_table(spec):
     for plan in plan_collection([2, *CARDS], 8, spec, counts=kit_counts(spec, [2, *CARDS])):

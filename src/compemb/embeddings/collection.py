@@ -127,6 +127,9 @@ class EmbeddingBagCollection(nn.Module):
             "_limits", torch.tensor(self.cardinalities, device=device), persistent=False
         )
         self._key_map = self._feature_keys()
+        # maps rebuilt from a seed: checkpoints written before they were saved lack them
+        self._seeded = {f"features.{f}.{p.name}" for f, plan in enumerate(self.plans)
+                        for p in plan.maps if p.init == "seed"}
         self.register_state_dict_post_hook(_to_feature_keys)
         self.register_load_state_dict_pre_hook(_from_feature_keys)
 
@@ -330,7 +333,8 @@ def _from_feature_keys(module: EmbeddingBagCollection, state_dict: dict, prefix:
             targets[ikey] = own[ikey].detach().clone()
         value = state_dict.pop(prefix + fkey, None)
         if value is None:
-            missing_keys.append(prefix + fkey)
+            if fkey not in module._seeded:  # else the seed's, which made the checkpoint's
+                missing_keys.append(prefix + fkey)
             continue
         slot = targets[ikey] if where is None else targets[ikey][where]
         if value.shape != slot.shape:
