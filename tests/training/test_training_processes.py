@@ -75,3 +75,15 @@ def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
     for key in ("test_logloss", "val_logloss", "train_loss"):
         assert a[key] == pytest.approx(b[key], abs=1e-4), key
     assert a["test_logloss"] != pytest.approx(0.0)
+
+
+def test_replicated_ranks_broadcast_no_buffer() -> None:
+    """torchrun, 2 ranks under DDP (``ddp_buffers_worker.py``): with a frequency-ordered QR
+    feature (relabel and hot-id maps) and a CCE one (assignment, hashes, rank-local seen ids),
+    ``wrap_model`` lets DDP broadcast no buffer, at wrapping or before any forward, and the
+    losses and final state equal those of DDP broadcasting every buffer."""
+    worker = Path(__file__).with_name("ddp_buffers_worker.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(worker)], env=trainkit.env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]

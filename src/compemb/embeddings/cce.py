@@ -195,10 +195,6 @@ class CCEEmbeddingBag(BagModule):
     4
     """
 
-    # Each rank marks the ids of its own share of the batches: not synchronized by DDP, merged
-    # over the ranks by merge_seen (before reclustering and checkpoints).
-    rank_local_buffers = ("seen",)
-
     def __init__(self, num_categories: int, embedding_dim: int, rows: int, chunks: int = 4,
                  seed: int = 0, mode: str = "sum", *, kmeans_iters: int = 100,
                  kmeans_samples: int = 200, sparse: bool = False,
@@ -218,6 +214,9 @@ class CCEEmbeddingBag(BagModule):
         self.register_buffer("assignment", universal_hash(ids, first[:, :chunks], rows).to(
             assignment_dtype(rows)))
         self.register_buffer("hash_coefficients", first[:, chunks:].clone().to(device))
+        # each rank marks the ids of its own share of the batches (DDP broadcasts no buffer of
+        # the embedding layer), merged over the ranks by merge_seen (before reclustering and
+        # checkpoints)
         self.register_buffer("seen", torch.zeros(num_categories, dtype=torch.bool, device=device))
         self.reset_parameters()
 
