@@ -9,7 +9,6 @@ Usage: torchrun --nproc_per_node=2 ddp_buffers_worker.py
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
