@@ -9,7 +9,6 @@ Usage: torchrun --nproc_per_node=2 ddp_buffers_worker.py
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.distributed as dist
