@@ -83,7 +83,7 @@ class DHEEmbeddingBag(BagModule):
     Args:
         num_categories: n (ids are checked against it; the network does not depend on it).
         embedding_dim: D.
-        hashes: k, the encoding's width (even for ``gaussian``).
+        hashes: k, the encoding's width (even for ``gaussian``; the paper's 1024 by default).
         width: units of each hidden layer.
         depth: hidden layers (>= 1).
         encoding: ``uniform`` or ``gaussian`` (:data:`DHE_ENCODINGS`).
@@ -100,7 +100,7 @@ class DHEEmbeddingBag(BagModule):
     (torch.Size([2, 16]), 7312)
     """
 
-    def __init__(self, num_categories: int, embedding_dim: int, hashes: int = 64,
+    def __init__(self, num_categories: int, embedding_dim: int, hashes: int = 1024,
                  width: int = 64, depth: int = 2, encoding: str = "uniform", seed: int = 0,
                  mode: str = "sum", *, sparse: bool = False, include_last_offset: bool = False,
                  validate: bool = True, device: torch.device | str | None = None,
