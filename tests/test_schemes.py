@@ -173,6 +173,15 @@ def test_old_checkpoints_load_and_give_the_same_outputs():
         torch.testing.assert_close(ebc(ids), case["output"], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_checkpoint_planned_larger_than_the_full_table_says_how_to_load():
+    old = torch.load(FIXTURE, weights_only=False)
+    case = old["cases"]["path"]  # its feature 2 (40 categories) was planned larger
+    ebc = EmbeddingBagCollection(old["cards"], old["dim"], EmbeddingSpec(**case["spec"]))
+    with pytest.raises(RuntimeError, match="feature 2 keeps its full table .* Load it with "
+                                           "model.embedding.cap_at_full=false"):
+        ebc.load_state_dict(case["state"])
+
+
 def test_old_torchrec_keys_are_kept():
     pytest.importorskip("torchrec")
     from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
