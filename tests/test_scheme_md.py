@@ -29,13 +29,20 @@ D = 16
                          ids=["d0", "multiple4", "budget-pow2"])
 def test_widths_are_md_widths_over_the_collection(alpha: float, sizing: dict) -> None:
     cards = list(CRITEO_KAGGLE_CARDINALITIES)
-    plans = plan_collection(cards, D, EmbeddingSpec("md", alpha=alpha, **sizing), sizing=True)
+    spec = EmbeddingSpec("md", alpha=alpha, cap_at_full=False, **sizing)
+    plans = plan_collection(cards, D, spec, sizing=True)
     rule = {"budget" if k == "table_budget" else k: v for k, v in sizing.items()}
     expected = [min(w, D) for w in md_widths(cards, alpha, **rule)]
     assert [p.tables[0].width for p in plans] == expected
     assert sum(p.num_parameters for p in plans) == md_parameters(cards, expected, D)
     if alpha == 0.0:
         assert len(set(expected)) == 1
+    # capped (the default): a feature whose table and projection outweigh its full table
+    # keeps the full table, width D
+    capped = plan_collection(cards, D, spec.with_(cap_at_full=True), sizing=True)
+    kept = [w if w == D or n * w + D * w <= n * D else D
+            for n, w in zip(cards, expected, strict=True)]
+    assert [p.tables[0].width for p in capped] == kept
 
 
 def test_default_base_width_is_d_and_a_lone_feature_gets_it() -> None:

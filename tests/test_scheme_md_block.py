@@ -79,6 +79,8 @@ def test_each_id_is_its_blocks_row_times_the_blocks_projection() -> None:
     out = ebc(ids)
 
     def vector(f: int, i: int) -> torch.Tensor:
+        if ebc.plans[f].spec.scheme == "full":  # 3 categories: its blocks and ranks outweigh it
+            return state[f"features.{f}.weight"][i]
         rank = int(frequency_rank(counts[f])[i])
         starts = frequency_blocks(CARDS[f], 3)
         j = max(b for b in range(len(starts) - 1) if starts[b] <= rank)
@@ -86,6 +88,7 @@ def test_each_id_is_its_blocks_row_times_the_blocks_projection() -> None:
         key = f"features.{f}.projections.{j}"
         return state[key] @ row if key in state else row
 
+    assert [p.spec.scheme for p in ebc.plans] == ["full", *["md_block"] * 4]
     for f in range(len(CARDS)):
         want = torch.stack([vector(f, int(i)) for i in ids[:, f]])
         torch.testing.assert_close(out[:, f], want, rtol=0, atol=1e-6)

@@ -80,6 +80,51 @@ def test_plans_name_and_count_every_tensor_the_modules_hold(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_planned_bytes_are_the_bytes_of_the_feature_keyed_state(spec):
+    """Parameters and id maps, each in the type the module stores it in: what the plans (and
+    the frontier's memory column) count is what a checkpoint of the collection holds."""
+    ebc = EmbeddingBagCollection(CARDS, 8, spec, counts=kit_counts(spec, CARDS))
+    state = ebc.state_dict()
+    for f, plan in enumerate(ebc.plans):
+        own = {k: v for k, v in state.items() if k.startswith(f"features.{f}.")}
+        assert sum(v.nbytes for v in own.values()) == plan.held_bytes, (f, plan.spec.scheme)
+    shared = {s.key: s.num_bytes + s.index_bytes for s in shared_plans(ebc.plans)}
+    for key, nbytes in shared.items():  # ROBE-Z's one array, counted once
+        assert sum(v.nbytes for k, v in state.items() if k.startswith(f"shared.{key}.")) == nbytes
+    total = sum(p.held_bytes for p in ebc.plans) + sum(shared.values())
+    assert sum(v.nbytes for v in state.values()) == total
+    sized = plan_collection(CARDS, 8, spec, sizing=True)
+    assert sum(p.held_bytes for p in sized) == sum(p.held_bytes for p in ebc.plans)
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.needs_counts or s.scheme == "cce"],
+                         ids=spec_id)
+def test_checkpoints_with_int64_maps_load(spec):
+    """Id maps were int64 (relabel of md_block and md_qr, per-feature relabels) or int32 (CCE's
+    assignment) before each was stored in its smallest type: such state loads, into the
+    stored types, and gives the same vectors."""
+    counts = kit_counts(spec, CARDS)
+    saved = EmbeddingBagCollection(CARDS, 8, spec, counts=counts)
+    state = saved.state_dict()
+    narrow = {k: v.dtype for k, v in state.items() if not v.is_floating_point()}
+    assert any(t in (torch.int32, torch.uint8) for t in narrow.values())
+    old = {k: v if v.is_floating_point() else v.long() for k, v in state.items()}
+    loaded = EmbeddingBagCollection(CARDS, 8, spec, counts=counts and [c[::-1].copy()
+                                                                       for c in counts])
+    loaded.load_state_dict(old)
+    assert {k: v.dtype for k, v in loaded.state_dict().items() if k in narrow} == narrow
+    ids = torch.stack([torch.arange(7) * (n // 7) for n in CARDS], dim=1)
+    torch.testing.assert_close(loaded(ids), saved(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_no_feature_holds_more_than_its_full_table(spec):
+    for plan in plan_collection([2, *CARDS], 8, spec, counts=kit_counts(spec, [2, *CARDS])):
+        assert plan.held_bytes <= plan.full_bytes or plan.scheme.name == "full"
+        assert (plan.kept_full is not None) == (plan.scheme.name == "full" != spec.scheme)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
 def test_state_saved_by_one_collection_loads_into_another(spec, tmp_path):
     torch.manual_seed(0)
     counts = kit_counts(spec, CARDS)
@@ -120,16 +165,27 @@ def test_sizing_plans_count_maps_without_counts(spec):
 def test_old_checkpoints_load_and_give_the_same_outputs():
     """State dicts written before schemes were registered objects (the fixture's script): their
     flat specs still parse, their keys are this code's keys, and loading them gives the outputs
-    they gave. Built from other counts, so the loaded id maps must be the ones used."""
+    they gave. Built from other counts, so the loaded id maps must be the ones used. They were
+    planned before features were capped at their full table's bytes: ``cap_at_full=False``
+    (one feature of the path case is planned larger than its full table)."""
     old = torch.load(FIXTURE, weights_only=False)
     cards, d, ids = old["cards"], old["dim"], old["ids"]
     other_counts = [c[::-1].copy() for c in old["counts"]]
     for name, case in old["cases"].items():
-        spec = EmbeddingSpec(**case["spec"])
+        spec = EmbeddingSpec(**case["spec"], cap_at_full=False)
         ebc = EmbeddingBagCollection(cards, d, spec, counts=other_counts)
         assert set(ebc.state_dict()) == set(case["state"]), name
         ebc.load_state_dict(case["state"])
         torch.testing.assert_close(ebc(ids), case["output"], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_planned_larger_than_the_full_table_says_how_to_load():
+    old = torch.load(FIXTURE, weights_only=False)
+    case = old["cases"]["path"]  # its feature 2 (40 categories) was planned larger
+    ebc = EmbeddingBagCollection(old["cards"], old["dim"], EmbeddingSpec(**case["spec"]))
+    with pytest.raises(RuntimeError, match="feature 2 keeps its full table .* Load it with "
+                                           "model.embedding.cap_at_full=false"):
+        ebc.load_state_dict(case["state"])
 
 
 def test_old_torchrec_keys_are_kept():
@@ -138,8 +194,8 @@ def test_old_torchrec_keys_are_kept():
 
     old = torch.load(FIXTURE, weights_only=False)
     for name, case in old["cases"].items():
-        ebc = EmbeddingBagCollection(old["cards"], old["dim"], EmbeddingSpec(**case["spec"]),
-                                     counts=old["counts"])
+        spec = EmbeddingSpec(**case["spec"], cap_at_full=False)  # planned before the cap
+        ebc = EmbeddingBagCollection(old["cards"], old["dim"], spec, counts=old["counts"])
         keys = TorchRecEmbeddingCollection(old["cards"], old["dim"], ebc.spec,
                                            plans=ebc.plans).state_key_map()
         # the path functions' module now also owns its id maps (saved as the local keys)

@@ -121,3 +121,47 @@ def test_a_family_the_stack_cannot_hold_says_so(monkeypatch):
     ids = torch.tensor([[0, 5], [999, 1999]])
     torch.testing.assert_close(ebc(ids)[:, 0], bag(ids[:, :1]))
     assert "features.1.weights.1" in ebc.state_dict()  # keys as for any other feature
+
+
+@pytest.mark.parametrize(("n", "d", "spec", "compressed", "full"), [
+    # TT at rank 16 on 10 categories: three cores of 1,248 parameters in all against the full
+    # table's 160 (the cores' rows, fewer than 10, let it through before)
+    (10, 16, EmbeddingSpec("tt", rank=16), 1_248 * 4, 160 * 4),
+    # DHE k=64, width 8, 2 layers: 64 x 8 + 8 + 8 x 8 + 8 + 8 x 4 + 4 = 628 parameters and
+    # its (2, 64) int64 hash coefficients, against 50 x 4
+    (50, 4, EmbeddingSpec("dhe", width=8, hashes=64), 628 * 4 + 2 * 64 * 8, 50 * 4 * 4),
+    # CCE R=8, c=4: its tables (2 x 8 rows x width 1, four of them: 256 bytes) are smaller
+    # than the full table (320 bytes); its maps are not: assignment 20 x 4 uint8, hashes
+    # 2 x 4 int64, seen 20 bytes
+    (20, 4, EmbeddingSpec("cce", rows=8, chunks=4), 256 + 80 + 64 + 20, 20 * 4 * 4),
+])
+def test_a_plan_larger_than_the_full_table_keeps_the_full_table(n, d, spec, compressed, full):
+    alone = plan_feature(n, d, spec, strict=True)  # built as asked
+    assert alone.spec.scheme == spec.scheme and alone.held_bytes == compressed > full
+    (plan,) = EmbeddingBagCollection([n], d, spec).plans
+    assert plan.spec.scheme == "full" and plan.held_bytes == full
+    assert plan.kept_full.endswith(f"would hold {compressed:,} bytes ({alone.num_parameters:,} "
+                                   f"parameters, {alone.index_bytes:,} bytes of id maps), more "
+                                   f"than the full table's {full:,} (num_categories={n} x D={d}"
+                                   f" float32)")
+    assert plan_feature(n, d, spec).kept_full == plan.kept_full
+    uncapped = EmbeddingBagCollection([n], d, spec.with_(cap_at_full=False))
+    assert uncapped.plans[0].held_bytes == compressed
+
+
+def test_md_never_plans_a_feature_larger_than_its_full_table():
+    """A width at most D and a projection only below D: an MD feature holds at most its full
+    table, so the cap never applies (the widest feature is its full table, as the reference
+    keeps it)."""
+    cards = [3, 40, 700, 9000]
+    for plan in EmbeddingBagCollection(cards, 8, EmbeddingSpec("md", alpha=0.3)).plans:
+        assert plan.spec.scheme == "md" and plan.kept_full is None
+        assert plan.held_bytes <= plan.full_bytes
+
+
+def test_the_threshold_and_the_schemes_own_limits_say_why_too():
+    plans = EmbeddingBagCollection([2, 3, 500], 4,
+                                   EmbeddingSpec("qr", collisions=4, threshold=2)).plans
+    assert plans[0].kept_full == "num_categories=2 <= threshold=2"
+    assert plans[1].kept_full.startswith("collisions=4 >= num_categories=3")
+    assert plans[2].kept_full is None

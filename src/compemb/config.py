@@ -344,7 +344,7 @@ def load_config(path: str | Path) -> Config:
 
 # Defaults changed since runs were first written: a run's config.yaml holds every field there was
 # when it was written, so one that lacks a field here predates it and ran with this value.
-PAST_DEFAULTS: dict[str, Any] = {"train.warmup_steps": 0}
+PAST_DEFAULTS: dict[str, Any] = {"train.warmup_steps": 0, "model.embedding.cap_at_full": False}
 
 
 def load_run_config(path: str | Path) -> Config:

@@ -42,6 +42,7 @@ __all__ = [
     "RelabeledPartitions",
     "frequency_rank",
     "frequency_relabeling",
+    "relabel_dtype",
     "PartitionFamily",
     "PartitionSet",
     "ModuloPartitions",
@@ -68,6 +69,16 @@ def _check_count(value: object, what: str, minimum: int = 1) -> int:
     if not minimum <= int(value) <= _INT64_MAX:
         raise ValueError(f"{what} must be in [{minimum}, 2**63 - 1], got {value}")
     return int(value)
+
+
+def relabel_dtype(num_categories: int) -> torch.dtype:
+    """How a relabel map of n categories is stored: int32 (4 bytes an id) while its values fit,
+    int64 from n > 2^31 on.
+
+    >>> relabel_dtype(10**6), relabel_dtype(2**31 + 1)
+    (torch.int32, torch.int64)
+    """
+    return torch.int32 if num_categories <= 2**31 else torch.int64
 
 
 def _as_index(idx: torch.Tensor) -> torch.Tensor:
@@ -548,7 +559,7 @@ class RelabeledPartitions(PartitionSet):
         idx = _as_index(idx)
         if idx.device not in self._on:
             self._on[idx.device] = self._relabel.to(idx.device)
-        return self.base.buckets(self._on[idx.device][idx])
+        return self.base.buckets(self._on[idx.device][idx].long())
 
     def is_complementary(self) -> bool:
         return self.base.is_complementary()
@@ -608,7 +619,7 @@ class HeadPartitions(PartitionSet):
         if idx.device not in self._on:
             self._on[idx.device] = self.hot.to(idx.device)
         relabel = self.relabeling()
-        key = idx if relabel is None else relabel.to(idx.device)[idx]
+        key = idx if relabel is None else relabel.to(idx.device)[idx].long()
         return (*self.base.buckets(idx), hot_slot(key, self._on[idx.device]))
 
     def is_complementary(self) -> bool:

@@ -69,7 +69,9 @@ class ParamPlan:
             shard), ``dense`` (applied to every looked-up row: path functions) or ``map``
             (an id map buffer: frequency renumbering, hot ids; not trained).
         init: U(lo, hi) bounds for tables (or :class:`NormalInit` for a Gaussian table); for
-            dense parts and maps, the rule that fills them.
+            dense parts and maps, the rule that fills them (``seed``: a map drawn from the
+            scheme's seed, such as hash coefficients, which a checkpoint written before it
+            was saved may lack: the seed's then stands).
         itemsize: bytes per entry (parameters float32; maps as the stacked collection keeps them).
     """
 

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # The settings every scheme shares; the rest belong to the scheme (its settings dataclass).
-SHARED = ("threshold", "mode", "sparse", "order", "order_seed", "hot")
+SHARED = ("threshold", "mode", "sparse", "order", "order_seed", "hot", "cap_at_full")
 # Before schemes owned their settings, the spec held all of them, and configs written then
 # carry every one: a key another scheme owns, at that old default, is what such a config says
 # for a scheme without the knob, so it is ignored.
@@ -106,6 +106,10 @@ class EmbeddingSpec:
             and the budget checks that it fits.
         budget_pending: True while the budget has not chosen the knob: the knob is not set
             (reading it raises) and nothing can be planned.
+        cap_at_full: a feature whose plan would hold more bytes (parameters and id maps) than
+            its full table keeps the full table (:func:`plan_collection`). False plans it as
+            the scheme asks, as every version before this setting did: what loads a
+            checkpoint written then in which a feature was planned larger than its full table.
     """
 
     scheme: str = "full"
@@ -118,12 +122,13 @@ class EmbeddingSpec:
     hot: int = 0
     budget: MemoryBudget | None = None
     budget_pending: bool = False
+    cap_at_full: bool = True
 
     def __init__(self, scheme: str = "full", operation: str | None = None, *,
                  settings: Any = None, threshold: int = 0, mode: str = "sum",
                  sparse: bool = False, order: str = "natural", order_seed: int = 0,
                  hot: int = 0, budget: MemoryBudget | str | int | float | None = None,
-                 **flat: Any):
+                 cap_at_full: bool = True, **flat: Any):
         owner = SCHEMES.lookup(scheme)
         if operation is not None:
             flat["operation"] = operation
@@ -151,13 +156,16 @@ class EmbeddingSpec:
                             f"{owner.settings_type.__name__}, got {type(settings).__name__}")
         values = {"scheme": scheme, "settings": settings, "threshold": threshold, "mode": mode,
                   "sparse": sparse, "order": order, "order_seed": order_seed, "hot": hot,
-                  "budget": budget, "budget_pending": pending}
+                  "budget": budget, "budget_pending": pending,
+                  "cap_at_full": cap_at_full}
         for name, value in values.items():
             object.__setattr__(self, name, value)
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ValueError(f"threshold must be an int >= 0, got {threshold!r}")
         if order not in P.ORDERS:
             raise ValueError(f"order must be one of {P.ORDERS}, got {order!r}")
+        if not isinstance(cap_at_full, bool):
+            raise ValueError(f"cap_at_full must be true or false, got {cap_at_full!r}")
         for name in ("hot", "order_seed"):
             v = values[name]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -265,17 +273,26 @@ def _most_frequent(counts: np.ndarray, h: int) -> np.ndarray:
 
 
 def resolve_spec(spec: EmbeddingSpec, num_categories: int) -> EmbeddingSpec:
-    """The spec a feature of ``num_categories`` actually gets inside a multi-feature model.
+    """The spec a feature of ``num_categories`` gets before its plan's bytes are weighed: full
+    when the spec cannot shrink it (at most ``threshold`` categories, no more categories than
+    ``collisions``, or partitions with as many rows as the full table), as the paper's
+    thresholding does. :func:`plan_collection` then keeps the full table of any feature whose
+    plan would hold more bytes than it; :func:`plan_feature` with ``strict=True`` refuses
+    instead."""
+    return spec if _why_full(spec, num_categories) is None else _full_spec(spec)
 
-    A feature that the spec cannot shrink (at most ``threshold`` categories, no more categories
-    than ``collisions``, or partitions with as many rows as the full table) keeps its full table,
-    as the paper's thresholding does; :func:`plan_feature` with ``strict=True`` refuses instead.
-    """
+
+def _full_spec(spec: EmbeddingSpec) -> EmbeddingSpec:
+    return spec.with_(scheme="full", order="natural", hot=0, budget=None)
+
+
+def _why_full(spec: EmbeddingSpec, num_categories: int) -> str | None:
+    """Why a compressing spec keeps this feature's full table before planning it, or None."""
     if not spec.owner.compresses:
-        return spec
-    if spec.keeps_full(num_categories) or spec.owner.cannot_shrink(spec, num_categories):
-        return spec.with_(scheme="full", order="natural", hot=0, budget=None)
-    return spec
+        return None
+    if num_categories <= spec.threshold:
+        return f"num_categories={num_categories} <= threshold={spec.threshold}"
+    return spec.owner.cannot_shrink(spec, num_categories)
 
 
 @dataclass(frozen=True)
@@ -326,6 +343,9 @@ class FeaturePlan:
         shared: what it reads together with other features (counted once, by the collection:
             :func:`shared_plans`), or None.
         member: its place among the features that read ``shared``.
+        kept_full: why a feature whose requested spec compresses keeps its full table (its
+            threshold, the scheme's own limit, or a plan holding more bytes than the full
+            table); None otherwise.
     """
 
     num_categories: int
@@ -336,6 +356,7 @@ class FeaturePlan:
     params: tuple[ParamPlan, ...]
     shared: SharedPlan | None = None
     member: int = 0
+    kept_full: str | None = None
 
     @property
     def scheme(self) -> Scheme:
@@ -375,6 +396,16 @@ class FeaturePlan:
         return sum(p.numel * p.itemsize for p in self.maps)
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes the feature's embedding holds: parameters and id maps."""
+        return self.num_bytes + self.index_bytes
+
+    @property
+    def full_bytes(self) -> int:
+        """Bytes of the feature's full table: n x D float32."""
+        return self.num_categories * self.embedding_dim * 4
+
+    @property
     def num_outputs(self) -> int:
         """Vectors per sample: k for feature generation, else 1."""
         return self.scheme.num_outputs(self)
@@ -397,14 +428,19 @@ def compose_bounds(operation: Operation, partitions: PartitionSet, num_categorie
 
 
 def _map_plans(partitions: PartitionSet) -> list[ParamPlan]:
-    """The id maps of renumbered ids and hot rows, sized as the stacked collection keeps them:
-    4 bytes per renumbered category, 8 per hot id."""
+    """The id maps of renumbered ids and hot rows, as the modules keep them: 4 bytes per
+    renumbered category (:func:`~compemb.partitions.relabel_dtype`), 8 per hot id."""
     maps = []
     if partitions.relabeling() is not None:
-        maps.append(ParamPlan("relabel", (partitions.num_categories,), "map", "order", 4))
+        maps.append(_relabel_plan(partitions.num_categories))
     if isinstance(partitions, P.HeadPartitions):
         maps.append(ParamPlan("hot_ids", (partitions.sizes[-1] - 1,), "map", "hot", 8))
     return maps
+
+
+def _relabel_plan(num_categories: int) -> ParamPlan:
+    size = P.relabel_dtype(num_categories).itemsize
+    return ParamPlan("relabel", (num_categories,), "map", "order", size)
 
 
 def plan_feature(
@@ -413,14 +449,26 @@ def plan_feature(
 ) -> FeaturePlan:
     """The plan for a feature of ``num_categories``: the one place where a spec becomes tables.
 
+    A plan that would hold more bytes (parameters and id maps) than the feature's full table
+    gives way to the full table (:attr:`FeaturePlan.kept_full` says why), as in
+    :func:`plan_collection`, unless ``strict``.
+
     Args:
         strict: refuse (ValueError) a compression that cannot shrink the table instead of
-            keeping the full table (what a single module asked for explicitly should do).
+            keeping the full table (what a single module asked for explicitly should do); a
+            plan larger than the full table is then built as asked.
         counts: (n,) the training split's count of each category, for specs that renumber by
             frequency or keep hot rows (``spec.needs_counts``).
         sizing: a plan to count with, not to build from: no counts needed, id maps planned by
             size only (see :func:`spec_partitions`).
     """
+    plan = _plan(num_categories, embedding_dim, spec, strict, counts, sizing)
+    return plan if strict else _no_larger_than_full(plan)
+
+
+def _plan(num_categories: int, embedding_dim: int, spec: EmbeddingSpec, strict: bool,
+          counts: np.ndarray | None, sizing: bool) -> FeaturePlan:
+    """The feature's plan by its spec alone, its bytes not yet weighed."""
     n, d = num_categories, embedding_dim
     if spec.budget_pending:
         raise ValueError(f"budget {spec.budget} has not chosen {spec.owner.knob} yet: "
@@ -434,13 +482,32 @@ def plan_feature(
             fewer = spec.owner.knob or "partitions"
             raise ValueError(f"{why}; use fewer {fewer} or threshold >= {n} to keep this "
                              f"feature full")
-    spec = resolve_spec(spec, n)
+    why = _why_full(spec, n)
+    if why is not None:
+        spec = _full_spec(spec)
     parts = spec_partitions(spec, n, counts, sizing=sizing)
     operation, params = spec.owner.plan_params(spec, n, d, parts)
     maps = _map_plans(parts)
     if sizing and spec.order != "natural":
-        maps.insert(0, ParamPlan("relabel", (n,), "map", "order", 4))
-    return FeaturePlan(n, d, spec, parts, operation, (*params, *maps))
+        maps.insert(0, _relabel_plan(n))
+    return FeaturePlan(n, d, spec, parts, operation, (*params, *maps), kept_full=why)
+
+
+def _no_larger_than_full(plan: FeaturePlan) -> FeaturePlan:
+    """``plan``, or the full table's when it would hold more bytes than that."""
+    # a member of a shared plan holds little of its own; the shared plan counted its members
+    if (not plan.scheme.compresses or not plan.spec.cap_at_full or plan.shared is not None
+            or plan.held_bytes <= plan.full_bytes):
+        return plan
+    n, d = plan.num_categories, plan.embedding_dim
+    label = plan.scheme.describe(plan.spec)[0]
+    why = (f"{label} would hold {plan.held_bytes:,} bytes ({plan.num_parameters:,} parameters, "
+           f"{plan.index_bytes:,} bytes of id maps), more than the full table's "
+           f"{plan.full_bytes:,} (num_categories={n} x D={d} float32)")
+    spec = _full_spec(plan.spec)
+    parts = spec_partitions(spec, n)
+    operation, params = spec.owner.plan_params(spec, n, d, parts)
+    return FeaturePlan(n, d, spec, parts, operation, tuple(params), kept_full=why)
 
 
 def plan_collection(
@@ -448,12 +515,15 @@ def plan_collection(
     counts: Sequence[np.ndarray] | None = None, sizing: bool = False,
 ) -> tuple[FeaturePlan, ...]:
     """The plans of every feature of a model, each scheme then seeing all of its features at
-    once (:meth:`~compemb.scheme.Scheme.plan_collection`)."""
+    once (:meth:`~compemb.scheme.Scheme.plan_collection`); last, any feature whose plan would
+    hold more bytes (parameters and id maps) than its full table keeps the full table
+    (:attr:`FeaturePlan.kept_full` says why), decided once, on the plans as the schemes left
+    them."""
     if counts is not None and len(counts) != len(cardinalities):
         raise ValueError(f"counts for {len(counts)} features, cardinalities for "
                          f"{len(cardinalities)}")
-    plans = [plan_feature(int(n), embedding_dim, spec, sizing=sizing,
-                          counts=None if counts is None else counts[f])
+    plans = [_plan(int(n), embedding_dim, spec, False,
+                   None if counts is None else counts[f], sizing)
              for f, n in enumerate(cardinalities)]  # fmt: skip
     by_scheme: dict[str, list[int]] = {}
     for f, plan in enumerate(plans):
@@ -463,7 +533,7 @@ def plan_collection(
         for f, plan in zip(features, owner.plan_collection([plans[f] for f in features]),
                            strict=True):
             plans[f] = plan
-    return tuple(plans)
+    return tuple(_no_larger_than_full(plan) for plan in plans)
 
 
 def shared_plans(plans: Sequence[FeaturePlan]) -> tuple[SharedPlan, ...]:

@@ -85,7 +85,7 @@ def test_recluster_puts_equal_vectors_on_one_row():
         for i, table in enumerate(bag.tables):
             table.zero_()
             table[:4] = points[i][[0, 1, 2, 0]]  # rows 0 and 3 equal
-            bag.assignment[seen, i] = ((seen // 2 + i) % 4).int()
+            bag.assignment[seen, i] = ((seen // 2 + i) % 4).to(bag.assignment.dtype)
     truth = _all_vectors(bag)[seen]
     bag.recluster(seed=3)
     after = _all_vectors(bag)
@@ -197,8 +197,34 @@ def test_settings_errors_name_the_value():
 def test_plans_count_the_maps_and_small_features_stay_full():
     plan = plan_feature(1000, 8, EmbeddingSpec("cce", rows=16, chunks=2))
     assert plan.num_parameters == 2 * 16 * 8
-    assert plan.index_bytes == 1000 * 2 * 4 + 2 * 2 * 8 + 1000
+    # the assignment in one byte an entry (16 rows), the hashes int64, the seen mask
+    assert plan.index_bytes == 1000 * 2 * 1 + 2 * 2 * 8 + 1000
     assert plan_feature(32, 8, EmbeddingSpec("cce", rows=16)).spec.scheme == "full"
+
+
+@pytest.mark.parametrize(("rows", "dtype"), [(256, torch.uint8), (257, torch.uint16),
+                                             (65_536, torch.uint16), (65_537, torch.int32)])
+def test_the_assignment_is_stored_in_the_smallest_type_and_reclusters(rows, dtype):
+    """Rows 0..R-1 in 1, 2 or 4 bytes; reclustering writes it (through int32 where uint16 has
+    no index_put), up to the last row."""
+    bag = CCEEmbeddingBag(3 * rows, 4, rows=rows, chunks=1)
+    assert bag.assignment.dtype == dtype
+    assert plan_feature(3 * rows, 4, EmbeddingSpec("cce", rows=rows, chunks=1)).maps[0].itemsize \
+        == dtype.itemsize
+    seen = torch.arange(0, 3 * rows, 3)  # R seen ids: each gets a row of its own, in order
+    bag.train()(seen[:, None])
+    bag.recluster(seed=0)
+    assert bag.assignment.dtype == dtype
+    assert torch.equal(bag.assignment[seen, 0].long(), torch.arange(rows))
+
+
+def test_a_checkpoint_with_an_int32_assignment_loads():
+    bag = CCEEmbeddingBag(500, 4, rows=8, chunks=2, seed=1)
+    old = {k: v.int() if k == "assignment" else v for k, v in bag.state_dict().items()}
+    other = CCEEmbeddingBag(500, 4, rows=8, chunks=2, seed=2)
+    other.load_state_dict(old)
+    assert other.assignment.dtype == torch.uint8 and torch.equal(other.assignment,
+                                                                 bag.assignment)
 
 
 def test_fit_budget_grows_rows():

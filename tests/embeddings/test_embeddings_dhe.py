@@ -9,7 +9,13 @@ import math
 import pytest
 import torch
 
-from compemb.embeddings import EmbeddingSpec, embedding_parameters, fit_budget, plan_feature
+from compemb.embeddings import (
+    EmbeddingBagCollection,
+    EmbeddingSpec,
+    embedding_parameters,
+    fit_budget,
+    plan_feature,
+)
 from compemb.embeddings._universal import PRIME, hash_coefficients
 from compemb.embeddings.dhe import HASH_BUCKETS, DHEEmbeddingBag, dhe_encoding
 
@@ -97,3 +103,56 @@ def test_settings_errors_and_budget():
     fitted = fit_budget(cards, 8, EmbeddingSpec("dhe", width=4), 20_000)
     assert embedding_parameters(cards, 8, fitted) <= 20_000
     assert embedding_parameters(cards, 8, fitted.with_(width=fitted.width + 1)) > 20_000
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("encoding", ["uniform", "gaussian"])
+def test_half_precision_modules_encode_in_float32(dtype, encoding):
+    """Hash values up to 10^6 are inf in float16 (and lose 12 bits in bfloat16): the encoding
+    is the float32 one, cast once, and the network's output is finite."""
+    ids = torch.arange(0, 10**6, 4999)
+    bag = DHEEmbeddingBag(10**6, 8, hashes=16, width=8, encoding=encoding, dtype=dtype)
+    encoded = bag.encode(ids)
+    assert encoded.dtype == dtype
+    exact = dhe_encoding(ids, bag.coefficients, encoding)
+    torch.testing.assert_close(encoded, exact.to(dtype), rtol=0, atol=0)
+    assert torch.isfinite(encoded).all() and torch.isfinite(bag(ids[:, None])).all()
+    torch.testing.assert_close(encoded.float(), exact, rtol=1e-2, atol=1e-2)
+
+
+def test_a_checkpoint_reproduces_its_vectors_under_another_seed(tmp_path):
+    """The coefficients are saved: loading into a module built with another seed gives the
+    saved module's vectors exactly, alone and in a collection."""
+    ids = torch.arange(0, 9000, 7)[:, None]
+    saved = DHEEmbeddingBag(9000, 4, hashes=16, width=8, seed=1)
+    torch.save(saved.state_dict(), tmp_path / "dhe.pt")
+    other = DHEEmbeddingBag(9000, 4, hashes=16, width=8, seed=2)
+    assert not torch.equal(other.coefficients, saved.coefficients)
+    other.load_state_dict(torch.load(tmp_path / "dhe.pt", weights_only=True))
+    torch.testing.assert_close(other(ids), saved(ids), rtol=0, atol=0)
+
+    cards = [9000, 5000]
+    one = EmbeddingBagCollection(cards, 4, EmbeddingSpec("dhe", width=8, hashes=16, seed=1))
+    two = EmbeddingBagCollection(cards, 4, EmbeddingSpec("dhe", width=8, hashes=16, seed=2))
+    assert "features.0.coefficients" in one.state_dict()
+    two.load_state_dict(one.state_dict())
+    both = torch.cat([ids, ids % 5000], dim=1)
+    torch.testing.assert_close(two(both), one(both), rtol=0, atol=0)
+
+
+def test_checkpoints_written_before_the_coefficients_were_saved_load():
+    """They lack the coefficients, which came from the seed: the loading module's (same seed)
+    stand, strict loading passes, and the vectors are the saved ones."""
+    ids = torch.arange(0, 9000, 7)[:, None]
+    saved = DHEEmbeddingBag(9000, 4, hashes=16, width=8, seed=3)
+    old = {k: v for k, v in saved.state_dict().items() if k != "coefficients"}
+    fresh = DHEEmbeddingBag(9000, 4, hashes=16, width=8, seed=3)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh(ids), saved(ids), rtol=0, atol=0)
+
+    spec = EmbeddingSpec("dhe", width=8, hashes=16, seed=3)
+    one = EmbeddingBagCollection([9000], 4, spec)
+    old = {k: v for k, v in one.state_dict().items() if not k.endswith("coefficients")}
+    two = EmbeddingBagCollection([9000], 4, spec)
+    two.load_state_dict(old)
+    torch.testing.assert_close(two(ids), one(ids), rtol=0, atol=0)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from compemb.config import dump_config, load_config_text
+from compemb.config import dump_config, load_config_text, load_run_config
 from compemb.embeddings import (
     EmbeddingBagCollection,
     EmbeddingSpec,
@@ -256,7 +256,7 @@ def test_robe_z_is_the_default_and_configs_written_now_keep_their_form():
         assert load_config_text(text, "again").model.embedding.settings == form.settings
 
 
-def test_configs_and_checkpoints_written_before_robe_z_load_as_they_were():
+def test_configs_and_checkpoints_written_before_robe_z_load_as_they_were(tmp_path):
     """The fixture holds collections built by the code before ROBE-Z (an array per feature,
     aligned by default, hashes not saved), with each spec as a run's config.yaml held it: the
     spec reads as that form, the state loads, the outputs are the ones it gave."""
@@ -264,8 +264,9 @@ def test_configs_and_checkpoints_written_before_robe_z_load_as_they_were():
     cards, d, ids = old["cards"], old["dim"], old["ids"]
     for name, case in old["cases"].items():
         written = {k: v for k, v in case["config"].items() if k != "sparse"}  # model.sparse's
-        text = yaml.safe_dump({"model": {"embedding_dim": d, "embedding": written}})
-        spec = load_config_text(text, name).model.embedding.with_(sparse=False)
+        saved = tmp_path / f"{name}.yaml"  # as a run's config.yaml: no cap_at_full then
+        saved.write_text(yaml.safe_dump({"model": {"embedding_dim": d, "embedding": written}}))
+        spec = load_run_config(saved).model.embedding.with_(sparse=False)
         assert (spec.shared, spec.cap_at_full) == (False, False), name
         assert spec.aligned == case["config"]["aligned"], name
         ebc = EmbeddingBagCollection(cards, d, spec)

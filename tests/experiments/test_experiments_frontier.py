@@ -125,7 +125,9 @@ def test_growing_knobs_are_fitted_to_each_budget_and_reach_far() -> None:
         line = by_series[series]
         assert line.fitted and line.hot_share is None
         fitted = fitted_variants(line, PLANTED, (4, 60, 1000))
-        assert 1000 in fitted or series == "tt", series  # ROBE and DHE shrink to any size
+        # ROBE shrinks to any size; DHE's first layer holds k = 1024 weights per unit of
+        # width in each compressed feature, so it stops short of 1000x here
+        assert (1000 in fitted) == (series == "robe"), series
         knobs = []
         for target, (variant, compression) in fitted.items():
             # fit_budget stays under the budget, so compression lands at or above the target

@@ -91,8 +91,8 @@ def test_params_counts_tables_and_id_maps(capsys: pytest.CaptureFixture) -> None
     cce = [n for n in CRITEO_KAGGLE_CARDINALITIES if n > 128]
     full = sum(n * 16 for n in CRITEO_KAGGLE_CARDINALITIES if n <= 128)
     assert counted["embedding"] == len(cce) * 2 * 64 * 16 + full
-    # assignment n x 4 int32, hashes 2 x 4 int64, the seen mask n bytes
-    assert counted["index_bytes"] == sum(n * 4 * 4 + 2 * 4 * 8 + n for n in cce)
+    # assignment n x 4 uint8 (R = 64 rows), hashes 2 x 4 int64, the seen mask n bytes
+    assert counted["index_bytes"] == sum(n * 4 + 2 * 4 * 8 + n for n in cce)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

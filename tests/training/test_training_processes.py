@@ -114,3 +114,15 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert "rank 0 stops: its launcher" in (tmp_path / "rank.err").read_text()
+
+
+def test_replicated_ranks_broadcast_no_buffer() -> None:
+    """torchrun, 2 ranks under DDP (``ddp_buffers_worker.py``): with a frequency-ordered QR
+    feature (relabel and hot-id maps) and a CCE one (assignment, hashes, rank-local seen ids),
+    ``wrap_model`` lets DDP broadcast no buffer, at wrapping or before any forward, and the
+    losses and final state equal those of DDP broadcasting every buffer."""
+    worker = Path(__file__).with_name("ddp_buffers_worker.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(worker)], env=trainkit.env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]

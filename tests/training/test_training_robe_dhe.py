@@ -15,7 +15,9 @@ from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import EmbeddingSpec, embedding_parameters
 from compemb.training import train
 
-SCHEMES = {"robe": "{scheme: robe, size: 64, block: 2}",
+# ROBE's array below every feature's full table (3 categories x D = 4), so every feature is
+# ROBE's (a 64-parameter array would leave the two smallest full tables)
+SCHEMES = {"robe": "{scheme: robe, size: 8, block: 2}",
            "dhe": "{scheme: dhe, width: 8, hashes: 16, encoding: gaussian}"}
 
 
@@ -32,8 +34,9 @@ def test_cli_trains_from_a_config(scheme: str, model: str, synth: Path, tmp_path
     cfg.write_text(f"data: {{dataset: {synth}}}\n"
                    f"model: {{name: {model}, embedding_dim: 4, embedding: {SCHEMES[scheme]}}}\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(cfg), "--set", "train.max_steps=3", "--out", str(out),
-                 "--device", "cpu"]) == 0
+    # no warm-up: 3 steps at its first rates would barely move DCN from its init
+    assert main(["train", "--config", str(cfg), "--set", "train.max_steps=3", "--set",
+                 "train.warmup_steps=0", "--out", str(out), "--device", "cpu"]) == 0
     final = json.loads(capsys.readouterr().out)
     assert final["steps"] == 3 and 0 < final["val_logloss"] < 1
     assert (out / "config.yaml").read_text().count(f"scheme: {scheme}") == 1
@@ -60,21 +63,24 @@ def test_resume_after_a_crash_is_exact(scheme: str, tmp_path: Path,
     (["--scheme", "robe", "--size", "1024"], EmbeddingSpec("robe", size=1024, threshold=100)),
     (["--scheme", "robe", "--size", "1024", "--shared", "false", "--aligned", "false"],
      EmbeddingSpec("robe", size=1024, shared=False, aligned=False, threshold=100)),
-    (["--scheme", "dhe", "--width", "32", "--depth", "3"],
-     EmbeddingSpec("dhe", width=32, depth=3, threshold=100)),
+    (["--scheme", "dhe", "--width", "32", "--depth", "3", "--hashes", "64"],
+     EmbeddingSpec("dhe", width=32, depth=3, hashes=64, threshold=100)),
 ])
 def test_params_counts_what_the_plans_count(flags: list[str], spec: EmbeddingSpec,
                                             capsys: pytest.CaptureFixture) -> None:
     assert main(["params", *flags, "--threshold", "100", "--json"]) == 0
     counted = json.loads(capsys.readouterr().out)
     assert counted["embedding"] == embedding_parameters(CRITEO_KAGGLE_CARDINALITIES, 16, spec)
-    big = sum(n > 100 for n in CRITEO_KAGGLE_CARDINALITIES)
+    big = [n for n in CRITEO_KAGGLE_CARDINALITIES if n > 100]
     small = sum(n * 16 for n in CRITEO_KAGGLE_CARDINALITIES if n <= 100)
-    mlp = 64 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 16 + 16  # k = 64 hashes by default
     if spec.scheme == "dhe":
-        compressed = big * mlp
-    else:  # ROBE-Z: one array for all; otherwise one per feature
-        compressed = 1024 if spec.shared else big * 1024
+        mlp = 64 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 16 + 16
+        # bytes held per feature: its parameters and hash coefficients (2 x 64 int64); a
+        # feature whose full table is smaller keeps it (DHE: 105 and 305 categories)
+        held = 4 * mlp + 2 * 64 * 8
+        compressed = sum(mlp if held <= 64 * n else 16 * n for n in big)
+    else:  # ROBE-Z: one array for all; otherwise one per feature (each below a full table)
+        compressed = 1024 if spec.shared else len(big) * 1024
     assert counted["embedding"] == compressed + small
 
 

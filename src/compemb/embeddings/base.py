@@ -8,7 +8,7 @@ from torch import nn
 
 from compemb.embeddings._bags import Bags, check_mode, pool, prepare_bags
 from compemb.operations import full_table_bound
-from compemb.partitions import HeadPartitions, PartitionSet
+from compemb.partitions import HeadPartitions, PartitionSet, relabel_dtype
 
 __all__ = ["BagModule", "EmbeddingAccounting", "FullEmbeddingBag", "full_table_bound"]
 
@@ -135,13 +135,17 @@ class BagModule(nn.Module, EmbeddingAccounting):
 
     def _keep_partitions(self, partitions: PartitionSet) -> None:
         """Use ``partitions``, and own their id maps (frequency renumbering, hot ids) as the
-        buffers ``relabel`` and ``hot_ids``: saved with the module, and what its forward reads
-        after a move (``_apply``) and a load."""
+        buffers ``relabel`` (:func:`~compemb.partitions.relabel_dtype`: int32 below 2^31
+        categories) and ``hot_ids``: saved with the module, and what its forward reads after a
+        move (``_apply``) and a load."""
         self.partitions = partitions
-        if partitions.relabeling() is not None:
-            self.register_buffer("relabel", partitions.relabeling())
+        relabel = partitions.relabeling()
+        if relabel is not None:
+            self.register_buffer("relabel", relabel.to(relabel_dtype(partitions.num_categories)))
         if isinstance(partitions, HeadPartitions):
             self.register_buffer("hot_ids", partitions.hot)
+        if relabel is not None:  # the partitions read the stored map
+            self.partitions = partitions.on_maps(self.relabel, self._buffers.get("hot_ids"))
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (torch's signature)
         super()._apply(fn, recurse)

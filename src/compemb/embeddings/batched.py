@@ -21,7 +21,7 @@ from torch import nn
 from compemb.embeddings._bags import Bags, pool
 from compemb.embeddings._fused import compose_lookup
 from compemb.operations import Operation
-from compemb.partitions import Digit, HotSlots, digit, hot_slot
+from compemb.partitions import Digit, HotSlots, digit, hot_slot, relabel_dtype
 
 if TYPE_CHECKING:
     from compemb.spec import FeaturePlan
@@ -128,8 +128,8 @@ class BucketIndex(nn.Module):
             if any(r is None for r in relabels):
                 raise ValueError("a stacked group relabels all its features or none")
             self.relabel_rows = [r.numel() for r in relabels]
-            small = max(self.relabel_rows) <= torch.iinfo(torch.int32).max
-            stacked = torch.cat([r.to(torch.int32 if small else torch.int64) for r in relabels])
+            dtype = relabel_dtype(max(self.relabel_rows))
+            stacked = torch.cat([r.to(dtype) for r in relabels])
             self.register_buffer("relabel", stacked.to(device))
             starts = [sum(self.relabel_rows[:f]) for f in range(len(relabels))]
             self.register_buffer("_relabel_start", table([starts])[0], persistent=False)

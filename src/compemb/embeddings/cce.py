@@ -54,7 +54,22 @@ from torch import nn
 from compemb.embeddings._universal import PRIME, check_hashable, hash_coefficients, universal_hash
 from compemb.embeddings.base import BagModule, full_table_bound
 
-__all__ = ["CCEEmbeddingBag", "check_cce", "kmeans", "kmeans_plus_plus", "nearest"]
+__all__ = ["CCEEmbeddingBag", "assignment_dtype", "check_cce", "kmeans", "kmeans_plus_plus",
+           "nearest"]
+
+
+def assignment_dtype(rows: int) -> torch.dtype:
+    """The smallest integer type holding rows 0..R-1: uint8 up to R = 256, uint16 up to
+    65,536, else int32. torch has no ``index_put`` for uint16: the assignment is written
+    through int32 (:meth:`CCEEmbeddingBag.recluster_table`), and gloo, which has no 16-bit
+    integers, sends it as bytes.
+
+    >>> assignment_dtype(256), assignment_dtype(257), assignment_dtype(65_537)
+    (torch.uint8, torch.uint16, torch.int32)
+    """
+    if rows <= 2**8:
+        return torch.uint8
+    return torch.uint16 if rows <= 2**16 else torch.int32
 
 
 def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -165,7 +180,8 @@ class CCEEmbeddingBag(BagModule):
     Tables ``tables.<i>`` (2R, W) hold T_i then H_i, each entry drawn U(-a / sqrt(2), a /
     sqrt(2)) with a = sqrt(1/n) the full table's bound: a chunk is the sum of two entries, so
     vectors start with the full table's variance. Buffers (saved in checkpoints):
-    ``assignment`` (n, c) int32, the rows a_i(x) of T_i; ``hash_coefficients`` (2, c) int64,
+    ``assignment`` (n, c), the rows a_i(x) of T_i, in the smallest integer type that holds R
+    rows (:func:`assignment_dtype`); ``hash_coefficients`` (2, c) int64,
     the hashes h_i; ``seen`` (n,) bool, the ids a training-mode forward has embedded.
 
     Forward: ``(input, offsets=None, per_sample_weights=None) -> (B, D)``.
@@ -178,10 +194,6 @@ class CCEEmbeddingBag(BagModule):
     >>> int(bag.seen.sum())
     4
     """
-
-    # Each rank marks the ids of its own share of the batches: not synchronized by DDP, merged
-    # over the ranks by merge_seen (before reclustering and checkpoints).
-    rank_local_buffers = ("seen",)
 
     def __init__(self, num_categories: int, embedding_dim: int, rows: int, chunks: int = 4,
                  seed: int = 0, mode: str = "sum", *, kmeans_iters: int = 100,
@@ -199,8 +211,12 @@ class CCEEmbeddingBag(BagModule):
             for _ in range(chunks))
         first = hash_coefficients(2 * chunks, seed)  # the first assignment, then h_i
         ids = torch.arange(num_categories, device=device)
-        self.register_buffer("assignment", universal_hash(ids, first[:, :chunks], rows).int())
+        self.register_buffer("assignment", universal_hash(ids, first[:, :chunks], rows).to(
+            assignment_dtype(rows)))
         self.register_buffer("hash_coefficients", first[:, chunks:].clone().to(device))
+        # each rank marks the ids of its own share of the batches (DDP broadcasts no buffer of
+        # the embedding layer), merged over the ranks by merge_seen (before reclustering and
+        # checkpoints)
         self.register_buffer("seen", torch.zeros(num_categories, dtype=torch.bool, device=device))
         self.reset_parameters()
 
@@ -298,7 +314,9 @@ class CCEEmbeddingBag(BagModule):
         table[:r] = centroids
         table[r:] = sums / counts[:, None].to(sums.dtype)
         assignment, hashes = self.table_maps(i)
-        assignment[ids.to(assignment.device)] = labels.to(assignment)
+        column = assignment.int()  # written through int32: uint16 has no index_put
+        column[ids.to(column.device)] = labels.to(column)
+        assignment.copy_(column)
         hashes.copy_(coefficients[:, 0])
 
     def table_maps(self, i: int) -> list[torch.Tensor]:

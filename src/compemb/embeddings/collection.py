@@ -366,7 +366,7 @@ def _from_feature_keys(module: EmbeddingBagCollection, state_dict: dict, prefix:
             targets[ikey] = own[ikey].detach().clone()
         value = state_dict.pop(prefix + fkey, None)
         if value is None:
-            if fkey not in module._seeded:
+            if fkey not in module._seeded:  # else the seed's, which made the checkpoint's
                 missing_keys.append(prefix + fkey)
             continue
         slot = targets[ikey] if where is None else targets[ikey][where]
@@ -377,3 +377,10 @@ def _from_feature_keys(module: EmbeddingBagCollection, state_dict: dict, prefix:
         slot.copy_(value)
     for ikey, tensor in targets.items():
         state_dict[prefix + ikey] = tensor
+    for f, plan in enumerate(module.plans):
+        if plan.kept_full is not None and plan.spec.cap_at_full and any(
+                k.startswith(f"{prefix}features.{f}.") for k in state_dict):
+            error_msgs.append(
+                f"feature {f} keeps its full table ({plan.kept_full}), but the checkpoint holds "
+                f"other tensors for it: written before features were capped at their full "
+                f"table? Load it with model.embedding.cap_at_full=false")

@@ -4,12 +4,17 @@ seeded hashes of the id.
 
 Encoding, as the paper's dense hash encoding: k universal hashes h_1..h_k of the id into
 [0, m), m = 10^6 (``compemb.embeddings._universal``, exact int64), each made real by one of
-the paper's two transforms:
+the paper's two transforms, computed in float32 whatever the module's dtype (a hash value up
+to 10^6 is inf in float16, and bfloat16 keeps 8 of its 20 bits) and only then cast to it:
 
 - ``uniform``: 2 h / (m - 1) - 1, uniform on [-1, 1];
 - ``gaussian``: Box-Muller on the pairs (h_j, h_{j + k/2}) with u_1 = (h_j + 1) / m in (0, 1]
   and u_2 = h_{j + k/2} / m: sqrt(-2 ln u_1) cos(2 pi u_2) and sqrt(-2 ln u_1) sin(2 pi u_2),
   approximately N(0, 1) (k even).
+
+The k hash coefficients are the buffer ``coefficients`` (2, k) int64, saved in the state dict:
+a checkpoint brings its own hashes, whatever ``seed`` the loading module was built with (one
+written before they were saved lacks them and keeps the seed's, which made them).
 
 Decoding: ``depth`` hidden layers of ``width`` units with the paper's Mish activation, then a
 linear layer to D. The paper also puts batch normalization after the hidden layers; it is left
@@ -40,20 +45,24 @@ HASH_BUCKETS = 10**6  # the paper's m; exact in float32 (< 2^24)
 
 def dhe_encoding(ids: torch.Tensor, coefficients: torch.Tensor, encoding: str,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The dense hash encoding: ids (N,), coefficients (2, k) -> (N, k) real.
+    """The dense hash encoding: ids (N,), coefficients (2, k) -> (N, k) of ``dtype``,
+    computed in float32 (float64 when asked for) and then cast.
 
     >>> dhe_encoding(torch.tensor([0]), torch.tensor([[1], [0]]), "uniform").tolist()
     [[-1.0]]
     """
-    h = universal_hash(ids, coefficients, HASH_BUCKETS).to(dtype)
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    h = universal_hash(ids, coefficients, HASH_BUCKETS).to(wide)
     if encoding == "uniform":
-        return h * (2.0 / (HASH_BUCKETS - 1)) - 1.0
-    if encoding == "gaussian":
+        x = h * (2.0 / (HASH_BUCKETS - 1)) - 1.0
+    elif encoding == "gaussian":
         first, second = h.chunk(2, dim=1)
         radius = torch.sqrt(-2.0 * torch.log((first + 1.0) / HASH_BUCKETS))
         angle = (2.0 * math.pi / HASH_BUCKETS) * second
-        return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-    raise ValueError(f"encoding must be one of {DHE_ENCODINGS}, got {encoding!r}")
+        x = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+    else:
+        raise ValueError(f"encoding must be one of {DHE_ENCODINGS}, got {encoding!r}")
+    return x.to(dtype)
 
 
 def check_dhe(hashes: int, width: int | None, depth: int, encoding: str, where: str) -> None:
@@ -74,11 +83,11 @@ class DHEEmbeddingBag(BagModule):
     Args:
         num_categories: n (ids are checked against it; the network does not depend on it).
         embedding_dim: D.
-        hashes: k, the encoding's width (even for ``gaussian``).
+        hashes: k, the encoding's width (even for ``gaussian``; the paper's 1024 by default).
         width: units of each hidden layer.
         depth: hidden layers (>= 1).
         encoding: ``uniform`` or ``gaussian`` (:data:`DHE_ENCODINGS`).
-        seed: seeds the k hashes.
+        seed: seeds the k hashes (the buffer ``coefficients``, which checkpoints keep).
         mode, include_last_offset, validate, device, dtype: as ``nn.EmbeddingBag``.
         sparse: accepted for the common interface; there is no table to be sparse.
 
@@ -91,7 +100,7 @@ class DHEEmbeddingBag(BagModule):
     (torch.Size([2, 16]), 7312)
     """
 
-    def __init__(self, num_categories: int, embedding_dim: int, hashes: int = 64,
+    def __init__(self, num_categories: int, embedding_dim: int, hashes: int = 1024,
                  width: int = 64, depth: int = 2, encoding: str = "uniform", seed: int = 0,
                  mode: str = "sum", *, sparse: bool = False, include_last_offset: bool = False,
                  validate: bool = True, device: torch.device | str | None = None,
@@ -100,7 +109,8 @@ class DHEEmbeddingBag(BagModule):
         check_hashable(num_categories, type(self).__name__)
         check_dhe(hashes, width, depth, encoding, type(self).__name__)
         self.hashes, self.width, self.depth, self.encoding = hashes, width, depth, encoding
-        self.register_buffer("coefficients", hash_coefficients(hashes, seed), persistent=False)
+        self.register_buffer("coefficients", hash_coefficients(hashes, seed).to(device))
+        self.register_load_state_dict_pre_hook(_keep_seeded_coefficients)
         layers: list[nn.Module] = []
         for inputs in [hashes] + [width] * (depth - 1):
             layers += [nn.Linear(inputs, width, device=device, dtype=dtype), nn.Mish()]
@@ -129,3 +139,10 @@ class DHEEmbeddingBag(BagModule):
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.encode(ids))
+
+
+def _keep_seeded_coefficients(module: DHEEmbeddingBag, state_dict: dict, prefix: str,
+                              *args: object) -> None:
+    """A checkpoint written before the coefficients were saved: they came from the seed, as
+    the module's own did."""
+    state_dict.setdefault(prefix + "coefficients", module.coefficients)

@@ -96,7 +96,7 @@ NEUTRAL: dict[str, Any] = {
     "model.embedding.budget": None,  # None: the scheme's own knob sizes it, as before
     "train.warmup_steps": 0,  # 0: no warm-up, as before the field (its default is 100)
     "model.embedding[robe].shared": False,  # one array per feature, as before ROBE-Z
-    "model.embedding[robe].cap_at_full": False,
+    "model.embedding.cap_at_full": False,  # features planned as asked, as before the cap
 }
 # A setting renamed since -> the name it is hashed under, so runs written before keep their digest.
 RENAMED: dict[str, str] = {

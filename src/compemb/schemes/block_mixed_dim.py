@@ -35,7 +35,7 @@ from compemb.embeddings.mixed_dim import (
     size_block_widths,
 )
 from compemb.operations import Operation
-from compemb.partitions import PartitionSet
+from compemb.partitions import PartitionSet, relabel_dtype
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
 from compemb.schemes.mixed_dim import SHARDABLE_WIDTH
 from compemb.spec import EmbeddingSpec, FeaturePlan
@@ -85,13 +85,13 @@ def _layout(spec: EmbeddingSpec, num_categories: int, embedding_dim: int
 
 
 def plan_ranks(plan: FeaturePlan) -> torch.Tensor:
-    """The frequency rank of every category of a planned feature ((n,) int64: the ``relabel``
-    map of ``order: frequency``)."""
+    """The frequency rank of every category of a planned feature ((n,), the ``relabel`` map of
+    ``order: frequency``, stored as :func:`~compemb.partitions.relabel_dtype` says)."""
     ranks = plan.partitions.relabeling()
     if ranks is None:
         raise ValueError(f"scheme {plan.spec.scheme!r}: this plan holds no frequency ranks (a "
                          f"sizing plan); plan the feature with its counts to build it")
-    return ranks
+    return ranks.to(relabel_dtype(plan.num_categories))
 
 
 def data_parallel_device(device: torch.device | str | None) -> torch.device | str | None:
@@ -119,7 +119,7 @@ class _BlockRoute(nn.Module):
 
     def lookup(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """ids (N,) -> K rows (N,), one per block's table, then each id's block (N,)."""
-        rank = self.relabel[ids]
+        rank = self.relabel[ids].long()
         block = torch.bucketize(rank, self.starts[1:-1], right=True)
         return [*((rank - a).clamp(0, b - a - 1) for a, b in self.bounds), block]
 

@@ -4,8 +4,9 @@ table, reclustered by k-means during training
 
 A feature keeps c tables of 2R rows of width D / c (T_i then H_i: a chunk is one table, whole
 on one rank under TorchRec's table-wise sharding), 2 R D parameters in all; and, as id maps
-counted in ``index_bytes``, the assignment (n x c int32), the hashes (2 x c int64) and the
-seen-id mask (n bytes). The knob is R.
+counted in ``index_bytes``, the assignment (n x c, 1, 2 or 4 bytes an entry as R needs:
+:func:`~compemb.embeddings.cce.assignment_dtype`), the hashes (2 x c int64) and the seen-id
+mask (n bytes). The knob is R.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
-from compemb.embeddings.cce import CCEEmbeddingBag, check_cce
+from compemb.embeddings.cce import CCEEmbeddingBag, assignment_dtype, check_cce
 from compemb.operations import Operation, full_table_bound
 from compemb.partitions import PartitionSet
 from compemb.scheme import ParamPlan, Scheme, TorchRecPlan
@@ -94,7 +95,8 @@ class CCEScheme(Scheme):
         check_cce(embedding_dim, s.rows, s.chunks, f"cce (num_categories={n})")
         b = full_table_bound(n) / 2**0.5
         # the module's buffers come first in its state dict, then its tables
-        maps = [ParamPlan("assignment", (n, s.chunks), "map", "hash", 4),
+        maps = [ParamPlan("assignment", (n, s.chunks), "map", "hash",
+                          assignment_dtype(s.rows).itemsize),
                 ParamPlan("hash_coefficients", (2, s.chunks), "map", "hash", 8),
                 ParamPlan("seen", (n,), "map", "seen", 1)]
         tables = [ParamPlan(f"tables.{i}", (2 * s.rows, embedding_dim // s.chunks), "table",

@@ -134,7 +134,7 @@ class _HeadTailRoute(nn.Module):
     def lookup(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """ids (N,) -> rows (N,) of the head, quotient and remainder tables, then whether
         each id is in the head (N,)."""
-        rank = self.relabel[ids]
+        rank = self.relabel[ids].long()
         tail = self.tail.buckets((rank - self.head).clamp(min=0))
         return [rank.clamp(max=self.head - 1), *tail, rank < self.head]
 

@@ -7,8 +7,8 @@ TorchRec table ``robe``), M parameters in all, which ``fit_budget`` searches; ea
 keeps only its hashes (``features.<f>.coefficients``), and its blocks start at any element.
 ``shared=False`` gives each feature an array of M parameters of its own (``features.<f>.weight``)
 and ``aligned=True`` block-aligned offsets: the deviations compemb had first, kept as settings.
-With ``cap_at_full`` (default) a feature whose own tensors would take at least its full table's
-bytes keeps the full table.
+With the spec's ``cap_at_full`` (default) a feature whose own tensors would take at least its
+full table's bytes keeps the full table.
 
 A spec naming exactly the settings compemb wrote before ROBE-Z (size, block, aligned, seed: a
 run's config.yaml then) reads as that form (:data:`OLD_DEFAULTS`), so those runs' checkpoints
@@ -41,7 +41,7 @@ from compemb.spec import EmbeddingSpec, FeaturePlan, SharedPlan, plan_feature
 # config.yaml held them all) and means the form compemb had then: an array per feature, aligned
 # offsets unless it says otherwise, every feature above the threshold given its array.
 WRITTEN_BEFORE = frozenset({"size", "block", "aligned", "seed"})
-OLD_DEFAULTS = {"shared": False, "cap_at_full": False}
+OLD_DEFAULTS = {"shared": False}
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,6 @@ class RobeSettings:
         shared: one array for every feature (the paper's ROBE-Z); False: one per feature (a
             deviation: a small feature cannot give its memory to a large one).
         seed: seeds the hashes of the block offsets.
-        cap_at_full: a feature whose own tensors (its array, per feature; its hashes) would
-            take at least the bytes of its full table keeps the full table; False: every
-            feature above ``threshold`` gets them (as compemb planned before).
     """
 
     size: int | None = None
@@ -67,7 +64,6 @@ class RobeSettings:
     aligned: bool = False
     shared: bool = True
     seed: int = 0
-    cap_at_full: bool = True
 
     def __post_init__(self) -> None:
         if self.size is None:
@@ -76,7 +72,7 @@ class RobeSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("aligned", "shared", "cap_at_full"):
+        for name in ("aligned", "shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -140,15 +136,15 @@ class RobeScheme(Scheme):
         ]
 
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
-        """Shared: the arrays become one, planned once; each feature keeps its hashes. With
-        ``cap_at_full`` a feature whose own tensors would take at least the bytes of its full
-        table keeps it."""
-        s = plans[0].spec.settings
+        """Shared: the arrays become one, planned once; each feature keeps its hashes. With the
+        spec's ``cap_at_full`` a feature whose own tensors would take at least the bytes of its
+        full table keeps it (decided here, before the shared array counts its members)."""
+        s, cap = plans[0].spec.settings, plans[0].spec.cap_at_full
         if s.shared:
             plans = [dataclasses.replace(p, params=tuple(q for q in p.params
                                                          if q.name != "weight"))
                      for p in plans]  # fmt: skip
-        larger = [s.cap_at_full and p.num_bytes + p.index_bytes >= _full_bytes(p)
+        larger = [cap and p.num_bytes + p.index_bytes >= _full_bytes(p)
                   for p in plans]
         kept = [p for p, big in zip(plans, larger, strict=True) if not big]
         if s.shared and kept:

@@ -109,16 +109,25 @@ def wrap_model(
 
     With ``sparse_tables`` the parameters of ``model.sparse_arch`` stay outside DDP: its reducer
     rejects sparse gradients of parameters that are not ``nn.Embedding`` weights ("Cannot access
-    storage of SparseTensorImpl"). Call :func:`reduce_table_grads` after every backward. The
-    buffers a module names in ``rank_local_buffers`` are not broadcast from rank 0.
+    storage of SparseTensorImpl"). Call :func:`reduce_table_grads` after every backward.
+
+    DDP broadcasts none of the embedding layer's buffers and none of the model's non-persistent
+    ones, neither when it wraps the model nor before each forward (which it would do for every
+    buffer it manages). The embedding layer's are id maps (relabel, hot ids, CCE's assignment
+    and hashes, DHE's hash coefficients) that every rank builds from the same config, counts
+    and checkpoint, and that change only where every rank changes them alike (CCE's
+    reclustering, after merging the seen ids), or rank-local (CCE's seen ids: each rank marks
+    its own share of the batches, and rank 0's must not overwrite them); non-persistent
+    buffers are constants every rank computes (index tensors). A 1 M-category feature's int32
+    relabel map alone was 4 MB a step (``benchmarks/ddp_buffers.py``). Any other buffer (a
+    running statistic) is still DDP's.
     """
     if not info.enabled:
         return model
-    # buffers each rank keeps for itself (CCE's seen ids), which DDP must not overwrite with
-    # rank 0's
-    names = [".".join(part for part in ("sparse_arch", m, b) if part)
-             for m, module in model.sparse_arch.named_modules()
-             for b in getattr(module, "rank_local_buffers", ())]  # fmt: skip
+    names = [f"sparse_arch.{n}" for n, _ in model.sparse_arch.named_buffers()]
+    names += [f"{m}.{b}" if m else b for m, module in model.named_modules()
+              for b in module._non_persistent_buffers_set
+              if module._buffers.get(b) is not None and not m.startswith("sparse_arch")]
     if sparse_tables:
         names += [f"sparse_arch.{n}" for n, _ in model.sparse_arch.named_parameters()]
     if names:

@@ -419,8 +419,8 @@ class ShardedTraining:
                     module.recluster_table(i, local, seed)
                 for view in module.table_maps(i):
                     buffer = view.contiguous()
-                    if world > 1:
-                        dist.broadcast(buffer, src=owner)
+                    if world > 1:  # as bytes: gloo has no 16-bit integers (uint16 maps)
+                        dist.broadcast(buffer.view(torch.uint8), src=owner)
                     view.copy_(buffer)
 
     def _state(self) -> dict[str, Any]:
