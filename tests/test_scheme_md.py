@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compemb.config import load_config_text
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.embeddings import (
     EmbeddingBagCollection,
@@ -34,6 +35,78 @@ def test_widths_are_md_widths_over_the_collection(alpha: float, sizing: dict) ->
     assert sum(p.num_parameters for p in plans) == md_parameters(cards, expected, D)
     if alpha == 0.0:
         assert len(set(expected)) == 1
+
+
+def reference_md(cardinalities: list[int], alpha: float, threshold: int, d0: int
+                 ) -> tuple[list[int], int]:
+    """The reference DLRM at d45342e, restated: ``md_solver(n, alpha, d0=m_spa,
+    round_dim=False)`` over every feature (sorted by n; float32 as there; the smallest feature
+    set to d0, the others max(1, .) and rounded), then ``create_emb``: a feature of n <=
+    ``--md-threshold`` at width max(widths) = d0 with no projection, the others at their width
+    with a (d0, w) projection where w < d0. Returns (widths, parameters)."""
+    n, order = torch.sort(torch.tensor(cardinalities))
+    lam = d0 * n[0].float() ** alpha
+    d = torch.ones(len(n)) * lam * n.float() ** -alpha
+    d = torch.where(d < 1, torch.ones(()), d)
+    d[0] = d0
+    solved = [0] * len(n)
+    for i, f in enumerate(order.tolist()):
+        solved[f] = int(torch.round(d[i]))
+    base = max(solved)
+    widths = [w if c > threshold else base for c, w in zip(cardinalities, solved, strict=True)]
+    params = sum(c * w + (w * base if w < base else 0)
+                 for c, w in zip(cardinalities, widths, strict=True))
+    return widths, params
+
+
+# Worked once by reference_md and checked by hand at a few features: alpha 0.3, n = 4 gets
+# round(16 (3/4)^0.3) = round(14.68) = 15; alpha 0.2, n = 24 round(16 (3/24)^0.2) = 11; with
+# threshold 200 the eight features of <= 200 categories go to 16 and the count moves by
+# sum n (16 - w) - 16 w over them (+616 at alpha 0.3).
+KAGGLE_MD = {
+    (0.0, 0): ([16] * 26, 540_201_232),
+    (0.0, 200): ([16] * 26, 540_201_232),
+    (0.2, 0): ([5, 6, 1, 1, 6, 11, 3, 5, 16, 2, 4, 1, 4, 10, 3, 1, 13, 4, 4, 15, 1, 11, 12, 2,
+                8, 2], 34_406_355),
+    (0.2, 200): ([5, 6, 1, 1, 6, 16, 3, 5, 16, 2, 4, 1, 4, 16, 3, 1, 16, 4, 4, 16, 1, 16, 16, 2,
+                  16, 2], 34_406_381),
+    (0.3, 0): ([3, 3, 1, 1, 4, 9, 1, 3, 16, 1, 2, 1, 2, 8, 1, 1, 11, 2, 2, 15, 1, 9, 10, 1, 6,
+                1], 33_788_516),
+    (0.3, 200): ([3, 3, 1, 1, 4, 16, 1, 3, 16, 1, 2, 1, 2, 16, 1, 1, 16, 2, 2, 16, 1, 16, 16, 1,
+                  16, 1], 33_789_132),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("alpha", "threshold"), list(KAGGLE_MD))
+def test_threshold_keeps_the_reference_widths(alpha: float, threshold: int) -> None:
+    """Widths over every feature, then the thresholded ones full: the reference's
+    ``--md-flag --md-threshold`` on the Kaggle cardinalities."""
+    cards = list(CRITEO_KAGGLE_CARDINALITIES)
+    widths, params = KAGGLE_MD[alpha, threshold]
+    assert reference_md(cards, alpha, threshold, D) == (widths, params)
+    spec = EmbeddingSpec("md", alpha=alpha, threshold=threshold)
+    plans = plan_collection(cards, D, spec, sizing=True)
+    assert [p.tables[0].width for p in plans] == widths
+    assert embedding_parameters(cards, D, spec) == params
+    for p in plans:  # at or below the threshold: the full table, no projection
+        kept = p.num_categories <= threshold
+        assert p.spec.scheme == ("full" if kept else "md")
+        assert [q.name for q in p.params] == ["weight"] + (["projection"] if p.tables[0].width
+                                                          < D else [])
+
+
+def test_widths_over_the_compressed_features_only_stay_a_setting() -> None:
+    """compemb's planning before the reference's: the thresholded features leave first, so
+    d0 goes to the smallest compressed feature (305 categories) and the rest come out wider."""
+    cards = list(CRITEO_KAGGLE_CARDINALITIES)
+    spec = EmbeddingSpec("md", alpha=0.3, threshold=200, widths_over_all=False)
+    assert embedding_parameters(cards, D, spec) == 34_774_817
+    big = [n for n in cards if n > 200]
+    plans = plan_collection(cards, D, spec, sizing=True)
+    assert [p.tables[0].width for p in plans if p.num_categories > 200] == \
+        md_widths(big, 0.3, base_width=D)
+    loaded = load_config_text("model: {embedding: {scheme: md, threshold: 200}}", "old")
+    assert loaded.model.embedding.widths_over_all  # a config without the key: the reference
 
 
 def test_default_base_width_is_d_and_a_lone_feature_gets_it() -> None:
@@ -120,6 +193,7 @@ def test_fit_budget_picks_the_largest_base_width_that_fits() -> None:
     ({"base_width": 4, "budget": 100}, "give base_width or budget, not both"),
     ({"multiple_of": 2.0}, "multiple_of must be an int >= 1, got 2.0"),
     ({"round_pow2": 1}, "round_pow2 must be true or false, got 1"),
+    ({"widths_over_all": "yes"}, "widths_over_all must be true or false, got 'yes'"),
     ({"init": "default"}, r"init must be one of \('reference', 'xavier', 'unit_norm'\)"),
     ({"collisions": 4}, "scheme 'md' has no setting 'collisions'"),
 ])  # fmt: skip

@@ -363,7 +363,8 @@ def plan_collection(
     counts: Sequence[np.ndarray] | None = None, sizing: bool = False,
 ) -> tuple[FeaturePlan, ...]:
     """The plans of every feature of a model, each scheme then seeing all of its features at
-    once (:meth:`~compemb.scheme.Scheme.plan_collection`)."""
+    once (:meth:`~compemb.scheme.Scheme.plan_collection`; a scheme that
+    ``plans_every_feature`` sees the features kept full too)."""
     if counts is not None and len(counts) != len(cardinalities):
         raise ValueError(f"counts for {len(counts)} features, cardinalities for "
                          f"{len(cardinalities)}")
@@ -371,10 +372,11 @@ def plan_collection(
                           counts=None if counts is None else counts[f])
              for f, n in enumerate(cardinalities)]  # fmt: skip
     by_scheme: dict[str, list[int]] = {}
+    every = spec.owner.plans_every_feature
     for f, plan in enumerate(plans):
-        by_scheme.setdefault(plan.spec.scheme, []).append(f)
-    for features in by_scheme.values():
-        owner = plans[features[0]].scheme
+        by_scheme.setdefault(spec.scheme if every else plan.spec.scheme, []).append(f)
+    for name, features in by_scheme.items():
+        owner = SCHEMES.lookup(name)
         for f, plan in zip(features, owner.plan_collection([plans[f] for f in features]),
                            strict=True):
             plans[f] = plan

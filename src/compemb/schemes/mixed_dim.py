@@ -5,7 +5,10 @@ a table of its own width w <= D, from the alpha power rule over every feature's 
 
 The widths depend on all features at once, so a feature planned alone gets the width the rule
 gives a collection of one (the base width, or the budget over n), and
-``MixedDimScheme.plan_collection`` replans the features of a collection together.
+``MixedDimScheme.plan_collection`` replans the features of a collection together: over every
+feature, those kept full by ``threshold`` included, as the reference runs ``md_solver`` over
+all of them (d0 goes to the smallest feature of all) and then keeps the features at or below
+``--md-threshold`` at width D with no projection.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ class MixedDimSettings:
         multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
         init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier`` or
             ``unit_norm`` (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
+        widths_over_all: plan the widths over every feature of the collection, those kept
+            full by ``threshold`` included (the reference's ``md_solver`` then
+            ``md_threshold``); False: over the compressed features only, so d0 goes to the
+            smallest compressed feature and the others come out wider (compemb's planning
+            before this setting existed: its MD checkpoints with a threshold load with False).
     """
 
     alpha: float = 0.3
@@ -57,6 +65,7 @@ class MixedDimSettings:
     round_pow2: bool = False
     multiple_of: int = 1
     init: str = "reference"
+    widths_over_all: bool = True
 
     def __post_init__(self) -> None:
         a = self.alpha
@@ -69,8 +78,10 @@ class MixedDimSettings:
         if self.base_width is not None and self.budget is not None:
             raise ValueError(f"give base_width or budget, not both (base_width="
                              f"{self.base_width}, budget={self.budget})")
-        if not isinstance(self.round_pow2, bool):
-            raise ValueError(f"round_pow2 must be true or false, got {self.round_pow2!r}")
+        for name in ("round_pow2", "widths_over_all"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
@@ -123,6 +134,7 @@ class MixedDimScheme(Scheme):
     knob_grows = True
     sizes = ("base_width", "budget")
     takes_order = False
+    plans_every_feature = True
 
     def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         return P.remainder(num_categories, num_categories)
@@ -141,11 +153,19 @@ class MixedDimScheme(Scheme):
         return None, _params(spec.settings, num_categories, embedding_dim, width)
 
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
-        settings, d = plans[0].spec.settings, plans[0].embedding_dim
-        widths = _widths(settings, [p.num_categories for p in plans], d)
-        return [dataclasses.replace(p, params=(*_params(settings, p.num_categories, d, w),
-                                               *p.maps))
-                for p, w in zip(plans, widths, strict=True)]
+        ours = [f for f, p in enumerate(plans) if p.scheme is self]
+        if not ours:
+            return plans
+        settings, d = plans[ours[0]].spec.settings, plans[0].embedding_dim
+        over = range(len(plans)) if settings.widths_over_all else ours
+        widths = dict(zip(over, _widths(settings, [plans[f].num_categories for f in over], d),
+                          strict=True))
+        out = list(plans)
+        for f in ours:
+            p = plans[f]
+            out[f] = dataclasses.replace(p, params=(
+                *_params(settings, p.num_categories, d, widths[f]), *p.maps))
+        return out
 
     def module(self, plan: FeaturePlan, **common: Any) -> nn.Module:
         return MixedDimEmbeddingBag(plan.num_categories, plan.embedding_dim,
