@@ -102,7 +102,12 @@ class TrainConfig:
     device: str | None = None  # cpu or cuda; None: cuda when available
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
     keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
-    recluster_every: int | None = None  # recluster (CCE) every N steps; 0 or None: never
+    # CCE's reclustering schedule (compemb.training.recluster.recluster_steps): None: at the
+    # end of each epoch, the authors'; N: every N steps; 0: never. Runs written before the
+    # schedule existed: None meant never (now 0) and N reclustered to the end (recluster_until 1).
+    recluster_every: int | None = None
+    recluster_until: float = 0.75  # CCE: none after this share of the run (the authors' 75 %)
+    recluster_times: int = 7  # CCE: for a run whose first epoch ends after the cut-off
 
 
 @dataclass(frozen=True)
@@ -244,10 +249,20 @@ def _resolve(config: Config, source: str) -> Config:
         (t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0: at the end)"),
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1"),
         (t.recluster_every is None or t.recluster_every >= 0,
-         f"train.recluster_every={t.recluster_every}: must be >= 0 (0 or null: never)"),
-        (not t.recluster_every or m.embedding.owner.reclusters,
-         f"train.recluster_every={t.recluster_every}: scheme {m.embedding.scheme!r} has nothing "
-         f"to recluster; leave it out"),
+         f"train.recluster_every={t.recluster_every}: must be >= 0 (0: never; null: at the end "
+         f"of each epoch)"),
+        (0 < t.recluster_until <= 1,
+         f"train.recluster_until={t.recluster_until}: must be a share of the run in (0, 1]"),
+        (t.recluster_times >= 1,
+         f"train.recluster_times={t.recluster_times}: must be >= 1 (never: recluster_every=0)"),
+    ]  # fmt: skip
+    scheduled = [f"train.{f.name}={getattr(t, f.name)}" for f in dataclasses.fields(TrainConfig)
+             if f.name.startswith("recluster_") and getattr(t, f.name) != f.default
+             and getattr(t, f.name) != 0]  # fmt: skip
+    checks += [
+        (not scheduled or m.embedding.owner.reclusters,
+         f"{', '.join(scheduled)}: scheme {m.embedding.scheme!r} has nothing to recluster; leave "
+         f"{'it' if len(scheduled) == 1 else 'them'} out"),
         (m.embedding_dim >= 1, f"model.embedding_dim={m.embedding_dim}: must be >= 1"),
     ]
     for ok, message in checks:

@@ -112,9 +112,9 @@ FRONTIER_SCHEMES: tuple[Line, ...] = (
     Line("tt", (("scheme", "tt"),)),
     Line("robe", (("scheme", "robe"),)),
     Line("dhe", (("scheme", "dhe"),)),
-    # CCE reclusters every 500 steps: once in MovieLens's epoch at batch 128, twice in a
-    # million planted rows' at batch 1024 (the authors recluster a few times early on).
-    Line("cce", (("scheme", "cce"),), train=(("recluster_every", 500),)),
+    # CCE reclusters on the run's default schedule (compemb.training.recluster): in a
+    # one-epoch run, train.recluster_times evenly up to 75 % of its steps.
+    Line("cce", (("scheme", "cce"),)),
 )
 # A value every growing knob takes, to build the spec fit_budget then resizes.
 _GROWING_START = 16
