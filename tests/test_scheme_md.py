@@ -166,6 +166,65 @@ def test_torchrec_collection_equals_the_local_one_with_mixed_widths() -> None:
                                    rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("init", ["reference", "ldim"])
+def test_bias_is_added_once_per_id_of_a_bag(init: str) -> None:
+    """With ``bias`` category i is P T[i] + b: a bag of L ids sums to P (sum of rows) + L b,
+    its mean is P (mean row) + b, per-sample weights scale each b, an empty bag is 0; the
+    init rule draws the table, projection and bias as stated (``ldim``: the CCE authors')."""
+    torch.manual_seed(0)
+    n, w = 40, 4
+    bag = make_embedding_bag(n, D, EmbeddingSpec("md", base_width=w, bias=True, init=init))
+    t, p, b = bag.weight, bag.projection, bag.bias
+    assert b.shape == (D,) and b.abs().max() <= 1 / w**0.5  # nn.Linear's draw for w inputs
+    bound = (1 / w**0.5) if init == "ldim" else (1 / n) ** 0.5
+    assert t.abs().max() <= bound and t.abs().max() > 0.8 * bound
+    if init == "ldim":
+        assert p.abs().max() <= (w / D) ** 0.5
+    values, offsets = torch.tensor([3, 7, 7, 39, 5]), torch.tensor([0, 3, 3])
+    per_id = t[values] @ p.t() + b
+    got = bag(values, offsets)
+    torch.testing.assert_close(got[0], t[values[:3]].sum(0) @ p.t() + 3 * b)
+    torch.testing.assert_close(got[1], torch.zeros(D))  # empty bag
+    torch.testing.assert_close(got[2], per_id[3:].sum(0))
+    weights = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25])
+    weighted = bag(values, offsets, weights)
+    torch.testing.assert_close(weighted[0], (weights[:3, None] * t[values[:3]]).sum(0) @ p.t()
+                               + 3.5 * b)
+    mean = make_embedding_bag(n, D, EmbeddingSpec("md", base_width=w, bias=True, mode="mean"))
+    mean.load_state_dict(bag.state_dict())
+    torch.testing.assert_close(mean(values, offsets)[0], t[values[:3]].mean(0) @ p.t() + b)
+    plan = plan_collection([n], D, EmbeddingSpec("md", base_width=w, bias=True))[0]
+    assert [(q.name, q.shape) for q in plan.params] == [("weight", (n, w)),
+                                                        ("projection", (D, w)), ("bias", (D,))]
+    assert bag.num_parameters == plan.num_parameters == n * w + D * w + D
+
+
+def test_bias_routes_md_per_id_on_torchrec() -> None:
+    """A bias does not commute with pooling: such a feature's table is looked up per id and
+    pooled after the projection (bias-free ones stay pooled); a bag of 3 ids holds 3 b."""
+    pytest.importorskip("torchrec")
+    from compemb.embeddings.torchrec import TorchRecSparseArch
+
+    torch.manual_seed(0)
+    cards = [5, 1000, 250]
+    plain = TorchRecSparseArch(cards, 8, EmbeddingSpec("md", alpha=0.5, base_width=8,
+                                                       multiple_of=4))
+    assert [r.pooled for r in plain.collection.routes] == [True, True, True]
+    spec = EmbeddingSpec("md", alpha=0.5, base_width=8, multiple_of=4, bias=True)
+    ebc = EmbeddingBagCollection(cards, 8, spec)
+    arch = TorchRecSparseArch(cards, 8, spec, plans=ebc.plans)
+    assert [r.pooled for r in arch.collection.routes] == [True, False, False]
+    arch.load_local_state_dict(ebc.state_dict())
+    ids = torch.tensor([[0], [4]])
+    bags = [(torch.tensor([1, 2, 200]), torch.tensor([0, 3])),
+            (torch.tensor([9, 9, 9, 1]), torch.tensor([0, 1]))]
+    out = arch(ids, bags)
+    torch.testing.assert_close(out, ebc(ids, bags), rtol=0, atol=1e-6)
+    state = ebc.state_dict()
+    t, p, b = (state[f"features.1.{k}"] for k in ("weight", "projection", "bias"))
+    torch.testing.assert_close(out[0, 1], t[[1, 2, 200]].sum(0) @ p.t() + 3 * b)
+
+
 def test_torchrec_refuses_widths_fbgemm_cannot_shard() -> None:
     pytest.importorskip("torchrec")
     from compemb.embeddings.torchrec import TorchRecEmbeddingCollection
@@ -194,7 +253,8 @@ def test_fit_budget_picks_the_largest_base_width_that_fits() -> None:
     ({"multiple_of": 2.0}, "multiple_of must be an int >= 1, got 2.0"),
     ({"round_pow2": 1}, "round_pow2 must be true or false, got 1"),
     ({"widths_over_all": "yes"}, "widths_over_all must be true or false, got 'yes'"),
-    ({"init": "default"}, r"init must be one of \('reference', 'xavier', 'unit_norm'\)"),
+    ({"bias": 1}, "bias must be true or false, got 1"),
+    ({"init": "default"}, r"init must be one of \('reference', 'xavier', 'unit_norm', 'ldim'\)"),
     ({"collisions": 4}, "scheme 'md' has no setting 'collisions'"),
 ])  # fmt: skip
 def test_settings_are_checked(settings: dict, message: str) -> None:

@@ -1,7 +1,8 @@
 """Mixed-dimension embeddings (Ginart et al.; the reference DLRM's ``--md-flag``): each feature
 a table of its own width w <= D, from the alpha power rule over every feature's cardinality
 (:func:`~compemb.embeddings.mixed_dim.md_widths`), projected to D by a bias-free (D, w) matrix
-(none where w == D).
+(none where w == D) as the reference's ``PrEmbeddingBag``; ``bias`` adds one (the CCE authors'
+low-dimension-plus-linear variant has it).
 
 The widths depend on all features at once, so a feature planned alone gets the width the rule
 gives a collection of one (the base width, or the budget over n), and
@@ -25,9 +26,11 @@ from compemb import partitions as P
 from compemb.embeddings.mixed_dim import (
     INITS,
     MixedDimEmbeddingBag,
+    init_bias,
     init_projection,
     md_table_bounds,
     md_widths,
+    projection_rule,
 )
 from compemb.operations import Operation
 from compemb.partitions import PartitionSet
@@ -50,8 +53,11 @@ class MixedDimSettings:
         budget: B, the target sum of n_i w_i over the features, instead of ``base_width``.
         round_pow2: round each width to the nearest power of 2 (the reference's ``round_dim``).
         multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
-        init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier`` or
-            ``unit_norm`` (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
+        init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier``,
+            ``unit_norm`` or ``ldim`` (the CCE authors' draws)
+            (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
+        bias: give each projection a (D,) bias, ``nn.Linear``'s draw (the CCE authors'
+            ``LowDimensionalEmbedding``); the reference's projection has none.
         widths_over_all: plan the widths over every feature of the collection, those kept
             full by ``threshold`` included (the reference's ``md_solver`` then
             ``md_threshold``); False: over the compressed features only, so d0 goes to the
@@ -65,6 +71,7 @@ class MixedDimSettings:
     round_pow2: bool = False
     multiple_of: int = 1
     init: str = "reference"
+    bias: bool = False
     widths_over_all: bool = True
 
     def __post_init__(self) -> None:
@@ -78,7 +85,7 @@ class MixedDimSettings:
         if self.base_width is not None and self.budget is not None:
             raise ValueError(f"give base_width or budget, not both (base_width="
                              f"{self.base_width}, budget={self.budget})")
-        for name in ("round_pow2", "widths_over_all"):
+        for name in ("round_pow2", "bias", "widths_over_all"):
             v = getattr(self, name)
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
@@ -98,26 +105,35 @@ def _widths(settings: MixedDimSettings, cardinalities: Sequence[int], embedding_
 
 def _params(settings: MixedDimSettings, num_categories: int, embedding_dim: int, width: int
             ) -> list[ParamPlan]:
-    """The (n, w) table and, where w < D, the (D, w) projection."""
+    """The (n, w) table and, where w < D, the (D, w) projection and its bias (``bias``)."""
     table = ParamPlan("weight", (num_categories, width), "table",
                       md_table_bounds(settings.init, num_categories, width))
     if width == embedding_dim:
         return [table]
-    rule = "unit_norm" if settings.init == "unit_norm" else "xavier_uniform"
-    return [table, ParamPlan("projection", (embedding_dim, width), "dense", rule)]
+    projection = ParamPlan("projection", (embedding_dim, width), "dense",
+                           projection_rule(settings.init))
+    if not settings.bias:
+        return [table, projection]
+    return [table, projection, ParamPlan("bias", (embedding_dim,), "dense", "linear_bias")]
 
 
 class _Projection(nn.Module):
-    """A feature's projection alone, data-parallel on TorchRec: looked-up rows (N, w) -> (N, D)."""
+    """A feature's projection alone, data-parallel on TorchRec: looked-up rows (N, w) -> (N, D)
+    (and its bias, added to each row)."""
 
-    def __init__(self, embedding_dim: int, width: int, init: str,
+    def __init__(self, embedding_dim: int, width: int, init: str, bias: bool,
                  device: torch.device | str | None = None):
         super().__init__()
         self.projection = nn.Parameter(torch.empty(embedding_dim, width, device=device))
         init_projection(self.projection, init, embedding_dim)
+        self.bias = nn.Parameter(torch.empty(embedding_dim, device=device)) if bias else None
+        if self.bias is not None:
+            init_bias(self.bias, width)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows @ self.projection.t()
+        if self.bias is None:
+            return rows @ self.projection.t()
+        return torch.addmm(self.bias, rows, self.projection.t())
 
 
 def _project(parts: list[torch.Tensor], rest: Sequence[torch.Tensor],
@@ -168,8 +184,9 @@ class MixedDimScheme(Scheme):
         return out
 
     def module(self, plan: FeaturePlan, **common: Any) -> nn.Module:
+        s = plan.spec.settings
         return MixedDimEmbeddingBag(plan.num_categories, plan.embedding_dim,
-                                    plan.tables[0].width, init=plan.spec.settings.init, **common)
+                                    plan.tables[0].width, init=s.init, bias=s.bias, **common)
 
     def stacking(self, plan: FeaturePlan) -> str:
         return "mixed-dimension tables each have their own width and projection"
@@ -184,15 +201,18 @@ class MixedDimScheme(Scheme):
                 f"{SHARDABLE_WIDTH} to round the widths up (counted in the plan)")
         if w == d:
             return TorchRecPlan(True, 1, _project)
-        # the projection is linear and bias-free: it commutes with sum and mean pooling
+        s = plan.spec.settings
         on = "cpu" if device is not None and torch.device(device).type == "meta" else device
-        return TorchRecPlan(True, 1, _project, _Projection(d, w, plan.spec.settings.init, on))
+        # a bias-free projection is linear: it commutes with sum and mean pooling, so rows
+        # are looked up pooled and projected once per bag. With a bias a bag of L ids holds
+        # L b (its weights' sum times b): projected per id, then pooled.
+        return TorchRecPlan(not s.bias, 1, _project, _Projection(d, w, s.init, s.bias, on))
 
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         s = spec.settings
         size = f"B={s.budget}" if s.budget is not None else \
             f"d0={s.base_width if s.base_width is not None else 'D'}"
-        return f"md alpha={s.alpha} {size}", s.init
+        return f"md alpha={s.alpha} {size}", s.init + (" +bias" if s.bias else "")
 
 
 __all__ = [
