@@ -57,7 +57,8 @@ class Line:
             3-row quotient table), so candidates stop there; False for the hashing trick.
         hot_share: the share of each target's budget spent on ``hot`` private rows; the
             library's ``fit_budget`` then picks hot and collisions (the knob is not searched).
-        train: fixed ``TrainConfig`` fields the scheme needs (CCE's ``recluster_every``).
+        train: fixed ``TrainConfig`` fields the scheme needs (none of the built-in lines:
+            CCE reclusters on the default schedule).
     """
 
     series: str
