@@ -34,7 +34,8 @@ def test_multi_epoch_runs_recluster_at_the_authors_epoch_ends(epochs: int) -> No
 
 def test_a_run_shorter_than_the_cut_off_reclusters_evenly_before_it() -> None:
     # one epoch of MovieLens-100k at batch 128: 625 steps, the cut-off at step 468
-    assert recluster_steps(625, 625) == (66, 133, 200, 267, 334, 401, 468)
+    assert recluster_steps(625, 625) == (156, 312, 468)
+    assert recluster_steps(625, 625, times=7) == (66, 133, 200, 267, 334, 401, 468)
     assert recluster_steps(625, 625, times=1) == (468,)
     assert recluster_steps(625, 625, times=2, until=0.5) == (156, 312)
     # max_steps inside the first epoch: the same rule over the steps run
@@ -54,7 +55,7 @@ def test_never_on_the_last_step_nor_after_the_cut_off() -> None:
 
 def test_schedule_config_defaults_and_old_configs() -> None:
     t = Config().train
-    assert (t.recluster_every, t.recluster_until, t.recluster_times) == (None, 0.75, 7)
+    assert (t.recluster_every, t.recluster_until, t.recluster_times) == (None, 0.75, 3)
     old = load_config_text("model: {embedding: {scheme: cce, rows: 8}}\n"
                            "train: {recluster_every: 500}", "an old run's config.yaml")
     assert old.train.recluster_every == 500 and old.train.recluster_until == 0.75
@@ -68,8 +69,8 @@ def test_schedule_config_defaults_and_old_configs() -> None:
     ([*CCE, "train.recluster_until=0"], r"recluster_until=0.0: must be a share of the run in"),
     ([*CCE, "train.recluster_until=1.5"], r"recluster_until=1.5: must be a share"),
     ([*CCE, "train.recluster_times=0"], r"recluster_times=0: must be >= 1"),
-    (["train.recluster_times=3", "train.recluster_until=0.5"],
-     r"train.recluster_until=0.5, train.recluster_times=3: scheme 'full' has nothing to "
+    (["train.recluster_times=5", "train.recluster_until=0.5"],
+     r"train.recluster_until=0.5, train.recluster_times=5: scheme 'full' has nothing to "
      r"recluster; leave them out"),
 ])  # fmt: skip
 def test_impossible_schedules_are_refused(overrides: list[str], message: str) -> None:

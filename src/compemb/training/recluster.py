@@ -26,7 +26,7 @@ __all__ = ["feature_seed", "recluster_local", "recluster_steps"]
 
 
 def recluster_steps(total_steps: int, steps_per_epoch: int, *, every: int | None = None,
-                    until: float = 0.75, times: int = 7) -> tuple[int, ...]:
+                    until: float = 0.75, times: int = 3) -> tuple[int, ...]:
     """The steps after which a run of ``total_steps`` reclusters, in order.
 
     The cut-off is step C = floor(``until`` x ``total_steps``); no step after it reclusters,
@@ -45,7 +45,7 @@ def recluster_steps(total_steps: int, steps_per_epoch: int, *, every: int | None
 
     >>> recluster_steps(50, 5)  # 10 epochs of 5 steps: the ends of epochs 1 .. 7
     (5, 10, 15, 20, 25, 30, 35)
-    >>> recluster_steps(625, 625, times=3)  # one epoch: 3 spread over its first 468 steps
+    >>> recluster_steps(625, 625)  # one epoch: 3 spread over its first 468 steps
     (156, 312, 468)
     >>> recluster_steps(12, 100, every=4, until=1.0)  # never the last step
     (4, 8)
