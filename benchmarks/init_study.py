@@ -11,7 +11,10 @@ One run per seed gives every checkpoint (the first 20 epochs of a 100-epoch run 
 run: same seed, same scheduler state).
 
 QR mult tables come from compemb's factory (``make_embedding_bag``) with collisions chosen by
-``fit_budget`` to use at most 6,400 parameters; the full table is the anchor.
+``fit_budget`` to use at most 6,400 parameters; the full table is the anchor. The ``md`` rules
+(issue 24, item 9) are mixed-dimension tables at the largest width that fits the same budget,
+with the reference's bias-free Xavier projection or the CCE authors' ``ldim`` draws, each with
+and without a projection bias (their ``LowDimensionalEmbedding`` has both).
 
     .venv/bin/python benchmarks/init_study.py [--rules default unit_tail gates unit_norm full]
         [--seeds 0 1 2] [--epochs 100] [--checkpoints 20 100] [--out results.json]
@@ -37,6 +40,11 @@ from compemb.spec import EmbeddingSpec
 
 DIM = 32
 PARAMS_PER_TABLE = 200 * DIM  # CCE's --ppd 200 at D = 32
+# rule -> the md settings it names
+MD_RULES: dict[str, dict[str, object]] = {
+    "md": {}, "md+bias": {"bias": True},
+    "md ldim": {"init": "ldim"}, "md ldim+bias": {"init": "ldim", "bias": True},
+}
 
 
 def load_ratings() -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -63,6 +71,9 @@ def make_table(n: int, rule: str) -> nn.Module:
     """A QR mult table within the budget under init ``rule``, or the full table (rule full)."""
     if rule == "full":
         return make_embedding_bag(n, DIM, validate=False)
+    if rule in MD_RULES:
+        spec = fit_budget([n], DIM, EmbeddingSpec("md", **MD_RULES[rule]), PARAMS_PER_TABLE)
+        return make_embedding_bag(n, DIM, spec, validate=False)
     spec = fit_budget([n], DIM, EmbeddingSpec("qr", "mult", collisions=2, init=rule),
                       PARAMS_PER_TABLE)
     return make_embedding_bag(n, DIM, spec, validate=False)
@@ -124,7 +135,7 @@ def plot(curves: dict[str, list[list[float]]], path: str) -> None:
         ax.fill_between(epochs, best.min(0), best.max(0), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("best validation AUC so far")
-    ax.set_title("MovieLens-100k GMF, QR mult at 6,400 parameters per table")
+    ax.set_title("MovieLens-100k GMF at 6,400 parameters per table")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -170,8 +181,9 @@ def main() -> None:
         if rule != "full":
             for n in (n_users, n_items):
                 m = make_table(n, rule)
-                print(f"  {rule}: n={n} collisions={m.partitions.sizes[1]} "
-                      f"params={m.num_parameters}")
+                size = f"width={m.width}" if rule in MD_RULES else \
+                    f"collisions={m.partitions.sizes[1]}"
+                print(f"  {rule}: n={n} {size} params={m.num_parameters}")
     curves: dict[str, list[list[float]]] = {}
     for rule in args.rules:
         start = time.perf_counter()

@@ -146,7 +146,7 @@ def test_torchrec_refuses_widths_fbgemm_cannot_shard() -> None:
     ({"alpha": -1}, "alpha must be a number >= 0, got -1"),
     ({"num_blocks": 0}, "num_blocks must be an int >= 1, got 0"),
     ({"base_width": 2.5}, "base_width must be an int >= 1, got 2.5"),
-    ({"init": "default"}, r"init must be one of \('reference', 'xavier', 'unit_norm'\)"),
+    ({"init": "default"}, r"init must be one of \('reference', 'xavier', 'unit_norm', 'ldim'\)"),
     ({"collisions": 4}, "scheme 'md_block' has no setting 'collisions'"),
 ])  # fmt: skip
 def test_settings_are_checked(given: dict, message: str) -> None:

@@ -110,7 +110,14 @@ class TrainConfig:
     device: str | None = None  # cpu or cuda; None: cuda when available
     sharding: str = "replicate"  # replicate, or torchrec: tables sharded by TorchRec's DMP
     keep_checkpoints: int = 1  # sharded runs: the newest N checkpoints kept (one folder each)
-    recluster_every: int | None = None  # recluster (CCE) every N steps; 0 or None: never
+    # CCE's reclustering schedule (compemb.training.recluster.recluster_steps): None: at the
+    # end of each epoch, the authors'; N: every N steps; 0: never. Runs written before the
+    # schedule existed: None meant never (now 0) and N reclustered to the end (recluster_until 1).
+    recluster_every: int | None = None
+    recluster_until: float = 0.75  # CCE: none after this share of the run (the authors' 75 %)
+    # CCE: for a run whose first epoch ends after the cut-off (MovieLens, one epoch: 1 and 3
+    # level, 7 worse; docs/robe-dhe.md)
+    recluster_times: int = 3
     # the learning rate rises linearly from lr / N to lr over the first N steps (every
     # parameter, as the reference DLRM's warm-up); without it Adagrad's first steps, each
     # lr * sign(gradient) on every MLP weight, can kill the bottom MLP's output layer (a run
@@ -278,10 +285,20 @@ def _resolve(config: Config, source: str) -> Config:
         (t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}: must be >= 0 (0: none)"),
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1"),
         (t.recluster_every is None or t.recluster_every >= 0,
-         f"train.recluster_every={t.recluster_every}: must be >= 0 (0 or null: never)"),
-        (not t.recluster_every or m.embedding.owner.reclusters,
-         f"train.recluster_every={t.recluster_every}: scheme {m.embedding.scheme!r} has nothing "
-         f"to recluster; leave it out"),
+         f"train.recluster_every={t.recluster_every}: must be >= 0 (0: never; null: at the end "
+         f"of each epoch)"),
+        (0 < t.recluster_until <= 1,
+         f"train.recluster_until={t.recluster_until}: must be a share of the run in (0, 1]"),
+        (t.recluster_times >= 1,
+         f"train.recluster_times={t.recluster_times}: must be >= 1 (never: recluster_every=0)"),
+    ]  # fmt: skip
+    scheduled = [f"train.{f.name}={getattr(t, f.name)}" for f in dataclasses.fields(TrainConfig)
+             if f.name.startswith("recluster_") and getattr(t, f.name) != f.default
+             and getattr(t, f.name) != 0]  # fmt: skip
+    checks += [
+        (not scheduled or m.embedding.owner.reclusters,
+         f"{', '.join(scheduled)}: scheme {m.embedding.scheme!r} has nothing to recluster; leave "
+         f"{'it' if len(scheduled) == 1 else 'them'} out"),
         (m.embedding_dim >= 1, f"model.embedding_dim={m.embedding_dim}: must be >= 1"),
     ]
     for ok, message in checks:
@@ -343,8 +360,35 @@ def load_config(path: str | Path) -> Config:
 
 
 # Defaults changed since runs were first written: a run's config.yaml holds every field there was
-# when it was written, so one that lacks a field here predates it and ran with this value.
-PAST_DEFAULTS: dict[str, Any] = {"train.warmup_steps": 0, "model.embedding.cap_at_full": False}
+# when it was written, so one that lacks a field here predates it and ran with this value
+# (``model.embedding[S].NAME``: a setting of scheme S only).
+PAST_DEFAULTS: dict[str, Any] = {
+    "train.warmup_steps": 0,
+    "model.embedding.cap_at_full": False,
+    "model.embedding[md].widths_over_all": False,
+    "train.recluster_times": 3,
+    "train.recluster_until": 1.0,  # N steps reclustered to the end
+}
+
+
+def _written_before(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as it ran, for a config.yaml written before fields it lacks existed."""
+    train = raw.get("train")
+    if isinstance(train, dict) and "recluster_until" not in train \
+            and train.get("recluster_every") is None:
+        train["recluster_every"] = 0  # null meant never before the authors' schedule
+    for key, value in PAST_DEFAULTS.items():
+        path, name = key.rsplit(".", 1)
+        section, _, scheme = path.partition("[")
+        holder: Any = raw
+        for part in section.split("."):
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict):
+            continue
+        if scheme and holder.get("scheme") != scheme.rstrip("]"):
+            continue
+        holder.setdefault(name, value)
+    return raw
 
 
 def load_run_config(path: str | Path) -> Config:
@@ -355,17 +399,7 @@ def load_run_config(path: str | Path) -> Config:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: cannot parse: {err}") from err
-    if isinstance(raw, dict):
-        for key, value in PAST_DEFAULTS.items():
-            *sections, name = key.split(".")
-            holder = raw
-            for section in sections:
-                if not isinstance(holder.get(section, {}), dict):
-                    break
-                holder = holder.setdefault(section, {})
-            else:
-                holder.setdefault(name, value)
-    return config_from_dict(raw, str(path))
+    return config_from_dict(_written_before(raw) if isinstance(raw, dict) else raw, str(path))
 
 
 def _parse_override(item: str) -> tuple[list[str], str]:

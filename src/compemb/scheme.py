@@ -154,7 +154,13 @@ class Scheme(ABC):
         takes_hot: whether ``hot`` private rows apply (composed with the scheme's tables).
         takes_order: whether ids may be renumbered (``order``) before partitioning.
         reclusters: whether its modules have a ``recluster(seed, all_reduce=None)`` that the
-            trainer calls every ``train.recluster_every`` steps (CCE's k-means).
+            trainer calls on the run's reclustering schedule (CCE's k-means;
+            :func:`compemb.training.recluster.recluster_steps`).
+        plans_every_feature: whether :meth:`plan_collection` is given the plans of every
+            feature of the collection, those kept full (by ``threshold`` or
+            :meth:`cannot_shrink`) included, which it returns as they are: for a scheme that
+            plans its features relative to all of them (MD's widths, as the reference's
+            ``md_solver`` runs over every feature before its threshold).
     """
 
     name: str
@@ -166,6 +172,7 @@ class Scheme(ABC):
     takes_hot: ClassVar[bool] = False
     takes_order: ClassVar[bool] = True
     reclusters: ClassVar[bool] = False
+    plans_every_feature: ClassVar[bool] = False
 
     def setting_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.settings_type))
@@ -230,7 +237,8 @@ class Scheme(ABC):
 
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
         """Adjust the plans of every feature this scheme embeds, seen together (for schemes
-        whose features share or split something); the default plans features one by one."""
+        whose features share or split something; with :attr:`plans_every_feature`, every
+        feature of the collection); the default plans features one by one."""
         return plans
 
     def knob_limit(self, cardinalities: Sequence[int], embedding_dim: int) -> int | None:

@@ -515,7 +515,8 @@ def plan_collection(
     counts: Sequence[np.ndarray] | None = None, sizing: bool = False,
 ) -> tuple[FeaturePlan, ...]:
     """The plans of every feature of a model, each scheme then seeing all of its features at
-    once (:meth:`~compemb.scheme.Scheme.plan_collection`); last, any feature whose plan would
+    once (:meth:`~compemb.scheme.Scheme.plan_collection`; a scheme that
+    ``plans_every_feature`` sees the features kept full too); last, any feature whose plan would
     hold more bytes (parameters and id maps) than its full table keeps the full table
     (:attr:`FeaturePlan.kept_full` says why), decided once, on the plans as the schemes left
     them."""
@@ -526,10 +527,11 @@ def plan_collection(
                    None if counts is None else counts[f], sizing)
              for f, n in enumerate(cardinalities)]  # fmt: skip
     by_scheme: dict[str, list[int]] = {}
+    every = spec.owner.plans_every_feature
     for f, plan in enumerate(plans):
-        by_scheme.setdefault(plan.spec.scheme, []).append(f)
-    for features in by_scheme.values():
-        owner = plans[features[0]].scheme
+        by_scheme.setdefault(spec.scheme if every else plan.spec.scheme, []).append(f)
+    for name, features in by_scheme.items():
+        owner = SCHEMES.lookup(name)
         for f, plan in zip(features, owner.plan_collection([plans[f] for f in features]),
                            strict=True):
             plans[f] = plan

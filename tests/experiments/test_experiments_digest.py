@@ -94,7 +94,7 @@ def test_the_digest_leaves_out_neutral_fields_and_hashes_the_version(monkeypatch
     assert digest.config_fields(reclusters)["train.recluster_every"] == 10
     assert digest.config_fields(config)["model.embedding[qr].collisions"] == 4
     before = digest.run_digest(config)
-    monkeypatch.setattr(digest, "RESULTS_VERSION", 2)
+    monkeypatch.setattr(digest, "RESULTS_VERSION", digest.RESULTS_VERSION + 1)
     assert digest.run_digest(config) != before
 
 
@@ -116,7 +116,7 @@ def test_a_new_field_off_its_neutral_value_or_unregistered_trains_anew(
 
 
 def test_a_results_version_bump_trains_anew(out, dataset, monkeypatch):
-    monkeypatch.setattr(digest, "RESULTS_VERSION", 2)
+    monkeypatch.setattr(digest, "RESULTS_VERSION", digest.RESULTS_VERSION + 1)
     with pytest.raises(Retrained):
         run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)
 
@@ -133,7 +133,9 @@ def earlier_named(folder, edit=("", "")):
     return folder.rename(earlier)
 
 
-def test_a_folder_of_the_earlier_digest_is_adopted_once(out, dataset, finished):
+def test_a_folder_of_the_earlier_digest_is_adopted_once(out, dataset, finished, monkeypatch):
+    # as when folders were first stamped: an unstamped folder was written at this version
+    monkeypatch.setattr(digest, "_UNSTAMPED", digest.RESULTS_VERSION)
     folder = the_folder(out)
     # written before train.recluster_every existed: the config file lacks it
     earlier = earlier_named(folder, ("  recluster_every: null\n", ""))
@@ -160,7 +162,7 @@ def test_an_earlier_folder_of_another_run_is_left_alone(out, dataset, edit):
 
 def test_an_earlier_folder_of_another_results_version_is_left_alone(out, dataset, monkeypatch):
     earlier = earlier_named(the_folder(out))
-    monkeypatch.setattr(digest, "RESULTS_VERSION", 2)
+    monkeypatch.setattr(digest, "RESULTS_VERSION", digest.RESULTS_VERSION + 1)
     with pytest.raises(Retrained):
         run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)
     assert earlier.is_dir()
@@ -168,5 +170,6 @@ def test_an_earlier_folder_of_another_results_version_is_left_alone(out, dataset
 
 def test_a_folder_stamped_by_another_version_is_refused(out, dataset):
     (the_folder(out) / digest.VERSION_FILE).write_text("7\n")
-    with pytest.raises(ValueError, match="written at results version 7, this code is at 1"):
+    now = digest.RESULTS_VERSION
+    with pytest.raises(ValueError, match=f"written at results version 7, this code is at {now}"):
         run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)

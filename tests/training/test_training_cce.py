@@ -1,7 +1,7 @@
-"""CCE through the trainer and the CLI: ``compemb train`` on MovieLens with reclustering, a run
-interrupted between reclusterings resumes to the run that never stopped, ``compemb params``
-counts tables and id maps, the settings that cannot work are refused, and sharded training
-without reclustering counts as replicated."""
+"""CCE through the trainer and the CLI: ``compemb train`` on MovieLens with reclustering,
+``compemb params`` counts tables and id maps, the settings that cannot work are refused, and
+sharded training without reclustering counts as replicated (the schedule and an exact resume
+under it: test_training_recluster.py)."""
 
 from __future__ import annotations
 
@@ -58,29 +58,6 @@ def test_cli_trains_on_movielens_and_reclusters(tmp_path: Path,
 
 
 
-def test_resume_between_reclusterings_is_exact(synth: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reclustering at steps 3 and 6 before the crash at 7, at 9 and 12 after the resume."""
-    config = trainkit.tiny_config(synth, *CCE, "train.max_steps=12", "train.recluster_every=3")
-    with trainkit.one_thread():
-        full = train(config, tmp_path / "full", progress=False)
-        never = train(apply_overrides(config, ["train.recluster_every=0"]), tmp_path / "never",
-                      progress=False)
-        resumed = trainkit.crash_then_resume(config, tmp_path / "run", monkeypatch, 7)
-    assert resumed["steps"] == 12
-    assert never["val_logloss"] != pytest.approx(full["val_logloss"], abs=1e-6)
-    for key, value in trainkit.final(tmp_path / "full").items():
-        if isinstance(value, float):
-            assert resumed[key] == pytest.approx(value, abs=1e-6), key
-        else:
-            assert resumed[key] == value, key
-    saved = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["model"]
-             for run in ("full", "run")]
-    assert saved[0].keys() == saved[1].keys()
-    for key in saved[0]:
-        torch.testing.assert_close(saved[1][key], saved[0][key], rtol=0, atol=1e-6, msg=key)
-
-
 def test_params_counts_tables_and_id_maps(capsys: pytest.CaptureFixture) -> None:
     assert main(["params", "--scheme", "cce", "--rows", "64", "--chunks", "4",
                  "--threshold", "100", "--json"]) == 0
@@ -114,7 +91,7 @@ def test_sharded_on_torchrec_trains_reclusters_and_counts_as_replicated(synth: P
     module; the rank owning a chunk table reclusters it (one rank here)."""
     pytest.importorskip("torchrec")
     config = trainkit.tiny_config(synth, *CCE, "model.embedding.chunks=1", "train.max_steps=6",
-                                  "train.optimizer=adagrad")  # fmt: skip
+                                  "train.optimizer=adagrad", "train.recluster_every=0")  # fmt: skip
     sharding = ["train.sharding=torchrec"]
     with trainkit.one_thread():
         replicated = train(config, tmp_path / "r", progress=False)

@@ -10,13 +10,14 @@ seeded hash) and ``h_i`` a seeded hash (``compemb.embeddings._universal``). Both
 chunk are one table of 2R rows (T_i the first R, H_i the last R), so a TorchRec table-wise
 plan puts a whole chunk on one rank.
 
-Every so often (``train.recluster_every``) :meth:`CCEEmbeddingBag.recluster` runs k-means with
-k = R over each chunk's current vectors of the ids seen in training, points every seen id's
-``a_i`` at its nearest centroid and makes T_i the centroids: ids whose vectors agree come to
-share a row. As the authors' ``CCEmbedding.cluster`` (github.com/thomasahle/cce, ``cce/cce.py``)
-it then draws a new hash ``h_i`` and sets each row of H_i to the mean residual (vector before,
-minus its new centroid) of the ids hashed to it, so the vectors change little. Where this
-differs from that code, and why:
+On the run's schedule (the authors': at epoch ends up to 75 % of the run;
+:func:`compemb.training.recluster.recluster_steps`) :meth:`CCEEmbeddingBag.recluster` runs
+k-means with k = R over each chunk's current vectors of the ids seen in training, points every
+seen id's ``a_i`` at its nearest centroid and makes T_i the centroids: ids whose vectors agree
+come to share a row. As the authors' ``CCEmbedding.cluster`` (github.com/thomasahle/cce,
+``cce/cce.py``) it then draws a new hash ``h_i`` and sets each row of H_i to the mean residual
+(vector before, minus its new centroid) of the ids hashed to it, so the vectors change little.
+Where this differs from that code, and why:
 
 - Only ids seen in training are clustered and reassigned (the code clusters every id of the
   vocabulary): an unseen id's vector is its untrained init, which would pull centroids, and

@@ -38,7 +38,9 @@ __all__ = [
     "MixedDimEmbeddingBag",
     "block_widths",
     "frequency_blocks",
+    "init_bias",
     "init_projection",
+    "projection_rule",
     "md_base_width_for_budget",
     "md_parameters",
     "md_table_bounds",
@@ -47,7 +49,7 @@ __all__ = [
     "size_block_widths",
 ]
 
-INITS = ("reference", "xavier", "unit_norm")
+INITS = ("reference", "xavier", "unit_norm", "ldim")
 
 
 def _positive_int(value: object, what: str) -> int:
@@ -184,25 +186,45 @@ def md_base_width_for_budget(
 def md_table_bounds(init: str, num_categories: int, width: int) -> tuple[float, float]:
     """U(-b, b) of an (n, w) mixed-dimension table under rule ``init`` (class docstring of
     :class:`MixedDimEmbeddingBag`): the full table's a = sqrt(1/n) (``reference``), Xavier's
-    sqrt(6 / (n + w)) (``xavier``) or sqrt(3/w) (``unit_norm``)."""
+    sqrt(6 / (n + w)) (``xavier``), sqrt(3/w) (``unit_norm``) or 1/sqrt(w) (``ldim``)."""
     if init == "reference":  # the DLRM script: the full table's U(-a, a)
         b = full_table_bound(num_categories)
     elif init == "xavier":  # PrEmbeddingBag's own constructor
         b = math.sqrt(6.0 / (num_categories + width))
-    else:  # unit_norm: rows of norm about 1
+    elif init == "unit_norm":  # rows of norm about 1
         b = math.sqrt(3.0 / width)
+    else:  # ldim: the CCE authors' LowDimensionalEmbedding
+        b = 1.0 / math.sqrt(width)
     return -b, b
 
 
+def projection_rule(init: str) -> str:
+    """The name of the projection's draw under rule ``init``, as plans record it."""
+    return {"reference": "xavier_uniform", "xavier": "xavier_uniform"}.get(init, init)
+
+
 def init_projection(projection: torch.Tensor, init: str, embedding_dim: int) -> None:
-    """Draw a (D, w) projection in place: Xavier uniform, or U(-b, b), b = sqrt(3/D), that
-    keeps the expected norm (``unit_norm``)."""
+    """Draw a (D, w) projection in place: Xavier uniform; U(-b, b), b = sqrt(3/D), that keeps
+    the expected norm (``unit_norm``); or U(-b, b), b = sqrt(w/D) (``ldim``, the CCE authors'
+    ``LowDimensionalEmbedding``)."""
     with torch.no_grad():
         if init == "unit_norm":
             b = math.sqrt(3.0 / embedding_dim)
             projection.uniform_(-b, b)
+        elif init == "ldim":
+            b = math.sqrt(projection.shape[1] / embedding_dim)
+            projection.uniform_(-b, b)
         else:
             nn.init.xavier_uniform_(projection)
+
+
+def init_bias(bias: torch.Tensor, width: int) -> None:
+    """Draw a projection's (D,) bias in place: U(-b, b), b = 1/sqrt(w), ``nn.Linear``'s own
+    draw for a layer of w inputs (what the CCE authors' ``LowDimensionalEmbedding`` keeps),
+    whatever the init rule."""
+    with torch.no_grad():
+        b = 1.0 / math.sqrt(width)
+        bias.uniform_(-b, b)
 
 
 def _init_table(weight: torch.Tensor, projection: torch.Tensor | None, init: str,
@@ -223,16 +245,20 @@ def _check_init(init: str, where: str) -> str:
 
 class MixedDimEmbeddingBag(BagModule):
     """One feature's mixed-dimension embedding: a table (n, w), then a bias-free projection
-    ``P`` (D, w), so category i gets ``P @ T[i]`` (just ``T[i]`` when w == D).
+    ``P`` (D, w), so category i gets ``P @ T[i]`` (just ``T[i]`` when w == D); with ``bias``,
+    ``P @ T[i] + b`` (b (D,); none when w == D).
 
     Pooling is linear in the vectors, so sum and mean pool the table rows first and project
-    once per bag; max projects every id first.
+    once per bag; max projects every id first, and so does a bias (a bag of L ids holds L
+    times b under sum pooling, its weights' sum times b with per-sample weights).
 
     Init (``init``): ``reference`` (default) is what the reference DLRM trains with: the table
     at the full table's U(-a, a), a = sqrt(1/n), the projection Xavier uniform (its module's
     own constructor draws the table Xavier uniform too: ``xavier``); ``unit_norm`` gives rows
     of norm about 1 (U(-c, c), c = sqrt(3/w)) and a projection U(-b, b), b = sqrt(3/D), that
-    keeps the expected norm.
+    keeps the expected norm; ``ldim`` is the CCE authors' ``LowDimensionalEmbedding``
+    (github.com/thomasahle/cce): the table U(-1/sqrt(w), 1/sqrt(w)), the projection
+    U(-sqrt(w/D), sqrt(w/D)). The bias is always ``nn.Linear``'s U(-1/sqrt(w), 1/sqrt(w)).
 
     Shapes: input (B, L) or (N,) with offsets (B,); output (B, D).
 
@@ -249,6 +275,7 @@ class MixedDimEmbeddingBag(BagModule):
         mode: str = "sum",
         *,
         init: str = "reference",
+        bias: bool = False,
         sparse: bool = False,
         include_last_offset: bool = False,
         validate: bool = True,
@@ -268,6 +295,8 @@ class MixedDimEmbeddingBag(BagModule):
                                                dtype=dtype))
         self.projection = None if width == embedding_dim else nn.Parameter(
             torch.empty(embedding_dim, width, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(embedding_dim, device=device, dtype=dtype)) \
+            if bias and self.projection is not None else None
         self.reset_parameters()
 
     @property
@@ -275,12 +304,18 @@ class MixedDimEmbeddingBag(BagModule):
         return self.num_categories
 
     def reset_parameters(self) -> None:
-        """Draw the table and projection by rule ``init`` (class docstring)."""
+        """Draw the table, projection and bias by rule ``init`` (class docstring)."""
         _init_table(self.weight, self.projection, self.init, self.num_categories,
                     self.embedding_dim)
+        if self.bias is not None:
+            init_bias(self.bias, self.width)
 
     def _project(self, values: torch.Tensor) -> torch.Tensor:
-        return values if self.projection is None else values @ self.projection.t()
+        if self.projection is None:
+            return values
+        if self.bias is None:
+            return values @ self.projection.t()
+        return torch.addmm(self.bias, values, self.projection.t())
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         """Each id's projected vector: (N,) int64 -> (N, D), no range check."""
@@ -293,7 +328,7 @@ class MixedDimEmbeddingBag(BagModule):
         per_sample_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embed bags: input (B, L) or (N,) with offsets -> (B, D)."""
-        if self.mode == "max":
+        if self.mode == "max" or self.bias is not None:
             return super().forward(input, offsets, per_sample_weights)
         bags = self._bags(input, offsets, per_sample_weights)
         ids = bags.ids if bags.length is None else bags.ids.view(bags.batch, bags.length)
@@ -305,7 +340,7 @@ class MixedDimEmbeddingBag(BagModule):
 
     def extra_repr(self) -> str:
         return (f"{self.num_categories}, {self.embedding_dim}, width={self.width}, "
-                f"mode={self.mode!r}, init={self.init!r}")
+                f"mode={self.mode!r}, init={self.init!r}, bias={self.bias is not None}")
 
 
 def frequency_blocks(num_categories: int, num_blocks: int) -> tuple[int, ...]:

@@ -57,7 +57,11 @@ __all__ = [
     "write_version",
 ]
 
-RESULTS_VERSION = 1  # bump when the same config trains to a different result (module docstring)
+# bump when the same config trains to a different result (module docstring). 2: recluster_every
+# null changed meaning (never -> the authors' schedule) and the successors' stacked forms draw
+# their init in another order, in the same change as the warm-up, ROBE-Z, MD's threshold
+# planning, DHE's k and the cap at the full table's bytes.
+RESULTS_VERSION = 2
 VERSION_FILE = "results_version"  # in each run folder: the RESULTS_VERSION that wrote it
 _UNSTAMPED = 1  # the version of a folder written before folders were stamped
 
@@ -97,6 +101,10 @@ NEUTRAL: dict[str, Any] = {
     "train.warmup_steps": 0,  # 0: no warm-up, as before the field (its default is 100)
     "model.embedding[robe].shared": False,  # one array per feature, as before ROBE-Z
     "model.embedding.cap_at_full": False,  # features planned as asked, as before the cap
+    "model.embedding[md].widths_over_all": False,  # MD's planning before the reference's
+    "model.embedding[md].bias": False,
+    "train.recluster_until": 1.0,  # to the end, as recluster_every N did before
+    "train.recluster_times": 3,  # (only for recluster_every: null, which meant never before)
 }
 # A setting renamed since -> the name it is hashed under, so runs written before keep their digest.
 RENAMED: dict[str, str] = {

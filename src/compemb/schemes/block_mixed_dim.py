@@ -32,6 +32,7 @@ from compemb.embeddings.mixed_dim import (
     frequency_blocks,
     init_projection,
     md_table_bounds,
+    projection_rule,
     size_block_widths,
 )
 from compemb.operations import Operation
@@ -53,7 +54,7 @@ class BlockMixedDimSettings:
             feature).
         base_width: d0, the head block's width (default D); the ``fit_budget`` knob.
         multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
-        init: ``reference``, ``xavier`` or ``unit_norm``, per block as
+        init: ``reference``, ``xavier``, ``unit_norm`` or ``ldim``, per block as
             :class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`.
     """
 
@@ -170,7 +171,7 @@ class BlockMixedDimScheme(Scheme):
         tables = [ParamPlan(f"weights.{j}", (b - a, w), "table", md_table_bounds(init, n, w))
                   for j, (a, b, w) in enumerate(zip(starts[:-1], starts[1:], widths,
                                                     strict=True))]
-        rule = "unit_norm" if init == "unit_norm" else "xavier_uniform"
+        rule = projection_rule(init)
         projections = [ParamPlan(f"projections.{j}", (d, w), "dense", rule)
                        for j, w in enumerate(widths) if w != d]
         return None, [*tables, *projections]

@@ -1,11 +1,15 @@
 """Mixed-dimension embeddings (Ginart et al.; the reference DLRM's ``--md-flag``): each feature
 a table of its own width w <= D, from the alpha power rule over every feature's cardinality
 (:func:`~compemb.embeddings.mixed_dim.md_widths`), projected to D by a bias-free (D, w) matrix
-(none where w == D).
+(none where w == D) as the reference's ``PrEmbeddingBag``; ``bias`` adds one (the CCE authors'
+low-dimension-plus-linear variant has it).
 
 The widths depend on all features at once, so a feature planned alone gets the width the rule
 gives a collection of one (the base width, or the table budget over n), and
-``MixedDimScheme.plan_collection`` replans the features of a collection together.
+``MixedDimScheme.plan_collection`` replans the features of a collection together: over every
+feature, those kept full by ``threshold`` included, as the reference runs ``md_solver`` over
+all of them (d0 goes to the smallest feature of all) and then keeps the features at or below
+``--md-threshold`` at width D with no projection.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from compemb import partitions as P
 from compemb.embeddings.mixed_dim import (
     INITS,
     MixedDimEmbeddingBag,
+    init_bias,
     init_projection,
     md_table_bounds,
     md_widths,
+    projection_rule,
 )
 from compemb.operations import Operation
 from compemb.partitions import PartitionSet
@@ -52,8 +58,16 @@ class MixedDimSettings:
             as this, with a FutureWarning.
         round_pow2: round each width to the nearest power of 2 (the reference's ``round_dim``).
         multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
-        init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier`` or
-            ``unit_norm`` (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
+        init: ``reference`` (the full table's U(-a, a), Xavier projection), ``xavier``,
+            ``unit_norm`` or ``ldim`` (the CCE authors' draws)
+            (:class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`).
+        bias: give each projection a (D,) bias, ``nn.Linear``'s draw (the CCE authors'
+            ``LowDimensionalEmbedding``); the reference's projection has none.
+        widths_over_all: plan the widths over every feature of the collection, those kept
+            full by ``threshold`` included (the reference's ``md_solver`` then
+            ``md_threshold``); False: over the compressed features only, so d0 goes to the
+            smallest compressed feature and the others come out wider (compemb's planning
+            before this setting existed: its MD checkpoints with a threshold load with False).
     """
 
     alpha: float = 0.3
@@ -62,6 +76,8 @@ class MixedDimSettings:
     round_pow2: bool = False
     multiple_of: int = 1
     init: str = "reference"
+    bias: bool = False
+    widths_over_all: bool = True
 
     def __post_init__(self) -> None:
         a = self.alpha
@@ -74,8 +90,10 @@ class MixedDimSettings:
         if self.base_width is not None and self.table_budget is not None:
             raise ValueError(f"give base_width or table_budget, not both (base_width="
                              f"{self.base_width}, table_budget={self.table_budget})")
-        if not isinstance(self.round_pow2, bool):
-            raise ValueError(f"round_pow2 must be true or false, got {self.round_pow2!r}")
+        for name in ("round_pow2", "bias", "widths_over_all"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
@@ -92,26 +110,35 @@ def _widths(settings: MixedDimSettings, cardinalities: Sequence[int], embedding_
 
 def _params(settings: MixedDimSettings, num_categories: int, embedding_dim: int, width: int
             ) -> list[ParamPlan]:
-    """The (n, w) table and, where w < D, the (D, w) projection."""
+    """The (n, w) table and, where w < D, the (D, w) projection and its bias (``bias``)."""
     table = ParamPlan("weight", (num_categories, width), "table",
                       md_table_bounds(settings.init, num_categories, width))
     if width == embedding_dim:
         return [table]
-    rule = "unit_norm" if settings.init == "unit_norm" else "xavier_uniform"
-    return [table, ParamPlan("projection", (embedding_dim, width), "dense", rule)]
+    projection = ParamPlan("projection", (embedding_dim, width), "dense",
+                           projection_rule(settings.init))
+    if not settings.bias:
+        return [table, projection]
+    return [table, projection, ParamPlan("bias", (embedding_dim,), "dense", "linear_bias")]
 
 
 class _Projection(nn.Module):
-    """A feature's projection alone, data-parallel on TorchRec: looked-up rows (N, w) -> (N, D)."""
+    """A feature's projection alone, data-parallel on TorchRec: looked-up rows (N, w) -> (N, D)
+    (and its bias, added to each row)."""
 
-    def __init__(self, embedding_dim: int, width: int, init: str,
+    def __init__(self, embedding_dim: int, width: int, init: str, bias: bool,
                  device: torch.device | str | None = None):
         super().__init__()
         self.projection = nn.Parameter(torch.empty(embedding_dim, width, device=device))
         init_projection(self.projection, init, embedding_dim)
+        self.bias = nn.Parameter(torch.empty(embedding_dim, device=device)) if bias else None
+        if self.bias is not None:
+            init_bias(self.bias, width)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows @ self.projection.t()
+        if self.bias is None:
+            return rows @ self.projection.t()
+        return torch.addmm(self.bias, rows, self.projection.t())
 
 
 def _project(parts: list[torch.Tensor], rest: Sequence[torch.Tensor],
@@ -128,6 +155,7 @@ class MixedDimScheme(Scheme):
     knob_grows = True
     sizes = ("base_width", "table_budget")
     takes_order = False
+    plans_every_feature = True
 
     def base_partitions(self, spec: EmbeddingSpec, num_categories: int) -> PartitionSet:
         return P.remainder(num_categories, num_categories)
@@ -162,15 +190,24 @@ class MixedDimScheme(Scheme):
         return None, _params(spec.settings, num_categories, embedding_dim, width)
 
     def plan_collection(self, plans: list[FeaturePlan]) -> list[FeaturePlan]:
-        settings, d = plans[0].spec.settings, plans[0].embedding_dim
-        widths = _widths(settings, [p.num_categories for p in plans], d)
-        return [dataclasses.replace(p, params=(*_params(settings, p.num_categories, d, w),
-                                               *p.maps))
-                for p, w in zip(plans, widths, strict=True)]
+        ours = [f for f, p in enumerate(plans) if p.scheme is self]
+        if not ours:
+            return plans
+        settings, d = plans[ours[0]].spec.settings, plans[0].embedding_dim
+        over = range(len(plans)) if settings.widths_over_all else ours
+        widths = dict(zip(over, _widths(settings, [plans[f].num_categories for f in over], d),
+                          strict=True))
+        out = list(plans)
+        for f in ours:
+            p = plans[f]
+            out[f] = dataclasses.replace(p, params=(
+                *_params(settings, p.num_categories, d, widths[f]), *p.maps))
+        return out
 
     def module(self, plan: FeaturePlan, **common: Any) -> nn.Module:
+        s = plan.spec.settings
         return MixedDimEmbeddingBag(plan.num_categories, plan.embedding_dim,
-                                    plan.tables[0].width, init=plan.spec.settings.init, **common)
+                                    plan.tables[0].width, init=s.init, bias=s.bias, **common)
 
     def stacking(self, plan: FeaturePlan) -> str:
         return "mixed-dimension tables each have their own width and projection"
@@ -185,15 +222,18 @@ class MixedDimScheme(Scheme):
                 f"{SHARDABLE_WIDTH} to round the widths up (counted in the plan)")
         if w == d:
             return TorchRecPlan(True, 1, _project)
-        # the projection is linear and bias-free: it commutes with sum and mean pooling
+        s = plan.spec.settings
         on = "cpu" if device is not None and torch.device(device).type == "meta" else device
-        return TorchRecPlan(True, 1, _project, _Projection(d, w, plan.spec.settings.init, on))
+        # a bias-free projection is linear: it commutes with sum and mean pooling, so rows
+        # are looked up pooled and projected once per bag. With a bias a bag of L ids holds
+        # L b (its weights' sum times b): projected per id, then pooled.
+        return TorchRecPlan(not s.bias, 1, _project, _Projection(d, w, s.init, s.bias, on))
 
     def describe(self, spec: EmbeddingSpec) -> tuple[str, str]:
         s = spec.settings
         size = f"B={s.table_budget}" if s.table_budget is not None else \
             f"d0={s.base_width if s.base_width is not None else 'D'}"
-        return f"md alpha={s.alpha} {size}", s.init
+        return f"md alpha={s.alpha} {size}", s.init + (" +bias" if s.bias else "")
 
 
 __all__ = [

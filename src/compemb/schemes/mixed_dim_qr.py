@@ -32,6 +32,7 @@ from compemb.embeddings.mixed_dim import (
     init_projection,
     md_table_bounds,
     projection_pays,
+    projection_rule,
 )
 from compemb.embeddings.mixed_dim_qr import HeadTailEmbeddingBag
 from compemb.operations import OPERATIONS, Operation, get_operation
@@ -56,9 +57,9 @@ class MixedDimQRSettings:
         alpha: the power rule's exponent for the tail's width (0: the tail at d0).
         base_width: d0, the head's width (default D).
         multiple_of: round each width up to a multiple of this (4: shardable by TorchRec).
-        init: the head's and projections' rule (``reference``, ``xavier``, ``unit_norm``, as
-            :class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`); the tail's tables
-            follow the operation's own rule.
+        init: the head's and projections' rule (``reference``, ``xavier``, ``unit_norm``,
+            ``ldim``, as :class:`~compemb.embeddings.mixed_dim.MixedDimEmbeddingBag`); the
+            tail's tables follow the operation's own rule.
     """
 
     operation: str = "mult"
@@ -189,7 +190,7 @@ class MixedDimQRScheme(Scheme):
         n, d, init = num_categories, embedding_dim, spec.settings.init
         h, w_head, w_tail = _layout(spec, n, d)
         op, tail = _tail_tables(spec, n - h, w_tail)
-        rule = "unit_norm" if init == "unit_norm" else "xavier_uniform"
+        rule = projection_rule(init)
         params = [ParamPlan("head_weight", (h, w_head), "table", md_table_bounds(init, n, w_head)),
                   *tail]
         params += [ParamPlan(name, (d, w), "dense", rule) for name, w in

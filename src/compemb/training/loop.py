@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -41,6 +40,7 @@ from compemb.training.checkpoint import (
 )
 from compemb.training.evaluate import evaluate
 from compemb.training.params import parameter_report
+from compemb.training.recluster import feature_seed, recluster_local, recluster_steps
 from compemb.training.run_folder import RunFolder
 from compemb.training.sharding import ShardedTraining, end_process_group, ensure_process_group
 from compemb.training.state import TrainState
@@ -231,6 +231,10 @@ def _fit(trainer: Trainer, progress: bool | None) -> None:
     t, state = trainer.config.train, trainer.state
     total = trainer.total_steps
     rows = trainer.dataset.num_rows("train")
+    reclusters = set(recluster_steps(
+        total, trainer.dataset.num_batches("train", t.batch_size), every=t.recluster_every,
+        until=t.recluster_until, times=t.recluster_times,
+    )) if trainer.config.model.embedding.owner.reclusters else set()  # fmt: skip
     bar = tqdm(
         total=min(total * t.batch_size, t.epochs * rows), initial=state.samples, unit="sample",
         unit_scale=True, dynamic_ncols=True, mininterval=1.0,
@@ -245,13 +249,13 @@ def _fit(trainer: Trainer, progress: bool | None) -> None:
             )  # fmt: skip
             for batch in batches:
                 global_rows = _train_step(trainer, batch)
-                if t.recluster_every and state.step % t.recluster_every == 0:
-                    _recluster(trainer)
                 bar.update(global_rows)
                 if state.step % 20 == 0 and state.loss_rows:
                     bar.set_postfix(loss=f"{state.loss_sum / state.loss_rows:.4f}")
                 if t.eval_every and state.step % t.eval_every == 0:
                     _record(trainer)
+                if state.step in reclusters:  # after validating the trained model, as theirs
+                    _recluster(trainer)
                 if state.step % t.checkpoint_every == 0:
                     _checkpoint(trainer)
                 if state.step >= total:
@@ -304,22 +308,15 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
 
 
 def _recluster(trainer: Trainer) -> None:
-    """Call ``recluster`` on every embedding module that has one (CCE), after the optimizer
-    step, each with its own seed drawn from (train seed, its place, step): a resumed run
-    reclusters as the uninterrupted one. The optimizer's state is left as it is."""
-    t, step = trainer.config.train, trainer.state.step
-
-    def seed_of(j: int) -> int:
-        return int(np.random.SeedSequence([t.seed, j, step]).generate_state(1)[0])
-
+    """Recluster every feature whose scheme ``reclusters`` (CCE), after the optimizer step,
+    each seeded by (train seed, feature, step): a resumed run reclusters as the uninterrupted
+    one. The optimizer's state is left as it is."""
+    seed, step = trainer.config.train.seed, trainer.state.step
     if trainer.sharded is not None:  # each table's owner reclusters it and broadcasts
-        trainer.sharded.recluster(seed_of)
+        trainer.sharded.recluster(lambda f: feature_seed(seed, f, step))
         return
     reduce = (lambda x: D.all_reduce_sum(x, trainer.dist)) if trainer.dist.enabled else None
-    owners = [m for m in trainer.model.sparse_arch.modules() if callable(getattr(m, "recluster",
-                                                                                 None))]
-    for j, module in enumerate(owners):
-        module.recluster(seed_of(j), all_reduce=reduce)
+    recluster_local(trainer.model.sparse_arch, seed, step, all_reduce=reduce)
 
 
 def _record(trainer: Trainer) -> None:

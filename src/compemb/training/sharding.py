@@ -117,17 +117,14 @@ def sharding_types(
 
     Unpooled tables (EmbeddingCollection) are never data-parallel: TorchRec 1.8's
     data-parallel EmbeddingCollection returns wrong rows on CPU (or fails in split_with_sizes).
-    Tables whose route's module reclusters them (``recluster_table``: CCE) are table-wise only,
-    so one rank holds each whole.
+    Tables of a scheme that ``reclusters`` (CCE: its route's module rewrites them through
+    ``recluster_table``) are table-wise only, so one rank holds each whole.
 
     Raises:
         ValueError: for an unpooled table whose width is not a multiple of 4.
     """
     pooled = {t for r in collection.routes if r.pooled for t in r.tables}
-    reclustered = {t for r in collection.routes
-                   if callable(getattr(collection.paths[r.name] if r.name in collection.paths
-                                       else None, "recluster_table", None))
-                   for t in r.tables}  # fmt: skip
+    reclustered = {t for r in collection.routes if r.plan.scheme.reclusters for t in r.tables}
     types = {}
     for t, nbytes in collection.table_bytes().items():
         width = collection.table_shapes[t][1]
@@ -388,8 +385,8 @@ class ShardedTraining:
     def recluster(self, seed_of: Callable[[int], int]) -> None:
         """Recluster every feature whose route's data-parallel module can (CCE), collectively.
 
-        The k-th such feature (in feature order, as the local collection's modules) gets seed
-        ``seed_of(k)``. Its module merges every rank's seen ids; then for each of its tables
+        Feature f (its index in the collection, as on the local path) gets seed
+        ``seed_of(f)``. Its module merges every rank's seen ids; then for each of its tables
         the rank holding it (whole: such tables are table-wise) reclusters it in place through
         ``module.recluster_table`` and broadcasts what else that rewrote (``table_maps``: the
         assignment column and the hash) to every rank. No table leaves its rank. The fused
@@ -405,13 +402,10 @@ class ShardedTraining:
         def reduce(x: torch.Tensor) -> None:
             dist.all_reduce(x, op=dist.ReduceOp.SUM)
 
-        k = 0
         for r in collection.routes:
-            module = collection.paths[r.name] if r.name in collection.paths else None
-            if not callable(getattr(module, "recluster_table", None)):
+            if not r.plan.scheme.reclusters:
                 continue
-            seed = seed_of(k)
-            k += 1
+            module, seed = collection.paths[r.name], seed_of(r.index)
             module.merge_seen(reduce if world > 1 else None)
             for i, t in enumerate(r.tables):
                 owner, local = _whole_table(state, t, collection.table_shapes[t])
