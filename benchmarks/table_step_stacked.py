@@ -1,0 +1,101 @@
+"""Table training step of the successors' stacked forms against the stacked full tables.
+
+The harness of ``table_step.py`` (forward + backward + optimizer on a fixed random output
+gradient, gradients set to None before each step, variants interleaved round by round, CPU time
+of one thread, median of per-round ratios), on the 26 Criteo Kaggle features capped at ``--cap``
+rows, D = 16, one id per bag, uniform ids. Every compressed collection is sized by
+``fit_budget`` to the full tables' parameters over ``--ratio`` (features of at most
+``--threshold`` categories keep full tables) and steps with compemb's FusedAdagrad (row
+gradients routed from the backward); the full tables step with torch's sparse Adagrad (the base
+of the ratios, as the frontier's panel) and with FusedAdagrad. Variants:
+
+- MD (alpha 0.3, the base width the knob), also with ``multiple_of: 4`` (at most 4 widths);
+- MD + QR (mult tail, head ceil(sqrt(n)), ``order: frequency``);
+- block MD (4 blocks, ``order: frequency``);
+- CCE (c = 4 chunks; its training-mode forward marks the ids seen);
+- QR-mult for reference, and MD as one module per feature (the layout before stacking).
+
+Frequency ranks come from seeded Zipf counts (the ids stay uniform: the step's cost does not
+depend on which ids are frequent).
+
+    .venv/bin/python benchmarks/table_step_stacked.py [--batches 2048 16384] [--ratio 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from torch import nn
+
+from compemb import EmbeddingBagCollection, EmbeddingSpec
+from compemb.embeddings import embedding_parameters, fit_budget, module_from_plan
+from table_step import bench_modules, capped_cards, module_parser
+from table_step_md_tt import PerFeature
+
+D = 16  # as table_step.py, whose harness runs the steps
+
+
+def variants(cards: list[int], args: argparse.Namespace
+             ) -> tuple[dict[str, tuple[nn.Module, str]], frozenset[str]]:
+    """Each variant's module and a note on its size; the names that step with FusedAdagrad."""
+    out: dict[str, tuple[nn.Module, str]] = {}
+    full = EmbeddingBagCollection(cards, D, EmbeddingSpec("full", sparse=True), validate=False)
+    out["compemb full, torch optim"] = (full, "")
+    out["compemb full, fused"] = (
+        EmbeddingBagCollection(cards, D, EmbeddingSpec("full", sparse=True), validate=False), "")
+    counts = [np.random.default_rng(f).zipf(1.5, n).astype(np.int64)
+              for f, n in enumerate(cards)]
+    budget = full.num_parameters // args.ratio
+    t = args.threshold
+    specs = {
+        "QR mult": EmbeddingSpec("qr", "mult", collisions=2, threshold=t, sparse=True),
+        "MD": EmbeddingSpec("md", alpha=0.3, base_width=16, threshold=t, sparse=True),
+        "MD x4": EmbeddingSpec("md", alpha=0.3, base_width=16, multiple_of=4, threshold=t,
+                               sparse=True),
+        "MD+QR": EmbeddingSpec("md_qr", collisions=2, order="frequency", threshold=t,
+                               sparse=True),
+        "block MD": EmbeddingSpec("md_block", alpha=0.3, order="frequency", threshold=t,
+                                  sparse=True),
+        "CCE c=4": EmbeddingSpec("cce", rows=1, chunks=4, threshold=t, sparse=True),
+    }
+    fused = set()
+    for name, spec in specs.items():
+        if name in args.skip:
+            continue
+        try:
+            fitted = fit_budget(cards, D, spec, budget)
+        except ValueError as err:  # MD cannot reach every budget (at D = 16, about 16x)
+            print(f"  {name}: left out: {err}")
+            continue
+        given = counts if fitted.needs_counts else None
+        module = EmbeddingBagCollection(cards, D, fitted, counts=given, validate=False)
+        label, detail = fitted.owner.describe(fitted)
+        used = embedding_parameters(cards, D, fitted)
+        stacked = "stacked" if not module.unstacked else f"{len(module.unstacked)} unstacked"
+        note = f"{label} ({detail}), {full.num_parameters / used:.1f}x, {stacked}, " \
+               f"{len(module.groups)} groups"
+        out[f"{name}, fused"] = (module, note)
+        fused.add(f"{name}, fused")
+        if name == "MD":
+            per = PerFeature([module_from_plan(p, validate=False)
+                              for p in module.plans])
+            out["MD per-feature, torch optim"] = (per, note.split(",")[0])
+    return out, frozenset(fused)
+
+
+def main() -> None:
+    parser = module_parser(__doc__)
+    parser.add_argument("--ratio", type=int, default=4)
+    parser.add_argument("--threshold", type=int, default=100)
+    parser.add_argument("--divide", type=int, default=1,
+                        help="divide the cardinalities (1000: the planted small-table data)")
+    parser.add_argument("--skip", nargs="*", default=[], help="variant names to leave out")
+    args = parser.parse_args()
+    cards = [max(2, -(-n // args.divide)) for n in capped_cards(args)]
+    made, fused = variants(cards, args)
+    bench_modules(made, cards, args, f"; /{args.ratio}, threshold {args.threshold}", fused)
+
+
+if __name__ == "__main__":
+    main()
