@@ -1,0 +1,105 @@
+"""The successors' stacked forms (MD, MD + QR, block MD, CCE): checkpoints of the per-feature
+modules load into them and back, CCE reclusters as its per-feature modules do, and the layout is
+the one promised (one group, few width classes). Outputs and gradients against the per-feature
+modules are tested over every scheme in ``test_embeddings_factory.py``."""
+
+import pytest
+import torch
+
+from compemb import EmbeddingBagCollection, EmbeddingSpec
+from compemb.embeddings import module_from_plan
+from compemb.embeddings.batched_cce import CCEGroup
+from compemb.embeddings.batched_md import MixedDimGroup
+from compemb.embeddings.batched_parts import PartedGroup
+from schemekit import SCHEME_SPECS, kit_counts, spec_id
+
+CARDS = [3, 5000, 40, 777, 120, 9000, 61]
+STACKED = [spec for name in ("md", "md_qr", "md_block", "cce") for spec in SCHEME_SPECS[name]]
+GROUPS = {"md": MixedDimGroup, "md_qr": PartedGroup, "md_block": PartedGroup, "cce": CCEGroup}
+
+
+def _ids(n: int = 20) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    return torch.stack([torch.randint(0, c, (n,), generator=gen) for c in CARDS], 1)
+
+
+@pytest.mark.parametrize("spec", STACKED, ids=spec_id)
+def test_every_compressed_feature_is_in_one_stacked_group(spec):
+    ebc = EmbeddingBagCollection(CARDS, 12, spec, counts=kit_counts(spec, CARDS))
+    assert ebc.unstacked == {}
+    kinds = [type(g) for g in ebc.groups]
+    assert kinds.count(GROUPS[spec.scheme]) == 1
+
+
+@pytest.mark.parametrize("spec", STACKED, ids=spec_id)
+def test_checkpoints_of_the_per_feature_modules_load_and_back(spec):
+    torch.manual_seed(0)
+    counts = kit_counts(spec, CARDS)
+    ebc = EmbeddingBagCollection(CARDS, 12, spec, counts=counts)
+    torch.manual_seed(1)  # other values than the collection's
+    modules = [module_from_plan(plan) for plan in ebc.plans]
+    for m in modules:
+        for b in m.buffers():
+            if b.dtype == torch.bool:  # CCE's seen marks: some set, so they travel too
+                b[::3] = True
+    written = {f"features.{f}.{k}": v for f, m in enumerate(modules)
+               for k, v in m.state_dict().items()}  # fmt: skip
+    ebc.load_state_dict(written)
+    ids = _ids()
+    want = torch.stack([m(ids[:, f : f + 1]) for f, m in enumerate(modules)], 1)
+    torch.testing.assert_close(ebc(ids), want)
+    back = ebc.state_dict()
+    assert set(back) == set(written)
+    for key, value in written.items():  # id maps stacked at the plan's dtype (int32 ranks)
+        torch.testing.assert_close(back[key], value, rtol=0, atol=0, check_dtype=False)
+
+
+def _owners(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """What the trainer reclusters, in its order."""
+    return [m for m in module.modules() if callable(getattr(m, "recluster", None))]
+
+
+@pytest.mark.parametrize("spec", SCHEME_SPECS["cce"], ids=spec_id)
+def test_stacked_cce_reclusters_as_its_per_feature_modules(spec):
+    spec = spec.with_(kmeans_iters=5, kmeans_samples=4)
+    ebc = EmbeddingBagCollection(CARDS, 12, spec)
+    modules = [module_from_plan(plan) for plan in ebc.plans]
+    with torch.no_grad():
+        for f, m in enumerate(modules):
+            for p, t in zip(m.parameters(), ebc.tables(f), strict=True):
+                p.copy_(t)
+    ids = _ids(400)
+    ebc.train()(ids)
+    for f, m in enumerate(modules):
+        m.train()(ids[:, f : f + 1])
+    stacked = _owners(ebc)
+    per_feature = [m for m in modules if _owners(m)]
+    assert len(stacked) == len(per_feature) > 0
+    for j, (a, b) in enumerate(zip(stacked, per_feature, strict=True)):
+        a.recluster(seed=j)
+        b.recluster(seed=j)
+    for f, m in enumerate(modules):
+        torch.testing.assert_close(ebc(ids)[:, f], m.eval()(ids[:, f : f + 1]), rtol=0,
+                                   atol=0)
+    state = ebc.state_dict()
+    for f, m in enumerate(modules):
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(state[f"features.{f}.{k}"], v, rtol=0, atol=0)
+
+
+def test_stacked_cce_keeps_its_seen_marks_rank_local():
+    ebc = EmbeddingBagCollection(CARDS, 12, EmbeddingSpec("cce", rows=8, chunks=2))
+    (group,) = [g for g in ebc.groups if isinstance(g, CCEGroup)]
+    assert group.rank_local_buffers == ("seen",)
+    ebc.train()(_ids())
+    assert int(group.seen.sum()) > 0
+
+
+def test_md_rounded_to_multiples_of_4_has_at_most_4_width_classes():
+    cards = [10**k + 7 for k in range(1, 7)] * 3
+    spec = EmbeddingSpec("md", alpha=0.3, base_width=16, multiple_of=4)
+    ebc = EmbeddingBagCollection(cards, 16, spec)
+    (group,) = [g for g in ebc.groups if isinstance(g, MixedDimGroup)]
+    assert set(group.widths) <= {4, 8, 12}  # width 16 joins the full tables
+    plain = EmbeddingBagCollection(cards, 16, spec.with_(multiple_of=1))
+    assert len(plain.groups[-1].widths) > 3
