@@ -13,7 +13,8 @@ of the ratios, as the frontier's panel) and with FusedAdagrad. Variants:
 - MD + QR (mult tail, head ceil(sqrt(n)), ``order: frequency``);
 - block MD (4 blocks, ``order: frequency``);
 - CCE (c = 4 chunks; its training-mode forward marks the ids seen);
-- QR-mult for reference, and MD as one module per feature (the layout before stacking).
+- TT-Rec at rank 8 (3 cores; not fitted: the issue's target is set at rank 8);
+- QR-mult for reference, and MD and TT as one module per feature (the layout before stacking).
 
 Frequency ranks come from seeded Zipf counts (the ids stay uniform: the step's cost does not
 depend on which ids are frequent).
@@ -58,13 +59,14 @@ def variants(cards: list[int], args: argparse.Namespace
         "block MD": EmbeddingSpec("md_block", alpha=0.3, order="frequency", threshold=t,
                                   sparse=True),
         "CCE c=4": EmbeddingSpec("cce", rows=1, chunks=4, threshold=t, sparse=True),
+        "TT rank 8": EmbeddingSpec("tt", rank=8, threshold=t, sparse=True),
     }
     fused = set()
     for name, spec in specs.items():
         if name in args.skip:
             continue
-        try:
-            fitted = fit_budget(cards, D, spec, budget)
+        try:  # TT keeps its rank: the target is set at rank 8
+            fitted = spec if spec.scheme == "tt" else fit_budget(cards, D, spec, budget)
         except ValueError as err:  # MD cannot reach every budget (at D = 16, about 16x)
             print(f"  {name}: left out: {err}")
             continue
@@ -77,10 +79,9 @@ def variants(cards: list[int], args: argparse.Namespace
                f"{len(module.groups)} groups"
         out[f"{name}, fused"] = (module, note)
         fused.add(f"{name}, fused")
-        if name == "MD":
-            per = PerFeature([module_from_plan(p, validate=False)
-                              for p in module.plans])
-            out["MD per-feature, torch optim"] = (per, note.split(",")[0])
+        if name in ("MD", "TT rank 8"):  # the layout before stacking
+            per = PerFeature([module_from_plan(p, validate=False) for p in module.plans])
+            out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])
     return out, frozenset(fused)
 
 

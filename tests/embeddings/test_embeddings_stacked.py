@@ -1,7 +1,8 @@
-"""The successors' stacked forms (MD, MD + QR, block MD, CCE): checkpoints of the per-feature
-modules load into them and back, CCE reclusters as its per-feature modules do, and the layout is
-the one promised (one group, few width classes). Outputs and gradients against the per-feature
-modules are tested over every scheme in ``test_embeddings_factory.py``."""
+"""The successors' stacked forms (MD, MD + QR, block MD, CCE, TT-Rec): checkpoints of the
+per-feature modules load into them and back, CCE reclusters as its per-feature modules do, TT
+equals its einsum reconstruction, and the layout is the one promised (one group, few width
+classes). Outputs and gradients against the per-feature modules are tested over every scheme in
+``test_embeddings_factory.py``."""
 
 import pytest
 import torch
@@ -11,11 +12,14 @@ from compemb.embeddings import module_from_plan
 from compemb.embeddings.batched_cce import CCEGroup
 from compemb.embeddings.batched_md import MixedDimGroup
 from compemb.embeddings.batched_parts import PartedGroup
+from compemb.embeddings.batched_tt import TTGroup
 from schemekit import SCHEME_SPECS, kit_counts, spec_id
 
 CARDS = [3, 5000, 40, 777, 120, 9000, 61]
-STACKED = [spec for name in ("md", "md_qr", "md_block", "cce") for spec in SCHEME_SPECS[name]]
-GROUPS = {"md": MixedDimGroup, "md_qr": PartedGroup, "md_block": PartedGroup, "cce": CCEGroup}
+STACKED = [spec for name in ("md", "md_qr", "md_block", "cce", "tt")
+           for spec in SCHEME_SPECS[name]]  # fmt: skip
+GROUPS = {"md": MixedDimGroup, "md_qr": PartedGroup, "md_block": PartedGroup, "cce": CCEGroup,
+          "tt": TTGroup}
 
 
 def _ids(n: int = 20) -> torch.Tensor:
@@ -103,3 +107,31 @@ def test_md_rounded_to_multiples_of_4_has_at_most_4_width_classes():
     assert set(group.widths) <= {4, 8, 12}  # width 16 joins the full tables
     plain = EmbeddingBagCollection(cards, 16, spec.with_(multiple_of=1))
     assert len(plain.groups[-1].widths) > 3
+
+
+def test_stacked_tt_equals_the_einsum_reconstruction_in_forward_and_gradient(view_grad):
+    """Every feature's full table rebuilt from its cores by one einsum, then indexed by the ids:
+    the stacked lookup gives its rows and, through any loss, its cores' gradients."""
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection(CARDS, 12, EmbeddingSpec("tt", rank=3))
+    (group,) = [g for g in ebc.groups if isinstance(g, TTGroup)]
+    ids = _ids()
+    out = ebc(ids)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    d1, d2, d3 = group.dims
+    for f, plan in enumerate(ebc.plans):
+        if plan.spec.scheme != "tt":
+            continue
+        cores = [t.detach().clone().requires_grad_() for t in ebc.tables(f)]
+        n1, n2, n3 = plan.partitions.radices
+        g1 = cores[0].view(n1, d1, 3)
+        g2 = cores[1].view(n2, 3, d2, 3)
+        g3 = cores[2].view(n3, 3, d3)
+        # id i = i1 + n1 (i2 + n2 i3), vector index a d2 d3 + b d3 + c
+        table = torch.einsum("xap,ypbq,zqc->zyxabc", g1, g2, g3).reshape(n1 * n2 * n3, -1)
+        want = table[ids[:, f]]
+        torch.testing.assert_close(out[:, f], want)
+        (want * weights[:, f]).sum().backward()
+        for core, view in zip(cores, ebc.tables(f), strict=True):
+            torch.testing.assert_close(view_grad(ebc.parameters(), view), core.grad)
