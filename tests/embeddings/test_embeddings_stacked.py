@@ -1,4 +1,4 @@
-"""The successors' stacked forms (MD, MD + QR, block MD, CCE, TT-Rec): checkpoints of the
+"""The successors' stacked forms (MD, MD + QR, block MD, CCE, TT-Rec, DHE): checkpoints of the
 per-feature modules load into them and back, CCE reclusters as its per-feature modules do, TT
 equals its einsum reconstruction, and the layout is the one promised (one group, few width
 classes). Outputs and gradients against the per-feature modules are tested over every scheme in
@@ -10,16 +10,17 @@ import torch
 from compemb import EmbeddingBagCollection, EmbeddingSpec
 from compemb.embeddings import module_from_plan
 from compemb.embeddings.batched_cce import CCEGroup
+from compemb.embeddings.batched_dhe import DHEGroup
 from compemb.embeddings.batched_md import MixedDimGroup
 from compemb.embeddings.batched_parts import PartedGroup
 from compemb.embeddings.batched_tt import TTGroup
 from schemekit import SCHEME_SPECS, kit_counts, spec_id
 
 CARDS = [3, 5000, 40, 777, 120, 9000, 61]
-STACKED = [spec for name in ("md", "md_qr", "md_block", "cce", "tt")
+STACKED = [spec for name in ("md", "md_qr", "md_block", "cce", "tt", "dhe")
            for spec in SCHEME_SPECS[name]]  # fmt: skip
 GROUPS = {"md": MixedDimGroup, "md_qr": PartedGroup, "md_block": PartedGroup, "cce": CCEGroup,
-          "tt": TTGroup}
+          "tt": TTGroup, "dhe": DHEGroup}
 
 
 def _ids(n: int = 20) -> torch.Tensor:

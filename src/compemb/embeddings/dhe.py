@@ -29,6 +29,7 @@ import math
 import torch
 from torch import nn
 
+from compemb import _kernels
 from compemb.embeddings._universal import check_hashable, hash_coefficients, universal_hash
 from compemb.embeddings.base import BagModule
 
@@ -45,9 +46,14 @@ def dhe_encoding(ids: torch.Tensor, coefficients: torch.Tensor, encoding: str,
     >>> dhe_encoding(torch.tensor([0]), torch.tensor([[1], [0]]), "uniform").tolist()
     [[-1.0]]
     """
+    scale = 2.0 / (HASH_BUCKETS - 1)
+    if encoding == "uniform" and dtype == torch.float32:  # one pass where the kernel is built
+        fast = _kernels.hash_affine(ids, coefficients, HASH_BUCKETS, scale, -1.0)
+        if fast is not None:
+            return fast
     h = universal_hash(ids, coefficients, HASH_BUCKETS).to(dtype)
     if encoding == "uniform":
-        return h * (2.0 / (HASH_BUCKETS - 1)) - 1.0
+        return h * scale - 1.0
     if encoding == "gaussian":
         first, second = h.chunk(2, dim=1)
         radius = torch.sqrt(-2.0 * torch.log((first + 1.0) / HASH_BUCKETS))
