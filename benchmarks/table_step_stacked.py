@@ -14,7 +14,9 @@ of the ratios, as the frontier's panel) and with FusedAdagrad. Variants:
 - block MD (4 blocks, ``order: frequency``);
 - CCE (c = 4 chunks; its training-mode forward marks the ids seen);
 - TT-Rec at rank 8 (3 cores; not fitted: the issue's target is set at rank 8);
-- QR-mult for reference, and MD and TT as one module per feature (the layout before stacking).
+- DHE (depth 2, the scheme's default k hashes, uniform encoding; the width the knob);
+- QR-mult for reference, and MD, TT and DHE as one module per feature (the layout before
+  stacking).
 
 Frequency ranks come from seeded Zipf counts (the ids stay uniform: the step's cost does not
 depend on which ids are frequent).
@@ -60,6 +62,7 @@ def variants(cards: list[int], args: argparse.Namespace
                                   sparse=True),
         "CCE c=4": EmbeddingSpec("cce", rows=1, chunks=4, threshold=t, sparse=True),
         "TT rank 8": EmbeddingSpec("tt", rank=8, threshold=t, sparse=True),
+        "DHE": EmbeddingSpec("dhe", width=1, threshold=t),
     }
     fused = set()
     for name, spec in specs.items():
@@ -79,7 +82,7 @@ def variants(cards: list[int], args: argparse.Namespace
                f"{len(module.groups)} groups"
         out[f"{name}, fused"] = (module, note)
         fused.add(f"{name}, fused")
-        if name in ("MD", "TT rank 8"):  # the layout before stacking
+        if name in ("MD", "TT rank 8", "DHE"):  # the layout before stacking
             per = PerFeature([module_from_plan(p, validate=False) for p in module.plans])
             out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])
     return out, frozenset(fused)
