@@ -9,7 +9,10 @@ rows, D = 16, one id per bag, uniform ids. Every compressed collection is sized 
 gradients routed from the backward); the full tables step with torch's sparse Adagrad (the base
 of the ratios, as the frontier's panel) and with FusedAdagrad. Variants:
 
-- MD (alpha 0.3, the base width the knob), also with ``multiple_of: 4`` (at most 4 widths);
+- MD (alpha 0.3, the base width the knob), also with ``multiple_of: 4`` (at most 4 widths),
+  and with its width groups replaced by one block-diagonal projection (every feature one part of
+  ``batched_parts.PartedGroup``: a gather per width, each row placed at its feature's columns, one
+  batched matmul), the other stacked layout;
 - MD + QR (mult tail, head ceil(sqrt(n)), ``order: frequency``);
 - block MD (4 blocks, ``order: frequency``);
 - CCE (c = 4 chunks; its training-mode forward marks the ids seen);
@@ -33,10 +36,30 @@ from torch import nn
 
 from compemb import EmbeddingBagCollection, EmbeddingSpec
 from compemb.embeddings import embedding_parameters, fit_budget, module_from_plan
+from compemb.embeddings.batched_md import MixedDimGroup
+from compemb.embeddings.batched_parts import Part, PartedStack
 from table_step import bench_modules, capped_cards, module_parser
 from table_step_md_tt import PerFeature
 
 D = 16  # as table_step.py, whose harness runs the steps
+
+
+def _whole(plan) -> tuple[list[Part], list[str]]:
+    """An MD feature as one part of its frequency-parts group (no ranks: the ids)."""
+    (table,) = plan.tables
+    return [Part(0, plan.num_categories, table.width, (table.name,), "projection")], \
+        ["weight", "projection"]
+
+
+def block_diagonal(module: EmbeddingBagCollection) -> EmbeddingBagCollection:
+    """The MD collection with its width groups replaced by one frequency-parts group: a gather
+    per width, every row placed at its feature's columns and one batched block-diagonal
+    projection (the alternative to a batched matmul per width)."""
+    for g, group in enumerate(module.groups):
+        if isinstance(group, MixedDimGroup):
+            module.groups[g] = PartedStack(D, None, _whole).build(
+                group.plans, sparse=True, device=None, dtype=None)
+    return module
 
 
 def variants(cards: list[int], args: argparse.Namespace
@@ -82,6 +105,10 @@ def variants(cards: list[int], args: argparse.Namespace
                f"{len(module.groups)} groups"
         out[f"{name}, fused"] = (module, note)
         fused.add(f"{name}, fused")
+        if name == "MD":
+            other = EmbeddingBagCollection(cards, D, fitted, validate=False)
+            out["MD block-diagonal, fused"] = (block_diagonal(other), "")
+            fused.add("MD block-diagonal, fused")
         if name in ("MD", "TT rank 8", "DHE"):  # the layout before stacking
             per = PerFeature([module_from_plan(p, validate=False) for p in module.plans])
             out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])

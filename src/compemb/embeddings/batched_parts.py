@@ -1,15 +1,15 @@
 """Features cut into frequency parts of mixed widths, looked up together: block MD (each block a
 part) and MD + QR (a head part and a QR-composed tail part).
 
-Every feature's categories, ranked by frequency (its ``relabel`` map), are cut into parts of
-consecutive ranks; part p is a table (or a quotient and a remainder table composed by an
-operation) of width w_p, projected to D by a (D, w_p) matrix where w_p < D. The parts of one
-kind and width (a *class*) share stacked tables, so a batch costs one gather per class. The
-projections are applied by one batched matmul over the features: each id's row is placed at its
-part's columns of a zero (B, G, W) tensor (W: the widest feature's projected widths side by
-side) and multiplied by each feature's projections laid side by side ((G, D, W), assembled from
-the classes' stacked projections); rows of parts at width D (no projection) are placed in the
-output as they are.
+Every feature's categories, ranked by frequency (its ``relabel`` map; without one, the ids are
+the ranks), are cut into parts of consecutive ranks; part p is a table (or a quotient and a
+remainder table composed by an operation) of width w_p, projected to D by a (D, w_p) matrix
+where w_p < D. The parts of one kind and width (a *class*) share stacked tables, so a batch costs
+one gather per class. The projections are applied by one batched matmul over the features: each
+id's row is placed at its part's columns of a zero (B, G, W) tensor (W: the widest feature's
+projected widths side by side) and multiplied by each feature's projections laid side by side
+((G, D, W), assembled from the classes' stacked projections); rows of parts at width D (no
+projection) are placed in the output as they are.
 
 Letters: B batch, G features, D width, Q parts of the group, W the widest concatenation.
 """
@@ -181,10 +181,10 @@ class PartedGroup(StackedGroup):
         self.register_buffer("_klass", buffer(self._class), persistent=False)
         self.register_buffer("_offset", buffer(offsets), persistent=False)
         self.register_buffer("_id_start", buffer(self.id_starts), persistent=False)
-        relabel = {p.name: p for p in self.plans[0].maps}["relabel"]
+        relabel = {p.name: p for p in self.plans[0].maps}.get("relabel")
         ranks = [plan.partitions.relabeling() for plan in self.plans]
-        self.register_buffer("relabel", torch.cat(ranks).to(
-            device=device, dtype=_MAP_DTYPES[relabel.itemsize]))
+        self.register_buffer("relabel", None if relabel is None else torch.cat(ranks).to(
+            device=device, dtype=_MAP_DTYPES[relabel.itemsize]))  # None: ids are the ranks
         self.reset_parameters()
 
     @property
@@ -254,7 +254,9 @@ class PartedGroup(StackedGroup):
         b, g = ids.shape
         d, width = self.embedding_dim, self.columns
         first = self._id_start[cols].expand(b, g).reshape(-1)  # each id's feature's first rank
-        ranks = self.relabel[ids.reshape(-1) + first].long() + first
+        ranks = ids.reshape(-1) + first
+        if self.relabel is not None:
+            ranks = self.relabel[ranks].long() + first
         part = torch.bucketize(ranks, self._bounds, right=True)  # (N,) part of each id
         klass = self._klass[part]
         local = ranks - self._start[part]
