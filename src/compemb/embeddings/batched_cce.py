@@ -4,11 +4,11 @@ assignment in one stacked map, one gather for the whole batch.
 G features with c chunks of width W = D / c each (R_f rows per table may differ). Chunk i of
 feature f is rows ``i S + s_f`` to ``i S + s_f + 2 R_f`` of one (c S, W) table, S = sum 2 R_f,
 s_f = sum of the earlier features' 2 R_f: an id's 2c rows are read by one gather and summed in
-pairs (:func:`~compemb.embeddings._fused.compose_lookup` with ``add``). The assignments
+pairs (the fused ``compose_lookup`` with ``add``). The assignments
 (sum n_f, c), hashes (G, 2, c) and seen marks (sum n_f,) are stacked the same way; the seen
 marks stay rank-local under DDP (``rank_local_buffers``), as the per-feature module's.
 
-Reclustering stays per feature: each member has a child :class:`_CCEMember` that owns nothing
+Reclustering stays per feature: each member has a child (``_CCEMember``) that owns nothing
 and works on views of the stacked tensors with :class:`~compemb.embeddings.cce.CCEEmbeddingBag`'s
 own ``recluster``, so the trainer finds the same owners, in the same order, with the same seeds
 as with one module per feature.
