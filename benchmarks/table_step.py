@@ -91,8 +91,12 @@ def torch_optimizer(module: EmbeddingBagCollection, rowwise: bool) -> torch.opti
 
 
 def fused_optimizer(module: EmbeddingBagCollection, rowwise: bool) -> torch.optim.Optimizer:
+    """FusedAdagrad with every table routed; the other parameters (projections) exact."""
     tables = module.table_parameters()
-    return FusedAdagrad([{"params": tables, "rowwise": rowwise}], lr=LR, tables=tables)
+    routed = {id(t) for t in tables}
+    rest = [p for p in module.parameters() if id(p) not in routed]
+    groups = [{"params": tables, "rowwise": rowwise}] + ([{"params": rest}] if rest else [])
+    return FusedAdagrad(groups, lr=LR, tables=tables)
 
 
 def variants(cards: list[int], rowwise: bool, args: argparse.Namespace) -> dict[str, Step]:
@@ -166,10 +170,12 @@ def capped_cards(args: argparse.Namespace) -> list[int]:
 
 
 def bench_modules(made: dict[str, tuple[torch.nn.Module, str]], cards: list[int],
-                  args: argparse.Namespace, what: str = "") -> None:
+                  args: argparse.Namespace, what: str = "",
+                  fused: frozenset[str] = frozenset()) -> None:
     """Per-module variants (``name -> (module, note)``) on ``cards``: print the setup and each
-    one's parameters, then each batch size's report of steps with torch's Adagrad (CPU time).
-    ``args`` holds ``batches``, ``rounds``, ``steps`` and ``cap``; ``what`` ends the header."""
+    one's parameters, then each batch size's report of steps with torch's Adagrad (CPU time),
+    or compemb's FusedAdagrad for the collections named in ``fused``. ``args`` holds
+    ``batches``, ``rounds``, ``steps`` and ``cap``; ``what`` ends the header."""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU time, D={D}, "
           f"26 Criteo Kaggle features capped at {args.cap or 'no'} rows, one id per bag, uniform "
           f"ids, forward + backward + Adagrad (lr {LR}); median of {args.rounds} rounds of "
@@ -177,7 +183,8 @@ def bench_modules(made: dict[str, tuple[torch.nn.Module, str]], cards: list[int]
     for name, (module, note) in made.items():
         params = sum(p.numel() for p in module.parameters())
         print(f"  {name:28s} {params:>13,} parameters {note}")
-    steps = {name: compemb_step(m, torch.optim.Adagrad(m.parameters(), lr=LR))
+    steps = {name: compemb_step(m, fused_optimizer(m, False) if name in fused
+                                else torch.optim.Adagrad(m.parameters(), lr=LR))
              for name, (m, _) in made.items()}
     limits = torch.tensor(cards)
     for batch in args.batches:

@@ -12,6 +12,7 @@ from compemb import EmbeddingBagCollection, EmbeddingSpec, _kernels
 from compemb.optim import make_optimizer
 from compemb.optim.fused import FusedAdagrad, gradient_sink
 from compemb.optim.rowwise import RowWiseAdagrad, sparse_adagrad_
+from schemekit import kit_counts
 
 # Big enough that the first tables take sparse gradients (stacks of more than 4,096 rows).
 CARDS = [100_000, 50, 7_000, 3, 20_000]
@@ -21,13 +22,18 @@ SPECS = {
     "qr-concat": EmbeddingSpec("qr", operation="concat", collisions=4, sparse=True),
     "full": EmbeddingSpec("full", sparse=True),
     "hash": EmbeddingSpec("hash", collisions=4, sparse=True),
+    # the successors' stacked forms
+    "md": EmbeddingSpec("md", alpha=0.3, base_width=4, sparse=True),
+    "md_qr": EmbeddingSpec("md_qr", collisions=4, order="frequency", sparse=True),
+    "md_block": EmbeddingSpec("md_block", alpha=0.5, order="frequency", sparse=True),
+    "cce": EmbeddingSpec("cce", rows=3000, chunks=2, sparse=True),
 }
 
 
 class Model(nn.Module):
     def __init__(self, spec: EmbeddingSpec):
         super().__init__()
-        self.sparse_arch = EmbeddingBagCollection(CARDS, 8, spec)
+        self.sparse_arch = EmbeddingBagCollection(CARDS, 8, spec, counts=kit_counts(spec, CARDS))
         self.head = nn.Linear(8, 1)
 
     def forward(self, ids, bags=()):

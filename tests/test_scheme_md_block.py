@@ -97,8 +97,7 @@ def test_each_id_is_its_blocks_row_times_the_blocks_projection() -> None:
     torch.testing.assert_close(ebc(ids[:3, :4], bags)[:, 4], torch.stack(pooled),
                                rtol=0, atol=1e-6)
     assert ebc.num_parameters == embedding_parameters(CARDS, D, spec)
-    assert ebc.unstacked[1] == "block mixed-dimension tables each have their own width and " \
-                               "projection"
+    assert ebc.unstacked == {}  # every block of every feature in one stacked group
 
 
 def test_module_from_the_factory_matches_its_plan() -> None:

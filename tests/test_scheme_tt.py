@@ -40,7 +40,7 @@ def test_small_features_keep_their_full_table() -> None:
     ebc = EmbeddingBagCollection(CARDS, D, EmbeddingSpec("tt", rank=2))
     # 3 categories: radices (1, 2, 2) hold 5 rows, more than the full table's 3
     assert [s.scheme for s in ebc.specs] == ["full", "tt", "tt", "tt", "tt"]
-    assert ebc.unstacked[1] == "TT cores are chained per id, not composed by an operation"
+    assert ebc.unstacked == {} and len(ebc.groups) == 2  # the full table; the TT cores stacked
     assert ebc.num_parameters == embedding_parameters(CARDS, D, EmbeddingSpec("tt", rank=2))
 
 

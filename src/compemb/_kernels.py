@@ -1,5 +1,6 @@
 """compemb's compiled CPU kernels (``csrc/``), when built: the fused optimizer's sparse Adagrad
-update and the two-table product of QR mult (forward and backward).
+update, the two-table product of QR mult (forward and backward), and the seeded universal hashes
+(ROBE, DHE, CCE; for DHE fused with its uniform encoding).
 
 ``make kernels`` (a step of ``make test`` and ``make demo``) compiles them with the system C
 compiler into ``build/kernels/``; ``COMPEMB_KERNELS`` may name another path, and
@@ -47,6 +48,15 @@ def _load() -> ctypes.CDLL | None:
                                                        p, p, p, p]  # fmt: skip
             except (OSError, AttributeError):
                 lib = None
+            try:  # a library built before the hashes were added still serves the rest
+                lib.compemb_universal_hash.restype = ctypes.c_int
+                lib.compemb_universal_hash.argtypes = [p, i, p, i, i, p]
+                lib.compemb_hash_affine.restype = ctypes.c_int
+                lib.compemb_hash_affine.argtypes = [p, i, p, i, i, ctypes.c_float,
+                                                    ctypes.c_float, p]
+                _state["hash"] = True
+            except AttributeError:
+                _state["hash"] = False
         if os.environ.get("COMPEMB_NO_KERNELS") == "1":
             print("compemb: compiled CPU kernels turned off (COMPEMB_NO_KERNELS=1); using the "
                   "pure-torch code", file=sys.stderr)  # fmt: skip
@@ -127,3 +137,44 @@ def mult2_backward(g: torch.Tensor, a: torch.Tensor, kept: torch.Tensor | None, 
         g.data_ptr(), a.data_ptr(), a.shape[0], _ptr(kept), b.data_ptr(), b.shape[0],
         ia.data_ptr(), ib.data_ptr(), ia.numel(), a.shape[1], columns, _ptr(absent),
         _ptr(val_a), _ptr(dense_a), _ptr(val_b), _ptr(dense_b)), (a.shape[0], b.shape[0]))
+
+
+def _hash_applies(ids: torch.Tensor, coefficients: torch.Tensor) -> bool:
+    return (not torch.compiler.is_compiling() and ids.device.type == "cpu"
+            and coefficients.device.type == "cpu" and ids.dim() == 1
+            and coefficients.dim() == 2 and coefficients.shape[0] == 2
+            and _load() is not None and bool(_state.get("hash")))  # fmt: skip
+
+
+def _check_ids(code: int) -> None:
+    if code != 0:
+        raise IndexError("universal hash: an id is outside [0, 2^31 - 1)")
+
+
+def universal_hash(ids: torch.Tensor, coefficients: torch.Tensor, buckets: int
+                   ) -> torch.Tensor | None:
+    """The kernel's :func:`compemb.embeddings._universal.universal_hash` (N, k) int64, or None
+    where it does not apply (no library; not CPU tensors)."""
+    if not _hash_applies(ids, coefficients):
+        return None
+    ids = ids.long().contiguous()
+    co = coefficients.long().contiguous()
+    out = torch.empty(ids.shape[0], co.shape[1], dtype=torch.int64)
+    _check_ids(_load().compemb_universal_hash(  # type: ignore[union-attr]
+        ids.data_ptr(), ids.shape[0], co.data_ptr(), co.shape[1], buckets, out.data_ptr()))
+    return out
+
+
+def hash_affine(ids: torch.Tensor, coefficients: torch.Tensor, buckets: int, scale: float,
+                shift: float) -> torch.Tensor | None:
+    """``universal_hash(ids, coefficients, buckets).float() * scale + shift`` (N, k) float32 in
+    one pass, rounded as those float32 operations round; None where the kernel does not apply."""
+    if not _hash_applies(ids, coefficients):
+        return None
+    ids = ids.long().contiguous()
+    co = coefficients.long().contiguous()
+    out = torch.empty(ids.shape[0], co.shape[1], dtype=torch.float32)
+    _check_ids(_load().compemb_hash_affine(  # type: ignore[union-attr]
+        ids.data_ptr(), ids.shape[0], co.data_ptr(), co.shape[1], buckets, scale, shift,
+        out.data_ptr()))
+    return out

@@ -1,4 +1,5 @@
-"""The compiled two-table product (csrc/compose_mult.c) equals the pure-torch node."""
+"""The compiled kernels equal the pure-torch code: the two-table product (csrc/compose_mult.c)
+and the universal hashes with DHE's uniform encoding (csrc/universal_hash.c)."""
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 from compemb import _kernels
 from compemb.embeddings import _fused
 from compemb.embeddings._fused import compose_lookup
+from compemb.embeddings._universal import PRIME, hash_coefficients, universal_hash
+from compemb.embeddings.dhe import HASH_BUCKETS, dhe_encoding
 
 pytestmark = pytest.mark.skipif(_kernels._load() is None,
                                 reason="compiled kernels not built (make kernels)")  # fmt: skip
@@ -39,3 +42,43 @@ def test_compiled_mult_refuses_rows_out_of_range():
     weights = [torch.randn(5, 2), torch.randn(3, 2)]
     with pytest.raises(IndexError):
         compose_lookup("mult", [torch.tensor([[5]]), torch.tensor([[0]])], weights, [False] * 2)
+
+
+needs_hash_kernel = pytest.mark.skipif(
+    _kernels._load() is None or not _kernels._state.get("hash"),
+    reason="the hash kernel is not in this build (make kernels)")
+
+
+def _hash_ids() -> torch.Tensor:
+    """Both ends of [0, P), ids just below powers of 2, and random ones."""
+    edges = [0, 1, 2, PRIME - 2, PRIME - 1, 2**24 - 1, 2**24, 2**30 + 7]
+    return torch.cat([torch.tensor(edges), torch.randint(0, PRIME, (3000,),
+                                                          generator=torch.Generator().manual_seed(0))])
+
+
+@needs_hash_kernel
+@pytest.mark.parametrize("buckets", [1, 2, 7, 1000, HASH_BUCKETS, PRIME - 1, PRIME])
+def test_compiled_hash_equals_pure_torch(buckets, monkeypatch):
+    ids, co = _hash_ids(), hash_coefficients(33, 5)
+    assert _kernels.universal_hash(ids, co, buckets) is not None
+    co[:, 0] = torch.tensor([PRIME - 1, PRIME - 1])  # the largest a and b
+    got = universal_hash(ids, co, buckets)
+    monkeypatch.setattr(_kernels, "universal_hash", lambda *args: None)
+    torch.testing.assert_close(got, universal_hash(ids, co, buckets), rtol=0, atol=0)
+
+
+@needs_hash_kernel
+@pytest.mark.parametrize("encoding", ["uniform", "gaussian"])
+def test_compiled_dhe_encoding_equals_pure_torch(encoding, monkeypatch):
+    ids, co = _hash_ids(), hash_coefficients(64, 2)
+    assert _kernels.hash_affine(ids, co, HASH_BUCKETS, 1.0, 0.0) is not None
+    got = dhe_encoding(ids, co, encoding)
+    monkeypatch.setattr(_kernels, "hash_affine", lambda *args: None)
+    monkeypatch.setattr(_kernels, "universal_hash", lambda *args: None)
+    torch.testing.assert_close(got, dhe_encoding(ids, co, encoding), rtol=0, atol=0)
+
+
+@needs_hash_kernel
+def test_compiled_hash_refuses_ids_outside_the_prime():
+    with pytest.raises(IndexError, match="outside"):
+        universal_hash(torch.tensor([PRIME]), hash_coefficients(2, 0), 10)

@@ -192,7 +192,17 @@ class _Assemble(torch.autograd.Function):
         first = pieces[0]
         out = first.new_empty(first.shape[0], width, *first.shape[2:])
         for index, piece in zip(slots, pieces, strict=True):
-            out.index_copy_(1, index, piece)
+            if torch.compiler.is_compiling():
+                out.index_copy_(1, index, piece)
+                continue
+            # runs of consecutive slots as slice copies: index_copy_ along dim 1 moves one
+            # element at a time, a slice copy whole (D-wide) rows
+            at = index.tolist()
+            start = 0
+            for i in range(1, len(at) + 1):
+                if i == len(at) or at[i] != at[i - 1] + 1:
+                    out[:, at[start] : at[i - 1] + 1] = piece[:, start:i]
+                    start = i
         ctx.slots = slots
         return out
 

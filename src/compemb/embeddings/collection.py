@@ -14,6 +14,7 @@ from compemb.embeddings._fused import assemble
 from compemb.embeddings.batched import TableGroup, TableStack
 from compemb.embeddings.batched_path import PathGroup, PathStack
 from compemb.embeddings.factory import module_from_plan
+from compemb.embeddings.stacked import StackedGroup, StackKey
 from compemb.operations import OPERATIONS
 from compemb.spec import EmbeddingSpec, SharedPlan, plan_collection, shared_plans
 
@@ -96,7 +97,7 @@ class EmbeddingBagCollection(nn.Module):
         self.plans = plan_collection(self.cardinalities, embedding_dim, spec, counts=counts)
         self.specs = tuple(plan.spec for plan in self.plans)
         self.validate = validate
-        grouped: dict[TableStack | PathStack, list[int]] = {}
+        grouped: dict[TableStack | PathStack | StackKey, list[int]] = {}
         self.unstacked: dict[int, str] = {}
         for f, plan in enumerate(self.plans):
             key = plan.scheme.stacking(plan)
@@ -112,8 +113,11 @@ class EmbeddingBagCollection(nn.Module):
             cards = [self.cardinalities[f] for f in features]
             lays = [self.plans[f].partitions.layout() for f in features]
             relabels = [self.plans[f].partitions.relabeling() for f in features]
-            if isinstance(key, PathStack):
-                group: nn.Module = PathGroup(key.transform, key.dim, key.hidden, cards, lays,
+            if isinstance(key, StackKey):
+                group: nn.Module = key.build([self.plans[f] for f in features],
+                                             sparse=spec.sparse, device=device, dtype=dtype)
+            elif isinstance(key, PathStack):
+                group = PathGroup(key.transform, key.dim, key.hidden, cards, lays,
                                              sparse=spec.sparse, relabels=relabels,
                                              device=device, dtype=dtype)
             else:
@@ -165,6 +169,9 @@ class EmbeddingBagCollection(nn.Module):
         keys: list[tuple[str, str, Any]] = []
         for g, (group, members) in enumerate(zip(self.groups, self._group_features,
                                                  strict=True)):
+            if isinstance(group, StackedGroup):
+                keys.extend(group.feature_keys(f"groups.{g}", members))
+                continue
             index = group.index
             for i, f in enumerate(members):
                 plan = self.plans[f]
@@ -219,7 +226,10 @@ class EmbeddingBagCollection(nn.Module):
         a row-wise optimizer treats row by row."""
         tables: list[nn.Parameter] = []
         for group in self.groups:
-            tables.extend(group.weights if isinstance(group, TableGroup) else [group.weight])
+            if isinstance(group, StackedGroup):
+                tables.extend(group.table_parameters())
+            else:
+                tables.extend(group.weights if isinstance(group, TableGroup) else [group.weight])
         for key, module in self.modules_by_feature.items():
             own = dict(module.named_parameters())
             tables.extend(own[p.name] for p in self.plans[int(key)].tables)

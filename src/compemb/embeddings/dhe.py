@@ -34,6 +34,7 @@ import math
 import torch
 from torch import nn
 
+from compemb import _kernels
 from compemb.embeddings._universal import check_hashable, hash_coefficients, universal_hash
 from compemb.embeddings.base import BagModule
 
@@ -51,10 +52,15 @@ def dhe_encoding(ids: torch.Tensor, coefficients: torch.Tensor, encoding: str,
     >>> dhe_encoding(torch.tensor([0]), torch.tensor([[1], [0]]), "uniform").tolist()
     [[-1.0]]
     """
+    scale = 2.0 / (HASH_BUCKETS - 1)
+    if encoding == "uniform" and dtype in (torch.float32, torch.float16, torch.bfloat16):
+        fast = _kernels.hash_affine(ids, coefficients, HASH_BUCKETS, scale, -1.0)  # one pass
+        if fast is not None:
+            return fast.to(dtype)
     wide = torch.float64 if dtype == torch.float64 else torch.float32
     h = universal_hash(ids, coefficients, HASH_BUCKETS).to(wide)
     if encoding == "uniform":
-        x = h * (2.0 / (HASH_BUCKETS - 1)) - 1.0
+        x = h * scale - 1.0
     elif encoding == "gaussian":
         first, second = h.chunk(2, dim=1)
         radius = torch.sqrt(-2.0 * torch.log((first + 1.0) / HASH_BUCKETS))

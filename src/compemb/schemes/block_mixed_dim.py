@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_parts import Part, PartedStack
 from compemb.embeddings.mixed_dim import (
     INITS,
     BlockMixedDimEmbeddingBag,
@@ -137,6 +138,16 @@ class _BlockRoute(nn.Module):
         return [out]
 
 
+def _cut(plan: FeaturePlan) -> tuple[list[Part], list[str]]:
+    """The blocks of a planned feature as stacked parts, and its module's parameter order."""
+    d, parts, start = plan.embedding_dim, [], 0
+    for j, table in enumerate(plan.tables):
+        parts.append(Part(start, start + table.rows, table.width, (table.name,),
+                          None if table.width == d else f"projections.{j}"))
+        start += table.rows
+    return parts, [p.name for p in plan.params if p.role != "map"]
+
+
 class BlockMixedDimScheme(Scheme):
     """Frequency blocks of falling width per feature, each projected to D; knob: d0."""
 
@@ -182,8 +193,8 @@ class BlockMixedDimScheme(Scheme):
             plan.num_categories, plan.embedding_dim, plan_ranks(plan), starts,
             [t.width for t in plan.tables], init=plan.spec.settings.init, **common)
 
-    def stacking(self, plan: FeaturePlan) -> str:
-        return "block mixed-dimension tables each have their own width and projection"
+    def stacking(self, plan: FeaturePlan) -> PartedStack:
+        return PartedStack(plan.embedding_dim, None, _cut)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         d = plan.embedding_dim

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_cce import CCEStack
 from compemb.embeddings.cce import CCEEmbeddingBag, assignment_dtype, check_cce
 from compemb.operations import Operation, full_table_bound
 from compemb.partitions import PartitionSet
@@ -109,8 +110,8 @@ class CCEScheme(Scheme):
                                kmeans_iters=s.kmeans_iters, kmeans_samples=s.kmeans_samples,
                                **common)
 
-    def stacking(self, plan: FeaturePlan) -> str:
-        return "CCE reads a learned assignment per id, not partitions composed by an operation"
+    def stacking(self, plan: FeaturePlan) -> CCEStack:
+        return CCEStack(plan.embedding_dim, plan.spec.settings.chunks)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         width = plan.embedding_dim // plan.spec.settings.chunks

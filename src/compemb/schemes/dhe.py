@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_dhe import DHEStack
 from compemb.embeddings.dhe import DHEEmbeddingBag, check_dhe
 from compemb.operations import Operation
 from compemb.partitions import PartitionSet
@@ -93,6 +94,10 @@ class DHEScheme(Scheme):
         s = plan.spec.settings
         return DHEEmbeddingBag(plan.num_categories, plan.embedding_dim, s.hashes, s.width,
                                s.depth, s.encoding, s.seed, **common)
+
+    def stacking(self, plan: FeaturePlan) -> DHEStack:
+        s = plan.spec.settings
+        return DHEStack(plan.embedding_dim, s.hashes, s.width, s.depth, s.encoding)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         # no table: the whole module runs data-parallel; built on the CPU when tables go to meta

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched import TableStack
+from compemb.embeddings.batched_md import MixedDimStack
 from compemb.embeddings.mixed_dim import (
     INITS,
     MixedDimEmbeddingBag,
@@ -209,8 +211,13 @@ class MixedDimScheme(Scheme):
         return MixedDimEmbeddingBag(plan.num_categories, plan.embedding_dim,
                                     plan.tables[0].width, init=s.init, bias=s.bias, **common)
 
-    def stacking(self, plan: FeaturePlan) -> str:
-        return "mixed-dimension tables each have their own width and projection"
+    def stacking(self, plan: FeaturePlan) -> MixedDimStack | TableStack | str:
+        # a feature kept at width D has no projection: it is a full table
+        if plan.tables[0].width == plan.embedding_dim:
+            return TableStack.of(plan, "add")
+        if plan.spec.settings.bias:
+            return "a projection bias (bias: true) is per feature: one module each"
+        return MixedDimStack(plan.embedding_dim)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         w, d = plan.tables[0].width, plan.embedding_dim

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_parts import Part, PartedStack
 from compemb.embeddings.mixed_dim import (
     INITS,
     frequency_blocks,
@@ -152,6 +153,22 @@ class _HeadTailRoute(nn.Module):
         return [torch.where(in_head.unsqueeze(1), head, tail)]
 
 
+def _cut(plan: FeaturePlan) -> tuple[list[Part], list[str]]:
+    """The head and the tail of a planned feature as stacked parts, and its module's parameter
+    order (the head's, the projections, then the tail module's tables)."""
+    named = {p.name: p for p in plan.params}
+    head, quotient, remainder = (named[n] for n in ("head_weight", "tail.weights.0",
+                                                    "tail.weights.1"))
+    h, n = head.rows, plan.num_categories
+    tail_width = plan.operation.output_width([quotient.width, remainder.width])
+    projections = [name for name in ("head_projection", "tail_projection") if name in named]
+    parts = [Part(0, h, head.width, (head.name,), "head_projection" if "head_projection" in
+                  named else None),
+             Part(h, n, tail_width, (quotient.name, remainder.name),
+                  "tail_projection" if "tail_projection" in named else None, remainder.rows)]
+    return parts, [head.name, *projections, quotient.name, remainder.name]
+
+
 class MixedDimQRScheme(Scheme):
     """A frequent head of private rows and a QR tail, widths by the MD rule; knob: c."""
 
@@ -205,8 +222,8 @@ class MixedDimQRScheme(Scheme):
             tail_width=w_tail, collisions=s.collisions, operation=plan.operation, init=s.init,
             **common)  # fmt: skip
 
-    def stacking(self, plan: FeaturePlan) -> str:
-        return "md_qr's head and tail each have their own width and projection"
+    def stacking(self, plan: FeaturePlan) -> PartedStack:
+        return PartedStack(plan.embedding_dim, plan.operation.name, _cut)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         d = plan.embedding_dim

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_tt import TTStack
 from compemb.embeddings.tt import TT_INITS, TTEmbeddingBag, balanced_factors, tt_chain, tt_init_std
 from compemb.operations import Operation
 from compemb.partitions import PartitionSet
@@ -86,8 +87,10 @@ class TTScheme(Scheme):
         return TTEmbeddingBag(plan.num_categories, plan.embedding_dim, s.rank,
                               num_cores=s.num_cores, init=s.init, **common)
 
-    def stacking(self, plan: FeaturePlan) -> str:
-        return "TT cores are chained per id, not composed by an operation"
+    def stacking(self, plan: FeaturePlan) -> TTStack | str:
+        if plan.partitions.layout() is None:
+            return "these TT digits are not index arithmetic of the form (i // place) mod m"
+        return TTStack(*_shape(plan.spec.settings, plan.embedding_dim))
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         dims, ranks = _shape(plan.spec.settings, plan.embedding_dim)
