@@ -41,12 +41,17 @@ def feature_precisions(precision: str, names: Sequence[str],
     return [PRECISIONS.lookup(per_feature.get(name, precision)) for name in names]
 
 
-def _pool(values: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-id vectors (N, D) pooled per sample (B, D) as ``nn.EmbeddingBag`` pools (an empty
-    bag gives zeros)."""
-    offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+def _pool(values: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-id vectors (N, D) pooled per sample (B, D) as ``nn.EmbeddingBag`` pools, bag b
+    from ``offsets[b]`` (an empty bag gives zeros)."""
     positions = torch.arange(values.shape[0], device=values.device)
-    return F.embedding_bag(positions, values, offsets, mode=mode, include_last_offset=True)
+    return F.embedding_bag(positions, values, offsets, mode=mode)
+
+
+def _total(n: int | torch.SymInt, like: torch.Tensor) -> torch.Tensor:
+    """(1,) holding n; ``torch.full`` keeps a symbolic n symbolic in an exported program,
+    where slicing offsets would fix the batch size."""
+    return torch.full((1,), n, dtype=like.dtype, device=like.device)
 
 
 class QuantizedEmbeddingCollection(nn.Module):
@@ -179,21 +184,19 @@ class QuantizedEmbeddingCollection(nn.Module):
                 f"QuantizedEmbeddingCollection: ids of shape {tuple(ids.shape)} and {len(bags)} "
                 f"bags do not make the {len(self.plans)} features it embeds (ids (B, F1) with "
                 f"F1 >= {self.one_hot}, plus F - F1 bags)")  # fmt: skip
-        jagged = []
+        jagged = []  # every feature's (values (N,), offsets (B,))
         for f in range(len(self.plans)):
             if f < single:
-                values, lengths = ids[:, f].long(), ids.new_ones(batch, dtype=torch.long)
+                values = ids[:, f].long()
+                offsets = torch.arange(batch, device=ids.device)
             else:
-                values, offsets = bags[f - single]
-                values = values.long()
-                ends = torch.cat([offsets[1:], offsets.new_tensor([values.shape[0]])])
-                lengths = (ends - offsets).long()
+                values, offsets = bags[f - single][0].long(), bags[f - single][1].long()
             self._check(f, values)
-            jagged.append((values, lengths))
+            jagged.append((values, offsets))
         inputs: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         rest = []
         for f, (plan, route) in enumerate(zip(self.plans, self.routes, strict=True)):
-            values, lengths = jagged[f]
+            values, offsets = jagged[f]
             looked = plan.partitions.buckets(values) if route.lookup is None \
                 else tuple(route.lookup(values))
             k = len(plan.tables)
@@ -204,7 +207,7 @@ class QuantizedEmbeddingCollection(nn.Module):
                 per_id = 1 if b.dim() == 1 else b.shape[1]
                 got = inputs.setdefault(key, ([], []))
                 got[0].append(b.reshape(-1))
-                got[1].append(lengths * per_id)
+                got[1].append(offsets * per_id)
         rows = self._lookup(inputs)
         outs = []
         for f, (plan, route) in enumerate(zip(self.plans, self.routes, strict=True)):
@@ -223,11 +226,13 @@ class QuantizedEmbeddingCollection(nn.Module):
         """Each group's tables looked up in one call, split back into one tensor per table:
         (B, W) pooled, (N L, W) per id."""
         out = {}
-        for key, (indices, lengths) in inputs.items():
+        for key, (indices, offsets) in inputs.items():
             tables = self.pooled if key == "pooled" else self.unpooled[key]
-            flat = torch.cat(lengths)
-            offsets = torch.cat([flat.new_zeros(1), torch.cumsum(flat, 0)])
-            looked = tables(torch.cat(indices), offsets)
+            starts, base = [], 0
+            for i, o in zip(indices, offsets, strict=True):  # table after table
+                starts.append(o + base)
+                base = base + i.shape[0]
+            looked = tables(torch.cat(indices), torch.cat([*starts, _total(base, offsets[0])]))
             if key == "pooled":
                 widths = [w for _, w in tables.shapes]
                 out[key] = list(looked.split(widths, dim=1))
