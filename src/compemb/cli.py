@@ -123,6 +123,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, trials=args.trials, first_seed=args.seed,
         batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
         threads=args.threads, keep_checkpoints=args.keep_checkpoints, workers=args.workers,
+        quantize=tuple(args.quantize or ()),
     )  # fmt: skip
     out = args.out or default_out(spec, args.model)
     command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
@@ -178,6 +179,9 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
                      help="frontier only: these lines (e.g. hash 'qr mult' tt; default all)")
     exp.add_argument("--targets", nargs="+", type=float, metavar="X",
                      help="frontier only: these target compressions (default 2 4 16 60 250 1000)")
+    exp.add_argument("--quantize", nargs="+", metavar="PRECISION", choices=["fp16", "int8", "int4"],
+                     help="also serve every trained run with its tables in these precisions "
+                          "(fp16 int8 int4), before its checkpoint is removed")
     exp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     exp.set_defaults(func=_cmd_experiment)

@@ -59,22 +59,25 @@ def quantize_model(model: RankingModel, precision: str, *,
 
 def serving_bytes(model: RankingModel) -> dict[str, int]:
     """What a served model holds, in bytes: tables (with scales and biases), id maps, dense
-    parts (MLPs, interaction, path functions, projections) and their total.
+    parts (MLPs, interaction, path functions, projections), their total, and the embedding
+    layer's share (tables, maps and the dense parts applied to looked-up rows).
 
     A model with the local collection counts its tables in float32."""
     arch = model.sparse_arch
     if isinstance(arch, QuantizedEmbeddingCollection):
-        tables, maps = sum(arch.table_bytes().values()), arch.map_bytes
+        tables, maps, arch_dense = sum(arch.table_bytes().values()), arch.map_bytes, \
+            arch.dense_bytes
     else:
+        table_ids = {id(p) for p in arch.table_parameters()}
         tables = sum(p.numel() * p.element_size() for p in arch.table_parameters())
         maps = arch.index_bytes
-    everything = sum(p.numel() * p.element_size() for p in model.parameters())
-    table_ids = set() if isinstance(arch, QuantizedEmbeddingCollection) \
-        else {id(p) for p in arch.table_parameters()}
-    dense = everything - sum(p.numel() * p.element_size() for p in model.parameters()
-                             if id(p) in table_ids)  # fmt: skip
-    return {"table_bytes": tables, "map_bytes": maps, "dense_bytes": dense,
-            "total_bytes": tables + maps + dense}
+        arch_dense = sum(p.numel() * p.element_size() for p in arch.parameters()
+                         if id(p) not in table_ids)  # fmt: skip
+    outside = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                  if not name.startswith("sparse_arch."))  # fmt: skip
+    return {"table_bytes": tables, "map_bytes": maps, "dense_bytes": outside + arch_dense,
+            "total_bytes": tables + maps + outside + arch_dense,
+            "embedding_bytes": tables + maps + arch_dense}
 
 
 class ServingModel(nn.Module):

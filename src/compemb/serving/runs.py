@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from compemb.training.evaluate import evaluate, load_local
 from compemb.training.metrics import binary_metrics
 from compemb.training.run_folder import RunFolder
 
-__all__ = ["evaluate_program", "evaluate_quantized", "export_served", "quantize_run",
-           "quantized_metrics"]
+__all__ = ["SERVED_FILE", "evaluate_program", "evaluate_quantized", "export_served",
+           "quantize_run", "quantized_metrics", "served_metrics"]
 
 
 def _quantize(model: RankingModel, dataset: Dataset, precision: str,
@@ -111,3 +112,30 @@ def evaluate_program(path: str | Path, split: str = "test") -> dict[str, Any]:
     keep = ("precision", "table_bytes", "map_bytes", "dense_bytes", "total_bytes")
     return {"program": str(path), "split": split, **{k: info[k] for k in keep if k in info},
             **{f"{split}_{k}": v for k, v in metrics.items()}}
+
+
+SERVED_FILE = "served.json"  # a run folder's metrics served in each precision
+
+
+def served_metrics(run_dir: str | Path, precisions: Sequence[str], *,
+                   dataset: Dataset | None = None) -> dict[str, dict[str, Any]]:
+    """Test metrics and bytes of a finished run served in each of ``precisions``, from its
+    checkpoint, kept in the run folder's ``served.json`` and read back from there once
+    computed (so after the checkpoint is removed). A precision that refuses one of the run's
+    tables (a width FBGEMM cannot pack) gets ``{"error": why}``."""
+    folder = RunFolder(run_dir)
+    path = folder.path / SERVED_FILE
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [p for p in precisions if p not in done]
+    if missing:
+        config = folder.read_config()
+        dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
+        model = load_local(config, dataset, folder.path)
+        for p in missing:
+            try:
+                done[p] = quantized_metrics(model, dataset, p, "test",
+                                            config.train.eval_batch_size)
+            except ValueError as err:
+                done[p] = {"error": str(err)}
+        path.write_text(json.dumps(done, indent=2) + "\n")
+    return {p: done[p] for p in precisions}
