@@ -10,11 +10,15 @@ WORKDIR); each variant answers them on one thread, in eval mode, without gradien
   float32).
 
 Latency: every variant in one process, interleaved request by request, so machine noise hits
-them alike; p50 and p99 per request, requests/s on one thread (1 / mean latency). Memory: the
-peak RSS of a process that builds one variant and answers its requests (what a serving
-machine pays: the float model is built first, so a quantized variant's peak holds both).
+them alike; p50 and p99 per request, requests/s on one thread (1 / mean latency). The clock is
+the thread's CPU time by default (on a shared machine, wall time mostly measures the other
+processes: see benchmarks/table_step.py); ``--clock wall`` for wall time. Memory: a process per
+variant builds it, answers its requests and reports its resident memory then (what a serving
+machine pays) and its peak (a quantized variant is made from the float model, so the peak
+holds both for a moment).
 
     .venv/bin/python benchmarks/serving.py [WORKDIR] [--requests 200] [--variants ...]
+        [--clock cpu|wall]
 
 Needs about 6 GB free for the interleaved run (the float full tables are 2.2 GB).
 """
@@ -71,7 +75,11 @@ def build(variant: str) -> torch.nn.Module:
 
 
 def requests(workdir: Path, count: int) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``count`` requests of each batch size from the planted data's test split."""
+    """``count`` requests of each batch size from the planted data's test split (kept in
+    ``requests.pt``, so that the processes measuring memory do not open the dataset)."""
+    saved = workdir / f"requests-{count}.pt"
+    if saved.is_file():
+        return torch.load(saved, weights_only=True)
     data = workdir / "synth-kaggle"
     if not data.is_dir():
         generate_synthetic(data, SynthOptions(rows=200_000,
@@ -82,6 +90,7 @@ def requests(workdir: Path, count: int) -> dict[int, list[tuple[torch.Tensor, to
     for b in BATCHES:
         batches = dataset.batches("test", b)
         out[b] = [(x.dense, x.categorical) for x, _ in zip(batches, range(count), strict=False)]
+    torch.save(out, saved)
     return out
 
 
@@ -89,7 +98,9 @@ def answer(model: torch.nn.Module, dense: torch.Tensor, ids: torch.Tensor) -> to
     return torch.sigmoid(model(dense, ids))
 
 
-def latency(workdir: Path, variants: list[str], count: int) -> dict[str, dict[int, list[float]]]:
+def latency(workdir: Path, variants: list[str], count: int, clock: str
+            ) -> dict[str, dict[int, list[float]]]:
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     reqs = requests(workdir, count)
     models = {v: build(v) for v in variants}
     times: dict[str, dict[int, list[float]]] = {v: {b: [] for b in BATCHES} for v in variants}
@@ -99,9 +110,9 @@ def latency(workdir: Path, variants: list[str], count: int) -> dict[str, dict[in
                 answer(models[v], *reqs[b][0])
             for dense, ids in reqs[b]:
                 for v in variants:
-                    start = time.perf_counter()
+                    start = now()
                     answer(models[v], dense, ids)
-                    times[v][b].append(time.perf_counter() - start)
+                    times[v][b].append(now() - start)
     return times
 
 
@@ -114,7 +125,10 @@ def one_variant(workdir: Path, variant: str, count: int) -> None:
             for dense, ids in reqs[b]:
                 answer(model, dense, ids)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"variant": variant, "peak_rss": peak, **serving_bytes(model)}))
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+    print(json.dumps({"variant": variant, "rss": rss * 1024, "peak_rss": peak,
+                      **serving_bytes(model)}))
 
 
 def main() -> None:
@@ -122,6 +136,7 @@ def main() -> None:
     parser.add_argument("workdir", nargs="?", default="runs/serving-bench")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -130,21 +145,22 @@ def main() -> None:
     if args.one:
         one_variant(workdir, args.one, args.requests)
         return
-    requests(workdir, 1)  # the data, once, before the children read it
+    requests(workdir, 20)  # the children's requests, once, before they read them
     memory = {}
     for v in args.variants:
         ran = subprocess.run([sys.executable, __file__, str(workdir), "--requests", "20",
                               "--one", v], capture_output=True, text=True, check=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
         memory[v] = json.loads(ran.stdout.strip().splitlines()[-1])
-    times = latency(workdir, args.variants, args.requests)
-    print("| variant | table bytes | total bytes | peak RSS | "
+    times = latency(workdir, args.variants, args.requests, args.clock)
+    print(f"latency clock: {args.clock} time of the serving thread; {args.requests} requests")
+    print("| variant | table bytes | total bytes | RSS serving | peak RSS | "
           + " | ".join(f"B={b} p50 ms | B={b} p99 ms | B={b} req/s" for b in BATCHES) + " |")
-    print("|" + " --- |" * (4 + 3 * len(BATCHES)))
+    print("|" + " --- |" * (5 + 3 * len(BATCHES)))
     for v in args.variants:
         m = memory[v]
         cells = [v, f"{m['table_bytes'] / 1e6:,.1f} MB", f"{m['total_bytes'] / 1e6:,.1f} MB",
-                 f"{m['peak_rss'] / 1e6:,.0f} MB"]
+                 f"{m['rss'] / 1e6:,.0f} MB", f"{m['peak_rss'] / 1e6:,.0f} MB"]
         for b in BATCHES:
             t = sorted(times[v][b])
             p99 = t[min(len(t) - 1, int(0.99 * len(t)))]

@@ -21,6 +21,9 @@ def _check_run(run: Path, tmp_path: Path) -> None:
     one agree."""
     out = trainkit.compemb("export", str(run), str(tmp_path / "served.pt2"), "--quantize", "int8")
     assert out.returncode == 0, out.stderr[-3000:]
+    refused = trainkit.compemb("evaluate", str(run), "--quantize", "int8",
+                               "--feature-precision", "C9=int4")
+    assert refused.returncode == 2 and "per-feature precision for 'C9': no such" in refused.stderr
     by_cli = trainkit.compemb("evaluate", str(run), "--quantize", "int8")
     assert by_cli.returncode == 0, by_cli.stderr[-3000:]
     quantized = json.loads(by_cli.stdout)
