@@ -137,6 +137,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     from compemb.experiments.grids import EXPERIMENT_HELP
+    from compemb.serving.precision import PRECISIONS
 
     demo = sub.add_parser("demo", help="the main job: every scheme trained on MovieLens-100k")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
@@ -179,7 +180,8 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
                      help="frontier only: these lines (e.g. hash 'qr mult' tt; default all)")
     exp.add_argument("--targets", nargs="+", type=float, metavar="X",
                      help="frontier only: these target compressions (default 2 4 16 60 250 1000)")
-    exp.add_argument("--quantize", nargs="+", metavar="PRECISION", choices=["fp16", "int8", "int4"],
+    exp.add_argument("--quantize", nargs="+", metavar="PRECISION",
+                     choices=[p for p in PRECISIONS if p != "fp32"],
                      help="also serve every trained run with its tables in these precisions "
                           "(fp16 int8 int4), before its checkpoint is removed")
     exp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
