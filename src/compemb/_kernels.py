@@ -14,6 +14,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,6 +67,19 @@ def _load() -> ctypes.CDLL | None:
                   f"`make kernels`); using the pure-torch code", file=sys.stderr)  # fmt: skip
         _state["lib"] = lib
     return _state["lib"]  # type: ignore[return-value]
+
+
+@contextmanager
+def turned_off() -> Iterator[None]:
+    """The kernels off inside the block (``torch.export`` cannot capture a ctypes call): every
+    wrapper takes the pure-torch path."""
+    _load()
+    lib = _state["lib"]
+    _state["lib"] = None
+    try:
+        yield
+    finally:
+        _state["lib"] = lib
 
 
 def sparse_adagrad(weight: torch.Tensor, state: torch.Tensor, rows: torch.Tensor,

@@ -123,6 +123,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, trials=args.trials, first_seed=args.seed,
         batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
         threads=args.threads, keep_checkpoints=args.keep_checkpoints, workers=args.workers,
+        quantize=tuple(args.quantize or ()),
     )  # fmt: skip
     out = args.out or default_out(spec, args.model)
     command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
@@ -136,6 +137,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     from compemb.experiments.grids import EXPERIMENT_HELP
+    from compemb.serving.precision import PRECISIONS
 
     demo = sub.add_parser("demo", help="the main job: every scheme trained on MovieLens-100k")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
@@ -178,6 +180,10 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
                      help="frontier only: these lines (e.g. hash 'qr mult' tt; default all)")
     exp.add_argument("--targets", nargs="+", type=float, metavar="X",
                      help="frontier only: these target compressions (default 2 4 16 60 250 1000)")
+    exp.add_argument("--quantize", nargs="+", metavar="PRECISION",
+                     choices=[p for p in PRECISIONS if p != "fp32"],
+                     help="also serve every trained run with its tables in these precisions "
+                          "(fp16 int8 int4), before its checkpoint is removed")
     exp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     exp.set_defaults(func=_cmd_experiment)
@@ -233,22 +239,69 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_feature(items: Sequence[str]) -> dict[str, str]:
+    """``--feature-precision NAME=PRECISION`` flags as a dict."""
+    out = {}
+    for item in items:
+        name, sep, precision = item.partition("=")
+        if not sep or not name or not precision:
+            raise ValueError(f"--feature-precision {item!r}: expected FEATURE=PRECISION")
+        out[name] = precision
+    return out
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from compemb.training import evaluate_run
+    if args.run_dir.endswith(".pt2"):
+        from compemb.serving.runs import evaluate_program
 
-    metrics = evaluate_run(args.run_dir, args.split, device=args.device)
+        if args.quantize or args.feature_precision:
+            raise ValueError(f"{args.run_dir} is an exported program, served as it was written"
+                             f"; drop --quantize and --feature-precision")
+        metrics = evaluate_program(args.run_dir, args.split)
+    elif args.quantize:
+        from compemb.serving.runs import evaluate_quantized
+
+        metrics = evaluate_quantized(args.run_dir, args.quantize, args.split,
+                                     per_feature=_per_feature(args.feature_precision))
+    else:
+        if args.feature_precision:
+            raise ValueError("--feature-precision goes with --quantize")
+        from compemb.training import evaluate_run
+
+        metrics = evaluate_run(args.run_dir, args.split, device=args.device)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank reports
         print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.quantize:
+        from compemb.serving.runs import export_served
+
+        print(export_served(args.run_dir, args.out, args.quantize,
+                            per_feature=_per_feature(args.feature_precision)))
+        return 0
+    if args.feature_precision:
+        raise ValueError("--feature-precision goes with --quantize")
     from compemb.training import export_run
 
     print(export_run(args.run_dir, args.out))
     return 0
+
+
+def _add_quantize_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    from compemb.serving.precision import PRECISIONS
+
+    parser.add_argument("--quantize", choices=list(PRECISIONS), default=None,
+                        help=f"{what} with tables stored row-wise in this precision and looked "
+                             f"up by FBGEMM's inference kernels (tables it would not shrink stay "
+                             f"float32)")
+    parser.add_argument("--feature-precision", action="append", default=[],
+                        metavar="FEATURE=PRECISION",
+                        help="another precision for one feature, by the dataset's name for it "
+                             "(repeatable)")
 
 
 def _flag_bool(text: str) -> bool:
@@ -302,16 +355,21 @@ def _add_training_commands(sub: argparse._SubParsersAction, spec_flags: bool) ->
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="metrics of a run folder's last checkpoint (under "
-                        "torchrun, a sharded run evaluated sharded)")  # fmt: skip
-    ev.add_argument("run_dir")
+                        "torchrun, a sharded run evaluated sharded), or of an exported "
+                        "program (.pt2)")  # fmt: skip
+    ev.add_argument("run_dir", help="run folder, or a program written by export --quantize")
     ev.add_argument("--split", choices=["test", "val"], default="test")
     ev.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    _add_quantize_flags(ev, "serve the model")
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="a run's last checkpoint as one weights-only file of "
-                        "the unsharded model")  # fmt: skip
+                        "the unsharded model, or with --quantize as one torch.export program "
+                        "that serves probabilities")  # fmt: skip
     ex.add_argument("run_dir")
-    ex.add_argument("out", help="the file to write ({'model', 'config'})")
+    ex.add_argument("out", help="the file to write: {'model', 'config'}, or a .pt2 program "
+                                "with --quantize")
+    _add_quantize_flags(ex, "write a program")
     ex.set_defaults(func=_cmd_export)
 
 

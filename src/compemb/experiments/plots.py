@@ -100,6 +100,22 @@ _FRONTIER_X = (("embedding_parameters", "embedding parameters"),
                ("table_step_vs_full", "table step time / full tables'"))
 
 
+def _served_points(ax: Axes, summary: list[dict[str, Any]], paired: bool,
+                   optimum: float | None, precisions: list[str] | None) -> None:
+    """Every variant served quantized (``--quantize``): at its quantized bytes, its float
+    point moved by the mean change the quantization made to its runs' test loss."""
+    for p, marker in zip(precisions or (), "1x+", strict=False):
+        points = [(e[f"served_{p}_embedding_bytes"],
+                   (e["paired_logloss_median"] if paired
+                    else e["test_logloss_mean"] - (optimum or 0.0))
+                   + e[f"served_{p}_logloss_change_mean"])
+                  for e in summary if e.get(f"served_{p}_logloss_change_mean") is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, linestyle="none", marker=marker, color="dimgray", markersize=7,
+                    label=f"any variant served in {p}")
+
+
 def _frontier_figure(results: Results) -> Figure:
     """The frontier on three axes: loss against parameters, bytes, and table step time (the
     last only where measured). With several seeds the loss is each run's minus the full tables'
@@ -130,6 +146,8 @@ def _frontier_figure(results: Results) -> Figure:
             ax.errorbar([e[key] for e in entries], ys,
                         yerr=errs, capsize=3,
                         label=series, **style)  # fmt: skip
+        if key == "embedding_bytes":
+            _served_points(ax, summary, paired, optimum, results["settings"].get("quantize"))
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         if key == "table_step_vs_full":

@@ -123,8 +123,38 @@ def write_report(
                   "Embedding memory: the layer's parameters and id maps, in bytes.", ""]
     lines += [f"- {note}" for note in results["notes"]] + ([""] if results["notes"] else [])
     lines += [markdown_table(results), ""]
+    lines += served_table(results)
     if plot:
         lines += [f"![{results['experiment']}]({Path(plot).name})", ""]
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def served_table(results: Results) -> list[str]:
+    """Report lines on every variant served quantized (``--quantize``): embedding bytes, test
+    log loss and its change from the same run in float32, per precision; none without."""
+    precisions = list(results["settings"].get("quantize") or ())
+    if not precisions:
+        return []
+    lines = ["## Served quantized", "",
+             "The same trained runs served with their tables row-wise quantized (FBGEMM's "
+             "inference formats; `compemb.serving`), no retraining: embedding bytes (tables "
+             "with scales and biases, id maps, dense parts of the embedding layer), test log "
+             "loss, and its change from the same run in float32 (mean ± std over trials). A "
+             "dash: the precision refuses a table width of the variant.", "",
+             "| variant | float32 bytes | " + " | ".join(
+                 f"{p} bytes | {p} test loss | {p} change" for p in precisions) + " |",
+             "|" + " --- |" * (2 + 3 * len(precisions))]
+    for e in results["summary"]:
+        cells = [e["label"], _megabytes(e["embedding_bytes"])]
+        for p in precisions:
+            key = f"served_{p}"
+            if e.get(f"{key}_test_logloss_mean") is None:
+                cells += ["-", "-", "-"]
+                continue
+            cells += [_megabytes(e[f"{key}_embedding_bytes"]), _pm(e, f"{key}_test_logloss"),
+                      f"{e[f'{key}_logloss_change_mean']:+.5f} ± "
+                      f"{e[f'{key}_logloss_change_std']:.5f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]

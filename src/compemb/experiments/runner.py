@@ -64,6 +64,8 @@ class Settings:
         threads: torch CPU threads (1 is fastest for these small models on a shared machine).
         keep_checkpoints: keep each finished run's checkpoint (they can be GBs at scale).
         workers: runs trained at once, each in its own process with ``threads`` threads.
+        quantize: also serve each finished run with its tables in these precisions (fp16,
+            int8, int4; :mod:`compemb.serving`), before its checkpoint is removed.
     """
 
     dataset: str = "movielens"
@@ -78,6 +80,7 @@ class Settings:
     threads: int = 1
     keep_checkpoints: bool = False
     workers: int = 1
+    quantize: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,21 +139,33 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def execute(run: Run, dataset: Dataset, keep_checkpoint: bool) -> dict[str, Any]:
-    """Train ``run`` (or read its final metrics if it finished before); its final metrics."""
+def execute(run: Run, dataset: Dataset, keep_checkpoint: bool,
+            quantize: Sequence[str] = ()) -> dict[str, Any]:
+    """Train ``run`` (or read its final metrics if it finished before); its final metrics,
+    with its metrics served in each precision of ``quantize`` under ``served``."""
     folder = RunFolder(run.folder)
     resume = folder.config.is_file()
     if resume:
         check_version(run.folder)
     if folder.is_done():
-        return folder.read_final()
+        return _served(run, folder.read_final(), dataset, quantize)
     if not resume:
         write_version(run.folder)
     metrics = train(run.config, run.folder, resume=resume, dataset=dataset, progress=False)
+    metrics = _served(run, metrics, dataset, quantize)
     if not keep_checkpoint:
         folder.checkpoint.unlink(missing_ok=True)
         shutil.rmtree(folder.checkpoints, ignore_errors=True)  # a sharded run's
     return metrics
+
+
+def _served(run: Run, metrics: dict[str, Any], dataset: Dataset, quantize: Sequence[str]
+            ) -> dict[str, Any]:
+    if not quantize:
+        return metrics
+    from compemb.serving.runs import served_metrics  # FBGEMM's kernels, only when asked
+
+    return {**metrics, "served": served_metrics(run.folder, quantize, dataset=dataset)}
 
 
 _WORKER_DATASETS: dict[str, Dataset] = {}
@@ -161,7 +176,8 @@ def _execute_in_worker(run: Run, settings: Settings) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     if settings.dataset not in _WORKER_DATASETS:
         _WORKER_DATASETS[settings.dataset] = open_dataset(settings.dataset)
-    return execute(run, _WORKER_DATASETS[settings.dataset], settings.keep_checkpoints)
+    return execute(run, _WORKER_DATASETS[settings.dataset], settings.keep_checkpoints,
+                   settings.quantize)
 
 
 def _execute_all(
@@ -173,7 +189,7 @@ def _execute_all(
     for i, run in enumerate(runs):
         if RunFolder(run.folder).is_done() or settings.workers == 1:
             bar.set_postfix_str(f"{run.variant.label} seed {run.seed}")
-            finals[i] = execute(run, dataset, settings.keep_checkpoints)
+            finals[i] = execute(run, dataset, settings.keep_checkpoints, settings.quantize)
             bar.update()
         else:
             pending.append(i)
@@ -207,8 +223,21 @@ def trial_row(run: Run, metrics: dict[str, Any], full_embedding: int,
         "compression": full_embedding / metrics["embedding_parameters"],
         "embedding_bytes": embedding_bytes,
         "steps": metrics["steps"], "train_seconds": metrics["train_seconds"],
-        "run": run.folder.name,
+        "run": run.folder.name, **_served_columns(metrics),
     }  # fmt: skip
+
+
+def _served_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``served_<precision>_*`` columns: test log loss, its change from float32, embedding
+    bytes (None where the precision refused a table)."""
+    out = {}
+    for p, m in metrics.get("served", {}).items():
+        loss = m.get("test_logloss")
+        out[f"served_{p}_test_logloss"] = loss
+        out[f"served_{p}_logloss_change"] = None if loss is None \
+            else loss - metrics["test_logloss"]
+        out[f"served_{p}_embedding_bytes"] = m.get("embedding_bytes")
+    return out
 
 
 def embedding_memory(config: Config, dataset: Dataset) -> int:
@@ -257,6 +286,13 @@ def aggregate(rows: Sequence[dict[str, Any]], optimum: float | None = None) -> l
             entry["paired_logloss_median"] = statistics.median(paired)
             entry["paired_logloss_min"], entry["paired_logloss_max"] = min(paired), max(paired)
         entry["train_seconds_mean"] = _mean_std([r["train_seconds"] for r in group])[0]
+        for key in (k for k in first if k.startswith("served_")):
+            values = [r[key] for r in group if r[key] is not None]
+            if key.endswith("_bytes"):
+                entry[key] = values[0] if values else None
+            else:
+                entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(values) if values \
+                    else (None, None)
         summary.append(entry)
     return summary
 
