@@ -366,17 +366,17 @@ PAST_DEFAULTS: dict[str, Any] = {
     "train.warmup_steps": 0,
     "model.embedding.cap_at_full": False,
     "model.embedding[md].widths_over_all": False,
-    "train.recluster_times": 3,
-    "train.recluster_until": 1.0,  # N steps reclustered to the end
 }
 
 
 def _written_before(raw: dict[str, Any]) -> dict[str, Any]:
     """A run's config as it ran, for a config.yaml written before fields it lacks existed."""
     train = raw.get("train")
-    if isinstance(train, dict) and "recluster_until" not in train \
-            and train.get("recluster_every") is None:
-        train["recluster_every"] = 0  # null meant never before the authors' schedule
+    if isinstance(train, dict) and "recluster_until" not in train:  # before CCE's schedule
+        if train.get("recluster_every") is None:
+            train["recluster_every"] = 0  # null meant never
+        elif train["recluster_every"]:
+            train["recluster_until"] = 1.0  # every N steps, to the end
     for key, value in PAST_DEFAULTS.items():
         path, name = key.rsplit(".", 1)
         section, _, scheme = path.partition("[")
