@@ -174,3 +174,40 @@ def test_docstring_examples_run() -> None:
     for module in (precision, tables, collection):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+# ROBE's unaligned lookup pairs rows per id; TT and path reshape theirs alike and still fail on
+# a feature without ids (an error in their float modules too).
+@pytest.mark.parametrize("spec", SCHEME_SPECS["robe"], ids=spec_id)
+def test_a_feature_without_ids_in_the_batch(spec: EmbeddingSpec) -> None:
+    ebc, qc = _quantized(spec, "int8", one_hot=0)
+    trc = _float_twin(ebc, qc, 0)
+    bags = _bags(3)
+    bags[3] = (torch.empty(0, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    out = qc(torch.empty(3, 0, dtype=torch.long), bags)
+    kjt = ids_to_kjt(torch.empty(3, 0, dtype=torch.long), trc.feature_names, bags)
+    assert torch.equal(out, keyed_to_batch(trc(kjt), D))
+    assert not out[:, -1].any()
+
+
+def test_a_shared_array_is_stored_once_and_read_by_every_feature() -> None:
+    ebc = EmbeddingBagCollection([1000, 300, 250], 8, EmbeddingSpec("robe", size=64, block=4))
+    assert all(plan.shared is not None for plan in ebc.plans)
+    qc = QuantizedEmbeddingCollection.from_collection(ebc, "int8", one_hot=3)
+    (stored,) = qc.unpooled.values()
+    assert stored.names == ("robe",) and stored.lookups == (0, 0, 0)
+    # 16 rows of Z=4 int8 codes, each row's scale and bias in 4 more bytes
+    assert qc.table_bytes() == {"robe": 16 * stored._stride(0)} and stored._stride(0) >= 8
+    assert stored.weights.numel() < 2 * 16 * stored._stride(0)  # the buffer holds it once
+    assert set(qc.dequantized()) == {"shared.robe.weight"}
+    with pytest.raises(ValueError, match=r"table robe is read by features 'f0' \(int8\) and "
+                                         r"'f1' \(fp16\): it is stored once"):
+        QuantizedEmbeddingCollection.from_collection(ebc, "int8", per_feature={"f1": "fp16"})
+
+
+def test_lookups_name_each_table_and_read_every_one() -> None:
+    w, fp16 = torch.randn(10, 4), PRECISIONS.lookup("fp16")
+    with pytest.raises(ValueError, match=r"lookups \[0, 2\]: each must name one of the 2"):
+        tables.QuantizedTables([("a", w, fp16), ("b", w, fp16)], "none", lookups=[0, 2])
+    with pytest.raises(ValueError, match=r"lookups \[1, 1\]"):
+        tables.QuantizedTables([("a", w, fp16), ("b", w, fp16)], "none", lookups=[1, 1])

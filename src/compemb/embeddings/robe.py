@@ -164,7 +164,7 @@ class RobeEmbeddingBag(BagModule):
         if self.aligned:
             return [first]
         rows = self.size // self.block
-        pairs = torch.stack([first, (first + 1) % rows], dim=-1).reshape(ids.shape[0], -1)
+        pairs = torch.stack([first, (first + 1) % rows], dim=-1).flatten(1)
         return [pairs, offsets % self.block]
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compemb.scheme import ParamPlan
 from compemb.serving.precision import PRECISIONS, Precision, table_precision
 from compemb.serving.tables import QuantizedTables
 from compemb.spec import FeaturePlan
@@ -54,6 +55,41 @@ def _total(n: int | torch.SymInt, like: torch.Tensor) -> torch.Tensor:
     return torch.full((1,), n, dtype=like.dtype, device=like.device)
 
 
+def _reads(name: str, f: int, plan: FeaturePlan) -> list[tuple[str, str, ParamPlan]]:
+    """``(table name, key in the local state, table)`` of each table feature f looks up, in its
+    route's order: its own (``<feature>__<j>``) or its shared plan's (named as TorchRec names
+    them: the key, ``<key>__<j>`` for several)."""
+    if plan.shared is None:
+        return [(f"{name}__{j}", f"features.{f}.{t.name}", t) for j, t in enumerate(plan.tables)]
+    key, tables = plan.shared.key, plan.shared.tables
+    return [(key if len(tables) == 1 else f"{key}__{j}", f"shared.{key}.{t.name}", t)
+            for j, t in enumerate(tables)]
+
+
+class _Group:
+    """The tables of one :class:`QuantizedTables` being gathered: each table once, and the
+    table each lookup (a feature's read of it) reads."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, tuple[torch.Tensor, Precision, str]] = {}  # with first reader
+        self.lookups: list[int] = []
+
+    def read(self, key: str, weight: torch.Tensor, precision: Precision, feature: str) -> None:
+        if key in self.tables:
+            _, first, reader = self.tables[key]
+            if first != precision:
+                raise ValueError(f"table {key} is read by features {reader!r} ({first.name}) and "
+                                 f"{feature!r} ({precision.name}): it is stored once, so give "
+                                 f"them one precision")  # fmt: skip
+        else:
+            self.tables[key] = (weight, precision, feature)
+        self.lookups.append(list(self.tables).index(key))
+
+    def build(self, pooling: str) -> QuantizedTables:
+        return QuantizedTables([(k, w, p) for k, (w, p, _) in self.tables.items()], pooling,
+                               self.lookups)
+
+
 class QuantizedEmbeddingCollection(nn.Module):
     """F categorical features served from row-wise quantized tables; a model's ``sparse_arch``.
 
@@ -63,10 +99,12 @@ class QuantizedEmbeddingCollection(nn.Module):
 
     Each feature's tables (its plan's, as its TorchRec route looks them up) are stored in the
     feature's precision; a table that precision would not shrink (width 1 in int8 or int4)
-    stays float32. Tables whose composition commutes with the pooling (and those of the first
-    ``one_hot`` features, whose bags hold one id) are looked up pooled in one call; the others
-    one row per id (one call per width), composed per id, then pooled. Dense parts (path
-    functions, projections) and id maps stay as trained.
+    stays float32. A table several features read (ROBE-Z's one array, a
+    :class:`~compemb.spec.SharedPlan`) is stored once, in the precision its features share,
+    and every one of them looks it up. Tables whose composition commutes with the pooling
+    (and those of the first ``one_hot`` features, whose bags hold one id) are looked up pooled
+    in one call; the others one row per id (one call per width), composed per id, then
+    pooled. Dense parts (path functions, projections) and id maps stay as trained.
 
     Every id is checked against its feature's n before any lookup (FBGEMM would read row 0
     for it): an IndexError naming the feature, or in an exported program a
@@ -74,7 +112,8 @@ class QuantizedEmbeddingCollection(nn.Module):
 
     Args:
         plans: each feature's plan (a local collection's ``plans``).
-        state: the local collection's state dict (``features.<f>.<name>`` keys).
+        state: the local collection's state dict (``features.<f>.<name>`` and
+            ``shared.<key>.<name>`` keys).
         precisions: each feature's :class:`~compemb.serving.precision.Precision`.
         mode: pooling of multi-hot bags: ``sum``, ``mean`` or ``max``.
         feature_names: names in error messages and per-feature precisions; ``f0, f1, ...``.
@@ -103,9 +142,11 @@ class QuantizedEmbeddingCollection(nn.Module):
         self.embedding_dim = plans[0].embedding_dim
         self.plans, self.routes = tuple(plans), []
         self.paths = nn.ModuleDict()
-        pooled: list[tuple[str, torch.Tensor, Precision]] = []
-        unpooled: dict[int, list[tuple[str, torch.Tensor, Precision]]] = {}
+        groups: dict[str, _Group] = {}  # "pooled", or "d<W>" for unpooled tables of width W
         self._pooled_of: list[bool] = []
+        self._groups_of: list[tuple[str, ...]] = []  # each feature's group of each table it reads
+        self._state_keys: dict[str, str] = {}  # table name -> its key in the local state
+        placed: dict[str, str] = {}  # table name -> its group
         for f, (name, plan, precision) in enumerate(zip(names, plans, precisions, strict=True)):
             route = plan.scheme.torchrec(plan, "cpu")
             is_pooled = (f < one_hot and route.lookup is None) or (mode != "max" and route.pooled)
@@ -115,17 +156,23 @@ class QuantizedEmbeddingCollection(nn.Module):
                 own = {p.name: state[f"features.{f}.{p.name}"] for p in (*plan.dense, *plan.maps)}
                 route.module.load_state_dict(own)
                 self.paths[name] = route.module
-            for j, table in enumerate(plan.tables):
-                key = f"{name}__{j}"
+            own_groups = []
+            for key, local, table in _reads(name, f, plan):
+                group = "pooled" if is_pooled else f"d{table.width}"
+                if placed.setdefault(key, group) != group:
+                    raise ValueError(f"table {key} is read pooled by some features and unpooled "
+                                     f"by others (feature {name!r}): it is stored once")
                 p = table_precision(precision, table.width, f"{key} ({table.name} of feature "
                                                             f"{name!r})")  # fmt: skip
-                entry = (key, state[f"features.{f}.{table.name}"], p)
-                (pooled if is_pooled else unpooled.setdefault(table.width, [])).append(entry)
+                groups.setdefault(group, _Group()).read(key, state[local], p, name)
+                self._state_keys[key] = local
+                own_groups.append(group)
+            self._groups_of.append(tuple(own_groups))
         # one-hot features' rows alone are pooled under max: a one-id bag's sum is its row
-        self.pooled = QuantizedTables(pooled, "sum" if mode == "max" else mode) \
-            if pooled else None
-        self.unpooled = nn.ModuleDict({f"d{w}": QuantizedTables(t, "none")
-                                       for w, t in unpooled.items()})  # fmt: skip
+        self.pooled = groups["pooled"].build("sum" if mode == "max" else mode) \
+            if "pooled" in groups else None
+        self.unpooled = nn.ModuleDict({k: g.build("none") for k, g in groups.items()
+                                       if k != "pooled"})  # fmt: skip
         self.num_outputs = sum(p.num_outputs for p in plans)
 
     @classmethod
@@ -144,19 +191,16 @@ class QuantizedEmbeddingCollection(nn.Module):
         return [t for t in (self.pooled, *self.unpooled.values()) if t is not None]
 
     def table_bytes(self) -> dict[str, int]:
-        """Bytes of each table (codes, scales and biases), by table name ``<feature>__<j>``."""
+        """Bytes of each table (codes, scales and biases), by table name: ``<feature>__<j>``,
+        or a shared plan's key (``robe``), counted once however many features read it."""
         return {k: v for t in self._tables() for k, v in t.table_bytes().items()}
 
     def dequantized(self) -> dict[str, torch.Tensor]:
         """Every table in float32 as the kernel reads it, under the local collection's keys
-        (``features.<f>.<name>``): what a float model loads to compute on the same rows."""
-        where = {name: (t, j) for t in self._tables() for j, name in enumerate(t.names)}
-        out = {}
-        for f, plan in enumerate(self.plans):
-            for j, table in enumerate(plan.tables):
-                qt, k = where[f"{self.feature_names[f]}__{j}"]
-                out[f"features.{f}.{table.name}"] = qt.dequantized(k)
-        return out
+        (``features.<f>.<name>``, ``shared.<key>.<name>``): what a float model loads to
+        compute on the same rows."""
+        return {self._state_keys[name]: qt.dequantized(j)
+                for qt in self._tables() for j, name in enumerate(qt.names)}
 
     @property
     def map_bytes(self) -> int:
@@ -199,20 +243,17 @@ class QuantizedEmbeddingCollection(nn.Module):
             values, offsets = jagged[f]
             looked = plan.partitions.buckets(values) if route.lookup is None \
                 else tuple(route.lookup(values))
-            k = len(plan.tables)
+            k = len(self._groups_of[f])
             rest.append(tuple(looked[k:]))
-            dest = "pooled" if self._pooled_of[f] else None
-            for table, b in zip(plan.tables, looked[:k], strict=True):
-                key = dest or f"d{table.width}"
+            for key, b in zip(self._groups_of[f], looked[:k], strict=True):
                 per_id = 1 if b.dim() == 1 else b.shape[1]
                 got = inputs.setdefault(key, ([], []))
                 got[0].append(b.reshape(-1))
                 got[1].append(offsets * per_id)
         rows = self._lookup(inputs)
         outs = []
-        for f, (plan, route) in enumerate(zip(self.plans, self.routes, strict=True)):
-            key = "pooled" if self._pooled_of[f] else None
-            parts = [rows[key or f"d{t.width}"].pop(0) for t in plan.tables]
+        for f, route in enumerate(self.routes):
+            parts = [rows[key].pop(0) for key in self._groups_of[f]]
             name = self.feature_names[f]
             module = self.paths[name] if name in self.paths else None
             composed = route.combine(parts, rest[f], module)
@@ -229,13 +270,12 @@ class QuantizedEmbeddingCollection(nn.Module):
         for key, (indices, offsets) in inputs.items():
             tables = self.pooled if key == "pooled" else self.unpooled[key]
             starts, base = [], 0
-            for i, o in zip(indices, offsets, strict=True):  # table after table
+            for i, o in zip(indices, offsets, strict=True):  # lookup after lookup
                 starts.append(o + base)
                 base = base + i.shape[0]
             looked = tables(torch.cat(indices), torch.cat([*starts, _total(base, offsets[0])]))
             if key == "pooled":
-                widths = [w for _, w in tables.shapes]
-                out[key] = list(looked.split(widths, dim=1))
+                out[key] = list(looked.split(tables.lookup_widths, dim=1))
             else:
                 out[key] = list(looked.split([i.shape[0] for i in indices]))
         return out

@@ -6,7 +6,8 @@
 stock module keeps a ``fbgemm::AtomicCounter`` that ``torch.export`` cannot capture, the
 operator alone exports, and the exported program then runs with ``torch`` and ``fbgemm_gpu``.
 
-Letters: T tables, B bags per table, N ids over all tables, W a table's width.
+Letters: T tables, L lookups (each reads one table; several may read the same one), B bags
+per lookup, N ids over all lookups, W a table's width.
 """
 
 from __future__ import annotations
@@ -26,17 +27,21 @@ _TYPE_LIMITS = ("int2", "int4", "int8", "float16", "float32")  # the operator's 
 
 
 class QuantizedTables(nn.Module):
-    """T tables, each in its own precision, looked up together in one call (FP32 output).
+    """T tables, each in its own precision, read by L lookups together in one call (FP32
+    output). A table several lookups read (a shared array) is stored once: FBGEMM's
+    ``feature_table_map`` points each of those lookups at the same rows.
 
-    Forward: ``(indices (N,), offsets (T B + 1,))`` int64, bags table by table as FBGEMM takes
-    them (bag b of table t holds ``indices[offsets[t B + b]:offsets[t B + b + 1]]``) ->
-    ``(B, sum W)`` pooled (pooling ``sum`` or ``mean``; an empty bag gives zeros) or ``(N, W)``
-    one row per id (pooling ``none``: every table of one width W).
+    Forward: ``(indices (N,), offsets (L B + 1,))`` int64, bags lookup by lookup as FBGEMM
+    takes them (bag b of lookup l holds ``indices[offsets[l B + b]:offsets[l B + b + 1]]``) ->
+    ``(B, sum of the lookups' W)`` pooled (pooling ``sum`` or ``mean``; an empty bag gives
+    zeros) or ``(N, W)`` one row per id (pooling ``none``: every table of one width W).
 
     Args:
         tables: ``(name, weight (R, W) float, precision)`` of each table; the weights are
             quantized here, one table at a time.
         pooling: ``sum``, ``mean`` or ``none``.
+        lookups: the table each lookup reads (indices into ``tables``, each table read at
+            least once); one lookup per table, in order, if None.
 
     >>> from compemb.serving.precision import PRECISIONS
     >>> w = torch.linspace(-1, 1, 40).reshape(10, 4)
@@ -45,9 +50,16 @@ class QuantizedTables(nn.Module):
     tensor([[0.8462, 0.8975, 0.9487, 1.0000]])
     >>> qt.table_bytes()
     {'t': 80}
+
+    Two lookups of one table (a bag of lookup 0, then one of lookup 1), stored once:
+
+    >>> qt = QuantizedTables([("t", w, PRECISIONS.lookup("fp16"))], "sum", lookups=[0, 0])
+    >>> qt(torch.tensor([9, 0, 9]), torch.tensor([0, 2, 3])).shape, qt.table_bytes()
+    (torch.Size([1, 8]), {'t': 80})
     """
 
-    def __init__(self, tables: Sequence[tuple[str, torch.Tensor, Precision]], pooling: str):
+    def __init__(self, tables: Sequence[tuple[str, torch.Tensor, Precision]], pooling: str,
+                 lookups: Sequence[int] | None = None):
         super().__init__()
         require_fbgemm()
         from fbgemm_gpu.split_embedding_configs import SparseType
@@ -60,6 +72,10 @@ class QuantizedTables(nn.Module):
             raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         if not tables:
             raise ValueError("QuantizedTables needs at least one table")
+        lookups = tuple(range(len(tables))) if lookups is None else tuple(lookups)
+        if sorted(set(lookups)) != list(range(len(tables))):
+            raise ValueError(f"lookups {list(lookups)}: each must name one of the {len(tables)} "
+                             f"tables (0..{len(tables) - 1}), and each table must be read")
         widths = {int(w.shape[1]) for _, w, _ in tables}
         if pooling == "none" and len(widths) > 1:
             raise ValueError(f"unpooled lookups return one width; these tables have {widths}")
@@ -67,13 +83,14 @@ class QuantizedTables(nn.Module):
         self.names = tuple(name for name, _, _ in tables)
         self.shapes = tuple((int(w.shape[0]), int(w.shape[1])) for _, w, _ in tables)
         self.precisions = tuple(p for _, _, p in tables)
+        self.lookups = lookups
         specs = [(name, rows, width, SparseType(p.sparse_type), EmbeddingLocation.HOST)
                  for name, (rows, width), p in zip(self.names, self.shapes, self.precisions,
                                                    strict=True)]  # fmt: skip
         # The stock module lays the tables out in one buffer; its buffers are kept, not it.
         stock = IntNBitTableBatchedEmbeddingBagsCodegen(
-            specs, pooling_mode=PoolingMode(POOLINGS[pooling]), device="cpu",
-            output_dtype=SparseType.FP32)  # fmt: skip
+            specs, feature_table_map=list(lookups), pooling_mode=PoolingMode(POOLINGS[pooling]),
+            device="cpu", output_dtype=SparseType.FP32)  # fmt: skip
         stock.initialize_weights()
         for (codes, scale_bias), (_, weight, precision) in zip(
                 stock.split_embedding_weights(), tables, strict=True):
@@ -89,8 +106,14 @@ class QuantizedTables(nn.Module):
         self.max_widths = tuple(int(getattr(stock, f"max_{t}_D")) for t in _TYPE_LIMITS)
         self.row_alignment = int(stock.row_alignment)
 
+    @property
+    def lookup_widths(self) -> tuple[int, ...]:
+        """W of each lookup, in order: the column blocks of the pooled output."""
+        return tuple(self.shapes[t][1] for t in self.lookups)
+
     def table_bytes(self) -> dict[str, int]:
-        """Bytes of each table's rows (codes with their scale and bias), by name."""
+        """Bytes of each table's rows (codes with their scale and bias), by name; a table
+        several lookups read counts once."""
         return {name: rows * self._stride(t)
                 for t, (name, (rows, _)) in enumerate(zip(self.names, self.shapes, strict=True))}
 
@@ -101,7 +124,9 @@ class QuantizedTables(nn.Module):
     def dequantized(self, t: int) -> torch.Tensor:
         """Table t's rows (R, W) in float32 as the kernel reads them."""
         rows, width = self.shapes[t]
-        start, stride, p = int(self.weights_offsets[t]), self._stride(t), self.precisions[t]
+        # weights_offsets holds one entry per lookup: the first lookup of t says where t starts
+        start = int(self.weights_offsets[self.lookups.index(t)])
+        stride, p = self._stride(t), self.precisions[t]
         block = self.weights[start: start + rows * stride].view(rows, stride)
         if not p.scaled:
             return p.dequantize(block, None, width)
