@@ -309,3 +309,15 @@ def test_params_command_takes_every_schemes_settings(spec, tmp_path, capsys):
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["embedding"] == embedding_parameters(CARDS, 8,
                                                                                     spec)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_a_batch_without_ids_embeds_to_nothing_and_an_empty_bag_to_zeros(spec):
+    """No reshape may guess a size from zero elements (TT, path and ROBE's routes did)."""
+    ebc = EmbeddingBagCollection(CARDS, 8, spec, counts=kit_counts(spec, CARDS))
+    outputs = sum(plan.num_outputs for plan in ebc.plans)
+    assert ebc(torch.zeros((0, len(CARDS)), dtype=torch.long)).shape == (0, outputs, 8)
+    for plan in ebc.plans:
+        bag = module_from_plan(plan)
+        out = bag(torch.tensor([], dtype=torch.long), torch.tensor([0, 0]))
+        assert out.shape[0] == 2 and out.shape[-1] == 8 and not out.any()

@@ -103,7 +103,7 @@ class DHEGroup(StackedGroup):
         columns = ids.t().contiguous()
         if bool((coefficients == coefficients[:1]).all()):
             x = dhe_encoding(columns.reshape(-1), coefficients[0], self.encoding, dtype)
-            return x.view(*columns.shape, -1)
+            return x.view(*columns.shape, x.shape[-1])  # sizes spelled out: B may be 0
         return torch.stack([dhe_encoding(c, co, self.encoding, dtype)
                             for c, co in zip(columns, coefficients, strict=True)])
 

@@ -101,4 +101,5 @@ class TTGroup(StackedGroup):
         buckets = self.index.buckets(ids, cols)
         rows = [compose_lookup(_ONE, [b.reshape(-1)], [w], [s])
                 for b, w, s in zip(buckets, self.weights, self._sparse, strict=True)]
-        return tt_chain(rows, self.dims, self.ranks).view(*ids.shape, -1)
+        out = tt_chain(rows, self.dims, self.ranks)
+        return out.view(*ids.shape, out.shape[-1])  # sizes spelled out: a batch may be empty

@@ -71,7 +71,7 @@ def _apply_segments(z: torch.Tensor, bucket: torch.Tensor,
                           weight.reshape(g * m, out, inp).transpose(1, 2))
         if i + 1 < len(layers):
             x = x.relu_()
-    return x.reshape(-1, x.shape[-1]).index_select(0, slot).view(b, g, -1)
+    return x.reshape(-1, x.shape[-1]).index_select(0, slot).view(b, g, x.shape[-1])  # b may be 0
 
 
 def apply_paths(z: torch.Tensor, bucket: torch.Tensor,

@@ -64,7 +64,7 @@ def read_blocks(array: torch.Tensor, offsets: torch.Tensor, aligned: bool,
     rows, z = array.shape
     first = torch.div(offsets, z, rounding_mode="floor")
     if aligned:
-        return F.embedding(first, array, sparse=sparse).reshape(offsets.shape[0], -1)
+        return F.embedding(first, array, sparse=sparse).flatten(1)  # N may be 0
     pairs = torch.stack([first, (first + 1) % rows], dim=-1)  # (N, L, 2)
     two = F.embedding(pairs, array, sparse=sparse)
     return blocks_from_rows(two, offsets % z)

@@ -69,8 +69,9 @@ def tt_chain(rows: Sequence[torch.Tensor], dims: Sequence[int], ranks: Sequence[
     v = rows[0].reshape(n, dims[0], ranks[1])
     for g, d, r, s in zip(rows[1:], dims[1:], ranks[1:-1], ranks[2:], strict=True):
         # (N, P, r) @ (N, r, d s) -> (N, P d, s): the output's digits stay row-major
-        v = torch.bmm(v, g.reshape(n, r, d * s)).reshape(n, -1, s)
-    return v.reshape(n, -1)
+        v = torch.bmm(v, g.reshape(n, r, d * s))
+        v = v.reshape(n, v.shape[1] * d, s)  # sizes spelled out: n may be 0 (no ids)
+    return v.reshape(n, v.shape[1] * v.shape[2])
 
 
 def tt_init_std(num_categories: int, ranks: Sequence[int], embedding_dim: int,
