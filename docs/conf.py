@@ -48,6 +48,8 @@ nitpick_ignore_regex = [
                r"(\..*)?"),
     # TYPE_CHECKING-only names of torchrec in our signatures.
     (r"py:class", r"(KeyedJaggedTensor|KeyedTensor)"),
+    # the private bag type (compemb.embeddings._bags.Bags) in signatures of stacked groups
+    (r"py:class", r"Bags"),
     # Config's dataclass signature keeps its annotations as strings; Sphinx splits the quoted
     # "tuple[str, ...]" of Config.imports at its comma.
     (r"py:class", r"'tuple\[str"),

@@ -393,7 +393,7 @@ def _written_before(raw: dict[str, Any]) -> dict[str, Any]:
 
 def load_run_config(path: str | Path) -> Config:
     """A run folder's ``config.yaml``, with the value it ran with for a field added since
-    (:data:`PAST_DEFAULTS`) rather than that field's new default."""
+    (``compemb.config.PAST_DEFAULTS``) rather than that field's new default."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())

@@ -35,7 +35,8 @@ def _config_file(path: Path, dataset: str | Path, model: str, scheme: str) -> Pa
     path.write_text(f"data: {{dataset: {dataset}}}\n"
                     f"model: {{name: {model}, embedding_dim: 8, "
                     f"embedding: {json.dumps(SCHEMES[scheme])}}}\n"
-                    "train: {batch_size: 64, max_steps: 6, eval_every: 3, checkpoint_every: 3}\n")
+                    "train: {batch_size: 64, max_steps: 6, eval_every: 3, checkpoint_every: 3, "
+                    "warmup_steps: 0}\n")  # 6 steps: no warm-up
     return path
 
 

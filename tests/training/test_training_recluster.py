@@ -11,7 +11,7 @@ import torch
 import trainkit
 
 from compemb.config import Config, apply_overrides, load_config_text
-from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec
+from compemb.embeddings import EmbeddingBagCollection, EmbeddingSpec, module_from_plan
 from compemb.training import loop, train
 from compemb.training.recluster import feature_seed, recluster_local, recluster_steps
 
@@ -122,11 +122,18 @@ def test_each_feature_is_seeded_by_itself_not_by_module_order() -> None:
     cards, spec = [50, 7, 300], EmbeddingSpec("cce", rows=6, chunks=2, kmeans_iters=5)
     both = EmbeddingBagCollection(cards, 4, spec)
     alone = EmbeddingBagCollection(cards, 4, spec.with_(threshold=60))
-    assert sorted(both.modules_by_feature) == ["0", "2"]
-    assert sorted(alone.modules_by_feature) == ["2"]
-    start = {k: v.clone() for k, v in both.modules_by_feature["2"].state_dict().items()}
-    alone.modules_by_feature["2"].load_state_dict(start)
-    by_hand = EmbeddingBagCollection(cards, 4, spec).modules_by_feature["2"]
+    assert [p.spec.scheme for p in both.plans] == ["cce", "full", "cce"]
+    assert [p.spec.scheme for p in alone.plans] == ["full", "full", "cce"]
+
+    def feature_2(arch: EmbeddingBagCollection) -> dict[str, torch.Tensor]:
+        prefix = "features.2."
+        return {k[len(prefix):]: v.clone() for k, v in arch.state_dict().items()
+                if k.startswith(prefix)}
+
+    start = feature_2(both)
+    alone.load_state_dict({**alone.state_dict(), **{f"features.2.{k}": v
+                                                   for k, v in start.items()}})
+    by_hand = module_from_plan(both.plans[2])
     by_hand.load_state_dict(start)
     ids = torch.stack([torch.arange(40) % n for n in cards], dim=1)
     for arch in (both, alone):
@@ -134,8 +141,7 @@ def test_each_feature_is_seeded_by_itself_not_by_module_order() -> None:
         recluster_local(arch, seed=5, step=100)
     by_hand.train()(ids[:, 2:])
     by_hand.recluster(feature_seed(5, 2, 100))
-    after = [m.state_dict() for m in (both.modules_by_feature["2"],
-                                      alone.modules_by_feature["2"], by_hand)]
+    after = [feature_2(both), feature_2(alone), by_hand.state_dict()]
     assert not after[0]["hash_coefficients"].equal(start["hash_coefficients"])
     for key in after[0]:
         assert after[0][key].equal(after[1][key]), key

@@ -28,9 +28,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def _config(data: Path, *extra: str) -> Config:
+    # without warm-up: a world-size change or a single-file checkpoint rounds differently,
+    # and at its small first rates these 66 steps amplify that past the 1e-4 compared
     return trainkit.tiny_config(data, "train.batch_size=25", "train.eval_every=0",
                                 "train.checkpoint_every=20", "train.sharding=torchrec",
-                                *extra)  # fmt: skip
+                                "train.warmup_steps=0", *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

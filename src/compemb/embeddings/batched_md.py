@@ -6,7 +6,7 @@ w share a table (sum n_f, w) (feature f's rows from a row offset) and a projecti
 (G_w, D, w): a batch costs one gather and one batched matmul per distinct width (about 10 at
 alpha 0.3, at most 4 with ``multiple_of: 4``), whatever the number of features. Features whose
 plan keeps width D (no projection) stack with the full tables instead
-(:class:`~compemb.embeddings.batched.TableStack`).
+(``compemb.embeddings.batched.TableStack``).
 
 Letters: B batch, G features, D width, w a table's width.
 """

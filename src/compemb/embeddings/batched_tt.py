@@ -4,7 +4,7 @@ matmul per core (:func:`~compemb.embeddings.tt.tt_chain` over B G ids).
 
 The features of a group share K, the ranks and the split of D (one spec), so core j has rows
 r_{j-1} d_j r_j wide in every feature: feature f's rows of core j follow the earlier features'
-(its digits' rows plus a row offset, as :class:`~compemb.embeddings.batched.BucketIndex`
+(its digits' rows plus a row offset, as ``compemb.embeddings.batched.BucketIndex``
 computes them).
 
 Letters: B batch, G features, K cores, D width.

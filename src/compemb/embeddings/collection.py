@@ -221,6 +221,14 @@ class EmbeddingBagCollection(nn.Module):
         return [*self.modules_by_feature[str(feature)].parameters(),
                 *(() if shared is None else shared.parameters())]
 
+    def reclusterer(self, feature: int) -> nn.Module:
+        """What reclusters feature ``feature`` (a scheme that ``reclusters``, CCE): its own
+        module, or its member of a stacked group (which works on views of the group's tensors)."""
+        for group, members in zip(self.groups, self._group_features, strict=True):
+            if feature in members:
+                return group.members[members.index(feature)]
+        return self.modules_by_feature[str(feature)]
+
     def table_parameters(self) -> list[nn.Parameter]:
         """The embedding tables (row-indexed, shape (rows, width)), without path functions: what
         a row-wise optimizer treats row by row."""

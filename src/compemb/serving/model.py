@@ -34,7 +34,7 @@ def quantize_model(model: RankingModel, precision: str, *,
 
     Args:
         precision: ``fp32``, ``fp16``, ``int8`` or ``int4`` (see
-            :data:`~compemb.serving.precision.PRECISIONS`).
+            ``compemb.serving.precision.PRECISIONS``).
         per_feature: another precision for some features, by name.
         feature_names: the features' names (default ``f0, f1, ...``).
         one_hot: the first ``one_hot`` features always come as ids, one per sample.

@@ -101,6 +101,10 @@ def train(
     own_group = config.train.sharding == "torchrec" and ensure_process_group()
     folder = RunFolder(out_dir)
     try:
+        dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
+        # a budget chooses its knob for the data's cardinalities (config.yaml keeps both),
+        # before the folder exists: a budget out of reach leaves nothing behind
+        config = resolve_config(config, dataset.cardinalities)
         if info.is_main and not resume:
             folder.path.mkdir(parents=True, exist_ok=True)
         # rank 0 holds the folder while the run writes it: a second writer is refused
@@ -125,14 +129,11 @@ def _setup(
     config: Config,
     folder: RunFolder,
     resume: bool,
-    dataset: Dataset | None,
+    dataset: Dataset,
     device: torch.device,
     info: D.DistInfo,
 ) -> Trainer:
     seed_everything(config.train.seed)
-    dataset = dataset if dataset is not None else open_dataset(config.data.dataset)
-    # a budget chooses its knob for the data's cardinalities; config.yaml keeps both
-    config = resolve_config(config, dataset.cardinalities)
     _prepare_folder(config, folder, resume, info)
     if config.train.sharding == "torchrec":
         return _setup_sharded(config, folder, resume, dataset, device, info)

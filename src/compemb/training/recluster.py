@@ -79,5 +79,4 @@ def recluster_local(arch: nn.Module, seed: int, step: int,
     ranks in place (replicated runs: the ranks' seen ids are merged first)."""
     for f, plan in enumerate(arch.plans):
         if plan.scheme.reclusters:
-            arch.modules_by_feature[str(f)].recluster(feature_seed(seed, f, step),
-                                                      all_reduce=all_reduce)
+            arch.reclusterer(f).recluster(feature_seed(seed, f, step), all_reduce=all_reduce)
