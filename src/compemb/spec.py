@@ -295,8 +295,28 @@ def _why_full(spec: EmbeddingSpec, num_categories: int) -> str | None:
     return spec.owner.cannot_shrink(spec, num_categories)
 
 
+class _Counts:
+    """What a plan's ``params`` hold: trained parameters, their bytes, the id maps' bytes."""
+
+    params: tuple[ParamPlan, ...]
+
+    @property
+    def num_parameters(self) -> int:
+        """Trained parameters: tables and dense parts (a feature's: not its ``shared``'s)."""
+        return sum(p.numel for p in self.params if p.role != "map")
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(p.numel * p.itemsize for p in self.params if p.role != "map")
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of the id maps."""
+        return sum(p.numel * p.itemsize for p in self.params if p.role == "map")
+
+
 @dataclass(frozen=True)
-class SharedPlan:
+class SharedPlan(_Counts):
     """Tensors that several features of one scheme read together, planned once for the
     collection (ROBE-Z's one array for every feature it embeds).
 
@@ -315,21 +335,9 @@ class SharedPlan:
     def tables(self) -> tuple[ParamPlan, ...]:
         return tuple(p for p in self.params if p.role == "table")
 
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel for p in self.params if p.role != "map")
-
-    @property
-    def num_bytes(self) -> int:
-        return sum(p.numel * p.itemsize for p in self.params if p.role != "map")
-
-    @property
-    def index_bytes(self) -> int:
-        return sum(p.numel * p.itemsize for p in self.params if p.role == "map")
-
 
 @dataclass(frozen=True)
-class FeaturePlan:
+class FeaturePlan(_Counts):
     """Everything needed to build one feature's embedding, by any backend, and to count it.
 
     Attributes:
@@ -381,19 +389,6 @@ class FeaturePlan:
         """Id maps kept beside the tables (buffers, not trained)."""
         return self._role("map")
 
-    @property
-    def num_parameters(self) -> int:
-        """Trained parameters: tables and dense parts (not ``shared``'s)."""
-        return sum(p.numel for p in self.params if p.role != "map")
-
-    @property
-    def num_bytes(self) -> int:
-        return sum(p.numel * p.itemsize for p in self.params if p.role != "map")
-
-    @property
-    def index_bytes(self) -> int:
-        """Bytes of the id maps."""
-        return sum(p.numel * p.itemsize for p in self.maps)
 
     @property
     def held_bytes(self) -> int:
