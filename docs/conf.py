@@ -48,8 +48,10 @@ nitpick_ignore_regex = [
                r"(\..*)?"),
     # TYPE_CHECKING-only names of torchrec in our signatures.
     (r"py:class", r"(KeyedJaggedTensor|KeyedTensor)"),
-    # the private bag type (compemb.embeddings._bags.Bags) in signatures of stacked groups
+    # private names (a leading underscore: not documented) in signatures and bases, such as the
+    # bag type of stacked groups' signatures (compemb.embeddings._bags.Bags)
     (r"py:class", r"Bags"),
+    (r"py:class", r"compemb(\.\w+)*\._\w+"),
     # Config's dataclass signature keeps its annotations as strings; Sphinx splits the quoted
     # "tuple[str, ...]" of Config.imports at its comma.
     (r"py:class", r"'tuple\[str"),
