@@ -35,7 +35,7 @@ EXPERIMENT_HELP = {
     "table1": "path-based QR at 4 collisions, MLP hidden 16, 32, 64, 128",
     "optimizers": "Adagrad against AMSGrad for each QR operation and the baselines",
     "init": "initialization rules of the QR tables (model.embedding.init), with both optimizers",
-    "demo": "the main job: the paper's schemes at 4, 16 and 60 collisions, the successors at 4x",
+    "demo": "the main job: the paper's schemes at 4, 16, 60 collisions, the successors at 4x",
     "frontier": "test loss against embedding parameters, every scheme at 2x to 1000x compression",
 }
 PAPER_COLLISIONS = (2, 3, 4, 5, 6, 7, 60)
