@@ -1,7 +1,10 @@
+import json
+
 from compemb.cli import main
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
 from compemb.demo import DEMO_SPECS, size_table
 from compemb.experiments import pipeline
+from compemb.experiments.plots import figure_for
 
 
 def test_size_table_on_criteo_is_exact():
@@ -39,6 +42,13 @@ def test_demo_command_runs_the_demo_experiment(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline, "run_named", capped)
     assert main(["demo", "--out", str(tmp_path), "--trials", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for row in ("full", "hash c=4", "qr c=16", "path c=60 h=64", "test AUC"):
+    for row in ("full", "hash c=4", "qr c=16", "path c=60 h=64", "test AUC",
+                "md alpha=0.25", "robe size=14380", "cce rows=120", "tt rank=12",
+                "dhe width=3"):  # fmt: skip
         assert row in out, row
     assert (tmp_path / "demo" / "demo.png").is_file()
+    # the plot names each successor by its fitted knob and the compression it reached
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    figure = figure_for(results)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "robe size=14380 (4.0x)" in legend and "qr mult" in legend, legend

@@ -1,8 +1,9 @@
 """``make demo``: every scheme trained on MovieLens-100k; ``compemb sizes``: what each costs.
 
 :func:`run_demo` is the main job: the ``demo`` experiment (full table, hashing trick, QR with
-concat, add and mult, path-based QR, at 4, 16 and 60 collisions; DLRM; 3 trials each) with its
-table, plot and report under ``runs/demo/demo/``. :func:`run_sizes` builds each scheme's
+concat, add and mult, path-based QR, at 4, 16 and 60 collisions, and the successors MD, ROBE,
+CCE, TT-Rec and DHE with their knobs fitted to 4x; DLRM; 3 trials each) with its table, plot
+and report under ``runs/demo/demo/``. :func:`run_sizes` builds each scheme's
 embedding collection on the meta device (nothing is allocated, so Criteo-sized full tables cost
 no memory) and tabulates rows, parameters and compression.
 """

@@ -257,25 +257,35 @@ def select_lines(names: Sequence[str] | None) -> tuple[Line, ...]:
     return tuple(by_series[n] for n in names)
 
 
-def build_frontier(
+def sized_variants(
+    scheme: Line,
     cardinalities: Sequence[int],
-    schemes: Sequence[Line] = FRONTIER_SCHEMES,
     targets: Sequence[float] = TARGET_COMPRESSIONS,
     embedding_dim: int = 16,
-) -> Experiment:
-    """The frontier grid for data of ``cardinalities``: the full table, then every scheme at
-    every target compression it can reach (a knob value picked twice is trained once)."""
+) -> dict[float, tuple[FrontierVariant, float]]:
+    """Per reachable target: the variant of ``scheme`` sized to it and its compression
+    (:func:`fitted_variants` for a fitted line, else :func:`pick_values`' nearest candidate)."""
+    if scheme.fitted:
+        return fitted_variants(scheme, cardinalities, targets, embedding_dim)
+    return {t: (make_variant(scheme, value, x=t), c)
+            for t, (value, c) in pick_values(scheme, cardinalities, targets,
+                                             embedding_dim).items()}  # fmt: skip
+
+
+def place_lines(
+    cardinalities: Sequence[int],
+    schemes: Sequence[Line],
+    targets: Sequence[float],
+    embedding_dim: int = 16,
+) -> tuple[list[FrontierVariant], list[str]]:
+    """Every line of ``schemes`` at every target it reaches (a knob value picked twice is
+    trained once), and a note per line on the targets it cannot reach."""
     if not targets or any(not t > 1 for t in targets):
         raise ValueError(f"target compressions must be > 1, got {list(targets)}")
-    variants: list[Variant] = [Variant("full", "full")]
+    variants: list[FrontierVariant] = []
     notes = []
     for scheme in schemes:
-        if not scheme.fitted:
-            picked = {t: (make_variant(scheme, value, x=t), c)
-                      for t, (value, c) in pick_values(scheme, cardinalities, targets,
-                                                       embedding_dim).items()}  # fmt: skip
-        else:
-            picked = fitted_variants(scheme, cardinalities, targets, embedding_dim)
+        picked = sized_variants(scheme, cardinalities, targets, embedding_dim)
         seen = set()
         for variant, _ in picked.values():
             if variant.label not in seen:
@@ -287,10 +297,22 @@ def build_frontier(
             notes.append(f"{scheme.series}: no {scheme.setting} within {TOLERANCE}x of "
                          f"{', '.join(f'{t:g}x' for t in missed)} on these cardinalities "
                          f"(reached: {reach or 'none'})")  # fmt: skip
+    return variants, notes
+
+
+def build_frontier(
+    cardinalities: Sequence[int],
+    schemes: Sequence[Line] = FRONTIER_SCHEMES,
+    targets: Sequence[float] = TARGET_COMPRESSIONS,
+    embedding_dim: int = 16,
+) -> Experiment:
+    """The frontier grid for data of ``cardinalities``: the full table, then every scheme at
+    every target compression it can reach (:func:`place_lines`)."""
+    variants, notes = place_lines(cardinalities, schemes, targets, embedding_dim)
     return Experiment(
         "frontier",
         "test loss against embedding parameters, every scheme",
-        tuple(variants),
+        (Variant("full", "full"), *variants),
         "frontier",
         "embedding parameters",
         notes=tuple(notes),

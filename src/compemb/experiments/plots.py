@@ -47,6 +47,15 @@ def _curve(ax: Axes, results: Results) -> None:
     ax.set_ylabel("validation log loss")
 
 
+def _legend(series: str, entries: list[dict[str, Any]]) -> str:
+    """The series' name; a one-point series whose label says more (a fitted knob: ``robe
+    size=14380``) is named by that label and the compression it reached."""
+    only = entries[0]
+    if len(entries) > 1 or only["label"] == series:
+        return series
+    return f"{only['label']} ({only['compression']:.1f}x)"
+
+
 def _against(x_key: str, y_key: str, log_x: bool, log_y: bool) -> Callable[[Axes, Results], None]:
     """Per series, ``y_key`` (mean, with std error bars) against ``x_key``; full as a line."""
 
@@ -63,7 +72,7 @@ def _against(x_key: str, y_key: str, log_x: bool, log_y: bool) -> Callable[[Axes
             own = {"marker": "os^vDP"[i % 6], "color": _COLORS(i % 20)}
             style = {"marker": "*", "color": "black", "linestyle": "none", "markersize": 12} \
                 if series == "full" else own  # fmt: skip
-            ax.errorbar(xs, ys, yerr=errs, capsize=3, label=series, **style)
+            ax.errorbar(xs, ys, yerr=errs, capsize=3, label=_legend(series, entries), **style)
         if log_x:
             ax.set_xscale("log")
         if log_y:
