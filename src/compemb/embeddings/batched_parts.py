@@ -139,10 +139,6 @@ class PartedGroup(StackedGroup):
         kinds = [(tuple(shape[f, t][1] for t in part.tables), part.width) for f, part in flat]
         self.classes = sorted(set(kinds))
         self._class = [self.classes.index(k) for k in kinds]
-        # each class's collisions where its parts share one (a scalar divisor), else 0
-        shared = [{part.collisions for (_, part), k in zip(flat, self._class, strict=True)
-                   if k == j} for j in range(len(self.classes))]  # fmt: skip
-        self._collisions = [next(iter(c)) if len(c) == 1 else 0 for c in shared]
         # where each part's tables sit: (class, position among its tables) -> row offset
         self._rows: dict[tuple[int, str], tuple[int, int, int]] = {}  # (f, name) -> (k, t, s)
         heights = [[0] * len(widths) for widths, _ in self.classes]
@@ -294,7 +290,7 @@ class PartedGroup(StackedGroup):
                                         [self.weights[t]], [self._sparse[t]])
             else:  # QR digits of this class's ids only
                 local = mine - self._start.index_select(0, at)
-                c = self._collisions[k] or self._c.index_select(0, at)
+                c = self._c.index_select(0, at)
                 values = compose_lookup(
                     self.operation,
                     [torch.div(local, c, rounding_mode="floor") + self._row.index_select(0, at),
