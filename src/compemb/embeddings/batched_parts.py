@@ -88,9 +88,7 @@ class _Place(torch.autograd.Function):
         if base is None:
             out = values[0].new_zeros(size)
         else:  # a non-contiguous base (the projections' transposed output) is copied once
-            out = base.contiguous()
-            if out.data_ptr() == base.data_ptr():
-                out = base.clone()
+            out = base.clone() if base.is_contiguous() else base.contiguous()
         flat = out.view(-1)
         # one row copy per id (index_copy_ along rows), not one indexed write per element
         for at, v in zip(starts, values, strict=True):
