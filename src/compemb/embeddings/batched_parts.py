@@ -192,7 +192,9 @@ class PartedGroup(StackedGroup):
         self.register_buffer("_shift", self._row - self._start, persistent=False)  # rank -> row
         self.register_buffer("_c", buffer([part.collisions for _, part in flat]),
                              persistent=False)
-        self.register_buffer("_klass", buffer(self._class), persistent=False)
+        self.register_buffer("_klass", buffer(self._class).to(
+            torch.uint8 if len(self.classes) < 256 else torch.int64), persistent=False)
+        self._one_table = any(len(widths) == 1 for widths, _ in self.classes)
         self.register_buffer("_offset", buffer(offsets), persistent=False)
         self.register_buffer("_id_start", buffer(self.id_starts), persistent=False)
         relabel = {p.name: p for p in self.plans[0].maps}.get("relabel")
@@ -275,19 +277,24 @@ class PartedGroup(StackedGroup):
         part = torch.bucketize(ranks, self._bounds, right=True)  # (N,) part of each id
         # index_select rather than t[i]: a 1-D gather at a quarter of advanced indexing's cost
         klass = self._klass.index_select(0, part)
+        # each id's table row (one-table parts) and place in (B, G', W), for all ids at once:
+        # two gathers per class then, rather than a chain of small ones
+        n = ranks.numel()
+        row = ranks + self._shift.index_select(0, part) if self._one_table else None
+        place = torch.add(self._offset.index_select(0, part),
+                          torch.arange(n, device=ids.device), alpha=width)  # fmt: skip
         x_places, x_values, out_places, out_values = [], [], [], []
         for k, (widths, _) in enumerate(self.classes):
             sel = (klass == k).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
-            at = part.index_select(0, sel)
-            mine = ranks.index_select(0, sel)
             t = self._table_index[k]
             if len(widths) == 1:
-                values = compose_lookup(_ONE, [mine + self._shift.index_select(0, at)],
-                                        [self.weights[t]], [self._sparse[t]])
+                values = compose_lookup(_ONE, [row.index_select(0, sel)], [self.weights[t]],
+                                        [self._sparse[t]])
             else:  # QR digits of this class's ids only
-                local = mine - self._start.index_select(0, at)
+                at = part.index_select(0, sel)
+                local = ranks.index_select(0, sel) - self._start.index_select(0, at)
                 c = self._c.index_select(0, at)
                 values = compose_lookup(
                     self.operation,
@@ -298,7 +305,7 @@ class PartedGroup(StackedGroup):
                 out_places.append(sel * d)
                 out_values.append(values)
             else:
-                x_places.append(sel * width + self._offset.index_select(0, at))
+                x_places.append(place.index_select(0, sel))
                 x_values.append(values)
         if x_values:
             x = _Place.apply(None, b * g * width, tuple(x_places), *x_values)
