@@ -67,7 +67,9 @@ def tbe_step(cards: list[int], rowwise: bool) -> Step | None:
         indices = ids.t().contiguous().view(-1)  # table-major
         offsets = torch.arange(b * f + 1, dtype=torch.int64)
         out = tbe(indices, offsets)  # (B, F * D)
-        out.backward(targets.setdefault(b, torch.randn(b, f * D)))
+        if b not in targets:  # drawn once: setdefault would draw a fresh one every step
+            targets[b] = torch.randn(b, f * D)
+        out.backward(targets[b])
 
     return step
 
@@ -78,7 +80,9 @@ def compemb_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> S
     def step(ids: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         out = module(ids)
-        out.backward(targets.setdefault(ids.shape[0], torch.randn(out.shape)))
+        if ids.shape[0] not in targets:  # drawn once: setdefault would draw one every step
+            targets[ids.shape[0]] = torch.randn(out.shape)
+        out.backward(targets[ids.shape[0]])
         optimizer.step()
 
     return step

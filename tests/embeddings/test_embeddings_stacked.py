@@ -12,7 +12,7 @@ from compemb.embeddings import module_from_plan
 from compemb.embeddings.batched_cce import CCEGroup
 from compemb.embeddings.batched_dhe import DHEGroup
 from compemb.embeddings.batched_md import MixedDimGroup
-from compemb.embeddings.batched_parts import PartedGroup
+from compemb.embeddings.batched_parts import PartedGroup, _Place
 from compemb.embeddings.batched_tt import TTGroup
 from schemekit import SCHEME_SPECS, kit_counts, spec_id
 
@@ -144,3 +144,22 @@ def test_stacked_tt_equals_the_einsum_reconstruction_in_forward_and_gradient(vie
         (want * weights[:, f]).sum().backward()
         for core, view in zip(cores, ebc.tables(f), strict=True):
             torch.testing.assert_close(view_grad(ebc.parameters(), view), core.grad)
+
+
+def test_parts_are_placed_row_by_row_at_any_column_and_read_back():
+    """The frequency parts' placement: rows of two widths written at unaligned flat positions
+    (a part's columns start anywhere in a feature's W), the gradient read back from there."""
+    two = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)  # at 1 and 6
+    three = torch.tensor([[5.0, 6.0, 7.0]], requires_grad=True)  # at 9
+    out = _Place.apply(None, 12, (torch.tensor([1, 6]), torch.tensor([9])), two, three)
+    assert out.tolist() == [0, 1, 2, 0, 0, 0, 3, 4, 0, 5, 6, 7]
+    out.backward(torch.arange(12.0))
+    assert two.grad.tolist() == [[1, 2], [6, 7]] and three.grad.tolist() == [[9, 10, 11]]
+    # over a base (non-contiguous, as the projections' output is): a copy, the base itself
+    # untouched, and no gradient to the base where rows were written
+    leaf = torch.arange(12.0).view(4, 3).requires_grad_()
+    out = _Place.apply(leaf.t(), 0, (torch.tensor([2]),), three.detach())
+    assert out.reshape(-1).tolist() == [0, 3, 5, 6, 7, 4, 7, 10, 2, 5, 8, 11]
+    assert leaf.reshape(-1).tolist() == list(range(12))
+    out.backward(torch.ones(3, 4))
+    assert leaf.grad.reshape(-1).tolist() == [1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1]

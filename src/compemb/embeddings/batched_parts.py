@@ -5,11 +5,12 @@ Every feature's categories, ranked by frequency (its ``relabel`` map; without on
 the ranks), are cut into parts of consecutive ranks; part p is a table (or a quotient and a
 remainder table composed by an operation) of width w_p, projected to D by a (D, w_p) matrix
 where w_p < D. The parts of one kind and width (a *class*) share stacked tables, so a batch costs
-one gather per class. The projections are applied by one batched matmul over the features: each
-id's row is placed at its part's columns of a zero (B, G, W) tensor (W: the widest feature's
+one gather per class (a quotient and a remainder computed for that class's ids only). The
+projections are applied by one batched matmul over the features: each id's row is copied (one
+row copy per id) to its part's columns of a zero (B, G, W) tensor (W: the widest feature's
 projected widths side by side) and multiplied by each feature's projections laid side by side
 ((G, D, W), assembled from the classes' stacked projections); rows of parts at width D (no
-projection) are placed in the output as they are.
+projection) are copied to the output as they are.
 
 Letters: B batch, G features, D width, Q parts of the group, W the widest concatenation.
 """
@@ -71,28 +72,40 @@ class PartedStack(StackKey):
                            sparse=sparse, device=device, dtype=dtype)
 
 
+def _windows(flat: torch.Tensor, width: int) -> torch.Tensor:
+    """Every run of ``width`` consecutive elements of a 1-D tensor as a row: row s is
+    ``flat[s : s + width]`` (rows overlap; each call reads or writes disjoint ones)."""
+    return flat.as_strided((flat.numel() - width + 1, width), (1, 1))
+
+
 class _Place(torch.autograd.Function):
-    """Write values at flat positions of a copy of ``base``; the backward reads them back."""
+    """Write rows of values into a copy of ``base`` (zeros of ``size`` when None): row j of
+    values i at flat positions ``starts[i][j]`` onward; the backward reads them back."""
 
     @staticmethod
-    def forward(ctx, base: torch.Tensor, places: tuple[torch.Tensor, ...], *values):
-        out = base.clone()
+    def forward(ctx, base: torch.Tensor | None, size: int, starts: tuple[torch.Tensor, ...],
+                *values: torch.Tensor):
+        if base is None:
+            out = values[0].new_zeros(size)
+        else:  # a non-contiguous base (the projections' transposed output) is copied once
+            out = base.clone() if base.is_contiguous() else base.contiguous()
         flat = out.view(-1)
-        for index, v in zip(places, values, strict=True):
-            flat[index] = v.reshape(-1)
-        ctx.places = places
-        ctx.shapes = [v.shape for v in values]
+        # one row copy per id (index_copy_ along rows), not one indexed write per element
+        for at, v in zip(starts, values, strict=True):
+            _windows(flat, v.shape[1]).index_copy_(0, at, v)
+        ctx.starts, ctx.widths = starts, [v.shape[1] for v in values]
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        g = grad.reshape(-1)
+        g = grad.contiguous().view(-1)
         base = None
         if ctx.needs_input_grad[0]:  # overwritten positions take no gradient
-            base = grad.clone()
-            for index in ctx.places:
-                base.view(-1)[index] = 0
-        return (base, None, *(g[i].view(s) for i, s in zip(ctx.places, ctx.shapes, strict=True)))
+            base = g.clone().view(grad.shape)
+            for at, w in zip(ctx.starts, ctx.widths, strict=True):
+                _windows(base.view(-1), w).index_fill_(0, at, 0.0)
+        return (base, None, None, *(_windows(g, w).index_select(0, at)
+                                    for at, w in zip(ctx.starts, ctx.widths, strict=True)))
 
 
 class PartedGroup(StackedGroup):
@@ -176,9 +189,12 @@ class PartedGroup(StackedGroup):
                                              for f, part in flat]), persistent=False)
         self.register_buffer("_rem", buffer([self._rows[f, part.tables[-1]][2]
                                              for f, part in flat]), persistent=False)
+        self.register_buffer("_shift", self._row - self._start, persistent=False)  # rank -> row
         self.register_buffer("_c", buffer([part.collisions for _, part in flat]),
                              persistent=False)
-        self.register_buffer("_klass", buffer(self._class), persistent=False)
+        self.register_buffer("_klass", buffer(self._class).to(
+            torch.uint8 if len(self.classes) < 256 else torch.int64), persistent=False)
+        self._one_table = any(len(widths) == 1 for widths, _ in self.classes)
         self.register_buffer("_offset", buffer(offsets), persistent=False)
         self.register_buffer("_id_start", buffer(self.id_starts), persistent=False)
         relabel = {p.name: p for p in self.plans[0].maps}.get("relabel")
@@ -243,9 +259,10 @@ class PartedGroup(StackedGroup):
     def _projection_matrix(self, cols: slice | list[int], device: torch.device) -> torch.Tensor:
         """Each feature's projections side by side: (G', D, W)."""
         g = len(self.plans)
-        zero = self.weights[0].new_zeros(g, self.embedding_dim, self.columns)
         places = [(getattr(self, f"_pwhere{k}"), p) for k, p in self.projections.items()]
-        full = _Place.apply(zero, tuple(w for w, _ in places), *(p for _, p in places))
+        full = _Place.apply(None, g * self.embedding_dim * self.columns,
+                            tuple(w for w, _ in places), *(p.reshape(-1, 1) for _, p in places))
+        full = full.view(g, self.embedding_dim, self.columns)
         return full if isinstance(cols, slice) else full[torch.tensor(cols, device=device)]
 
     def forward(self, ids: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
@@ -253,43 +270,51 @@ class PartedGroup(StackedGroup):
         cols = slice(None) if members is None else members
         b, g = ids.shape
         d, width = self.embedding_dim, self.columns
-        first = self._id_start[cols].expand(b, g).reshape(-1)  # each id's feature's first rank
-        ranks = ids.reshape(-1) + first
+        first = self._id_start[cols]  # each feature's first rank
+        ranks = (ids + first).reshape(-1)
         if self.relabel is not None:
-            ranks = self.relabel[ranks].long() + first
+            ranks = (self.relabel.index_select(0, ranks).long().view(b, g) + first).reshape(-1)
         part = torch.bucketize(ranks, self._bounds, right=True)  # (N,) part of each id
-        klass = self._klass[part]
-        local = ranks - self._start[part]
-        if any(len(widths) == 2 for widths, _ in self.classes):
-            c = self._c[part]
-            quotient, remainder = local // c + self._row[part], local % c + self._rem[part]
-        row = local + self._row[part]
+        # index_select rather than t[i]: a 1-D gather at a quarter of advanced indexing's cost
+        klass = self._klass.index_select(0, part)
+        # each id's table row (one-table parts) and place in (B, G', W), for all ids at once:
+        # two gathers per class then, rather than a chain of small ones
+        n = ranks.numel()
+        row = ranks + self._shift.index_select(0, part) if self._one_table else None
+        place = torch.add(self._offset.index_select(0, part),
+                          torch.arange(n, device=ids.device), alpha=width)  # fmt: skip
         x_places, x_values, out_places, out_values = [], [], [], []
-        for k, (widths, w) in enumerate(self.classes):
+        for k, (widths, _) in enumerate(self.classes):
             sel = (klass == k).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
             t = self._table_index[k]
             if len(widths) == 1:
-                values = compose_lookup(_ONE, [row[sel]], [self.weights[t]], [self._sparse[t]])
-            else:
-                values = compose_lookup(self.operation, [quotient[sel], remainder[sel]],
-                                        [self.weights[t], self.weights[t + 1]],
-                                        self._sparse[t : t + 2])
-            span = torch.arange(w, device=ids.device)
+                values = compose_lookup(_ONE, [row.index_select(0, sel)], [self.weights[t]],
+                                        [self._sparse[t]])
+            else:  # QR digits of this class's ids only
+                at = part.index_select(0, sel)
+                local = ranks.index_select(0, sel) - self._start.index_select(0, at)
+                c = self._c.index_select(0, at)
+                values = compose_lookup(
+                    self.operation,
+                    [torch.div(local, c, rounding_mode="floor") + self._row.index_select(0, at),
+                     torch.remainder(local, c) + self._rem.index_select(0, at)],
+                    [self.weights[t], self.weights[t + 1]], self._sparse[t : t + 2])
             if str(k) not in self.projections:  # width D: the rows are the output
-                out_places.append((sel[:, None] * d + span).reshape(-1))
+                out_places.append(sel * d)
                 out_values.append(values)
             else:
-                x_places.append((sel[:, None] * width + self._offset[part[sel]][:, None]
-                                 + span).reshape(-1))
+                x_places.append(place.index_select(0, sel))
                 x_values.append(values)
         if x_values:
-            x = _Place.apply(x_values[0].new_zeros(b * g * width), tuple(x_places), *x_values)
-            out = torch.einsum("bgw,gdw->bgd", x.view(b, g, width),
-                               self._projection_matrix(cols, ids.device))
+            x = _Place.apply(None, b * g * width, tuple(x_places), *x_values)
+            # (G', B, W) x (G', W, D): the batch's rows of each feature, one matmul per feature
+            p = self._projection_matrix(cols, ids.device)
+            out = torch.bmm(x.view(b, g, width).transpose(0, 1),
+                            p.transpose(1, 2)).transpose(0, 1)
         else:
             out = self.weights[0].new_zeros(b, g, d)
         if out_values:
-            out = _Place.apply(out.contiguous(), tuple(out_places), *out_values)
-        return out
+            out = _Place.apply(out, 0, tuple(out_places), *out_values)
+        return out.contiguous()
