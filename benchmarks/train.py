@@ -22,8 +22,9 @@ a shared machine); ``--clock wall`` measures wall time.
 CCE's reclustering is not part of a training step: ``compemb train`` runs it between steps
 (``train.recluster_*``) and leaves it out of its samples/s, and the timed steps here run none.
 ``--recluster`` times one reclustering of every reclustering scheme after its rounds, reported
-apart. A scheme whose warm-up steps take longer than ``--max-step-seconds`` each is reported and
-not timed.
+apart; ``--profile N`` prints one step's N costliest operators (torch.profiler) per scheme.
+A scheme whose warm-up steps take longer than ``--max-step-seconds`` each is reported and not
+timed.
 
     .venv/bin/python benchmarks/train.py --data /work/data/synth-800k --batch 1024
         [--schemes hash 'qr mult' md ...] [--targets 4 16 100] [--steps 20] [--warmup 3]
@@ -110,11 +111,24 @@ def serve(raw: dict[str, Any], steps: int, warmup: int, clock: str) -> None:
             started = now()
             if request == "recluster":
                 _recluster(trainer)
+            elif request.startswith("profile"):
+                _profile(trainer, loaded[warmup], int(request.split()[1]))
             else:
                 for batch in loaded[warmup:]:
                     _train_step(trainer, batch)
             print(json.dumps({"seconds": now() - started}), flush=True)
     print(json.dumps({"peak_rss": _peak_rss()}), flush=True)
+
+
+def _profile(trainer: Any, batch: Any, rows: int) -> None:
+    """One training step under torch's profiler: its operators by self CPU time, on stderr
+    (stdout answers the parent)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _train_step(trainer, batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows),
+          file=sys.stderr, flush=True)
 
 
 class _Child:
@@ -189,6 +203,9 @@ def measure(data: str, cards: list[int], args: argparse.Namespace) -> list[dict[
                       train_bytes=child.ready["train_bytes"])  # fmt: skip
         if args.recluster and variant.scheme == "cce":
             result["recluster_seconds"] = child.ask("recluster")
+        if args.profile:
+            print(f"{head}: one step profiled", file=sys.stderr, flush=True)
+            child.ask(f"profile {args.profile}")
         result["peak_rss"] = child.stop()
         rounds = ", ".join(f"{x:.2f}" for x in ratios)
         extra = (f", recluster {result['recluster_seconds']:.2f} s"
@@ -203,10 +220,9 @@ def measure(data: str, cards: list[int], args: argparse.Namespace) -> list[dict[
     return out
 
 
-def table(results: list[dict[str, Any]], targets: list[float]) -> str:
+def table(results: list[dict[str, Any]], schemes: list[str], targets: list[float]) -> str:
     """Markdown: rows targets, columns schemes; each cell the ratio to the full tables (the
     compression reached)."""
-    schemes = list(dict.fromkeys(r["scheme"] for r in results[1:]))
     lines = ["| target | " + " | ".join(schemes) + " |",
              "| --- |" + " ---: |" * len(schemes)]
     for target in targets:
@@ -241,6 +257,9 @@ def main() -> None:
                         help="leave untimed a scheme whose warm-up step takes longer")
     parser.add_argument("--recluster", action="store_true",
                         help="time one reclustering of CCE after its rounds, apart")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after each scheme's rounds, profile one step: its N costliest "
+                             "operators (torch.profiler, self CPU time), on stderr")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -267,7 +286,7 @@ def main() -> None:
           f"untimed; median over {args.rounds} rounds of the full tables' time over the "
           f"scheme's (above 1x: faster); full tables "
           f"{results[0]['samples_per_s'] or 0:,.0f} samples/s at best")  # fmt: skip
-    print(table(results, args.targets))
+    print(table(results, args.schemes, args.targets))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
