@@ -249,13 +249,17 @@ def measure(args: argparse.Namespace) -> None:
         run(name, data[:1])
         COUNTER.on = False
         sent[name] = COUNTER.sent
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name in names:
             dist.barrier()
             start = time.perf_counter()
             run(name, data[2:])
             dist.barrier()
             times[name].append(time.perf_counter() - start)
+        if rank == 0:  # progress: this round's speed of each against the full tables
+            ratios = ", ".join(f"{n} {times['torchrec-full'][-1] / times[n][-1]:.2f}x"
+                               for n in names[1:])  # fmt: skip
+            print(f"round {r + 1}/{args.rounds}: {ratios}", flush=True)
     if rank == 0:
         print(f"\n{world} ranks (gloo, CPU), batch {args.batch} per rank, Criteo Kaggle "
               f"cardinalities / {args.scale} ({sum(cards):,} rows), D={D}, DLRM, exact Adagrad;"
