@@ -22,7 +22,7 @@ a shared machine); ``--clock wall`` measures wall time.
 CCE's reclustering is not part of a training step: ``compemb train`` runs it between steps
 (``train.recluster_*``) and leaves it out of its samples/s, and the timed steps here run none.
 ``--recluster`` times one reclustering of every reclustering scheme after its rounds, reported
-apart; ``--profile N`` prints one step's N costliest operators (torch.profiler) per scheme.
+apart; ``--profile N`` prints where one round's CPU time goes (cProfile) per scheme.
 A scheme whose warm-up steps take longer than ``--max-step-seconds`` each is reported and not
 timed.
 
@@ -112,7 +112,7 @@ def serve(raw: dict[str, Any], steps: int, warmup: int, clock: str) -> None:
             if request == "recluster":
                 _recluster(trainer)
             elif request.startswith("profile"):
-                _profile(trainer, loaded[warmup], int(request.split()[1]))
+                _profile(trainer, loaded[warmup:], int(request.split()[1]))
             else:
                 for batch in loaded[warmup:]:
                     _train_step(trainer, batch)
@@ -120,15 +120,23 @@ def serve(raw: dict[str, Any], steps: int, warmup: int, clock: str) -> None:
     print(json.dumps({"peak_rss": _peak_rss()}), flush=True)
 
 
-def _profile(trainer: Any, batch: Any, rows: int) -> None:
-    """One training step under torch's profiler: its operators by self CPU time, on stderr
-    (stdout answers the parent)."""
-    from torch.profiler import ProfilerActivity, profile
+def _profile(trainer: Any, batches: list[Any], rows: int) -> None:
+    """The steps of a round under cProfile on the process's CPU time (robust to the time spent
+    descheduled, unlike a wall-clock profiler on a loaded machine): the ``rows`` functions of
+    largest cumulative time, on stderr (stdout answers the parent). The backward pass is one
+    call (``Tensor.backward``) but for the Python ``backward`` of custom autograd nodes."""
+    import cProfile
+    import io
+    import pstats
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    for batch in batches:
         _train_step(trainer, batch)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows),
-          file=sys.stderr, flush=True)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(rows)
+    print(out.getvalue(), file=sys.stderr, flush=True)
 
 
 class _Child:
@@ -204,7 +212,7 @@ def measure(data: str, cards: list[int], args: argparse.Namespace) -> list[dict[
         if args.recluster and variant.scheme == "cce":
             result["recluster_seconds"] = child.ask("recluster")
         if args.profile:
-            print(f"{head}: one step profiled", file=sys.stderr, flush=True)
+            print(f"{head}: one round profiled", file=sys.stderr, flush=True)
             child.ask(f"profile {args.profile}")
         result["peak_rss"] = child.stop()
         rounds = ", ".join(f"{x:.2f}" for x in ratios)
@@ -258,8 +266,8 @@ def main() -> None:
     parser.add_argument("--recluster", action="store_true",
                         help="time one reclustering of CCE after its rounds, apart")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="after each scheme's rounds, profile one step: its N costliest "
-                             "operators (torch.profiler, self CPU time), on stderr")
+                        help="after each scheme's rounds, profile one round (cProfile, CPU "
+                             "time): the N functions of largest cumulative time, on stderr")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
