@@ -183,6 +183,9 @@ def measure(data: str, cards: list[int], args: argparse.Namespace) -> list[dict[
     full = _Child(_raw_config(data, {"scheme": "full"}, args.batch), args)
     print(f"full tables: {full.ready['embedding']:,} embedding parameters, "
           f"warm-up step {full.ready['warmup_step']:.3f} s", flush=True)  # fmt: skip
+    if args.profile:
+        print("full tables: one round profiled", file=sys.stderr, flush=True)
+        full.ask(f"profile {args.profile}")
     full_times: list[float] = []
     for n, (series, target, variant, compression) in enumerate(plan, 1):
         head = f"[{n}/{len(plan)}] {series} {target:g}x ({variant.label}, {compression:.1f}x)"
