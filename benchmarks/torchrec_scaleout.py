@@ -7,6 +7,9 @@ config side by side in one run, rounds interleaved so machine noise hits each al
 - torchrec-full: TorchRec's fused full tables (compemb's collection with scheme full is
   exactly an EmbeddingBagCollection), sharded by DMP;
 - torchrec-qr4 / torchrec-qr60: QR mult at 4 / 60 collisions, compemb on TorchRec, sharded;
+- torchrec-md4 / torchrec-robe4 / torchrec-cce4: MD (widths rounded to multiples of 4, which
+  FBGEMM shards; alpha the frontier's value nearest 4x), ROBE-Z and CCE (fitted to 4x), compemb
+  on TorchRec, sharded (sized as the frontier sizes them: ``compemb.experiments.frontier``);
 - local-qr4: compemb's local collection QR mult 4, replicated: DDP for the dense part, the
   tables' sparse gradients all-reduced over gloo (``train.sharding: replicate``).
 
@@ -27,6 +30,7 @@ rows, and the gradients of those rows go back the same way: (R - 1) / R of its l
 remote. The dense part's all-reduce is counted in both.
 
     .venv/bin/torchrun --standalone --nproc_per_node=2 benchmarks/torchrec_scaleout.py measure
+        [--configs torchrec-full torchrec-md4 ...]
     .venv/bin/python benchmarks/torchrec_scaleout.py formula
 """
 
@@ -43,7 +47,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from compemb.data import CRITEO_KAGGLE_CARDINALITIES
-from compemb.embeddings import EmbeddingSpec
+from compemb.embeddings import EmbeddingSpec, embedding_parameters
+from compemb.experiments.frontier import FRONTIER_SCHEMES, Line, select_lines, sized_variants
 from compemb.models import build_model
 from compemb.optim import make_optimizer
 
@@ -54,6 +59,27 @@ SPECS = {
 }
 D = 16
 NUM_DENSE = 13
+# The successors sized to about 4x by the frontier's rules; MD's widths rounded up to multiples
+# of 4 (FBGEMM shards no other width), its alpha among the frontier's MD values.
+_MD = next(line for line in FRONTIER_SCHEMES if line.series == "md")
+SIZED = {
+    "md4": Line("md x4", (*_MD.fields, ("multiple_of", 4)), _MD.knob, _MD.values),
+    "robe4": select_lines(["robe"])[0],
+    "cce4": select_lines(["cce"])[0],
+}
+CONFIGS = ("torchrec-full", "torchrec-qr4", "torchrec-qr60", "local-qr4",
+           *(f"torchrec-{name}" for name in SIZED))
+
+
+def _spec(name: str, cards: list[int]) -> EmbeddingSpec:
+    """The spec of a config's tables (``torchrec-md4`` -> MD sized to 4x on ``cards``)."""
+    if name in SPECS:
+        return SPECS[name]
+    sized = sized_variants(SIZED[name], cards, (4,), D)
+    if 4 not in sized:
+        raise ValueError(f"{name}: {SIZED[name].series} does not reach 4x on these cardinalities")
+    variant, _ = sized[4]
+    return EmbeddingSpec(**variant.model_fields())  # type: ignore[arg-type]
 
 # ---------------------------------------------------------------------------------------------
 # measure
@@ -169,13 +195,16 @@ def _build(name: str, cards: list[int]) -> tuple[torch.nn.Module, Callable[[], N
     if name.startswith("torchrec-"):
         from compemb.embeddings.torchrec import TorchRecSparseArch
 
-        spec = SPECS[name.removeprefix("torchrec-")]
+        spec = _spec(name.removeprefix("torchrec-"), cards)
         # as compemb train builds it: tables on meta, every feature one-hot (pooled lookups)
         arch = TorchRecSparseArch(cards, D, spec, one_hot=len(cards), device="meta")
         model = build_model("dlrm", cards, NUM_DENSE, D, spec, sparse_arch=arch)
         sharded = sharding.shard(model, torch.device("cpu"), optimizer="adagrad", lr=0.01)
         if dist.get_rank() == 0:
-            print(f"\n{name} plan:\n{sharded.summary}", flush=True)
+            label, detail = spec.owner.describe(spec)
+            used = embedding_parameters(cards, D, spec)
+            print(f"\n{name}: {label} ({detail}), {sum(cards) * D / used:.1f}x; plan:\n"
+                  f"{sharded.summary}", flush=True)  # fmt: skip
         opt = make_optimizer("adagrad", [p for _, p in sharded.dense_parameters()], 0.01,
                              tables=sharded.replicated_tables())
         _hook_ddp(sharded.model)
@@ -200,7 +229,7 @@ def measure(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     _install_counters()
     cards = [max(2, n // args.scale) for n in CRITEO_KAGGLE_CARDINALITIES]
-    names = ["torchrec-full", "torchrec-qr4", "torchrec-qr60", "local-qr4"]
+    names = ["torchrec-full", *(n for n in args.configs if n != "torchrec-full")]
     built = {n: _build(n, cards) for n in names}
     data = _batches(cards, args.batch, args.steps + 2, seed=rank)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -220,13 +249,17 @@ def measure(args: argparse.Namespace) -> None:
         run(name, data[:1])
         COUNTER.on = False
         sent[name] = COUNTER.sent
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name in names:
             dist.barrier()
             start = time.perf_counter()
             run(name, data[2:])
             dist.barrier()
             times[name].append(time.perf_counter() - start)
+        if rank == 0:  # progress: this round's speed of each against the full tables
+            ratios = ", ".join(f"{n} {times['torchrec-full'][-1] / times[n][-1]:.2f}x"
+                               for n in names[1:])  # fmt: skip
+            print(f"round {r + 1}/{args.rounds}: {ratios}", flush=True)
     if rank == 0:
         print(f"\n{world} ranks (gloo, CPU), batch {args.batch} per rank, Criteo Kaggle "
               f"cardinalities / {args.scale} ({sum(cards):,} rows), D={D}, DLRM, exact Adagrad;"
@@ -311,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--steps", type=int, default=10)
     m.add_argument("--rounds", type=int, default=5)
     m.add_argument("--scale", type=int, default=10, help="divide Criteo's cardinalities")
+    m.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                   help="configs to time (the full tables always: the base of the ratios)")
     f = sub.add_parser("formula", help="memory and communication table for Criteo Kaggle")
     f.add_argument("--batch", type=int, default=2048, help="samples per rank per step")
     f.add_argument("--ranks", type=int, nargs="+", default=[8, 64])
