@@ -245,21 +245,6 @@ def fitted_variants(
     return out
 
 
-def sized_variants(
-    scheme: Line,
-    cardinalities: Sequence[int],
-    targets: Sequence[float] = TARGET_COMPRESSIONS,
-    embedding_dim: int = 16,
-) -> dict[float, tuple[FrontierVariant, float]]:
-    """Per reachable target: the variant of ``scheme`` the frontier trains there (its knob
-    picked from the line's values, or fitted by ``fit_budget``) and its compression."""
-    if scheme.fitted:
-        return fitted_variants(scheme, cardinalities, targets, embedding_dim)
-    return {t: (make_variant(scheme, value, x=t), c)
-            for t, (value, c) in pick_values(scheme, cardinalities, targets,
-                                             embedding_dim).items()}  # fmt: skip
-
-
 def select_lines(names: Sequence[str] | None) -> tuple[Line, ...]:
     """The lines of :data:`FRONTIER_SCHEMES` named (by series), in that order; None: all."""
     if names is None:
