@@ -13,7 +13,8 @@ import torch
 from compemb.embeddings import EmbeddingSpec, fit_budget, make_embedding_bag
 from compemb.embeddings import cce as cce_module
 from compemb.embeddings._universal import PRIME, hash_coefficients
-from compemb.embeddings.cce import CCEEmbeddingBag, kmeans, nearest
+from compemb.embeddings.cce import CCEEmbeddingBag
+from compemb.embeddings.kmeans import kmeans, nearest
 from compemb.schemes.cce import CCEScheme
 from compemb.spec import plan_feature
 

@@ -64,6 +64,7 @@ class _CCEMember(nn.Module):
         s = group.plans[i].spec.settings
         self.rows, self.chunks = s.rows, s.chunks
         self.kmeans_iters, self.kmeans_samples = s.kmeans_iters, s.kmeans_samples
+        self.kmeans_exact_rows, self.kmeans_max_queries = s.kmeans_exact_rows, s.kmeans_max_queries
 
     def _span(self) -> slice:
         g = self._group

@@ -23,14 +23,25 @@ Where this differs from that code, and why:
   vocabulary): an unseen id's vector is its untrained init, which would pull centroids, and
   assigning every id costs n R W per chunk. An unseen id keeps its row index (its first hash),
   so its vector stays defined: a centroid plus a residual row.
-- k-means is Lloyd's, in torch (the code uses faiss): at most ``kmeans_iters`` rounds (the
-  code: 100), stopping early once no label changes (a further round would change nothing), on
-  a seeded sample of at most ``kmeans_samples`` points per centroid (the code: 200; faiss
-  keeps 256). It starts from greedy k-means++ (over at most 8R of the points) rather than
-  faiss's uniform sample of points: ids that share both rows have equal vectors, so a uniform
-  sample often starts two centroids on one point, and faiss's repair (splitting a large
-  cluster) is not reproduced here. A centroid left without points keeps its place. Cost per
-  chunk: about ``kmeans_iters`` x ``kmeans_samples`` x R^2 distances, plus R per seen id.
+- k-means is Lloyd's (the code uses faiss's): at most ``kmeans_iters`` rounds (the code:
+  100), stopping early once no label changes (a further round would change nothing), on a
+  seeded sample of at most ``kmeans_samples`` points per centroid (the code: 200; faiss keeps
+  256). A centroid left without points keeps its place. Two paths by R
+  (:mod:`compemb.embeddings.kmeans`):
+
+  - R <= ``kmeans_exact_rows`` (4,096), exact, in torch: greedy k-means++ (over at most 8R of
+    the points) rather than faiss's uniform sample of points: ids that share both rows have
+    equal vectors, so a uniform sample often starts two centroids on one point, and faiss's
+    repair (splitting a large cluster) is not reproduced here. Cost per chunk: about
+    ``kmeans_iters`` x ``kmeans_samples`` x R^2 distances, plus R per seen id.
+  - Larger R (a 10x CCE on Criteo Kaggle has R = 280,696: greedy k-means++ alone would be
+    280 k sequential steps), every nearest centroid still exact but found by a KD-tree:
+    started from one seen id of each current row of T_i (the previous reclustering's
+    clusters; at the first, the hash's groups), Lloyd's rounds on a sample growing from 2R
+    points, doubling each round, within ``kmeans_max_queries`` points assigned in all, then
+    every seen id's nearest centroid. Cost per chunk: about (kmeans_max_queries
+    + seen ids) log R. Faiss's k-means is no faster here: its assignment computes every
+    distance, m R W products for 4-wide chunks.
 - Fewer seen ids than R: each gets a row of its own (its vector, exactly); the other rows keep
   their values (the code fills them with random points).
 - Rows of H_i no seen id hashes to are 0 (the code divides 0 by 0 there, giving NaN).
@@ -44,7 +55,6 @@ Letters: N ids, n categories, D width, c chunks, W = D / c, R rows of T_i (and o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -54,9 +64,9 @@ from torch import nn
 
 from compemb.embeddings._universal import PRIME, check_hashable, hash_coefficients, universal_hash
 from compemb.embeddings.base import BagModule, full_table_bound
+from compemb.embeddings.kmeans import kmeans, kmeans_tree, nearest
 
-__all__ = ["CCEEmbeddingBag", "assignment_dtype", "check_cce", "kmeans", "kmeans_plus_plus",
-           "nearest"]
+__all__ = ["CCEEmbeddingBag", "assignment_dtype", "check_cce"]
 
 
 def assignment_dtype(rows: int) -> torch.dtype:
@@ -71,92 +81,6 @@ def assignment_dtype(rows: int) -> torch.dtype:
     if rows <= 2**8:
         return torch.uint8
     return torch.uint16 if rows <= 2**16 else torch.int32
-
-
-def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """The nearest centroid (squared Euclidean) of each point: (m, W), (k, W) -> (m,) int64.
-
-    Computed in blocks of about 2^22 distances, so memory stays bounded whatever m.
-
-    >>> nearest(torch.tensor([[0.0], [0.9], [2.2]]), torch.tensor([[0.0], [1.0], [2.0]])).tolist()
-    [0, 1, 2]
-    """
-    block = max(1, 2**22 // max(centroids.shape[0], 1))
-    sq = (centroids * centroids).sum(1)
-    labels = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
-    for start in range(0, points.shape[0], block):
-        x = points[start:start + block]
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every c. One fused
-        # pass (addmm) and the argmin: with narrow chunks the passes over the (m, k) block,
-        # not the products, take the time
-        labels[start:start + block] = torch.addmm(sq, x, centroids.T, alpha=-2).argmin(1)
-    return labels
-
-
-def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k starting centroids by greedy k-means++ (Arthur and Vassilvitskii 2007; greedy as
-    scikit-learn's default): the first a uniform draw; for each next one, 2 + ln k candidates
-    drawn with probability proportional to their squared distance to the nearest centroid so
-    far (uniform once every point coincides with one), keeping the candidate that lowers the
-    sum of those distances most. (m, W) -> (k, W).
-
-    >>> pts = torch.tensor([[0.0], [0.0], [0.0], [9.0]])
-    >>> kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(0)).sort(0).values.flatten()
-    tensor([0., 9.])
-    """
-    m = points.shape[0]
-    tries = 2 + int(math.log(k))
-    sq = (points * points).sum(1)
-
-    def distances(rows: torch.Tensor) -> torch.Tensor:
-        """Squared distances of the points ``rows`` to every point: (r,) -> (r, m)."""
-        near = torch.addmm(sq[rows][:, None] + sq[None], points[rows], points.T, alpha=-2)
-        return near.clamp_(min=0)  # rounding leaves tiny negatives
-
-    chosen = [int(torch.randint(m, (1,), generator=generator))]
-    dist = distances(torch.tensor(chosen, device=points.device))[0]
-    for _ in range(1, k):
-        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
-        picks = torch.multinomial(weights.double().cpu(), tries, replacement=True,
-                                  generator=generator).to(points.device)
-        candidates = torch.minimum(distances(picks), dist)  # (tries, m)
-        best = int(candidates.sum(1).argmin())
-        chosen.append(int(picks[best]))
-        dist = candidates[best]
-    return points[chosen].clone()
-
-
-def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator
-           ) -> torch.Tensor:
-    """Lloyd's k-means: (m, W) points, m >= k -> (k, W) centroids.
-
-    Starts from :func:`kmeans_plus_plus` (greedy) over a random 8k of the points (all of them
-    when fewer); runs at most ``iters`` rounds, stopping once no label changes. A centroid
-    without points keeps its place.
-
-    >>> pts = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
-    >>> kmeans(pts, 2, 10, torch.Generator().manual_seed(0)).sort(0).values.flatten()
-    tensor([0.0500, 5.1000])
-    """
-    if points.shape[0] < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {points.shape[0]}")
-    # the start is k sequential draws: taken from at most 8k points, so its cost stays O(k^2 W)
-    pool = points
-    if points.shape[0] > 8 * k:
-        pool = points[torch.randperm(points.shape[0], generator=generator)[:8 * k].to(
-            points.device)]
-    centroids = kmeans_plus_plus(pool, k, generator)
-    labels = None
-    for _ in range(iters):
-        new = nearest(points, centroids)
-        if labels is not None and torch.equal(new, labels):
-            break
-        labels = new
-        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
-        counts = torch.bincount(labels, minlength=k)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled, None].to(points.dtype)
-    return centroids
 
 
 def _generator(*words: int) -> torch.Generator:
@@ -176,6 +100,10 @@ class CCEEmbeddingBag(BagModule):
         seed: seeds the first assignment and the first hashes.
         kmeans_iters: most Lloyd rounds per chunk when reclustering.
         kmeans_samples: most points per centroid k-means is fitted on.
+        kmeans_exact_rows: most rows R clustered by the exact path; above, the KD-tree path
+            (module docstring). 0: the tree path at every R.
+        kmeans_max_queries: the tree path's cap on the points its Lloyd rounds assign, summed
+            over the rounds, per chunk.
         mode, sparse, include_last_offset, validate, device, dtype: as ``nn.EmbeddingBag``.
 
     Tables ``tables.<i>`` (2R, W) hold T_i then H_i, each entry drawn U(-a / sqrt(2), a /
@@ -198,7 +126,8 @@ class CCEEmbeddingBag(BagModule):
 
     def __init__(self, num_categories: int, embedding_dim: int, rows: int, chunks: int = 4,
                  seed: int = 0, mode: str = "sum", *, kmeans_iters: int = 100,
-                 kmeans_samples: int = 200, sparse: bool = False,
+                 kmeans_samples: int = 200, kmeans_exact_rows: int = 4096,
+                 kmeans_max_queries: int = 2**25, sparse: bool = False,
                  include_last_offset: bool = False, validate: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__(num_categories, embedding_dim, mode, include_last_offset, validate)
@@ -206,6 +135,7 @@ class CCEEmbeddingBag(BagModule):
         check_hashable(num_categories, type(self).__name__)
         self.rows, self.chunks, self.sparse = rows, chunks, sparse
         self.kmeans_iters, self.kmeans_samples = kmeans_iters, kmeans_samples
+        self.kmeans_exact_rows, self.kmeans_max_queries = kmeans_exact_rows, kmeans_max_queries
         width = embedding_dim // chunks
         self.tables = nn.ParameterList(
             nn.Parameter(torch.empty(2 * rows, width, device=device, dtype=dtype))
@@ -298,6 +228,10 @@ class CCEEmbeddingBag(BagModule):
         if m <= r:  # a row for each seen id
             centroids[:m] = vectors
             labels = torch.arange(m, device=table.device)
+        elif r > self.kmeans_exact_rows:
+            centroids, labels = kmeans_tree(
+                vectors, r, iters=self.kmeans_iters, samples=self.kmeans_samples,
+                max_queries=self.kmeans_max_queries, generator=gen, strata=learned)
         else:
             points = vectors
             if m > self.kmeans_samples * r:

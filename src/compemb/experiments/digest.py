@@ -105,6 +105,10 @@ NEUTRAL: dict[str, Any] = {
     "model.embedding[md].bias": False,
     "train.recluster_until": 1.0,  # to the end, as recluster_every N did before
     "train.recluster_times": 3,  # (only for recluster_every: null, which meant never before)
+    # CCE's KD-tree k-means, for R above 4,096 only: every run before it had R <= 1,964, and
+    # clusters at these values as it did
+    "model.embedding[cce].kmeans_exact_rows": 4096,
+    "model.embedding[cce].kmeans_max_queries": 2**25,
 }
 # A setting renamed since -> the name it is hashed under, so runs written before keep their digest.
 RENAMED: dict[str, str] = {

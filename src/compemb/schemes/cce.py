@@ -37,6 +37,14 @@ class CCESettings:
         seed: seeds the first assignment and the first hashes.
         kmeans_iters: most Lloyd rounds per chunk and reclustering (the authors' code: 100).
         kmeans_samples: most points per centroid k-means is fitted on (the authors': 200).
+        kmeans_exact_rows: most R clustered by the exact k-means (greedy k-means++, every
+            distance computed: cost R^2); a larger R takes the KD-tree path (sampled, its
+            nearest centroids exact; :mod:`compemb.embeddings.kmeans`). 4,096 keeps every R
+            run before the tree path existed (at most 1,964) on the exact path; 0: the tree
+            path at every R.
+        kmeans_max_queries: the tree path's cap on the points its Lloyd rounds assign per
+            chunk, summed over the rounds (2^25: a 10x CCE on Criteo Kaggle reclusters in
+            minutes on one core; docs/speed.md).
     """
 
     rows: int | None = None
@@ -44,16 +52,20 @@ class CCESettings:
     seed: int = 0
     kmeans_iters: int = 100
     kmeans_samples: int = 200
+    kmeans_exact_rows: int = 4096
+    kmeans_max_queries: int = 2**25
 
     def __post_init__(self) -> None:
         if self.rows is None:
             raise ValueError("scheme 'cce' needs rows (R, rows of each chunk's table)")
-        for name in ("rows", "chunks", "kmeans_iters", "kmeans_samples"):
+        for name in ("rows", "chunks", "kmeans_iters", "kmeans_samples", "kmeans_max_queries"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        for name in ("seed", "kmeans_exact_rows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
 
 
 def _sum_chunks(parts: list[torch.Tensor], rest: Sequence[torch.Tensor],
@@ -108,7 +120,8 @@ class CCEScheme(Scheme):
         s = plan.spec.settings
         return CCEEmbeddingBag(plan.num_categories, plan.embedding_dim, s.rows, s.chunks, s.seed,
                                kmeans_iters=s.kmeans_iters, kmeans_samples=s.kmeans_samples,
-                               **common)
+                               kmeans_exact_rows=s.kmeans_exact_rows,
+                               kmeans_max_queries=s.kmeans_max_queries, **common)
 
     def stacking(self, plan: FeaturePlan) -> CCEStack:
         return CCEStack(plan.embedding_dim, plan.spec.settings.chunks)
