@@ -59,6 +59,12 @@ def _load() -> ctypes.CDLL | None:
                 _state["hash"] = True
             except AttributeError:
                 _state["hash"] = False
+            try:  # the per-column form came later still
+                lib.compemb_universal_hash_columns.restype = ctypes.c_int
+                lib.compemb_universal_hash_columns.argtypes = [p, i, i, p, i, i, p]
+                _state["hash_columns"] = True
+            except AttributeError:
+                _state["hash_columns"] = False
         if os.environ.get("COMPEMB_NO_KERNELS") == "1":
             print("compemb: compiled CPU kernels turned off (COMPEMB_NO_KERNELS=1); using the "
                   "pure-torch code", file=sys.stderr)  # fmt: skip
@@ -155,10 +161,20 @@ def mult2_backward(g: torch.Tensor, a: torch.Tensor, kept: torch.Tensor | None, 
 
 
 def _hash_applies(ids: torch.Tensor, coefficients: torch.Tensor) -> bool:
+    """One set of hashes for every id: ids (N,), coefficients (2, k)."""
     return (not torch.compiler.is_compiling() and ids.device.type == "cpu"
             and coefficients.device.type == "cpu" and ids.dim() == 1
             and coefficients.dim() == 2 and coefficients.shape[0] == 2
             and _load() is not None and bool(_state.get("hash")))  # fmt: skip
+
+
+def _columns_apply(ids: torch.Tensor, coefficients: torch.Tensor) -> bool:
+    """A set of hashes per column: ids (B, G), coefficients (G, 2, k)."""
+    return (not torch.compiler.is_compiling() and ids.device.type == "cpu"
+            and coefficients.device.type == "cpu" and ids.dim() == 2
+            and coefficients.dim() == 3 and coefficients.shape[1] == 2
+            and coefficients.shape[0] == ids.shape[1]
+            and _load() is not None and bool(_state.get("hash_columns")))  # fmt: skip
 
 
 def _check_ids(code: int) -> None:
@@ -168,8 +184,17 @@ def _check_ids(code: int) -> None:
 
 def universal_hash(ids: torch.Tensor, coefficients: torch.Tensor, buckets: int
                    ) -> torch.Tensor | None:
-    """The kernel's :func:`compemb.embeddings._universal.universal_hash` (N, k) int64, or None
-    where it does not apply (no library; not CPU tensors)."""
+    """The kernel's :func:`compemb.embeddings._universal.universal_hash`: (N, k) int64, or
+    (B, G, k) for ids (B, G) and coefficients (G, 2, k); None where it does not apply (no
+    library; not CPU tensors)."""
+    if _columns_apply(ids, coefficients):
+        ids = ids.long().contiguous()
+        co = coefficients.long().contiguous()
+        out = torch.empty(*ids.shape, co.shape[2], dtype=torch.int64)
+        _check_ids(_load().compemb_universal_hash_columns(  # type: ignore[union-attr]
+            ids.data_ptr(), ids.shape[0], ids.shape[1], co.data_ptr(), co.shape[2], buckets,
+            out.data_ptr()))
+        return out
     if not _hash_applies(ids, coefficients):
         return None
     ids = ids.long().contiguous()

@@ -67,6 +67,22 @@ def test_compiled_hash_equals_pure_torch(buckets, monkeypatch):
     torch.testing.assert_close(got, universal_hash(ids, co, buckets), rtol=0, atol=0)
 
 
+@pytest.mark.skipif(_kernels._load() is None or not _kernels._state.get("hash_columns"),
+                    reason="the per-column hash kernel is not in this build (make kernels)")
+@pytest.mark.parametrize("buckets", [1, 7, 1000, PRIME])
+def test_compiled_per_column_hash_equals_pure_torch_and_each_column_alone(buckets, monkeypatch):
+    ids = _hash_ids()[:3006].view(-1, 3)  # (B, G): every edge id in some column
+    co = torch.stack([hash_coefficients(5, (7, c)) for c in range(3)]).to(torch.int32)
+    co[1, :, 0] = PRIME - 1  # the largest a and b
+    got = universal_hash(ids, co, buckets)
+    assert got.shape == (1002, 3, 5)
+    for c in range(3):  # column c hashed with its own coefficients
+        torch.testing.assert_close(got[:, c], universal_hash(ids[:, c], co[c], buckets),
+                                   rtol=0, atol=0)
+    monkeypatch.setattr(_kernels, "universal_hash", lambda *args: None)
+    torch.testing.assert_close(got, universal_hash(ids, co, buckets), rtol=0, atol=0)
+
+
 @needs_hash_kernel
 @pytest.mark.parametrize("encoding", ["uniform", "gaussian"])
 def test_compiled_dhe_encoding_equals_pure_torch(encoding, monkeypatch):

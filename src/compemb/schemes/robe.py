@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_robe import RobeStack
 from compemb.embeddings.robe import (
     RobeEmbeddingBag,
     blocks_from_rows,
@@ -161,6 +162,10 @@ class RobeScheme(Scheme):
         return RobeEmbeddingBag(plan.num_categories, plan.embedding_dim, s.size, s.block,
                                 s.aligned, s.seed, member=plan.member if s.shared else None,
                                 shared=shared, **common)
+
+    def stacking(self, plan: FeaturePlan) -> RobeStack:
+        s = plan.spec.settings
+        return RobeStack(plan.embedding_dim, s.size, s.block, s.aligned, s.shared)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         s = plan.spec.settings
