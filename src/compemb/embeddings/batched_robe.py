@@ -9,7 +9,9 @@ is row-indexed:
 
 - ROBE-Z (``shared``): the collection's one array as (M / Z, Z), held by the group (saved as
   ``shared.<key>.weight``, as the per-feature collection saves it); an unaligned block at
-  offset o lies in rows o // Z and o // Z + 1 (mod M / Z) and is sliced out of the two;
+  offset o lies in rows o // Z and o // Z + 1 (mod M / Z): :func:`unaligned_blocks` reads it
+  (Z elements from o, in a compiled kernel where built) and gives those two rows their
+  gradients;
 - an array per feature, aligned: the features' (M / Z, Z) arrays one under the other;
 - an array per feature, unaligned: their (M, 1) arrays one under the other, a block being Z
   rows (each element its own row, as the per-feature module keeps it).
@@ -26,17 +28,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from compemb import _kernels
 from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings._universal import universal_hash
 from compemb.embeddings.batched import DENSE_GRAD_MAX_ROWS
-from compemb.embeddings.robe import blocks_from_rows, robe_coefficients, robe_table_shape
+from compemb.embeddings.robe import read_blocks, robe_coefficients, robe_table_shape
 from compemb.embeddings.stacked import StackedGroup, StackKey
 from compemb.operations import get_operation
+from compemb.optim.fused import Sink, gradient_sink
 
 if TYPE_CHECKING:
     from compemb.spec import FeaturePlan
 
-__all__ = ["RobeGroup", "RobeStack"]
+__all__ = ["RobeGroup", "RobeStack", "block_row_grads", "unaligned_blocks"]
 
 _ONE = get_operation("add")  # one table: its rows as they are
 
@@ -152,12 +156,70 @@ class RobeGroup(StackedGroup):
             rows = torch.where(rows >= self.size, rows - self.size, rows)
             rows = rows + self._start[:, cols].unsqueeze(-1)
             out = compose_lookup(_ONE, [rows], [self.weight], [self._sparse])
-        else:  # the block sliced out of the two rows it lies in
-            offsets = universal_hash(ids, co, self.size)  # (B, G', L)
-            first = torch.div(offsets, z, rounding_mode="floor")
-            second = first + 1
-            pairs = torch.stack([first, torch.where(second == self.rows, 0, second)], dim=-1)
-            two = compose_lookup(_ONE, [pairs], [self.weight], [self._sparse])
-            out = blocks_from_rows(two.view(-1, offsets.shape[-1], 2, z),
-                                   (offsets - first * z).view(-1, offsets.shape[-1]))
+        else:  # each block read from its offset, wrapping past the end
+            out = unaligned_blocks(self.weight, universal_hash(ids, co, self.size), self._sparse)
         return out.view(*ids.shape, self.embedding_dim)  # sizes spelled out: B may be 0
+
+
+class _UnalignedBlocks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sink: Sink | None, sparse: bool, offsets: torch.Tensor,
+                weight: torch.Tensor) -> torch.Tensor:
+        flat = offsets.reshape(-1)
+        out = _kernels.robe_read(weight, flat)
+        if out is None:
+            out = read_blocks(weight, flat.unsqueeze(1), aligned=False)
+        ctx.sink, ctx.sparse, ctx.shape = sink, sparse, weight.shape
+        ctx.save_for_backward(flat)
+        return out.view(*offsets.shape[:-1], offsets.shape[-1] * weight.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if not ctx.needs_input_grad[3]:
+            return None, None, None, None
+        (flat,) = ctx.saved_tensors
+        rows, values = block_row_grads(ctx.shape, flat, grad.reshape(-1, ctx.shape[1]))
+        if ctx.sink is not None:
+            ctx.sink(rows, values)  # the optimizer updates these rows: no gradient
+            return None, None, None, None
+        if ctx.sparse:
+            return None, None, None, torch.sparse_coo_tensor(rows.unsqueeze(0), values,
+                                                             ctx.shape, check_invariants=False)
+        return None, None, None, values.new_zeros(ctx.shape).index_add_(0, rows, values)
+
+
+def block_row_grads(shape: tuple[int, int], offsets: torch.Tensor, grads: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of a (R, Z) table that blocks at ``offsets`` (N,) lie in, two per block (2 N,),
+    and their gradients (2 N, Z): each block's gradient ``grads`` (N, Z) at its place in its
+    two rows, zeros around it.
+
+    >>> rows, values = block_row_grads((3, 2), torch.tensor([1, 4]), torch.tensor([[1., 2.],
+    ...                                                                          [3., 4.]]))
+    >>> rows.tolist(), values.tolist()
+    ([0, 1, 2, 0], [[0.0, 1.0], [2.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    """
+    rows, z = shape
+    fast = _kernels.robe_row_grads(rows, offsets, grads)
+    if fast is not None:
+        return fast
+    first = torch.div(offsets, z, rounding_mode="floor")
+    second = first + 1
+    pairs = torch.stack([first, torch.where(second == rows, 0, second)], dim=1).view(-1)
+    cols = (offsets - first * z).unsqueeze(1) + torch.arange(z, device=offsets.device)
+    values = grads.new_zeros(offsets.numel(), 2 * z).scatter_(1, cols, grads)
+    return pairs, values.view(-1, z)
+
+
+def unaligned_blocks(weight: torch.Tensor, offsets: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """The blocks of Z elements of the array ``weight`` (M / Z, Z) at ``offsets`` (..., L) in
+    [0, M), read circularly -> (..., L Z), each index's blocks in order. Its gradient is two
+    rows per block (:func:`block_row_grads`), sparse where ``sparse``, handed to a fused
+    optimizer where one is routed (``compemb.optim.fused``).
+
+    >>> unaligned_blocks(torch.arange(8.0).view(4, 2), torch.tensor([[3, 7]]), False).tolist()
+    [[3.0, 4.0, 7.0, 0.0]]
+    """
+    sink = gradient_sink(weight) if sparse and torch.is_grad_enabled() and weight.requires_grad \
+        else None
+    return _UnalignedBlocks.apply(sink, sparse, offsets, weight)
