@@ -20,8 +20,9 @@ of the ratios, as the frontier's panel) and with FusedAdagrad. Variants:
 - DHE (depth 2, the scheme's default k hashes, uniform encoding; the width the knob);
 - ROBE-Z (one array for every feature, Z = 4, blocks at any offset: two rows read per block; the
   array size the knob), and ROBE with an array per feature, block-aligned (one row per block);
-- QR-mult for reference, and MD, TT, DHE and ROBE-Z as one module per feature (the layout before
-  stacking; ROBE-Z's features then read the collection's array each through its own module).
+- QR-mult for reference, and MD, TT, DHE and both ROBE forms as one module per feature (the
+  layout before stacking; ROBE-Z's features then read the collection's array each through its
+  own module), with torch's Adagrad.
 
 Frequency ranks come from seeded Zipf counts (the ids stay uniform: the step's cost does not
 depend on which ids are frequent).
@@ -120,7 +121,7 @@ def variants(cards: list[int], args: argparse.Namespace
         if name in ("MD", "TT rank 8", "DHE"):  # the layout before stacking
             per = PerFeature([module_from_plan(p, validate=False) for p in module.plans])
             out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])
-        if name == "ROBE-Z":  # the collection before ROBE was stacked: a module per feature
+        if name.startswith("ROBE"):  # the collection before ROBE was stacked
             with mock.patch.object(RobeScheme, "stacking", Scheme.stacking):
                 per = EmbeddingBagCollection(cards, D, fitted, validate=False)
             out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])

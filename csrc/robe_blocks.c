@@ -4,8 +4,8 @@
  * is elements o, ..., o + Z - 1, read circularly. In torch the read is a gather of both rows the
  * block lies in and a gather of the block out of them, and the backward a zero fill, a scatter
  * and the row gradients; here the forward copies Z floats per block and the backward writes
- * each block's two rows and their gradients (the block's gradient at its place, zeros around)
- * as the pure-torch path does, so the optimizer sees the same rows. Built with the other kernels
+ * the rows each block lies in and their gradients (the block's gradient at its place, zeros
+ * around) as the pure-torch path does, so the optimizer sees the same rows. Built with the other kernels
  * by `make kernels`.
  *
  * Every function returns 0, or -1 when an offset is outside [0, M) (nothing is written then).
@@ -36,18 +36,27 @@ int compemb_robe_read(const float *weight, int64_t rows, int64_t z, const int64_
     return 0;
 }
 
-/* Block i's rows: row_out[2 i] = o / Z and row_out[2 i + 1] = the next row (mod R); their
- * gradients values[2 i Z .. 2 i Z + 2 Z) are zeros with grads[i Z .. i Z + Z) at o mod Z. */
+/* The rows the n blocks lie in and their gradients, in block order: row o / Z, then the next
+ * row (mod R) unless the block starts a row (o mod Z = 0: it lies in one). A row's gradient is
+ * zeros with the block's gradient grads[i Z .. i Z + Z) at its place. *written is the number of
+ * rows written (at most 2 n). */
 int compemb_robe_row_grads(const float *grads, int64_t rows, int64_t z, const int64_t *offsets,
-                           int64_t n, int64_t *row_out, float *values) {
+                           int64_t n, int64_t *row_out, float *values, int64_t *written) {
     if (check(offsets, n, rows * z)) return -1;
+    int64_t k = 0;
     for (int64_t i = 0; i < n; i++) {
-        int64_t o = offsets[i], first = o / z;
-        row_out[2 * i] = first;
-        row_out[2 * i + 1] = first + 1 == rows ? 0 : first + 1;
-        float *v = values + 2 * i * z;
+        int64_t o = offsets[i], first = o / z, within = o - first * z;
+        const float *g = grads + i * z;
+        float *v = values + k * z;
+        row_out[k++] = first;
+        if (within == 0) {
+            memcpy(v, g, z * sizeof(float));
+            continue;
+        }
+        row_out[k++] = first + 1 == rows ? 0 : first + 1;
         memset(v, 0, 2 * z * sizeof(float));
-        memcpy(v + (o - first * z), grads + i * z, z * sizeof(float));
+        memcpy(v + within, g, z * sizeof(float));
     }
+    *written = k;
     return 0;
 }

@@ -70,7 +70,7 @@ def _load() -> ctypes.CDLL | None:
                 lib.compemb_robe_read.restype = ctypes.c_int
                 lib.compemb_robe_read.argtypes = [p, i, i, p, i, p]
                 lib.compemb_robe_row_grads.restype = ctypes.c_int
-                lib.compemb_robe_row_grads.argtypes = [p, i, i, p, i, p, p]
+                lib.compemb_robe_row_grads.argtypes = [p, i, i, p, i, p, p, p]
                 _state["robe"] = True
             except AttributeError:
                 _state["robe"] = False
@@ -256,15 +256,17 @@ def robe_read(table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor | None
 
 def robe_row_grads(rows: int, offsets: torch.Tensor, grads: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The two rows of a table of ``rows`` rows of width Z that each block at ``offsets`` (N,)
-    lies in, (2 N,), and their gradients (2 N, Z) from the blocks' gradients ``grads`` (N, Z);
-    None where the kernel does not apply."""
+    """The rows of a table of ``rows`` rows of width Z that the blocks at ``offsets`` (N,) lie
+    in (two per block, one where it starts a row), and their gradients (., Z) from the blocks'
+    gradients ``grads`` (N, Z); None where the kernel does not apply."""
     if not _robe_applies(offsets, grads):
         return None
     offsets, grads = offsets.contiguous(), grads.contiguous()
     n, z = offsets.numel(), grads.shape[1]
     out = offsets.new_empty(2 * n)
     values = grads.new_empty(2 * n, z)
+    written = ctypes.c_int64(0)
     _check_offsets(_load().compemb_robe_row_grads(  # type: ignore[union-attr]
-        grads.data_ptr(), rows, z, offsets.data_ptr(), n, out.data_ptr(), values.data_ptr()))
-    return out, values
+        grads.data_ptr(), rows, z, offsets.data_ptr(), n, out.data_ptr(), values.data_ptr(),
+        ctypes.addressof(written)))
+    return out[: written.value], values[: written.value]

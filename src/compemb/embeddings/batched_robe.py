@@ -10,8 +10,8 @@ is row-indexed:
 - ROBE-Z (``shared``): the collection's one array as (M / Z, Z), held by the group (saved as
   ``shared.<key>.weight``, as the per-feature collection saves it); an unaligned block at
   offset o lies in rows o // Z and o // Z + 1 (mod M / Z): :func:`unaligned_blocks` reads it
-  (Z elements from o, in a compiled kernel where built) and gives those two rows their
-  gradients;
+  (Z elements from o, in a compiled kernel where built) and gives those rows their
+  gradients (one row where o is a multiple of Z);
 - an array per feature, aligned: the features' (M / Z, Z) arrays one under the other;
 - an array per feature, unaligned: their (M, 1) arrays one under the other, a block being Z
   rows (each element its own row, as the per-feature module keeps it).
@@ -190,32 +190,34 @@ class _UnalignedBlocks(torch.autograd.Function):
 
 def block_row_grads(shape: tuple[int, int], offsets: torch.Tensor, grads: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of a (R, Z) table that blocks at ``offsets`` (N,) lie in, two per block (2 N,),
-    and their gradients (2 N, Z): each block's gradient ``grads`` (N, Z) at its place in its
-    two rows, zeros around it.
+    """The rows of a (R, Z) table that blocks at ``offsets`` (N,) lie in, in block order (two per
+    block; one where it starts a row: the next would get zeros), and their gradients (., Z):
+    each block's gradient ``grads`` (N, Z) at its place in its rows, zeros around it.
 
     >>> rows, values = block_row_grads((3, 2), torch.tensor([1, 4]), torch.tensor([[1., 2.],
     ...                                                                          [3., 4.]]))
     >>> rows.tolist(), values.tolist()
-    ([0, 1, 2, 0], [[0.0, 1.0], [2.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    ([0, 1, 2], [[0.0, 1.0], [2.0, 0.0], [3.0, 4.0]])
     """
     rows, z = shape
     fast = _kernels.robe_row_grads(rows, offsets, grads)
     if fast is not None:
         return fast
     first = torch.div(offsets, z, rounding_mode="floor")
+    within = offsets - first * z
     second = first + 1
     pairs = torch.stack([first, torch.where(second == rows, 0, second)], dim=1).view(-1)
-    cols = (offsets - first * z).unsqueeze(1) + torch.arange(z, device=offsets.device)
-    values = grads.new_zeros(offsets.numel(), 2 * z).scatter_(1, cols, grads)
-    return pairs, values.view(-1, z)
+    cols = within.unsqueeze(1) + torch.arange(z, device=offsets.device)
+    values = grads.new_zeros(offsets.numel(), 2 * z).scatter_(1, cols, grads).view(-1, z)
+    needed = torch.stack([torch.ones_like(within, dtype=torch.bool), within != 0], 1).view(-1)
+    return pairs[needed], values[needed]
 
 
 def unaligned_blocks(weight: torch.Tensor, offsets: torch.Tensor, sparse: bool) -> torch.Tensor:
     """The blocks of Z elements of the array ``weight`` (M / Z, Z) at ``offsets`` (..., L) in
-    [0, M), read circularly -> (..., L Z), each index's blocks in order. Its gradient is two
-    rows per block (:func:`block_row_grads`), sparse where ``sparse``, handed to a fused
-    optimizer where one is routed (``compemb.optim.fused``).
+    [0, M), read circularly -> (..., L Z), each index's blocks in order. Its gradient is the
+    rows each block lies in (:func:`block_row_grads`), sparse where ``sparse``, handed to a
+    fused optimizer where one is routed (``compemb.optim.fused``).
 
     >>> unaligned_blocks(torch.arange(8.0).view(4, 2), torch.tensor([[3, 7]]), False).tolist()
     [[3.0, 4.0, 7.0, 0.0]]
