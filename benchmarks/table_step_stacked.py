@@ -18,8 +18,11 @@ of the ratios, as the frontier's panel) and with FusedAdagrad. Variants:
 - CCE (c = 4 chunks; its training-mode forward marks the ids seen);
 - TT-Rec at rank 8 (3 cores; not fitted: the issue's target is set at rank 8);
 - DHE (depth 2, the scheme's default k hashes, uniform encoding; the width the knob);
-- QR-mult for reference, and MD, TT and DHE as one module per feature (the layout before
-  stacking).
+- ROBE-Z (one array for every feature, Z = 4, blocks at any offset: two rows read per block; the
+  array size the knob), and ROBE with an array per feature, block-aligned (one row per block);
+- QR-mult for reference, and MD, TT, DHE and both ROBE forms as one module per feature (the
+  layout before stacking; ROBE-Z's features then read the collection's array each through its
+  own module), with torch's Adagrad.
 
 Frequency ranks come from seeded Zipf counts (the ids stay uniform: the step's cost does not
 depend on which ids are frequent).
@@ -30,6 +33,7 @@ depend on which ids are frequent).
 from __future__ import annotations
 
 import argparse
+from unittest import mock
 
 import numpy as np
 from torch import nn
@@ -38,6 +42,8 @@ from compemb import EmbeddingBagCollection, EmbeddingSpec
 from compemb.embeddings import embedding_parameters, fit_budget, module_from_plan
 from compemb.embeddings.batched_md import MixedDimGroup
 from compemb.embeddings.batched_parts import Part, PartedStack
+from compemb.scheme import Scheme
+from compemb.schemes.robe import RobeScheme
 from table_step import bench_modules, capped_cards, module_parser
 from table_step_md_tt import PerFeature
 
@@ -86,6 +92,9 @@ def variants(cards: list[int], args: argparse.Namespace
         "CCE c=4": EmbeddingSpec("cce", rows=1, chunks=4, threshold=t, sparse=True),
         "TT rank 8": EmbeddingSpec("tt", rank=8, threshold=t, sparse=True),
         "DHE": EmbeddingSpec("dhe", width=1, threshold=t),
+        "ROBE-Z": EmbeddingSpec("robe", size=4, block=4, threshold=t, sparse=True),
+        "ROBE per feature": EmbeddingSpec("robe", size=4, block=4, shared=False, aligned=True,
+                                          threshold=t, sparse=True),
     }
     fused = set()
     for name, spec in specs.items():
@@ -111,6 +120,10 @@ def variants(cards: list[int], args: argparse.Namespace
             fused.add("MD block-diagonal, fused")
         if name in ("MD", "TT rank 8", "DHE"):  # the layout before stacking
             per = PerFeature([module_from_plan(p, validate=False) for p in module.plans])
+            out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])
+        if name.startswith("ROBE"):  # the collection before ROBE was stacked
+            with mock.patch.object(RobeScheme, "stacking", Scheme.stacking):
+                per = EmbeddingBagCollection(cards, D, fitted, validate=False)
             out[f"{name} per-feature, torch optim"] = (per, note.split(",")[0])
     return out, frozenset(fused)
 

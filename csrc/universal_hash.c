@@ -47,6 +47,27 @@ int compemb_universal_hash(const int64_t *ids, int64_t n, const int64_t *coeffic
     return 0;
 }
 
+/* Per-column hashes: ids (n, g) row-major, coefficients (g, 2, k) (column c's a_j in row 0 of its
+ * (2, k), b_j in row 1): out[(i g + c) k + j] = h_{c,j}(ids[i g + c]) (int64). Every feature of
+ * a stacked group hashes its own column with its own hashes, in one pass over the batch. */
+int compemb_universal_hash_columns(const int64_t *ids, int64_t n, int64_t g,
+                                   const int64_t *coefficients, int64_t k, int64_t m,
+                                   int64_t *out) {
+    if (check(ids, n * g)) return -1;
+    double inverse = 1.0 / (double)m;
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t c = 0; c < g; c++) {
+            const int64_t *a = coefficients + c * 2 * k, *b = a + k;
+            uint64_t x = (uint64_t)ids[i * g + c];
+            int64_t *o = out + (i * g + c) * k;
+            for (int64_t j = 0; j < k; j++)
+                o[j] = (int64_t)mod_m(mod_prime((uint64_t)a[j] * x + (uint64_t)b[j]), m,
+                                      inverse);
+        }
+    }
+    return 0;
+}
+
 /* out[i k + j] = (float)h_j(ids[i]) * scale + shift, rounded as torch's float32 ops round
  * (a product, then a sum: built without contracting them into one fused multiply-add). */
 int compemb_hash_affine(const int64_t *ids, int64_t n, const int64_t *coefficients, int64_t k,

@@ -27,6 +27,9 @@ SPECS = {
     "md_qr": EmbeddingSpec("md_qr", collisions=4, order="frequency", sparse=True),
     "md_block": EmbeddingSpec("md_block", alpha=0.5, order="frequency", sparse=True),
     "cce": EmbeddingSpec("cce", rows=3000, chunks=2, sparse=True),
+    "robe": EmbeddingSpec("robe", size=4 * 5000, block=4, sparse=True),
+    "robe-aligned": EmbeddingSpec("robe", size=4 * 5000, block=2, aligned=True, sparse=True),
+    "robe-per-feature": EmbeddingSpec("robe", size=5000, block=4, shared=False, sparse=True),
 }
 
 

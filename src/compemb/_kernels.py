@@ -1,6 +1,7 @@
 """compemb's compiled CPU kernels (``csrc/``), when built: the fused optimizer's sparse Adagrad
-update, the two-table product of QR mult (forward and backward), and the seeded universal hashes
-(ROBE, DHE, CCE; for DHE fused with its uniform encoding).
+update, the two-table product of QR mult (forward and backward), the seeded universal hashes
+(ROBE, DHE, CCE; for DHE fused with its uniform encoding) and ROBE's unaligned blocks (read, and
+their row gradients).
 
 ``make kernels`` (a step of ``make test`` and ``make demo``) compiles them with the system C
 compiler into ``build/kernels/``; ``COMPEMB_KERNELS`` may name another path, and
@@ -59,6 +60,20 @@ def _load() -> ctypes.CDLL | None:
                 _state["hash"] = True
             except AttributeError:
                 _state["hash"] = False
+            try:  # the per-column form came later still
+                lib.compemb_universal_hash_columns.restype = ctypes.c_int
+                lib.compemb_universal_hash_columns.argtypes = [p, i, i, p, i, i, p]
+                _state["hash_columns"] = True
+            except AttributeError:
+                _state["hash_columns"] = False
+            try:  # ROBE's unaligned blocks
+                lib.compemb_robe_read.restype = ctypes.c_int
+                lib.compemb_robe_read.argtypes = [p, i, i, p, i, p]
+                lib.compemb_robe_row_grads.restype = ctypes.c_int
+                lib.compemb_robe_row_grads.argtypes = [p, i, i, p, i, p, p, p]
+                _state["robe"] = True
+            except AttributeError:
+                _state["robe"] = False
         if os.environ.get("COMPEMB_NO_KERNELS") == "1":
             print("compemb: compiled CPU kernels turned off (COMPEMB_NO_KERNELS=1); using the "
                   "pure-torch code", file=sys.stderr)  # fmt: skip
@@ -155,10 +170,20 @@ def mult2_backward(g: torch.Tensor, a: torch.Tensor, kept: torch.Tensor | None, 
 
 
 def _hash_applies(ids: torch.Tensor, coefficients: torch.Tensor) -> bool:
+    """One set of hashes for every id: ids (N,), coefficients (2, k)."""
     return (not torch.compiler.is_compiling() and ids.device.type == "cpu"
             and coefficients.device.type == "cpu" and ids.dim() == 1
             and coefficients.dim() == 2 and coefficients.shape[0] == 2
             and _load() is not None and bool(_state.get("hash")))  # fmt: skip
+
+
+def _columns_apply(ids: torch.Tensor, coefficients: torch.Tensor) -> bool:
+    """A set of hashes per column: ids (B, G), coefficients (G, 2, k)."""
+    return (not torch.compiler.is_compiling() and ids.device.type == "cpu"
+            and coefficients.device.type == "cpu" and ids.dim() == 2
+            and coefficients.dim() == 3 and coefficients.shape[1] == 2
+            and coefficients.shape[0] == ids.shape[1]
+            and _load() is not None and bool(_state.get("hash_columns")))  # fmt: skip
 
 
 def _check_ids(code: int) -> None:
@@ -168,8 +193,17 @@ def _check_ids(code: int) -> None:
 
 def universal_hash(ids: torch.Tensor, coefficients: torch.Tensor, buckets: int
                    ) -> torch.Tensor | None:
-    """The kernel's :func:`compemb.embeddings._universal.universal_hash` (N, k) int64, or None
-    where it does not apply (no library; not CPU tensors)."""
+    """The kernel's :func:`compemb.embeddings._universal.universal_hash`: (N, k) int64, or
+    (B, G, k) for ids (B, G) and coefficients (G, 2, k); None where it does not apply (no
+    library; not CPU tensors)."""
+    if _columns_apply(ids, coefficients):
+        ids = ids.long().contiguous()
+        co = coefficients.long().contiguous()
+        out = torch.empty(*ids.shape, co.shape[2], dtype=torch.int64)
+        _check_ids(_load().compemb_universal_hash_columns(  # type: ignore[union-attr]
+            ids.data_ptr(), ids.shape[0], ids.shape[1], co.data_ptr(), co.shape[2], buckets,
+            out.data_ptr()))
+        return out
     if not _hash_applies(ids, coefficients):
         return None
     ids = ids.long().contiguous()
@@ -193,3 +227,46 @@ def hash_affine(ids: torch.Tensor, coefficients: torch.Tensor, buckets: int, sca
         ids.data_ptr(), ids.shape[0], co.data_ptr(), co.shape[1], buckets, scale, shift,
         out.data_ptr()))
     return out
+
+
+def _robe_applies(offsets: torch.Tensor, values: torch.Tensor) -> bool:
+    return (not torch.compiler.is_compiling() and offsets.device.type == "cpu"
+            and values.device.type == "cpu" and offsets.dtype == torch.int64
+            and values.dtype == torch.float32 and values.dim() == 2
+            and _load() is not None and bool(_state.get("robe")))  # fmt: skip
+
+
+def _check_offsets(code: int) -> None:
+    if code != 0:
+        raise IndexError("ROBE blocks: an offset is outside the array")
+
+
+def robe_read(table: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor | None:
+    """The blocks of Z elements of ``table`` (R, Z) at ``offsets`` (N,) in [0, R Z), read
+    circularly: (N, Z); None where the kernel does not apply."""
+    if not _robe_applies(offsets, table) or not table.is_contiguous():
+        return None
+    offsets = offsets.contiguous()
+    out = table.new_empty(offsets.numel(), table.shape[1])
+    _check_offsets(_load().compemb_robe_read(  # type: ignore[union-attr]
+        table.data_ptr(), table.shape[0], table.shape[1], offsets.data_ptr(), offsets.numel(),
+        out.data_ptr()))
+    return out
+
+
+def robe_row_grads(rows: int, offsets: torch.Tensor, grads: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rows of a table of ``rows`` rows of width Z that the blocks at ``offsets`` (N,) lie
+    in (two per block, one where it starts a row), and their gradients (., Z) from the blocks'
+    gradients ``grads`` (N, Z); None where the kernel does not apply."""
+    if not _robe_applies(offsets, grads):
+        return None
+    offsets, grads = offsets.contiguous(), grads.contiguous()
+    n, z = offsets.numel(), grads.shape[1]
+    out = offsets.new_empty(2 * n)
+    values = grads.new_empty(2 * n, z)
+    written = ctypes.c_int64(0)
+    _check_offsets(_load().compemb_robe_row_grads(  # type: ignore[union-attr]
+        grads.data_ptr(), rows, z, offsets.data_ptr(), n, out.data_ptr(), values.data_ptr(),
+        ctypes.addressof(written)))
+    return out[: written.value], values[: written.value]

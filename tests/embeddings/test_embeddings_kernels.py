@@ -1,5 +1,6 @@
-"""The compiled kernels equal the pure-torch code: the two-table product (csrc/compose_mult.c)
-and the universal hashes with DHE's uniform encoding (csrc/universal_hash.c)."""
+"""The compiled kernels equal the pure-torch code: the two-table product (csrc/compose_mult.c),
+the universal hashes with DHE's uniform encoding and their per-column form
+(csrc/universal_hash.c), and ROBE's unaligned blocks (csrc/robe_blocks.c)."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from compemb import _kernels
 from compemb.embeddings import _fused
 from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings._universal import PRIME, hash_coefficients, universal_hash
+from compemb.embeddings.batched_robe import block_row_grads, unaligned_blocks
 from compemb.embeddings.dhe import HASH_BUCKETS, dhe_encoding
 
 pytestmark = pytest.mark.skipif(_kernels._load() is None,
@@ -65,6 +67,59 @@ def test_compiled_hash_equals_pure_torch(buckets, monkeypatch):
     got = universal_hash(ids, co, buckets)
     monkeypatch.setattr(_kernels, "universal_hash", lambda *args: None)
     torch.testing.assert_close(got, universal_hash(ids, co, buckets), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(_kernels._load() is None or not _kernels._state.get("hash_columns"),
+                    reason="the per-column hash kernel is not in this build (make kernels)")
+@pytest.mark.parametrize("buckets", [1, 7, 1000, PRIME])
+def test_compiled_per_column_hash_equals_pure_torch_and_each_column_alone(buckets, monkeypatch):
+    ids = _hash_ids()[:3006].view(-1, 3)  # (B, G): every edge id in some column
+    co = torch.stack([hash_coefficients(5, (7, c)) for c in range(3)]).to(torch.int32)
+    co[1, :, 0] = PRIME - 1  # the largest a and b
+    got = universal_hash(ids, co, buckets)
+    assert got.shape == (1002, 3, 5)
+    for c in range(3):  # column c hashed with its own coefficients
+        torch.testing.assert_close(got[:, c], universal_hash(ids[:, c], co[c], buckets),
+                                   rtol=0, atol=0)
+    monkeypatch.setattr(_kernels, "universal_hash", lambda *args: None)
+    torch.testing.assert_close(got, universal_hash(ids, co, buckets), rtol=0, atol=0)
+
+
+needs_robe_kernel = pytest.mark.skipif(
+    _kernels._load() is None or not _kernels._state.get("robe"),
+    reason="the ROBE block kernel is not in this build (make kernels)")
+
+
+@needs_robe_kernel
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compiled_robe_blocks_equal_pure_torch(sparse, monkeypatch):
+    """Blocks read and their rows' gradients, the last rows and wrap-around included."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(7, 4, generator=gen, requires_grad=True)
+    edges = torch.tensor([0, 1, 3, 4, 23, 24, 25, 27])  # M = 28: blocks from 25 on wrap
+    offsets = torch.cat([edges, torch.randint(0, 28, (40,), generator=gen)]).view(-1, 4)
+    probe = torch.randn(12, 16, generator=gen)
+    results = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(_kernels, "robe_read", lambda *args: None)
+            monkeypatch.setattr(_kernels, "robe_row_grads", lambda *args: None)
+        weight.grad = None
+        out = unaligned_blocks(weight, offsets, sparse)
+        (out * probe).sum().backward()
+        rows, values = block_row_grads((7, 4), offsets.view(-1), probe.view(-1, 4))
+        results.append((out, weight.grad.to_dense(), rows, values))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    flat = weight.detach().view(-1)
+    assert results[0][0][0, :4].tolist() == flat[:4].tolist()  # offset 0
+    assert results[0][0][1, 12:].tolist() == flat[[27, 0, 1, 2]].tolist()  # offset 27 wraps
+
+
+@needs_robe_kernel
+def test_compiled_robe_blocks_refuse_offsets_outside_the_array():
+    with pytest.raises(IndexError, match="outside the array"):
+        unaligned_blocks(torch.randn(7, 4), torch.tensor([[28]]), False)
 
 
 @needs_hash_kernel

@@ -1,7 +1,8 @@
 """ROBE: forward and gradient against the paper's formulas written out here (shared array and
-per-feature arrays, offsets unaligned and aligned), the shared array as one plan entry and one
-checkpoint key, hashes saved with the model, settings errors, budget fitting, and the TorchRec
-route (one stock table for the shared array)."""
+per-feature arrays, offsets unaligned and aligned), the stacked form against the per-feature
+collection (checkpoints both ways), the shared array as one plan entry and one checkpoint key,
+hashes saved with the model, settings errors, budget fitting, and the TorchRec route (one stock
+table for the shared array)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from compemb.embeddings import (
     fit_budget,
     make_embedding_bag,
 )
+from compemb.embeddings.batched_robe import RobeGroup
 from compemb.embeddings.robe import RobeEmbeddingBag
+from compemb.schemes.robe import RobeScheme
 from compemb.spec import plan_collection, shared_plans
 
 PRIME = 2**31 - 1  # the paper's hash: ((a x + b) mod P) mod M, P the Mersenne prime 2^31 - 1
@@ -65,7 +68,7 @@ def _arrays(ebc: EmbeddingBagCollection) -> tuple[list[list[float]], list[list[l
 
 
 @pytest.mark.parametrize("form", list(FORMS))
-def test_forward_and_gradient_are_the_papers(form):
+def test_forward_and_gradient_are_the_papers(form, view_grad):
     torch.manual_seed(0)
     spec = EmbeddingSpec("robe", size=24, block=4, seed=5, **FORMS[form])
     ebc = EmbeddingBagCollection(CARDS, D, spec)
@@ -90,7 +93,7 @@ def test_forward_and_gradient_are_the_papers(form):
                     start = _offset(a, b, x, m, 4, aligned)
                     for e in range(4):
                         expected[(start + e) % m] += probe[row, fg, 4 * j + e]
-        got = ebc.tables(f)[-1].grad.reshape(-1)
+        got = view_grad(ebc.parameters(), ebc.tables(f)[-1]).reshape(-1)
         torch.testing.assert_close(got, expected)
 
 
@@ -116,17 +119,83 @@ def test_gradcheck(member, aligned):
         bag, {"weight": w}, (ids, offsets, weights)), bag.weight.detach().requires_grad_())
 
 
-def test_sparse_gradients_of_the_shared_array_equal_dense_ones():
+@pytest.mark.parametrize("form", list(FORMS))
+def test_sparse_gradients_equal_dense_ones(form, view_grad):
     torch.manual_seed(0)
-    spec = EmbeddingSpec("robe", size=16, block=4, shared=True, aligned=False)
+    # more rows than the stacked tables' dense-gradient limit, so the gradient is sparse
+    spec = EmbeddingSpec("robe", size=4 * 5000, block=4, **FORMS[form])
     dense = EmbeddingBagCollection(CARDS, D, spec)
     sparse = EmbeddingBagCollection(CARDS, D, spec.with_(sparse=True))
     sparse.load_state_dict(dense.state_dict())
     ids = torch.stack([torch.arange(20) % n for n in CARDS], dim=1)
     for ebc in (dense, sparse):
         (ebc(ids) * torch.arange(8.0)).sum().backward()
-    (a,), (b,) = dense.shared.robe.parameters(), sparse.shared.robe.parameters()
-    torch.testing.assert_close(b.grad.to_dense(), a.grad)
+    assert any(p.grad.is_sparse for p in sparse.table_parameters())
+    for f in range(len(CARDS)):
+        torch.testing.assert_close(view_grad(sparse.parameters(), sparse.tables(f)[-1]),
+                                   view_grad(dense.parameters(), dense.tables(f)[-1]))
+
+
+def _per_feature(monkeypatch, spec: EmbeddingSpec) -> EmbeddingBagCollection:
+    """The collection as it was before ROBE was stacked: one module per feature (ROBE-Z's
+    array held by the collection, each feature reading it)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(RobeScheme, "stacking", lambda self, plan: "the layout before stacking")
+        ebc = EmbeddingBagCollection(CARDS, D, spec)
+    assert len(ebc.unstacked) == len(CARDS) - 1  # the 37-category feature keeps its full table
+    return ebc
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_the_stacked_form_equals_the_per_feature_collection(form, monkeypatch, tmp_path,
+                                                            view_grad):
+    """A checkpoint of the per-feature collection loads into the stacked one and back, and
+    both give the same vectors and gradients, multi-hot bags (a subset of the group's
+    features per call) included."""
+    spec = EmbeddingSpec("robe", size=4 * 5000, block=4, threshold=40, seed=2, cap_at_full=False,
+                         **FORMS[form])
+    torch.manual_seed(0)
+    before = _per_feature(monkeypatch, spec)
+    stacked = EmbeddingBagCollection(CARDS, D, spec)
+    assert stacked.unstacked == {} and isinstance(stacked.groups[0], RobeGroup)
+    torch.save(before.state_dict(), tmp_path / "before.pt")
+    stacked.load_state_dict(torch.load(tmp_path / "before.pt", weights_only=True))
+    assert set(stacked.state_dict()) == set(before.state_dict())
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.stack([torch.randint(0, n, (30,), generator=gen) for n in CARDS[:2]], dim=1)
+    bags = [(torch.randint(0, n, (50,), generator=gen), torch.tensor([0, 3, 3, 9, 20, 49]))
+            for n in CARDS[2:]]
+    out = stacked(ids[:6], bags)
+    want = before(ids[:6], bags)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    probe = torch.randn(out.shape, generator=gen)
+    (out * probe).sum().backward()
+    (want * probe).sum().backward()
+    for f in range(len(CARDS)):
+        torch.testing.assert_close(view_grad(stacked.parameters(), stacked.tables(f)[-1]),
+                                   view_grad(before.parameters(), before.tables(f)[-1]))
+    with torch.no_grad():  # and back
+        stacked.tables(3)[-1].mul_(2)
+    again = _per_feature(monkeypatch, spec.with_(seed=7))  # other hashes until loaded
+    again.load_state_dict(stacked.state_dict())
+    single = torch.stack([torch.randint(0, n, (30,), generator=gen) for n in CARDS], dim=1)
+    torch.testing.assert_close(again(single), stacked(single), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_stacked_unaligned_blocks_wrap_around_the_end(shared):
+    ebc = EmbeddingBagCollection([50, 60], 4, EmbeddingSpec("robe", size=12, block=4,
+                                                            shared=shared, cap_at_full=False))
+    (group,) = ebc.groups
+    assert isinstance(group, RobeGroup)
+    with torch.no_grad():
+        for f in range(2):
+            table = ebc.tables(f)[0]
+            table.copy_(torch.arange(12.0).reshape(table.shape))
+    out = ebc(torch.stack([torch.arange(50), torch.arange(50) + 10], dim=1))
+    assert out[:, :, 0].max() > 8  # some blocks start within Z - 1 of the end
+    assert out.tolist() == [[[(v[0] + e) % 12 for e in range(4)] for v in row]
+                            for row in out.tolist()]
 
 
 def test_the_shared_array_is_one_plan_entry_and_one_key(tmp_path):
@@ -217,7 +286,7 @@ def test_torchrec_reads_the_shared_array_from_one_stock_table(aligned):
     probe = torch.randn(out.shape, generator=gen)
     (out * probe).sum().backward()
     (ref * probe).sum().backward()
-    torch.testing.assert_close(trc.named_tables()["robe"].grad, local.shared.robe.weight.grad)
+    torch.testing.assert_close(trc.named_tables()["robe"].grad, local.tables(0)[0].grad)
     # the key map both ways
     arch = trec.TorchRecSparseArch(CARDS, D, spec)
     arch.load_local_state_dict(local.state_dict())
@@ -235,9 +304,9 @@ def test_torchrec_refuses_per_feature_unaligned_by_name():
 def test_docstring_examples_run():
     import doctest
 
-    from compemb.embeddings import _universal, robe
+    from compemb.embeddings import _universal, batched_robe, robe
 
-    for module in (robe, _universal):
+    for module in (robe, batched_robe, _universal):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

@@ -1,4 +1,4 @@
-"""The successors' stacked forms (MD, MD + QR, block MD, CCE, TT-Rec, DHE): checkpoints of the
+"""The successors' stacked forms (MD, MD + QR, block MD, CCE, TT-Rec, DHE, ROBE): checkpoints of the
 per-feature modules load into them and back, CCE reclusters as its per-feature modules do, TT
 equals its einsum reconstruction, and the layout is the one promised (one group, few width
 classes). Outputs and gradients against the per-feature modules are tested over every scheme in
@@ -13,16 +13,20 @@ from compemb.embeddings.batched_cce import CCEGroup
 from compemb.embeddings.batched_dhe import DHEGroup
 from compemb.embeddings.batched_md import MixedDimGroup
 from compemb.embeddings.batched_parts import PartedGroup, _Place
+from compemb.embeddings.batched_robe import RobeGroup
 from compemb.embeddings.batched_tt import TTGroup
 from schemekit import SCHEME_SPECS, kit_counts, spec_id
 
 CARDS = [3, 5000, 40, 777, 120, 9000, 61]
 # MD with a projection bias stays per feature (MixedDimScheme.stacking says why)
-STACKED = [spec for name in ("md", "md_qr", "md_block", "cce", "tt", "dhe")
+STACKED = [spec for name in ("md", "md_qr", "md_block", "cce", "tt", "dhe", "robe")
            for spec in SCHEME_SPECS[name]
            if not (name == "md" and spec.settings.bias)]  # fmt: skip
+# ROBE-Z's features read the collection's one array, not arrays of their own: the checkpoint of
+# its per-feature collection is tested in test_embeddings_robe.py
+OWN_TABLES = [spec for spec in STACKED if not (spec.scheme == "robe" and spec.settings.shared)]
 GROUPS = {"md": MixedDimGroup, "md_qr": PartedGroup, "md_block": PartedGroup, "cce": CCEGroup,
-          "tt": TTGroup, "dhe": DHEGroup}
+          "tt": TTGroup, "dhe": DHEGroup, "robe": RobeGroup}
 
 
 def _ids(n: int = 20) -> torch.Tensor:
@@ -44,7 +48,7 @@ def test_every_compressed_feature_is_in_one_stacked_group(spec):
     assert kinds.count(GROUPS[spec.scheme]) == 1
 
 
-@pytest.mark.parametrize("spec", STACKED, ids=spec_id)
+@pytest.mark.parametrize("spec", OWN_TABLES, ids=spec_id)
 def test_checkpoints_of_the_per_feature_modules_load_and_back(spec):
     torch.manual_seed(0)
     counts = kit_counts(spec, CARDS)

@@ -22,7 +22,8 @@ from compemb.training import distributed as D
 
 CARDS = [50_000, 40, 7]
 SPECS = [EmbeddingSpec("qr", "mult", collisions=4, order="frequency", hot=3, sparse=True),
-         EmbeddingSpec("cce", rows=16, chunks=2, sparse=True)]
+         EmbeddingSpec("cce", rows=16, chunks=2, sparse=True),
+         EmbeddingSpec("robe", size=4 * 20_000, block=4, sparse=True)]  # a sparse shared array
 SENT: list[list[torch.Tensor]] = []
 _broadcast = dist._broadcast_coalesced
 

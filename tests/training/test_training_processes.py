@@ -120,8 +120,9 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
 
 def test_replicated_ranks_broadcast_no_buffer() -> None:
     """torchrun, 2 ranks under DDP (``ddp_buffers_worker.py``): with a frequency-ordered QR
-    feature (relabel and hot-id maps) and a CCE one (assignment, hashes, rank-local seen ids),
-    ``wrap_model`` lets DDP broadcast no buffer, at wrapping or before any forward, and the
+    feature (relabel and hot-id maps), a CCE one (assignment, hashes, rank-local seen ids) and a
+    ROBE-Z one (hashes; the stacked array's sparse gradient reduced), ``wrap_model`` lets DDP
+    broadcast no buffer, at wrapping or before any forward, and the
     losses and final state equal those of DDP broadcasting every buffer."""
     worker = Path(__file__).with_name("ddp_buffers_worker.py")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -34,16 +34,19 @@ def hash_coefficients(num_hashes: int, seed: int | tuple[int, ...]) -> torch.Ten
 
 def universal_hash(ids: torch.Tensor, coefficients: torch.Tensor, buckets: int) -> torch.Tensor:
     """Every hash of every id: ids (N,) in [0, P), coefficients (2, H) -> (N, H) in
-    [0, buckets).
+    [0, buckets); or each column its own hashes: ids (B, G), coefficients (G, 2, H) ->
+    (B, G, H) (the features of a stacked group in one call).
 
     >>> universal_hash(torch.tensor([0, 5]), torch.tensor([[3], [7]]), 4).tolist()
     [[3], [2]]
+    >>> universal_hash(torch.tensor([[0, 5]]), torch.tensor([[[3], [7]], [[1], [0]]]), 4).tolist()
+    [[[3], [1]]]
     """
     fast = _kernels.universal_hash(ids, coefficients, buckets)
     if fast is not None:
         return fast
-    a, b = coefficients.to(ids.device)
-    return ((ids.long()[:, None] * a + b) % PRIME) % buckets
+    a, b = coefficients.to(ids.device).long().unbind(-2)  # (H,) or (G, H) each
+    return ((ids.long().unsqueeze(-1) * a + b) % PRIME) % buckets
 
 
 def check_hashable(num_categories: int, where: str) -> None:

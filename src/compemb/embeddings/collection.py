@@ -128,8 +128,15 @@ class EmbeddingBagCollection(nn.Module):
                                    dtype=dtype)
             self.groups.append(group)
             self._group_features.append(features)
-        self.shared = nn.ModuleDict({
-            s.key: SharedTensors(s, device, dtype) for s in shared_plans(self.plans)})
+        held = {key for group in self.groups if isinstance(group, StackedGroup)
+                for key in group.shared_keys}  # fmt: skip
+        self.shared = nn.ModuleDict({s.key: SharedTensors(s, device, dtype)
+                                     for s in shared_plans(self.plans) if s.key not in held})
+        for f in self.unstacked:
+            if self.plans[f].shared is not None and self.plans[f].shared.key in held:
+                raise ValueError(f"feature {f} reads shared tables {self.plans[f].shared.key!r}"
+                                 f" that a stacked group holds, but is not in it "
+                                 f"({self.unstacked[f]})")
         self.modules_by_feature = nn.ModuleDict({
             str(f): module_from_plan(self.plans[f], validate=False, device=device, dtype=dtype,
                                      shared=self._shared_of(f))

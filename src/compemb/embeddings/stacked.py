@@ -65,6 +65,13 @@ class StackedGroup(nn.Module, ABC):
     def tables(self, i: int) -> list[torch.Tensor]:
         """The i-th member's parameters as its per-feature module orders them (views)."""
 
+    @property
+    def shared_keys(self) -> tuple[str, ...]:
+        """Keys of the :class:`~compemb.spec.SharedPlan` tables this group holds for every
+        feature that reads them (ROBE-Z's array): the collection keeps no other copy, and
+        :meth:`feature_keys` saves them as ``shared.<key>.<name>``."""
+        return ()
+
     @abstractmethod
     def table_parameters(self) -> list[nn.Parameter]:
         """The row-indexed tables (what a row-wise or fused optimizer treats row by row)."""

@@ -8,7 +8,9 @@ keeps only its hashes (``features.<f>.coefficients``), and its blocks start at a
 ``shared=False`` gives each feature an array of M parameters of its own (``features.<f>.weight``)
 and ``aligned=True`` block-aligned offsets: the deviations compemb had first, kept as settings.
 With the spec's ``cap_at_full`` (default) a feature whose own tensors would take at least its
-full table's bytes keeps the full table.
+full table's bytes keeps the full table. The collection embeds a spec's ROBE features together
+(:class:`~compemb.embeddings.batched_robe.RobeGroup`: one hash call and one gather for all of
+them), under the same checkpoint keys.
 
 A spec naming exactly the settings compemb wrote before ROBE-Z (size, block, aligned, seed: a
 run's config.yaml then) reads as that form (:data:`OLD_DEFAULTS`), so those runs' checkpoints
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from compemb import partitions as P
+from compemb.embeddings.batched_robe import RobeStack
 from compemb.embeddings.robe import (
     RobeEmbeddingBag,
     blocks_from_rows,
@@ -161,6 +164,10 @@ class RobeScheme(Scheme):
         return RobeEmbeddingBag(plan.num_categories, plan.embedding_dim, s.size, s.block,
                                 s.aligned, s.seed, member=plan.member if s.shared else None,
                                 shared=shared, **common)
+
+    def stacking(self, plan: FeaturePlan) -> RobeStack:
+        s = plan.spec.settings
+        return RobeStack(plan.embedding_dim, s.size, s.block, s.aligned, s.shared)
 
     def torchrec(self, plan: FeaturePlan, device: torch.device | str | None) -> TorchRecPlan:
         s = plan.spec.settings
