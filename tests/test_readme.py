@@ -28,10 +28,11 @@ def test_readme_is_the_door_not_the_archive():
                  "## Documentation", "frontier.png"):  # fmt: skip
         assert part in text, part
     # the headline table is the demo's own report, row for row
-    rows = [line for line in text.splitlines() if line.startswith(("| full", "| hash", "| qr",
-                                                                   "| path"))]  # fmt: skip
+    rows = [line for line in text.splitlines()
+            if line.startswith(("| full", "| hash", "| qr", "| path", "| md", "| robe", "| cce",
+                                "| tt", "| dhe"))]  # fmt: skip
     report = (ROOT / "docs" / "demo" / "report.md").read_text()
-    assert len(rows) == 16 and all(row in report for row in rows)
+    assert len(rows) == 21 and all(row in report for row in rows)
 
 
 def test_links_of_the_readme_and_the_pages_lead_somewhere():
