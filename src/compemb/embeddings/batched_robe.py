@@ -2,7 +2,7 @@
 of the batch in one gather.
 
 G features of one ROBE spec (M, Z, L = D / Z blocks per id). Their hashes are stacked (G, 2, L),
-so :func:`~compemb.embeddings._universal.universal_hash` computes the offsets of the whole
+so the universal hash (``_universal.universal_hash``) computes the offsets of the whole
 (B, G) batch in one call (each column with its feature's hashes), and one gather reads every
 block through the fused ``compose_lookup`` (row gradients routed to ``FusedAdagrad``). The table
 is row-indexed:
