@@ -15,7 +15,7 @@ from compemb.optim.rowwise import RowWiseAdagrad, sparse_adagrad_
 from schemekit import kit_counts
 
 # Big enough that the first tables take sparse gradients (stacks of more than 4,096 rows).
-CARDS = [100_000, 50, 7_000, 3, 20_000]
+CARDS = [30_000, 50, 7_000, 3, 20_000]
 SPECS = {
     "qr-mult": EmbeddingSpec("qr", operation="mult", collisions=4, sparse=True),
     "qr-add": EmbeddingSpec("qr", operation="add", collisions=4, sparse=True),

@@ -50,12 +50,12 @@ def test_kmeans_tree_labels_are_the_nearest_final_centroids_and_the_cap_holds():
                     generator=torch.Generator())
 
 
-def _trained_like(exact_rows: int, seed: int) -> tuple[CCEEmbeddingBag, torch.Tensor]:
-    """A 50 k-id feature, every id seen, R = 512, c = 4, in the state a reclustering meets
+def _trained_like(exact_rows: int, seed: int, n: int) -> tuple[CCEEmbeddingBag, torch.Tensor]:
+    """A feature of n ids, every id seen, R = 512, c = 4, in the state a reclustering meets
     after an earlier one: T rows in groups (64 centres, 8 rows each, spread 0.2), H rows small
     residuals; its vectors before reclustering (N, 16)."""
     torch.manual_seed(seed)
-    n, r = 50_000, 512
+    r = 512
     bag = CCEEmbeddingBag(n, 16, rows=r, chunks=4, kmeans_exact_rows=exact_rows)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -79,7 +79,7 @@ def _codebook_error(bag: CCEEmbeddingBag, vectors: torch.Tensor) -> float:
 def test_the_tree_path_clusters_no_worse_than_the_exact_path(seed: int):
     errors = {}
     for exact_rows in (4096, 0):  # R = 512: the exact path by default; 0 forces the tree
-        bag, vectors = _trained_like(exact_rows, seed)
+        bag, vectors = _trained_like(exact_rows, seed, n=10_000)
         bag.recluster(seed=seed)
         errors[exact_rows] = _codebook_error(bag, vectors)
     assert errors[0] <= errors[4096]
@@ -102,7 +102,7 @@ def test_the_path_is_chosen_by_rows(exact_rows: int, path: str,
 
     monkeypatch.setattr(cce_module, "kmeans", spy("exact"))
     monkeypatch.setattr(cce_module, "kmeans_tree", spy("tree"))
-    bag, _ = _trained_like(exact_rows, 0)
+    bag, _ = _trained_like(exact_rows, 0, n=4096)  # the path depends on R alone
     bag.kmeans_iters = 2
     bag.recluster(seed=0)
     assert taken == [path] * 4
