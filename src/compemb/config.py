@@ -123,10 +123,27 @@ class TrainConfig:
     # lr * sign(gradient) on every MLP weight, can kill the bottom MLP's output layer (a run
     # that stalls, docs/results/stalls.md). 0: none, the paper's protocol.
     warmup_steps: int = 100
+    # the learning rate falls linearly towards 0 over this share of the run's last steps (the
+    # reference DLRM's MLPerf runs decay over their last 30,000 of 100,000 steps): at a
+    # constant rate the validation log loss wanders by 0.003-0.006 from one step to the next,
+    # so a run could end 0.006 above its seeds' median by where its last step fell
+    # (docs/results/stalls.md). 0: none, the paper's protocol.
+    lr_decay: float = 0.3
 
-    def lr_factor(self, step: int) -> float:
-        """The warm-up's factor on the learning rate of step ``step`` (0-based)."""
-        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The factor on the learning rate of step ``step`` (0-based) of a run of
+        ``total_steps``: the warm-up's rise, then the decay's fall (to 1 / its steps at the last
+        step, never 0)."""
+        factor = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        decay_from = total_steps - round(total_steps * self.lr_decay)
+        if step >= decay_from:
+            factor *= (total_steps - step) / (total_steps - decay_from)
+        return factor
+
+    @property
+    def schedules_lr(self) -> bool:
+        """Whether the learning rate changes over the run (a warm-up or a decay)."""
+        return bool(self.warmup_steps or self.lr_decay)
 
     @property
     def order_seed(self) -> int:
@@ -283,6 +300,8 @@ def _resolve(config: Config, source: str) -> Config:
     checks += [
         (t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0: at the end)"),
         (t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}: must be >= 0 (0: none)"),
+        (0 <= t.lr_decay < 1, f"train.lr_decay={t.lr_decay}: must be in [0, 1), the share of "
+                              "the run's last steps over which the rate falls (0: none)"),
         (t.max_steps is None or t.max_steps >= 1, f"train.max_steps={t.max_steps}: must be >= 1"),
         (t.recluster_every is None or t.recluster_every >= 0,
          f"train.recluster_every={t.recluster_every}: must be >= 0 (0: never; null: at the end "
@@ -364,6 +383,7 @@ def load_config(path: str | Path) -> Config:
 # (``model.embedding[S].NAME``: a setting of scheme S only).
 PAST_DEFAULTS: dict[str, Any] = {
     "train.warmup_steps": 0,
+    "train.lr_decay": 0.0,
     "model.embedding.cap_at_full": False,
     "model.embedding[md].widths_over_all": False,
 }

@@ -203,21 +203,46 @@ def test_warmup_raises_the_rate_linearly_then_holds(tmp_path: Path, monkeypatch)
 
     monkeypatch.setattr(loop, "_train_step", spy)
     config = trainkit.tiny_config("in-memory", "train.max_steps=6", "train.warmup_steps=4",
-                                  "train.lr=0.02")  # fmt: skip
+                                  "train.lr=0.02", "train.lr_decay=0")  # fmt: skip
     train(config, tmp_path / "run", dataset=trainkit.bag_dataset(), progress=False)
     assert rates == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02, 0.02])
 
 
+def test_decay_lowers_the_rate_linearly_over_the_last_share(tmp_path: Path, monkeypatch) -> None:
+    rates: list[float] = []
+    step = loop._train_step
+
+    def spy(trainer, batch):
+        rows = step(trainer, batch)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return rows
+
+    monkeypatch.setattr(loop, "_train_step", spy)
+    config = trainkit.tiny_config("in-memory", "train.max_steps=8", "train.warmup_steps=2",
+                                  "train.lr_decay=0.5", "train.lr=0.04")  # fmt: skip
+    train(config, tmp_path / "run", dataset=trainkit.bag_dataset(), progress=False)
+    # warm-up over steps 0-1, constant, then the last 4 of 8 steps at 4/4, 3/4, 2/4, 1/4
+    assert rates == pytest.approx([0.02, 0.04, 0.04, 0.04, 0.04, 0.03, 0.02, 0.01])
+    with pytest.raises(ValueError, match=r"train.lr_decay=1.0: must be in \[0, 1\)"):
+        trainkit.tiny_config("in-memory", "train.lr_decay=1.0")
+
+
 def test_a_run_written_before_warmup_resumes_without_it(tmp_path: Path) -> None:
     """A run's config.yaml holds every field there was when it was written: one without
-    train.warmup_steps ran without warm-up (config.PAST_DEFAULTS), whatever today's default."""
-    config = trainkit.tiny_config("in-memory", "train.max_steps=2", "train.warmup_steps=0")
+    train.warmup_steps or train.lr_decay ran with neither (config.PAST_DEFAULTS), whatever
+    today's defaults."""
+    config = trainkit.tiny_config("in-memory", "train.max_steps=2", "train.warmup_steps=0",
+                                  "train.lr_decay=0")  # fmt: skip
     run = tmp_path / "run"
     train(config, run, dataset=trainkit.bag_dataset(), progress=False)
     text = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(text.replace("  warmup_steps: 0\n", ""))
+    (run / "config.yaml").write_text(text.replace("  warmup_steps: 0\n", "")
+                                     .replace("  lr_decay: 0.0\n", ""))  # fmt: skip
     assert "warmup_steps" not in (run / "config.yaml").read_text()
+    assert "lr_decay" not in (run / "config.yaml").read_text()
     assert RunFolder(run).read_config().train.warmup_steps == 0
+    assert RunFolder(run).read_config().train.lr_decay == 0
     assert load_config(run / "config.yaml").train.warmup_steps == 100  # a hand-written file
+    assert load_config(run / "config.yaml").train.lr_decay == 0.3
     (run / "final.json").unlink()
     train(config, run, resume=True, dataset=trainkit.bag_dataset(), progress=False)

@@ -248,8 +248,8 @@ def test_plan_rules() -> None:
 
 def test_warmup_reaches_fbgemm_tables_before_their_update(tmp_path: Path, monkeypatch) -> None:
     """FBGEMM's fused tables update in backward with the rate TorchRec hands them at zero_grad:
-    the warm-up's rate of step s reaches them before step s's backward (seen at the next
-    forward), as it reaches the dense parameters' optimizer."""
+    the warm-up's and the decay's rate of step s reaches them before step s's backward (seen at
+    the next forward), as it reaches the dense parameters' optimizer."""
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
         SplitTableBatchedEmbeddingBagsCodegen as TBE,
     )
@@ -268,10 +268,12 @@ def test_warmup_reaches_fbgemm_tables_before_their_update(tmp_path: Path, monkey
     config = trainkit.tiny_config(data, "model.embedding.scheme=full",
                                   "train.sharding=torchrec", "train.max_steps=6",
                                   "train.warmup_steps=4", "train.lr=0.05",
-                                  "train.eval_every=0")  # fmt: skip
+                                  "train.lr_decay=0.5", "train.eval_every=0")  # fmt: skip
     with trainkit.one_thread():
         train(config, tmp_path / "run", progress=False)
     first = seen[0][0]
     rates = [lr for module, lr in seen if module == first]
     assert len(rates) == 6
-    assert rates[1:] == pytest.approx([0.05 * min(1, (s + 1) / 4) for s in range(5)])
+    # steps 0-5: warm-up over 4 steps, and the last 3 steps decayed to 3/3, 2/3, 1/3
+    assert rates[1:] == pytest.approx([0.05 * min(1, (s + 1) / 4) * min(1, (6 - s) / 3)
+                                       for s in range(5)])  # fmt: skip

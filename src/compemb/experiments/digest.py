@@ -99,6 +99,7 @@ NEUTRAL: dict[str, Any] = {
     "train.shuffle_seed": None,  # None: the order follows train.seed, as before the field
     "model.embedding.budget": None,  # None: the scheme's own knob sizes it, as before
     "train.warmup_steps": 0,  # 0: no warm-up, as before the field (its default is 100)
+    "train.lr_decay": 0.0,  # 0: a constant rate after the warm-up, as before the field
     "model.embedding[robe].shared": False,  # one array per feature, as before ROBE-Z
     "model.embedding.cap_at_full": False,  # features planned as asked, as before the cap
     "model.embedding[md].widths_over_all": False,  # MD's planning before the reference's

@@ -279,9 +279,9 @@ def _train_step(trainer: Trainer, batch: Batch) -> int:
     batch = batch.to(trainer.device, non_blocking=True)
     logits = forward(trainer.net, batch)
     loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
-    if t.warmup_steps:  # before backward, where FBGEMM's fused tables update
+    if t.schedules_lr:  # before backward, where FBGEMM's fused tables update
         lr = (t.lr if t.lr is not None else optimizer_kind(t.optimizer).default_lr) \
-            * t.lr_factor(state.step)
+            * t.lr_factor(state.step, trainer.total_steps)
         if trainer.sharded is not None:
             trainer.sharded.set_learning_rate(lr)
         else:
