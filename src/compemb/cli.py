@@ -124,6 +124,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, epochs=args.epochs, max_steps=args.steps,
         threads=args.threads, keep_checkpoints=args.keep_checkpoints, workers=args.workers,
         quantize=tuple(args.quantize or ()),
+        **({} if args.lr_decay is None else {"lr_decay": args.lr_decay}),
     )  # fmt: skip
     out = args.out or default_out(spec, args.model)
     command = "compemb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
@@ -166,6 +167,9 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--steps", type=int, default=None, metavar="N",
                      help="at most N training steps per run (quick runs)")
     exp.add_argument("--epochs", type=int, default=1)
+    exp.add_argument("--lr-decay", type=float, default=None, metavar="SHARE",
+                     help="train.lr_decay of every run (default 0.3; 0 reproduces the runs "
+                          "written before the decay)")
     exp.add_argument("--batch-size", type=int, default=128)
     exp.add_argument("--embedding-dim", type=int, default=16)
     exp.add_argument("--optimizer", choices=["auto", *OPTIMIZERS], default="auto",

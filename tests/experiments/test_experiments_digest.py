@@ -173,3 +173,14 @@ def test_a_folder_stamped_by_another_version_is_refused(out, dataset):
     now = digest.RESULTS_VERSION
     with pytest.raises(ValueError, match=f"written at results version 7, this code is at {now}"):
         run_experiment(TINY, SETTINGS, out, dataset=dataset, progress=False)
+
+
+def test_runs_written_before_the_decay_are_found_at_lr_decay_0(dataset, tmp_path):
+    """The MovieLens frontier's full-table runs (docs/movielens/frontier/trials.csv, written
+    before train.lr_decay) keep their folders at --lr-decay 0; the default plans new ones."""
+    full = Experiment("frontier", "t", (Variant("full", "full", x=1),), "params", "p")
+    before = Settings(trials=2, optimizer="adagrad", lr_decay=0.0)
+    names = [run.folder.name for run in runner.plan_runs(full, before, dataset, tmp_path)]
+    assert names == ["full-adagrad-s0-bfe149d4", "full-adagrad-s1-44c97801"]
+    (now,) = runner.plan_runs(full, Settings(trials=1, optimizer="adagrad"), dataset, tmp_path)
+    assert now.config.train.lr_decay == 0.3 and now.folder.name != names[0]

@@ -94,11 +94,15 @@ def write_report(
                                   if s["optimizer"] == "auto" else "")  # fmt: skip
     train_seconds = sum(r["train_seconds"] for r in results["trials"])
     steps = f", at most {s['max_steps']} steps" if s["max_steps"] else ""
+    # results written before the setting ran at a rate held to the end
+    decay = s.get("lr_decay", 0.0)
+    schedule = (f"the learning rate decayed over the last {decay:.0%} of steps" if decay
+                else "the learning rate held to the last step")  # fmt: skip
     lines += [
         f"Data {results['dataset']} (`{s['dataset']}`), {s['model'].upper()}, D = "
         f"{s['embedding_dim']} for every scheme (concat splits it among its tables), "
-        f"optimizer {optimizer} unless a row names its own, default settings, batch "
-        f"{s['batch_size']}, "
+        f"optimizer {optimizer} unless a row names its own, default settings ({schedule}), "
+        f"batch {s['batch_size']}, "
         f"{s['epochs']} epoch(s){steps}, {s['trials']} trial(s) per row (seeds "
         f"{s['first_seed']}..{s['first_seed'] + s['trials'] - 1}); mean ± one sample std over "
         f"trials. Parameters count the whole model; compression is the full tables' embedding "

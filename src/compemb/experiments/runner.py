@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from compemb.config import Config, config_from_dict
+from compemb.config import Config, TrainConfig, config_from_dict
 from compemb.data import Dataset, open_dataset
 from compemb.data.storage import read_metadata
 from compemb.experiments.digest import adopt_earlier, check_version, run_digest, write_version
@@ -66,6 +66,8 @@ class Settings:
         workers: runs trained at once, each in its own process with ``threads`` threads.
         quantize: also serve each finished run with its tables in these precisions (fp16,
             int8, int4; :mod:`compemb.serving`), before its checkpoint is removed.
+        lr_decay: ``train.lr_decay`` of every run (0: the rate held to the end, as every run
+            written before the setting).
     """
 
     dataset: str = "movielens"
@@ -81,6 +83,7 @@ class Settings:
     keep_checkpoints: bool = False
     workers: int = 1
     quantize: tuple[str, ...] = ()
+    lr_decay: float = TrainConfig.lr_decay
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ def plan_runs(
                 "train": {"optimizer": optimizer_for(variant, settings), "seed": seed,
                           "batch_size": settings.batch_size, "epochs": settings.epochs,
                           "max_steps": settings.max_steps, "eval_every": eval_every,
-                          "checkpoint_every": 10**9, **variant.train_fields()},
+                          "checkpoint_every": 10**9, "lr_decay": settings.lr_decay,
+                          **variant.train_fields()},
             }  # fmt: skip
             config = config_from_dict(raw, f"experiment {experiment.name}")
             optimizer = "" if variant.optimizer else f"-{config.train.optimizer}"  # in the slug
