@@ -16,15 +16,17 @@ from compemb.serving.runs import evaluate_program, evaluate_quantized, export_se
 from compemb.training import evaluate_run, train  # noqa: E402
 
 
-def _check_run(run: Path, tmp_path: Path) -> None:
+def _check_run(run: Path, tmp_path: Path, launch: bool) -> None:
     """Export and evaluate a finished run: the program, the quantized model and the float
-    one agree."""
-    out = trainkit.compemb("export", str(run), str(tmp_path / "served.pt2"), "--quantize", "int8")
+    one agree. ``launch``: the commands in processes of their own, else the CLI in this one
+    (a launch costs seconds of imports; one test launches them)."""
+    compemb = trainkit.compemb if launch else trainkit.compemb_in_process
+    out = compemb("export", str(run), str(tmp_path / "served.pt2"), "--quantize", "int8")
     assert out.returncode == 0, out.stderr[-3000:]
-    refused = trainkit.compemb("evaluate", str(run), "--quantize", "int8",
-                               "--feature-precision", "C9=int4")
+    refused = trainkit.compemb_in_process("evaluate", str(run), "--quantize", "int8",
+                                          "--feature-precision", "C9=int4")  # fmt: skip
     assert refused.returncode == 2 and "per-feature precision for 'C9': no such" in refused.stderr
-    by_cli = trainkit.compemb("evaluate", str(run), "--quantize", "int8")
+    by_cli = compemb("evaluate", str(run), "--quantize", "int8")
     assert by_cli.returncode == 0, by_cli.stderr[-3000:]
     quantized = json.loads(by_cli.stdout)
     program = evaluate_program(tmp_path / "served.pt2")
@@ -39,7 +41,7 @@ def test_a_replicated_run_exported_and_evaluated(tmp_path: Path) -> None:
     data = trainkit.synth_folder(tmp_path / "data", rows=900)
     with trainkit.one_thread():
         train(trainkit.tiny_config(data, "train.eval_every=0"), tmp_path / "run", progress=False)
-    _check_run(tmp_path / "run", tmp_path)
+    _check_run(tmp_path / "run", tmp_path, launch=True)
 
 
 def test_a_sharded_run_exported_and_evaluated(tmp_path: Path) -> None:
@@ -50,7 +52,7 @@ def test_a_sharded_run_exported_and_evaluated(tmp_path: Path) -> None:
     with trainkit.one_thread():
         train(config, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "checkpoints").is_dir()
-    _check_run(tmp_path / "run", tmp_path)
+    _check_run(tmp_path / "run", tmp_path, launch=False)
     served = export_served(tmp_path / "run", tmp_path / "fp16.pt2", "fp16")
     assert evaluate_quantized(tmp_path / "run", "fp16")["test_logloss"] == pytest.approx(
         evaluate_program(served)["test_logloss"], abs=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -73,6 +74,18 @@ def one_thread() -> Iterator[None]:
 def compemb(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "compemb.cli", *args], env=env(),
                           capture_output=True, text=True, timeout=120, **kwargs)  # fmt: skip
+
+
+def compemb_in_process(*args: str) -> subprocess.CompletedProcess:
+    """:func:`compemb` without the process: the CLI's own code, its exit status and output,
+    for checks where a launch (seconds of imports) would test nothing more."""
+    from compemb import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(list(args))
+    return subprocess.CompletedProcess(["compemb", *args], status, out.getvalue(),
+                                       err.getvalue())  # fmt: skip
 
 
 def final(run_dir: Path) -> dict:
