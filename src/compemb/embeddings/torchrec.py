@@ -205,6 +205,24 @@ def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | N
                            include_last_offset=True)
 
 
+def _by_table(kt: KeyedTensor, table_keys: dict[str, tuple[str, ...]]
+              ) -> dict[tuple[str, ...], torch.Tensor]:
+    """A pooled KeyedTensor's columns (B, L W) by the L keys of a feature's table (one split,
+    whose backward is one concatenation; L keys in a row, as every table lists them)."""
+    groups: list[tuple[str, ...]] = []
+    widths: list[int] = []
+    for key, width in zip(kt.keys(), kt.length_per_key(), strict=True):
+        group = table_keys[key]
+        if groups and groups[-1] == group:
+            widths[-1] += width
+        else:
+            groups.append(group)
+            widths.append(width)
+    if len(set(groups)) < len(groups):
+        raise ValueError(f"TorchRec returned the pooled keys of a table apart: {kt.keys()}")
+    return dict(zip(groups, kt.values().split(widths, dim=1), strict=True))
+
+
 def _split(features: KeyedJaggedTensor
            ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """(values, lengths (B,), weights or None) of every key; unlike ``KJT.to_dict`` it takes
@@ -350,6 +368,9 @@ class TorchRecEmbeddingCollection(nn.Module):
                 unpooled_cfgs.setdefault(cfg["embedding_dim"], []).append(
                     trec.EmbeddingConfig(**cfg))
         self.routes = tuple(routes)
+        # each pooled lookup key -> the keys of its feature's table (L when split)
+        self._table_keys = {k: keys for r in routes if r.pooled for keys in r.table_keys
+                            for k in keys}  # fmt: skip
         # Kept apart from the modules, which DMP replaces by sharded ones.
         self.table_shapes = {t: (table.rows, table.width) for r in routes
                              for t, table in zip(r.tables, r.table_plans, strict=True)}
@@ -447,7 +468,7 @@ class TorchRecEmbeddingCollection(nn.Module):
                 dest["keys"].extend(keys)
                 dest["values"].append(b.reshape(-1))
                 dest["lengths"].append(lengths if b.dim() == 1 else lengths * b.shape[1])
-        pooled: dict[str, torch.Tensor] = {}
+        pooled: dict[tuple[str, ...], torch.Tensor] = {}  # (B, L W) by a table's L keys
         if pooled_in["keys"]:
             kjt = trec.KeyedJaggedTensor(
                 keys=pooled_in["keys"], values=torch.cat(pooled_in["values"]),
@@ -455,9 +476,7 @@ class TorchRecEmbeddingCollection(nn.Module):
                 weights=torch.cat(pooled_in["weights"]) if self.weighted else None,
                 stride=batch,
             )  # fmt: skip
-            kt = self.pooled(kjt)
-            pooled = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1),
-                              strict=True))
+            pooled = _by_table(self.pooled(kjt), self._table_keys)
         rows: dict[str, torch.Tensor] = {}
         for width, inputs in unpooled_in.items():
             kjt = trec.KeyedJaggedTensor(
@@ -469,9 +488,8 @@ class TorchRecEmbeddingCollection(nn.Module):
         for r in self.routes:
             module = self.paths[r.name] if r.name in self.paths else None
             if r.pooled:  # an id's L rows together, as unpooled: (B L, W)
-                looked = [pooled[k[0]] if len(k) == 1
-                          else torch.stack([pooled[x] for x in k], 1).flatten(0, 1)
-                          for k in r.table_keys]  # fmt: skip
+                looked = [pooled[k] if len(k) == 1 else pooled[k].reshape(-1, t.width)
+                          for k, t in zip(r.table_keys, r.table_plans, strict=True)]
             else:
                 looked = [rows[k] for k in r.keys]
             parts = r.route.combine(looked, rest[r.name], module)
