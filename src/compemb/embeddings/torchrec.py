@@ -81,7 +81,8 @@ class FeatureRoute:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Each table's first lookup key (TorchRec's feature names): ``<feature>__<j>``."""
+        """Each table's name among the feature's lookups: ``<feature>__<j>``, its key
+        (TorchRec's feature name) unless ``split`` gives it several (``table_keys``)."""
         return tuple(f"{self.name}__{j}" for j in range(len(self.tables)))
 
     @property
