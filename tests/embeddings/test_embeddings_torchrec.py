@@ -163,15 +163,17 @@ def test_docstring_examples_run() -> None:
 
 
 @pytest.mark.parametrize("spec", [
-    EmbeddingSpec("qr", operation="mult", collisions=4),
-    EmbeddingSpec("path", collisions=4, path_hidden=6),
+    *(s for s in SCHEME_SPECS if not TorchRecEmbeddingCollection(
+        CARDS, D, s, counts=kit_counts(s, CARDS)).routes[0].pooled),
     EmbeddingSpec("qr", operation="add", collisions=4, mode="max"),
-], ids=["qr-mult", "path", "qr-add-max"])  # fmt: skip
+], ids=spec_id)  # fmt: skip
 def test_one_hot_features_pooled_give_the_same_outputs_and_gradients(spec: EmbeddingSpec) -> None:
-    """One-hot features look their mult and path tables up pooled (a one-id bag's pooled row
-    is the row) and skip the unpooled collection: same outputs and gradients as unpooled."""
-    unpooled = TorchRecEmbeddingCollection(CARDS, D, spec)
-    pooled = TorchRecEmbeddingCollection(CARDS, D, spec, one_hot=len(CARDS))
+    """One-hot features look every table up pooled (a one-id bag's pooled row is the row; the
+    L rows an id reads from a table by a route's ``lookup``, ROBE's blocks, are L one-id bags)
+    and skip the unpooled collection: same outputs and gradients as unpooled."""
+    counts = kit_counts(spec, CARDS)
+    unpooled = TorchRecEmbeddingCollection(CARDS, D, spec, counts=counts)
+    pooled = TorchRecEmbeddingCollection(CARDS, D, spec, counts=counts, one_hot=len(CARDS))
     pooled.load_state_dict(_renamed(unpooled, pooled))
     assert all(r.pooled for r in pooled.routes) and len(pooled.unpooled) == 0
     assert not all(r.pooled for r in unpooled.routes)
@@ -182,9 +184,23 @@ def test_one_hot_features_pooled_give_the_same_outputs_and_gradients(spec: Embed
     grad = torch.randn_like(a)
     (a * grad).sum().backward()
     (b * grad).sum().backward()
-    mine = dict(zip(_local_state(pooled), _grads(pooled), strict=True))
-    for key, g in zip(_local_state(unpooled), _grads(unpooled), strict=True):
+    mine = _grads(pooled)
+    for key, g in _grads(unpooled).items():
         torch.testing.assert_close(mine[key], g, rtol=0, atol=1e-5, msg=key)
+
+
+def test_a_shared_table_read_by_a_bag_is_read_per_id_by_every_feature() -> None:
+    """ROBE-Z's one array, read by two one-hot features and two bag features: one table,
+    looked up per id by all four (a table has one collection), equal to the local modules."""
+    spec = EmbeddingSpec("robe", size=64, block=4)
+    trc = TorchRecEmbeddingCollection(CARDS, D, spec, one_hot=2)
+    assert not any(r.pooled for r in trc.routes) and list(trc.unpooled) == ["d4"]
+    local = EmbeddingBagCollection(CARDS, D, spec)
+    local.load_state_dict(_local_state(trc))
+    ids = torch.stack([torch.randint(0, n, (5,)) for n in CARDS[:2]], 1)
+    bags = _bags(5, torch.Generator().manual_seed(3))[2:]
+    out = keyed_to_batch(trc(ids_to_kjt(ids, trc.feature_names, bags)), D)
+    torch.testing.assert_close(out, local(ids, bags), rtol=0, atol=1e-6)
 
 
 def _renamed(src: TorchRecEmbeddingCollection, dst: TorchRecEmbeddingCollection
@@ -194,11 +210,12 @@ def _renamed(src: TorchRecEmbeddingCollection, dst: TorchRecEmbeddingCollection
     return {own: local[key] for own, key in dst.state_key_map().items()}
 
 
-def _grads(trc: TorchRecEmbeddingCollection) -> list[torch.Tensor]:
-    """Gradients in state_key_map order (dense: small tables here)."""
+def _grads(trc: TorchRecEmbeddingCollection) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient (dense: small tables here) by its local key."""
     params = dict(trc.named_parameters())
-    return [params[own].grad if params[own].grad is not None else torch.zeros_like(params[own])
-            for own in trc.state_key_map()]
+    return {local: params[own].grad if params[own].grad is not None
+            else torch.zeros_like(params[own])
+            for own, local in trc.state_key_map().items() if own in params}  # fmt: skip
 
 
 def test_one_hot_feature_with_another_number_of_ids_is_refused() -> None:

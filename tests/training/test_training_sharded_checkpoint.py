@@ -253,3 +253,43 @@ def test_sharded_runs_of_other_schemes_resume_exactly(data: Path, tmp_path: Path
     resumed = trainkit.compemb("train", "--resume", str(cut))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert trainkit.final(cut) == trainkit.final(tmp_path / "straight")
+
+
+def test_a_checkpoint_of_per_id_lookups_loads_where_they_are_pooled(tmp_path: Path) -> None:
+    """A ROBE-Z run's checkpoint from when one-hot features looked the array up per id
+    (TorchRec's unpooled collection; the features now look it up pooled, a one-id bag per
+    row) loads: the same table and fused Adagrad state."""
+    from compemb.embeddings import EmbeddingSpec
+    from compemb.embeddings.torchrec import TorchRecSparseArch
+    from compemb.models import build_model
+    from compemb.training import sharding
+
+    cards, spec = [4000, 900], EmbeddingSpec("robe", size=1 << 19, block=4)
+
+    def prepared(one_hot: int) -> sharding.ShardedTraining:
+        arch = TorchRecSparseArch(cards, 8, spec, one_hot=one_hot, seed=one_hot, device="meta")
+        model = build_model("dlrm", cards, 13, 8, spec, sparse_arch=arch)
+        return sharding.ShardedTraining.prepare(model, "adagrad", 0.1, torch.device("cpu"),
+                                                verbose=False)  # fmt: skip
+
+    def table(run: sharding.ShardedTraining) -> tuple[torch.Tensor, torch.Tensor]:
+        (weight,) = [v for k, v in run.net.state_dict().items() if k.endswith(".robe.weight")]
+        (moments,) = [m["robe.momentum1"] for m in run._state()["fused"].values()]
+        return weight.local_shards()[0].tensor, moments.local_shards()[0].tensor
+
+    started = sharding.ensure_process_group()
+    try:
+        per_id, pooled = prepared(0), prepared(len(cards))
+        assert not per_id.sharded.collection.routes[0].pooled
+        assert pooled.sharded.collection.routes[0].pooled
+        ids = torch.tensor([[3, 7], [3999, 0]])
+        per_id.net(torch.randn(2, 13), ids).sum().backward()  # fused Adagrad: one step
+        saved = per_id.save(tmp_path, {})
+        assert not torch.equal(table(per_id)[0], table(pooled)[0])
+        pooled.load(saved)
+        for a, b in zip(table(pooled), table(per_id), strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(pooled.net(torch.zeros(2, 13), ids),
+                           per_id.net(torch.zeros(2, 13), ids))
+    finally:
+        sharding.end_process_group(started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,12 +47,15 @@ def test_two_ranks_match_one_process() -> None:
 
 def test_robe_z_shared_table_on_two_ranks_matches_one_process() -> None:
     """ROBE-Z's one table, which every feature reads (two rows per unaligned block), sharded
-    table-wise over 2 ranks: as the worker checks for the paper's schemes, with Adagrad."""
+    table-wise over 2 ranks: as the worker checks for the paper's schemes, with Adagrad;
+    looked up per id (a bag feature reads it) and pooled (one-hot features only)."""
     run = subprocess.run([*TORCHRUN, str(WORKER), "robe", "adagrad"], env=trainkit.env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert run.stdout.count(" adagrad\n") == 1, run.stdout
-    assert "robe" in run.stdout and "table_wise" in run.stdout
+    assert run.stdout.count(" per id adagrad\n") == 1, run.stdout
+    assert run.stdout.count(" pooled adagrad\n") == 1, run.stdout
+    for part in run.stdout.split(" adagrad\n")[1:]:  # each run's plan
+        assert re.search(r"^robe +\d+ x 4 table_wise", part, re.MULTILINE), part
 
 
 def test_unknown_fused_optimizer_is_refused() -> None:

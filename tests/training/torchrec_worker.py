@@ -32,15 +32,18 @@ SPECS = [
     EmbeddingSpec("path", collisions=4, path_hidden=3),
     EmbeddingSpec("feature", collisions=4, mode="mean"),
 ]
-# ROBE-Z: one table (64 rows of width 4) that every feature reads, two rows per block unaligned
-ROBE_SPECS = [EmbeddingSpec("robe", size=256, block=4, shared=True, aligned=False)]
+# ROBE-Z: one table that every ROBE feature reads, two rows per block unaligned; with the bag
+# feature reading it, looked up per id (64 rows of width 4); read by the one-hot features only
+# (the others keep full tables), pooled, each row a one-id bag (256 rows, sharded)
+ROBE_SPECS = [(EmbeddingSpec("robe", size=256, block=4, shared=True, aligned=False), 0),
+              (EmbeddingSpec("robe", size=1024, block=4, threshold=30), len(CARDS) - 1)]
 TOL = 1e-5
 
 
 class Model(nn.Module):
-    def __init__(self, spec: EmbeddingSpec):
+    def __init__(self, spec: EmbeddingSpec, one_hot: int = 0):
         super().__init__()
-        self.emb = TorchRecEmbeddingCollection(CARDS, D, spec)
+        self.emb = TorchRecEmbeddingCollection(CARDS, D, spec, one_hot=one_hot)
         self.top = nn.Linear(self.emb.num_outputs * D, 1)
 
     def forward(self, ids: torch.Tensor, bag: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -99,10 +102,10 @@ def check(what: str, a: torch.Tensor, b: torch.Tensor) -> None:
         raise AssertionError(f"rank {dist.get_rank()}: {what} differs by {err:.3g}")
 
 
-def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
+def run(spec: EmbeddingSpec, optimizer: str, lr: float, one_hot: int = 0) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = Model(spec)
+    model = Model(spec, one_hot)
     reference = copy.deepcopy(model)
     ref_opt = make_optimizer(optimizer, reference.parameters(), lr,
                              tables=list(reference.emb.named_tables().values()))
@@ -134,7 +137,7 @@ def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
         if step == 0:  # through full state and back, as checkpoint and resume do
             moments = whole_moments(sharded.model)
             torch.manual_seed(1)
-            model = Model(spec)
+            model = Model(spec, one_hot)
             sharded = sharding.shard(model, torch.device("cpu"), optimizer=optimizer, lr=lr,
                                      small_bytes=2000)
             sharding.load_full_state_dict(sharded.model, state)
@@ -145,17 +148,18 @@ def run(spec: EmbeddingSpec, optimizer: str, lr: float) -> None:
                                  tables=sharded.replicated_tables())
             opt.load_state_dict(dense_state)
     if rank == 0:
-        print(f"ok {spec} {optimizer}\n{sharded.summary}", flush=True)
+        routes = "pooled" if all(r.pooled for r in model.emb.routes) else "per id"
+        print(f"ok {spec} {routes} {optimizer}\n{sharded.summary}", flush=True)
 
 
 def main() -> None:
     dist.init_process_group("gloo")
     args = sys.argv[1:]
-    specs = ROBE_SPECS if args[0] == "robe" else SPECS
+    runs = ROBE_SPECS if args[0] == "robe" else [(spec, 0) for spec in SPECS]
     for optimizer in args[1:] if args[0] == "robe" else args:
         lr = {"sgd": 0.5, "adagrad": 0.1, "rowwise_adagrad": 0.1}[optimizer]
-        for spec in specs:
-            run(spec, optimizer, lr)
+        for spec, one_hot in runs:
+            run(spec, optimizer, lr, one_hot)
     dist.barrier()
     # Interpreter teardown after TorchRec sometimes aborts ("terminate called without an
     # active exception", about 1 run in 6 here): leave once all the checks have passed.

@@ -63,6 +63,10 @@ class FeatureRoute:
             scheme gives k vectors per sample.
         route: the scheme's :class:`~compemb.scheme.TorchRecPlan` (how parts combine).
         one_hot: every sample holds exactly one id of this feature (checked every batch).
+        split: for a pooled route whose ``lookup`` gives L rows per id of a table (a one-hot
+            feature's), L per table (0 where it gives one, as (N,)): each of the L rows is a
+            one-id bag of a key of its own, so the rows come back pooled, which FBGEMM's CPU
+            backward does at a fraction of the unpooled one's cost; empty otherwise.
     """
 
     name: str
@@ -73,11 +77,22 @@ class FeatureRoute:
     outputs: tuple[str, ...]
     route: TorchRecPlan
     one_hot: bool = False
+    split: tuple[int, ...] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The lookups' keys (TorchRec's feature names): ``<feature>__<j>``, one per table."""
+        """Each table's name among the feature's lookups: ``<feature>__<j>``, its key
+        (TorchRec's feature name) unless ``split`` gives it several (``table_keys``)."""
         return tuple(f"{self.name}__{j}" for j in range(len(self.tables)))
+
+    @property
+    def table_keys(self) -> tuple[tuple[str, ...], ...]:
+        """Each table's lookup keys: ``<feature>__<j>``, or ``<feature>__<j>_<k>`` for the
+        k-th of the L rows an id reads when ``split``."""
+        if not self.split:
+            return tuple((k,) for k in self.keys)
+        return tuple((k,) if n == 0 else tuple(f"{k}_{i}" for i in range(n))
+                     for k, n in zip(self.keys, self.split, strict=True))  # fmt: skip
 
     @property
     def table_plans(self) -> tuple[ParamPlan, ...]:
@@ -100,6 +115,14 @@ def _table_names(name: str, plan: FeaturePlan) -> tuple[str, ...]:
     tables = plan.shared.tables
     return (plan.shared.key,) if len(tables) == 1 else tuple(
         f"{plan.shared.key}__{j}" for j in range(len(tables)))
+
+
+def _rows_per_id(route: TorchRecPlan, tables: int, device: torch.device) -> tuple[int, ...]:
+    """L of each of the ``tables`` whose (N, L) rows a route's ``lookup`` gives (0 for (N,)
+    rows), read from its lookup of an empty batch (on its data-parallel module's device)."""
+    where = torch.device("cpu") if device.type == "meta" else device
+    looked = route.lookup(torch.zeros(0, dtype=torch.long, device=where))
+    return tuple(0 if b.dim() == 1 else b.shape[1] for b in looked[:tables])
 
 
 class SeededInit(ABC):
@@ -181,6 +204,24 @@ def _pool(values: torch.Tensor, lengths: torch.Tensor, weights: torch.Tensor | N
     positions = torch.arange(values.shape[0], device=values.device)
     return F.embedding_bag(positions, values, offsets, mode=mode, per_sample_weights=weights,
                            include_last_offset=True)
+
+
+def _by_table(kt: KeyedTensor, table_keys: dict[str, tuple[str, ...]]
+              ) -> dict[tuple[str, ...], torch.Tensor]:
+    """A pooled KeyedTensor's columns (B, L W) by the L keys of a feature's table (one split,
+    whose backward is one concatenation; L keys in a row, as every table lists them)."""
+    groups: list[tuple[str, ...]] = []
+    widths: list[int] = []
+    for key, width in zip(kt.keys(), kt.length_per_key(), strict=True):
+        group = table_keys[key]
+        if groups and groups[-1] == group:
+            widths[-1] += width
+        else:
+            groups.append(group)
+            widths.append(width)
+    if len(set(groups)) < len(groups):
+        raise ValueError(f"TorchRec returned the pooled keys of a table apart: {kt.keys()}")
+    return dict(zip(groups, kt.values().split(widths, dim=1), strict=True))
 
 
 def _split(features: KeyedJaggedTensor
@@ -289,28 +330,32 @@ class TorchRecEmbeddingCollection(nn.Module):
         if len(plans) != len(names):
             raise ValueError(f"{len(plans)} plans for {len(names)} features")
         shared_cfgs: dict[str, dict[str, Any]] = {}  # tables several features read
-        for f, (name, plan) in enumerate(zip(names, plans, strict=True)):
-            route = plan.scheme.torchrec(plan, dev)
-            # a one-hot feature's pooled rows are its rows: combined after pooling alike
-            single = f < one_hot and not weighted and route.lookup is None
-            pooled = single or (spec.mode != "max" and route.pooled)
+        # a one-hot feature's pooled rows are its rows: combined after pooling alike
+        decided = [(route, (f < one_hot and not weighted)
+                    or (spec.mode != "max" and route.pooled))
+                   for f, route in enumerate(p.scheme.torchrec(p, dev) for p in plans)]
+        # a table several features read is read one way: per id if any of them needs it
+        per_id = {p.shared.key for p, (_, pooled) in zip(plans, decided, strict=True)
+                  if p.shared is not None and not pooled}
+        for f, (name, plan, (route, pooled)) in enumerate(zip(names, plans, decided,
+                                                               strict=True)):
+            pooled = pooled and (plan.shared is None or plan.shared.key not in per_id)
+            tables = _table_names(name, plan)
+            split = _rows_per_id(route, len(tables), dev) \
+                if pooled and route.lookup is not None else ()
             outputs = tuple(f"{name}_{j}" for j in range(route.outputs)) \
                 if route.outputs > 1 else (name,)
-            r = FeatureRoute(name, f, plan, _table_names(name, plan), pooled, outputs, route,
-                             f < one_hot)
+            r = FeatureRoute(name, f, plan, tables, pooled, outputs, route, f < one_hot, split)
             routes.append(r)
             if route.module is not None:
                 self.paths[name] = route.module
-            for t, key, table in zip(r.tables, r.keys, r.table_plans, strict=True):
+            for t, keys, table in zip(r.tables, r.table_keys, r.table_plans, strict=True):
                 common = {"num_embeddings": table.rows, "embedding_dim": table.width, "name": t,
-                          "feature_names": [key], "init_fn": seeded_init(table, seed, t)}
+                          "feature_names": list(keys), "init_fn": seeded_init(table, seed, t)}
                 if plan.shared is not None:
-                    if t in shared_cfgs and shared_cfgs[t]["pooled"] != pooled:
-                        raise ValueError(f"table {t} is read pooled by some features and "
-                                         f"unpooled by others")
                     cfg = shared_cfgs.setdefault(t, {"pooled": pooled, **common,
                                                      "feature_names": []})
-                    cfg["feature_names"].append(key)
+                    cfg["feature_names"].extend(keys)
                     continue
                 if pooled:
                     pooled_cfgs.append(trec.EmbeddingBagConfig(pooling=pooling, **common))
@@ -324,6 +369,9 @@ class TorchRecEmbeddingCollection(nn.Module):
                 unpooled_cfgs.setdefault(cfg["embedding_dim"], []).append(
                     trec.EmbeddingConfig(**cfg))
         self.routes = tuple(routes)
+        # each pooled lookup key -> the keys of its feature's table (L when split)
+        self._table_keys = {k: keys for r in routes if r.pooled for keys in r.table_keys
+                            for k in keys}  # fmt: skip
         # Kept apart from the modules, which DMP replaces by sharded ones.
         self.table_shapes = {t: (table.rows, table.width) for r in routes
                              for t, table in zip(r.tables, r.table_plans, strict=True)}
@@ -408,15 +456,20 @@ class TorchRecEmbeddingCollection(nn.Module):
             else:  # L rows per id, each id's together: a sample's L times as many rows
                 looked = r.route.lookup(ids)
                 buckets, rest[r.name] = looked[: len(r.tables)], tuple(looked[len(r.tables):])
-            for key, table, b in zip(r.keys, r.table_plans, buckets, strict=True):
-                dest = pooled_in if r.pooled else unpooled_in.setdefault(
-                    table.width, {"keys": [], "values": [], "lengths": []})
-                dest["keys"].append(key)
+            for keys, table, b in zip(r.table_keys, r.table_plans, buckets, strict=True):
+                if r.pooled:  # L keys of one-id bags when split: each key's ids in turn
+                    pooled_in["keys"].extend(keys)
+                    pooled_in["values"].append(b.t().reshape(-1))
+                    pooled_in["lengths"].append(lengths.repeat(len(keys)))
+                    if self.weighted:
+                        pooled_in["weights"].append(weights.repeat(len(keys)))
+                    continue
+                dest = unpooled_in.setdefault(table.width,
+                                              {"keys": [], "values": [], "lengths": []})
+                dest["keys"].extend(keys)
                 dest["values"].append(b.reshape(-1))
                 dest["lengths"].append(lengths if b.dim() == 1 else lengths * b.shape[1])
-                if r.pooled and self.weighted:
-                    pooled_in["weights"].append(weights)
-        pooled: dict[str, torch.Tensor] = {}
+        pooled: dict[tuple[str, ...], torch.Tensor] = {}  # (B, L W) by a table's L keys
         if pooled_in["keys"]:
             kjt = trec.KeyedJaggedTensor(
                 keys=pooled_in["keys"], values=torch.cat(pooled_in["values"]),
@@ -424,9 +477,7 @@ class TorchRecEmbeddingCollection(nn.Module):
                 weights=torch.cat(pooled_in["weights"]) if self.weighted else None,
                 stride=batch,
             )  # fmt: skip
-            kt = self.pooled(kjt)
-            pooled = dict(zip(kt.keys(), kt.values().split(kt.length_per_key(), dim=1),
-                              strict=True))
+            pooled = _by_table(self.pooled(kjt), self._table_keys)
         rows: dict[str, torch.Tensor] = {}
         for width, inputs in unpooled_in.items():
             kjt = trec.KeyedJaggedTensor(
@@ -437,8 +488,12 @@ class TorchRecEmbeddingCollection(nn.Module):
         outs = []
         for r in self.routes:
             module = self.paths[r.name] if r.name in self.paths else None
-            parts = r.route.combine([(pooled if r.pooled else rows)[k] for k in r.keys],
-                                    rest[r.name], module)  # fmt: skip
+            if r.pooled:  # an id's L rows together, as unpooled: (B L, W)
+                looked = [pooled[k] if len(k) == 1 else pooled[k].reshape(-1, t.width)
+                          for k, t in zip(r.table_keys, r.table_plans, strict=True)]
+            else:
+                looked = [rows[k] for k in r.keys]
+            parts = r.route.combine(looked, rest[r.name], module)
             if not r.pooled:
                 _, lengths, weights = jts[r.name]
                 parts = [_pool(p, lengths, weights, self.spec.mode) for p in parts]

@@ -82,11 +82,12 @@ def load_local(config: Config, dataset: Dataset, run_dir: str | Path,
     latest = folder.latest_sharded()
     if latest is not None:
         from compemb.training import sharded_checkpoint
-        from compemb.training.sharding import sharded_model_state
+        from compemb.training.sharding import per_id_names, sharded_model_state
 
         layout = model_for(config, dataset, "meta", torchrec=True)
         wanted = sharded_model_state(model.state_dict(), layout.sparse_arch)
-        sharded_checkpoint.load(latest, {"model": wanted})
+        sharded_checkpoint.load(latest, {"model": wanted},
+                                per_id_names(layout.sparse_arch.collection))
         return model
     checkpoint = folder.require(folder.checkpoint, "not trained yet, or an experiment run "
                                 "finished without --keep-checkpoints")  # fmt: skip

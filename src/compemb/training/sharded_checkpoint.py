@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -207,17 +208,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def load(path: Path, state: dict[str, Any]) -> None:
+def load(path: Path, state: dict[str, Any], aliases: Mapping[str, str] | None = None) -> None:
     """Fill ``state`` (tensors and ShardedTensors of this process's model, nested in dicts)
     from the checkpoint at ``path`` in place, resharding as needed: saved on any number of
     ranks, loaded on any number (collective when a process group exists).
+
+    ``aliases`` maps the end of an entry's key (in a dict of ``state``) to the end it had in
+    checkpoints of an earlier layout, read from where the checkpoint lacks the key itself.
 
     Raises:
         CheckpointError: a refused ``.metadata`` (:func:`read_metadata`) or a checkpoint that
             lacks an entry of ``state``.
     """
     path = Path(path)
-    read_metadata(path)  # one clear error before DCP's collectives
+    saved = set(read_metadata(path).state_dict_metadata)  # one clear error before collectives
+    if aliases:
+        state = _as_saved(state, saved, aliases)
     try:
         dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner())
     except CheckpointError:
@@ -226,6 +232,31 @@ def load(path: Path, state: dict[str, Any]) -> None:
         reason = " ".join(str(err).split())
         raise CheckpointError(f"{path}: its state does not fit this model: "
                               f"{reason[:400]}") from err  # fmt: skip
+
+
+def _as_saved(state: dict[str, Any], saved: set[str], aliases: Mapping[str, str]
+              ) -> dict[str, Any]:
+    """``state`` (the same tensors) with each entry the checkpoint lacks under its key and
+    holds under an alias renamed to that (``saved``: DCP's flattened keys)."""
+
+    def held(key: str, value: Any) -> bool:
+        if isinstance(value, dict):
+            return all(held(f"{key}.{k}", v) for k, v in value.items())
+        return key in saved
+
+    out: dict[str, Any] = {}
+    for group, entries in state.items():
+        if not isinstance(entries, dict):
+            out[group] = entries
+            continue
+        out[group] = {}
+        for key, value in entries.items():
+            if not held(f"{group}.{key}", value):
+                key = next((key[: -len(end)] + old for end, old in aliases.items()
+                            if key.endswith(end)
+                            and held(f"{group}.{key[: -len(end)]}{old}", value)), key)
+            out[group][key] = value
+    return out
 
 
 def load_extra(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

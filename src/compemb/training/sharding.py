@@ -129,7 +129,7 @@ def sharding_types(
     for t, nbytes in collection.table_bytes().items():
         width = collection.table_shapes[t][1]
         # FBGEMM's kernels take widths of a multiple of 4 only.
-        if t in pooled and (nbytes <= small_bytes or width % 4):
+        if t in pooled and (nbytes <= small_bytes or width % 4) and t not in reclustered:
             types[t] = ["data_parallel"]
             continue
         if width % 4:
@@ -249,7 +249,8 @@ def _whole_table(state: dict[str, Any], table: str, shape: tuple[int, int]
     Raises:
         ValueError: when no rank holds it whole (split by rows or columns).
     """
-    keys = [k for k in state if k.endswith(f"embeddings.{table}.weight")]
+    keys = [k for k in state if k.endswith((f".embeddings.{table}.weight",
+                                            f".embedding_bags.{table}.weight"))]
     if len(keys) != 1:
         raise ValueError(f"table {table}: expected one state-dict entry, found {keys}")
     value = state[keys[0]]
@@ -262,6 +263,15 @@ def _whole_table(state: dict[str, Any], table: str, shape: tuple[int, int]
     owner = whole[0].placement.rank()
     local = [s.tensor for s in value.local_shards() if tuple(s.metadata.shard_sizes) == shape]
     return owner, local[0] if local else None
+
+
+def per_id_names(collection: TorchRecEmbeddingCollection) -> dict[str, str]:
+    """The state-key ending of each table that one-hot features look up pooled, L rows per
+    id as L one-id bags (ROBE, CCE, block MD, MD+QR), -> its name in checkpoints written
+    when they were looked up per id (TorchRec's unpooled collection of its width)."""
+    return {f".pooled.embedding_bags.{t}.weight":
+            f".unpooled.d{collection.table_shapes[t][1]}.embeddings.{t}.weight"
+            for r in collection.routes if r.split for t in r.tables}  # fmt: skip
 
 
 def load_full_state_dict(dmp: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -439,7 +449,7 @@ class ShardedTraining:
         from compemb.training.checkpoint import restore
 
         state = self._state()
-        sharded_checkpoint.load(path, state)
+        sharded_checkpoint.load(path, state, per_id_names(self.sharded.collection))
         self.net.load_state_dict(state["model"])
         if "fused" in state:
             fused = self.net.fused_optimizer.state_dict()
@@ -475,6 +485,7 @@ __all__ = [
     "load_full_optimizer_state",
     "load_full_state_dict",
     "local_model_state",
+    "per_id_names",
     "shard",
     "sharded_model_state",
     "sharding_types",
