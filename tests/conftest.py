@@ -21,21 +21,3 @@ def view_grad():
     """``view_grad(parameters, view)``: the gradient entries under a view of a parameter."""
     return _view_grad
 
-
-# The tests that launch processes (torchrun ranks, the docs' shell commands, the demo) take
-# 5-40 s each where most take milliseconds. xdist's worksteal hands each of its two workers a
-# contiguous half of the collection: each half starts with every other long test, so both
-# workers start on them and the short ones fill in at the end, instead of one long test
-# running alone while the other worker idles.
-_LONG = ("tests/test_docs.py::test_shell_commands", "tests/test_demo.py",
-         "tests/training/test_training_sharded_checkpoint.py",
-         "tests/training/test_training_torchrec.py", "tests/training/test_training_processes.py",
-         "tests/training/test_training_serving.py", "tests/training/test_training_cce.py",
-         "tests/serving/test_serving_export.py", "tests/embeddings/test_embeddings_kmeans.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    long = [item for item in items if item.nodeid.startswith(_LONG)]
-    short = [item for item in items if not item.nodeid.startswith(_LONG)]
-    first = long[0::2] + short[: max(0, len(items) // 2 - len(long[0::2]))]
-    items[:] = first + long[1::2] + short[len(first) - len(long[0::2]):]
