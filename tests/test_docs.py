@@ -4,6 +4,7 @@ here, and its API reference lists every public name."""
 from __future__ import annotations
 
 import doctest
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -70,16 +71,29 @@ def _tiny_criteo(folder: Path) -> None:
 
 
 SETUPS = {"criteo": _tiny_criteo}
-# Blocks already run (verbatim, from a fresh folder) by an earlier page of this session: the
-# getting-started page repeats the README's.
-_RAN: set[str] = set()
+
+
+def _ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session marks the blocks it ran (verbatim, from a fresh folder): the
+    getting-started page repeats the README's, and a block run once is not run again. Under
+    xdist the folder is shared by the workers (their base temp folders' parent)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "docs-ran"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _mark(body: str) -> str:
+    return hashlib.sha1(body.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
-def test_shell_commands_run_or_say_why_not(page: Path, tmp_path: Path):
+def test_shell_commands_run_or_say_why_not(page: Path, tmp_path: Path,
+                                           tmp_path_factory: pytest.TempPathFactory):
     """Every ```bash block runs, in order, in a fresh folder beside the configs, or is marked
     <!-- not run: REASON --> just above its fence."""
     text = page.read_text()
+    ran = _ran(tmp_path_factory)
     commands = []
     for lang, body, before in _blocks(text):
         if lang in ("sh", "shell", "console"):
@@ -89,7 +103,7 @@ def test_shell_commands_run_or_say_why_not(page: Path, tmp_path: Path):
         marked = NOT_RUN.search(before)
         if marked is not None:
             assert len(marked.group(1).split()) >= 3, f"{page.name}: say why not: {body}"
-        elif body not in _RAN:
+        elif not (ran / _mark(body)).exists():
             commands.append(body)
     if not commands:
         return
@@ -106,7 +120,8 @@ def test_shell_commands_run_or_say_why_not(page: Path, tmp_path: Path):
     output = done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0, f"{page.name}:\n{script}\n{output}"
     if not SETUP.search(text):
-        _RAN.update(commands)
+        for body in commands:
+            (ran / _mark(body)).touch()
 
 
 def _apiref():
