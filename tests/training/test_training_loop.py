@@ -192,7 +192,8 @@ def test_trainer_fused_adagrad_equals_torch_adagrad_on_sparse_tables(tmp_path: P
     assert fused["val_logloss"] == pytest.approx(reference["val_logloss"], abs=1e-6)
 
 
-def test_warmup_raises_the_rate_linearly_then_holds(tmp_path: Path, monkeypatch) -> None:
+def _rates(tmp_path: Path, monkeypatch, *overrides: str) -> list[float]:
+    """The learning rate each training step of a tiny run ran with."""
     rates: list[float] = []
     step = loop._train_step
 
@@ -202,25 +203,20 @@ def test_warmup_raises_the_rate_linearly_then_holds(tmp_path: Path, monkeypatch)
         return rows
 
     monkeypatch.setattr(loop, "_train_step", spy)
-    config = trainkit.tiny_config("in-memory", "train.max_steps=6", "train.warmup_steps=4",
-                                  "train.lr=0.02", "train.lr_decay=0")  # fmt: skip
+    config = trainkit.tiny_config("in-memory", *overrides)
     train(config, tmp_path / "run", dataset=trainkit.bag_dataset(), progress=False)
+    return rates
+
+
+def test_warmup_raises_the_rate_linearly_then_holds(tmp_path: Path, monkeypatch) -> None:
+    rates = _rates(tmp_path, monkeypatch, "train.max_steps=6", "train.warmup_steps=4",
+                   "train.lr=0.02", "train.lr_decay=0")  # fmt: skip
     assert rates == pytest.approx([0.005, 0.01, 0.015, 0.02, 0.02, 0.02])
 
 
 def test_decay_lowers_the_rate_linearly_over_the_last_share(tmp_path: Path, monkeypatch) -> None:
-    rates: list[float] = []
-    step = loop._train_step
-
-    def spy(trainer, batch):
-        rows = step(trainer, batch)
-        rates.append(trainer.optimizer.param_groups[0]["lr"])
-        return rows
-
-    monkeypatch.setattr(loop, "_train_step", spy)
-    config = trainkit.tiny_config("in-memory", "train.max_steps=8", "train.warmup_steps=2",
-                                  "train.lr_decay=0.5", "train.lr=0.04")  # fmt: skip
-    train(config, tmp_path / "run", dataset=trainkit.bag_dataset(), progress=False)
+    rates = _rates(tmp_path, monkeypatch, "train.max_steps=8", "train.warmup_steps=2",
+                   "train.lr_decay=0.5", "train.lr=0.04")  # fmt: skip
     # warm-up over steps 0-1, constant, then the last 4 of 8 steps at 4/4, 3/4, 2/4, 1/4
     assert rates == pytest.approx([0.02, 0.04, 0.04, 0.04, 0.04, 0.03, 0.02, 0.01])
     with pytest.raises(ValueError, match=r"train.lr_decay=1.0: must be in \[0, 1\)"):
