@@ -24,7 +24,8 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 # compemb's compiled CPU kernels (csrc/); without a C compiler the pure-torch code
 # runs and says so once.
 # -ffp-contract=off: the kernels round as torch's separate float operations do.
-$(KERNELS): csrc/sparse_adagrad.c csrc/compose_mult.c csrc/universal_hash.c csrc/robe_blocks.c
+$(KERNELS): csrc/sparse_adagrad.c csrc/compose_mult.c csrc/universal_hash.c csrc/robe_blocks.c \
+		csrc/tt_chain.c
 	mkdir -p $(dir $@)
 	$(CC) -O3 -ffp-contract=off -shared -fPIC -o $@ $^ -lm || echo "compemb: no C compiler; compemb will use its pure-torch code"
 

@@ -1,7 +1,7 @@
 """compemb's compiled CPU kernels (``csrc/``), when built: the fused optimizer's sparse Adagrad
 update, the two-table product of QR mult (forward and backward), the seeded universal hashes
-(ROBE, DHE, CCE; for DHE fused with its uniform encoding) and ROBE's unaligned blocks (read, and
-their row gradients).
+(ROBE, DHE, CCE; for DHE fused with its uniform encoding), ROBE's unaligned blocks (read, and
+their row gradients) and TT-Rec's chain of core products (forward and backward).
 
 ``make kernels`` (a step of ``make test`` and ``make demo``) compiles them with the system C
 compiler into ``build/kernels/``; ``COMPEMB_KERNELS`` may name another path, and
@@ -13,9 +13,10 @@ doing nothing, where its kernel does not apply; callers then take the pure-torch
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,6 +75,14 @@ def _load() -> ctypes.CDLL | None:
                 _state["robe"] = True
             except AttributeError:
                 _state["robe"] = False
+            try:  # TT-Rec's chain
+                lib.compemb_tt_forward.restype = ctypes.c_int
+                lib.compemb_tt_forward.argtypes = [i, p, p, p, p, p, i, p]
+                lib.compemb_tt_backward.restype = ctypes.c_int
+                lib.compemb_tt_backward.argtypes = [i, p, p, p, p, p, p, i, p, p]
+                _state["tt"] = True
+            except AttributeError:
+                _state["tt"] = False
         if os.environ.get("COMPEMB_NO_KERNELS") == "1":
             print("compemb: compiled CPU kernels turned off (COMPEMB_NO_KERNELS=1); using the "
                   "pure-torch code", file=sys.stderr)  # fmt: skip
@@ -270,3 +279,61 @@ def robe_row_grads(rows: int, offsets: torch.Tensor, grads: torch.Tensor
         grads.data_ptr(), rows, z, offsets.data_ptr(), n, out.data_ptr(), values.data_ptr(),
         ctypes.addressof(written)))
     return out[: written.value], values[: written.value]
+
+
+def tt_applies(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor | None]) -> bool:
+    """Whether the TT chain kernel can take these core tables (K <= 8) and row indices."""
+    return (not torch.compiler.is_compiling() and 0 < len(tables) <= 8
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2
+                    and t.is_contiguous() for t in tables)
+            and all(x is None or (x.device.type == "cpu" and x.dtype == torch.int64)
+                    for x in indices)
+            and _load() is not None and bool(_state.get("tt")))  # fmt: skip
+
+
+def _pointers(tensors: Sequence[torch.Tensor | None]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(_ptr(t) for t in tensors))
+
+
+def _tt_shapes(dims: Sequence[int], ranks: Sequence[int], tables: Sequence[torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.tensor(dims, dtype=torch.int64), torch.tensor(ranks, dtype=torch.int64),
+            torch.tensor([t.shape[0] for t in tables], dtype=torch.int64))
+
+
+def _check_tt(code: int) -> None:
+    if code == -3:
+        raise IndexError("TT chain: a core row index is outside its table")
+    if code == -2:
+        raise MemoryError("TT chain: the kernel could not allocate its buffers")
+    if code != 0:
+        raise ValueError("TT chain: the kernel does not take these dims and ranks")
+
+
+def tt_forward(dims: Sequence[int], ranks: Sequence[int], tables: Sequence[torch.Tensor],
+               indices: Sequence[torch.Tensor | None], n: int) -> torch.Tensor:
+    """The chain of each of n ids' core rows, (n, prod dims): core j's row of id i is
+    ``tables[j][indices[j][i]]``, or ``tables[j][i]`` where ``indices[j]`` is None."""
+    indices = [None if x is None else x.contiguous() for x in indices]
+    d, r, rows = _tt_shapes(dims, ranks, tables)
+    out = tables[0].new_empty(n, math.prod(dims))
+    _check_tt(_load().compemb_tt_forward(  # type: ignore[union-attr]
+        len(dims), d.data_ptr(), r.data_ptr(), _pointers(tables), rows.data_ptr(),
+        _pointers(indices), n, out.data_ptr()))
+    return out
+
+
+def tt_backward(dims: Sequence[int], ranks: Sequence[int], tables: Sequence[torch.Tensor],
+                indices: Sequence[torch.Tensor | None], grad: torch.Tensor,
+                outputs: Sequence[torch.Tensor | None], dense: Sequence[bool]) -> None:
+    """Each core's gradient from the chain's output gradient ``grad`` (n, D): ``outputs[j]`` is
+    None (not needed), the ids' row gradients (n, w_j), or, where ``dense[j]``, a zeroed
+    (R_j, w_j) gradient to add to."""
+    indices = [None if x is None else x.contiguous() for x in indices]
+    d, r, rows = _tt_shapes(dims, ranks, tables)
+    flags = torch.tensor([bool(x) for x in dense], dtype=torch.uint8)
+    grad = grad.contiguous()
+    _check_tt(_load().compemb_tt_backward(  # type: ignore[union-attr]
+        len(dims), d.data_ptr(), r.data_ptr(), _pointers(tables), rows.data_ptr(),
+        _pointers(indices), grad.data_ptr(), grad.shape[0], flags.data_ptr(),
+        _pointers(outputs)))

@@ -1,6 +1,9 @@
 """The compiled kernels equal the pure-torch code: the two-table product (csrc/compose_mult.c),
 the universal hashes with DHE's uniform encoding and their per-column form
-(csrc/universal_hash.c), and ROBE's unaligned blocks (csrc/robe_blocks.c)."""
+(csrc/universal_hash.c), ROBE's unaligned blocks (csrc/robe_blocks.c) and TT-Rec's chain
+(csrc/tt_chain.c)."""
+
+import math
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings._universal import PRIME, hash_coefficients, universal_hash
 from compemb.embeddings.batched_robe import block_row_grads, unaligned_blocks
 from compemb.embeddings.dhe import HASH_BUCKETS, dhe_encoding
+from compemb.embeddings.tt import tt_chain, tt_lookup
+from compemb.optim.fused import FusedAdagrad
 
 pytestmark = pytest.mark.skipif(_kernels._load() is None,
                                 reason="compiled kernels not built (make kernels)")  # fmt: skip
@@ -137,3 +142,99 @@ def test_compiled_dhe_encoding_equals_pure_torch(encoding, monkeypatch):
 def test_compiled_hash_refuses_ids_outside_the_prime():
     with pytest.raises(IndexError, match="outside"):
         universal_hash(torch.tensor([PRIME]), hash_coefficients(2, 0), 10)
+
+
+needs_tt_kernel = pytest.mark.skipif(
+    _kernels._load() is None or not _kernels._state.get("tt"),
+    reason="the TT chain kernel is not in this build (make kernels)")
+
+# (dims, ranks): K = 1 to 4, unequal ranks, and core widths that take the kernel's 32- and
+# 8-column blocks and its scalar tail (w = 2 * 24 = 48, 3 * 5 = 15, 1 * 3 = 3). The kernel
+# chains left to right where that costs no more multiply-adds (K = 1, 2 and the first K = 4),
+# right to left otherwise (4, 2, 2 at rank 24: 2,688 against 4,992; the second K = 4: 264
+# against 312)
+TT_SHAPES = [((16,), (1, 1)), ((4, 4), (1, 16, 1)), ((4, 2, 2), (1, 24, 24, 1)),
+             ((2, 3, 1, 3), (1, 5, 7, 3, 1)), ((3, 1, 2, 2), (1, 4, 6, 5, 1))]
+
+
+def _tt_tables(dims, ranks, rows, gen):
+    return [torch.randn(rows[j], ranks[j] * dims[j] * ranks[j + 1], generator=gen,
+                        requires_grad=True) for j in range(len(dims))]  # fmt: skip
+
+
+@needs_tt_kernel
+@pytest.mark.parametrize(("dims", "ranks"), TT_SHAPES)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compiled_tt_lookup_equals_pure_torch(dims, ranks, sparse, monkeypatch):
+    """Forward and every core's gradient, ids repeated, dense and sparse gradients."""
+    gen = torch.Generator().manual_seed(0)
+    rows = [7, 3, 5, 2][: len(dims)]
+    tables = _tt_tables(dims, ranks, rows, gen)
+    buckets = [torch.randint(0, r, (30, 4), generator=gen) for r in rows]
+    flags = [sparse and j % 2 == 0 for j in range(len(dims))]  # mixed where sparse
+    results = []
+    for compiled in (True, False):
+        assert _kernels.tt_applies(tables, buckets) is True
+        if not compiled:
+            monkeypatch.setattr(_kernels, "tt_applies", lambda *args: False)
+        out = tt_lookup(buckets, tables, flags, dims, ranks)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad(out, tables, g)
+        for grad, flag in zip(grads, flags, strict=True):
+            assert grad.is_sparse == flag
+        results.append((out, *(x.to_dense() for x in grads)))
+    assert results[0][0].shape == (120, math.prod(dims))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_tt_kernel
+@pytest.mark.parametrize(("dims", "ranks"), TT_SHAPES)
+def test_compiled_tt_chain_equals_batched_matmuls(dims, ranks, monkeypatch):
+    """The chain of rows gathered elsewhere (TorchRec's lookups), and an empty batch."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (40, 0):
+        rows = _tt_tables(dims, ranks, [n] * len(dims), gen)
+        out = tt_chain(rows, dims, ranks)
+        got = torch.autograd.grad(out, rows, torch.ones_like(out)) if n else ()
+        with monkeypatch.context() as m:
+            m.setattr(_kernels, "tt_applies", lambda *args: False)
+            expect = tt_chain(rows, dims, ranks)
+            want = torch.autograd.grad(expect, rows, torch.ones_like(out)) if n else ()
+        assert out.shape == (n, math.prod(dims))
+        torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-4)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_tt_kernel
+def test_compiled_tt_lookup_feeds_the_fused_optimizer(monkeypatch):
+    """Sparse cores routed to FusedAdagrad: forward, backward and two steps as the trainer runs
+    them (no zero_grad in between), kernel against pure torch."""
+    dims, ranks = (4, 2, 2), (1, 6, 6, 1)
+    finals = []
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(_kernels, "tt_applies", lambda *args: False)
+        gen = torch.Generator().manual_seed(0)
+        tables = [nn_table for nn_table in map(torch.nn.Parameter,
+                  (t.detach() for t in _tt_tables(dims, ranks, [9, 5, 9], gen)))]
+        opt = FusedAdagrad(tables, lr=0.1, tables=tables)
+        for _ in range(2):
+            buckets = [torch.randint(0, r, (16, 3), generator=gen) for r in (9, 5, 9)]
+            out = tt_lookup(buckets, tables, [True, False, True], dims, ranks)
+            (out * torch.arange(16.0)).square().sum().backward()
+            assert tables[0].grad is None and tables[1].grad is not None  # sunk, dense
+            opt.step()
+            opt.zero_grad()
+        finals.append([t.detach().clone() for t in tables])
+    for got, want in zip(*finals, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_tt_kernel
+def test_compiled_tt_lookup_refuses_rows_out_of_range():
+    tables = _tt_tables((4, 4), (1, 2, 1), [3, 3], torch.Generator().manual_seed(0))
+    with pytest.raises(IndexError, match="outside its table"):
+        tt_lookup([torch.tensor([1]), torch.tensor([3])], tables, [False, False], (4, 4),
+                  (1, 2, 1))

@@ -1,6 +1,6 @@
 """TT-Rec features looked up together: each core position's tables stacked over the features, one
-gather per core for the whole batch, and the chains of every id of every feature in one batched
-matmul per core (:func:`~compemb.embeddings.tt.tt_chain` over B G ids).
+pass over the whole batch reading every id's core rows from the stacked tables
+(:func:`~compemb.embeddings.tt.tt_lookup` over B G ids).
 
 The features of a group share K, the ranks and the split of D (one spec), so core j has rows
 r_{j-1} d_j r_j wide in every feature: feature f's rows of core j follow the earlier features'
@@ -19,18 +19,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings.batched import DENSE_GRAD_MAX_ROWS, BucketIndex
 from compemb.embeddings.stacked import StackedGroup, StackKey
-from compemb.embeddings.tt import tt_chain
-from compemb.operations import get_operation
+from compemb.embeddings.tt import tt_lookup
 
 if TYPE_CHECKING:
     from compemb.spec import FeaturePlan
 
 __all__ = ["TTGroup", "TTStack"]
-
-_ONE = get_operation("add")  # one table: its rows as they are
 
 
 @dataclass(frozen=True)
@@ -99,7 +95,5 @@ class TTGroup(StackedGroup):
         """ids (B, G') of the group's features ``members`` (all when None) -> (B, G', D)."""
         cols = slice(None) if members is None else members
         buckets = self.index.buckets(ids, cols)
-        rows = [compose_lookup(_ONE, [b.reshape(-1)], [w], [s])
-                for b, w, s in zip(buckets, self.weights, self._sparse, strict=True)]
-        out = tt_chain(rows, self.dims, self.ranks)
+        out = tt_lookup(buckets, list(self.weights), self._sparse, self.dims, self.ranks)
         return out.view(*ids.shape, out.shape[-1])  # sizes spelled out: a batch may be empty

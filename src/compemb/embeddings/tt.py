@@ -22,16 +22,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from compemb import _kernels
+from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings.base import BagModule
+from compemb.operations import get_operation
+from compemb.optim.fused import gradient_sink
 from compemb.partitions import MixedRadixPartitions, balanced_mixed_radix, mixed_radix
 
 __all__ = ["TT_INITS", "GaussianInit", "TTEmbeddingBag", "balanced_factors", "tt_chain",
-           "tt_init_std"]
+           "tt_init_std", "tt_lookup"]
 
 TT_INITS = ("paper", "unit_norm")
+_ONE = get_operation("add")  # one table: its rows as they are
 
 
 def balanced_factors(embedding_dim: int, k: int) -> tuple[int, ...]:
@@ -59,12 +63,8 @@ def balanced_factors(embedding_dim: int, k: int) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def tt_chain(rows: Sequence[torch.Tensor], dims: Sequence[int], ranks: Sequence[int]
-             ) -> torch.Tensor:
-    """The chained product of K core rows: rows[k] (N, r_k d_k r_{k+1}) -> (N, prod d_k).
-
-    ``ranks`` are r_0 .. r_K with r_0 = r_K = 1.
-    """
+def _chain_bmm(rows: Sequence[torch.Tensor], dims: Sequence[int], ranks: Sequence[int]
+               ) -> torch.Tensor:
     n = rows[0].shape[0]
     v = rows[0].reshape(n, dims[0], ranks[1])
     for g, d, r, s in zip(rows[1:], dims[1:], ranks[1:-1], ranks[2:], strict=True):
@@ -72,6 +72,98 @@ def tt_chain(rows: Sequence[torch.Tensor], dims: Sequence[int], ranks: Sequence[
         v = torch.bmm(v, g.reshape(n, r, d * s))
         v = v.reshape(n, v.shape[1] * d, s)  # sizes spelled out: n may be 0 (no ids)
     return v.reshape(n, v.shape[1] * v.shape[2])
+
+
+class _Chain(torch.autograd.Function):
+    """The compiled chain (``csrc/tt_chain.c``) over gathered rows."""
+
+    @staticmethod
+    def forward(ctx, dims: tuple[int, ...], ranks: tuple[int, ...], *rows: torch.Tensor):
+        ctx.dims, ctx.ranks = dims, ranks
+        ctx.save_for_backward(*rows)
+        return _kernels.tt_forward(dims, ranks, rows, [None] * len(rows), rows[0].shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows = ctx.saved_tensors
+        outputs = [r.new_empty(r.shape) if ctx.needs_input_grad[2 + j] else None
+                   for j, r in enumerate(rows)]  # fmt: skip
+        _kernels.tt_backward(ctx.dims, ctx.ranks, rows, [None] * len(rows), grad, outputs,
+                             [False] * len(rows))  # fmt: skip
+        return (None, None, *outputs)
+
+
+def tt_chain(rows: Sequence[torch.Tensor], dims: Sequence[int], ranks: Sequence[int]
+             ) -> torch.Tensor:
+    """The chained product of K core rows: rows[k] (N, r_k d_k r_{k+1}) -> (N, prod d_k).
+
+    ``ranks`` are r_0 .. r_K with r_0 = r_K = 1. The compiled kernel runs where built
+    (:mod:`compemb._kernels`), batched matmuls otherwise.
+    """
+    rows = [r.contiguous() for r in rows]
+    if _kernels.tt_applies(rows, [None] * len(rows)):
+        return _Chain.apply(tuple(dims), tuple(ranks), *rows)
+    return _chain_bmm(rows, dims, ranks)
+
+
+class _Lookup(torch.autograd.Function):
+    """The compiled chain reading each core's rows from its table: no (N, w_j) gathered copy,
+    and small tables' gradients added straight into a dense gradient."""
+
+    @staticmethod
+    def forward(ctx, dims: tuple[int, ...], ranks: tuple[int, ...], sparse: tuple[bool, ...],
+                sinks: tuple, *tensors: torch.Tensor):
+        k = len(dims)
+        flat, tables = tensors[:k], tensors[k:]
+        ctx.dims, ctx.ranks, ctx.sparse, ctx.sinks = dims, ranks, sparse, sinks
+        ctx.save_for_backward(*flat, *tables)
+        return _kernels.tt_forward(dims, ranks, tables, flat, flat[0].numel())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        k = len(ctx.dims)
+        saved = ctx.saved_tensors
+        flat, tables = saved[:k], saved[k:]
+        need = [ctx.needs_input_grad[4 + k + j] for j in range(k)]
+        n = flat[0].numel()
+        outputs = [None if not need[j] else
+                   (t.new_empty(n, t.shape[1]) if ctx.sparse[j] else torch.zeros_like(t))
+                   for j, t in enumerate(tables)]  # fmt: skip
+        _kernels.tt_backward(ctx.dims, ctx.ranks, tables, flat, grad, outputs,
+                             [not s for s in ctx.sparse])  # fmt: skip
+        grads: list[torch.Tensor | None] = []
+        for j in range(k):
+            sink = ctx.sinks[j]
+            if not need[j] or not ctx.sparse[j]:
+                grads.append(outputs[j])
+            elif sink is not None:
+                sink(flat[j], outputs[j])  # the optimizer updates these rows: no gradient
+                grads.append(None)
+            else:
+                grads.append(torch.sparse_coo_tensor(flat[j].unsqueeze(0), outputs[j],
+                                                     tables[j].shape, check_invariants=False))
+        return (None, None, None, None, *([None] * k), *grads)
+
+
+def tt_lookup(buckets: Sequence[torch.Tensor], tables: Sequence[torch.Tensor],
+              sparse: Sequence[bool], dims: Sequence[int], ranks: Sequence[int]
+              ) -> torch.Tensor:
+    """The chain of each id's core rows ``tables[j][buckets[j]]``: K int64 tensors of N ids
+    (any shape, flattened) -> (N, prod d_k).
+
+    ``sparse[j]``: whether core j's gradient is sparse (or sent to a fused optimizer's sink,
+    :func:`~compemb.optim.fused.gradient_sink`) rather than dense. The compiled kernel reads the
+    rows where it is built (:mod:`compemb._kernels`); otherwise each core's rows are gathered and
+    chained with batched matmuls.
+    """
+    flat = [b.reshape(-1) for b in buckets]
+    if _kernels.tt_applies(tables, flat):
+        sinks = tuple(gradient_sink(t) if s and torch.is_grad_enabled() and t.requires_grad
+                      else None for t, s in zip(tables, sparse, strict=True))  # fmt: skip
+        return _Lookup.apply(tuple(dims), tuple(ranks), tuple(sparse), sinks, *flat, *tables)
+    rows = [compose_lookup(_ONE, [b], [t], [s]) for b, t, s in zip(flat, tables, sparse,
+                                                                     strict=True)]
+    return _chain_bmm(rows, dims, ranks)
 
 
 def tt_init_std(num_categories: int, ranks: Sequence[int], embedding_dim: int,
@@ -202,9 +294,8 @@ class TTEmbeddingBag(BagModule):
 
     def compose(self, ids: torch.Tensor) -> torch.Tensor:
         """Each id's chained vector: (N,) int64 -> (N, D), no range check."""
-        rows = [F.embedding(b, core, sparse=self.sparse)
-                for b, core in zip(self.partitions.buckets(ids), self.cores, strict=True)]
-        return tt_chain(rows, self.dims, self.ranks)
+        return tt_lookup(self.partitions.buckets(ids), list(self.cores),
+                         [self.sparse] * len(self.cores), self.dims, self.ranks)
 
     def extra_repr(self) -> str:
         return (f"{self.num_categories}, {self.embedding_dim}, row_factors={self.row_factors}, "
