@@ -60,3 +60,22 @@ int compemb_robe_row_grads(const float *grads, int64_t rows, int64_t z, const in
     *written = k;
     return 0;
 }
+
+/* The array's whole gradient: each block's gradient grads[i Z .. i Z + Z) added at its offset,
+ * circularly, into out (M floats, zeroed by the caller); for a batch whose blocks cover the
+ * array many times over, one dense gradient costs less than 2 n row gradients. */
+int compemb_robe_add(const float *grads, int64_t rows, int64_t z, const int64_t *offsets,
+                     int64_t n, float *out) {
+    int64_t m = rows * z;
+    if (check(offsets, n, m)) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t o = offsets[i];
+        const float *g = grads + i * z;
+        if (o + z <= m) {
+            for (int64_t e = 0; e < z; e++) out[o + e] += g[e];
+        } else {
+            for (int64_t e = 0; e < z; e++) out[o + e < m ? o + e : o + e - m] += g[e];
+        }
+    }
+    return 0;
+}

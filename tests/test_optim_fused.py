@@ -30,6 +30,8 @@ SPECS = {
     "robe": EmbeddingSpec("robe", size=4 * 5000, block=4, sparse=True),
     "robe-aligned": EmbeddingSpec("robe", size=4 * 5000, block=2, aligned=True, sparse=True),
     "robe-per-feature": EmbeddingSpec("robe", size=5000, block=4, shared=False, sparse=True),
+    # 400 rows, fewer than a batch's blocks lie in: the routed array gets one dense gradient
+    "robe-dense-grad": EmbeddingSpec("robe", size=4 * 400, block=4, sparse=True),
 }
 
 
@@ -178,6 +180,21 @@ def test_routed_tables_get_no_gradient_and_unrouted_ones_do():
     assert big.grad is None and small.grad is not None and not small.grad.is_sparse
     optimizer.zero_grad()
     assert not optimizer._pending  # routed rows are dropped with the gradients
+
+
+@pytest.mark.parametrize(("name", "dense"), [("robe", False), ("robe-dense-grad", True)])
+def test_a_routed_robe_array_covered_by_the_batch_gets_one_dense_gradient(name, dense):
+    """Where a batch's blocks lie in at least as many rows as the array has, the array gets
+    one dense gradient instead of routed rows (equal updates: the test above)."""
+    torch.manual_seed(0)
+    model = Model(SPECS[name])
+    (array,) = model.sparse_arch.table_parameters()
+    optimizer = FusedAdagrad(model.parameters(), lr=0.1, tables=[array])
+    ids, _ = next(_batches(1))
+    model(ids).backward()
+    assert (array.grad is not None) == dense and bool(optimizer._pending) != dense
+    if dense:
+        assert not array.grad.is_sparse and array.grad.shape == array.shape
 
 
 def test_fused_adagrad_takes_sparse_gradients_without_routing():

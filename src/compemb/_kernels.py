@@ -75,6 +75,12 @@ def _load() -> ctypes.CDLL | None:
                 _state["robe"] = True
             except AttributeError:
                 _state["robe"] = False
+            try:  # ROBE's dense gradient came later
+                lib.compemb_robe_add.restype = ctypes.c_int
+                lib.compemb_robe_add.argtypes = [p, i, i, p, i, p]
+                _state["robe_add"] = True
+            except AttributeError:
+                _state["robe_add"] = False
             try:  # TT-Rec's chain
                 lib.compemb_tt_forward.restype = ctypes.c_int
                 lib.compemb_tt_forward.argtypes = [i, p, p, p, p, p, i, p]
@@ -279,6 +285,21 @@ def robe_row_grads(rows: int, offsets: torch.Tensor, grads: torch.Tensor
         grads.data_ptr(), rows, z, offsets.data_ptr(), n, out.data_ptr(), values.data_ptr(),
         ctypes.addressof(written)))
     return out[: written.value], values[: written.value]
+
+
+def robe_dense_grad(shape: tuple[int, int], offsets: torch.Tensor, grads: torch.Tensor
+                    ) -> torch.Tensor | None:
+    """The gradient of a whole (R, Z) table from the gradients ``grads`` (N, Z) of its blocks at
+    ``offsets`` (N,) in [0, R Z), each added at its place, circularly; None where the kernel does
+    not apply."""
+    if not _robe_applies(offsets, grads) or not _state.get("robe_add"):
+        return None
+    offsets, grads = offsets.contiguous(), grads.contiguous()
+    out = grads.new_zeros(shape)
+    _check_offsets(_load().compemb_robe_add(  # type: ignore[union-attr]
+        grads.data_ptr(), shape[0], shape[1], offsets.data_ptr(), offsets.numel(),
+        out.data_ptr()))
+    return out
 
 
 def tt_applies(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor | None]) -> bool:

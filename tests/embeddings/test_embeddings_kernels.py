@@ -12,7 +12,7 @@ from compemb import _kernels
 from compemb.embeddings import _fused
 from compemb.embeddings._fused import compose_lookup
 from compemb.embeddings._universal import PRIME, hash_coefficients, universal_hash
-from compemb.embeddings.batched_robe import block_row_grads, unaligned_blocks
+from compemb.embeddings.batched_robe import block_dense_grad, block_row_grads, unaligned_blocks
 from compemb.embeddings.dhe import HASH_BUCKETS, dhe_encoding
 from compemb.embeddings.tt import tt_chain, tt_lookup
 from compemb.optim.fused import FusedAdagrad
@@ -109,11 +109,14 @@ def test_compiled_robe_blocks_equal_pure_torch(sparse, monkeypatch):
         if not compiled:
             monkeypatch.setattr(_kernels, "robe_read", lambda *args: None)
             monkeypatch.setattr(_kernels, "robe_row_grads", lambda *args: None)
+            monkeypatch.setattr(_kernels, "robe_dense_grad", lambda *args: None)
         weight.grad = None
         out = unaligned_blocks(weight, offsets, sparse)
         (out * probe).sum().backward()
         rows, values = block_row_grads((7, 4), offsets.view(-1), probe.view(-1, 4))
-        results.append((out, weight.grad.to_dense(), rows, values))
+        dense = block_dense_grad((7, 4), offsets.view(-1), probe.view(-1, 4))
+        torch.testing.assert_close(dense, weight.grad.to_dense())
+        results.append((out, weight.grad.to_dense(), rows, values, dense))
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     flat = weight.detach().view(-1)

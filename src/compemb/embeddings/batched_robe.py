@@ -40,7 +40,7 @@ from compemb.optim.fused import Sink, gradient_sink
 if TYPE_CHECKING:
     from compemb.spec import FeaturePlan
 
-__all__ = ["RobeGroup", "RobeStack", "block_row_grads", "unaligned_blocks"]
+__all__ = ["RobeGroup", "RobeStack", "block_dense_grad", "block_row_grads", "unaligned_blocks"]
 
 _ONE = get_operation("add")  # one table: its rows as they are
 
@@ -178,7 +178,13 @@ class _UnalignedBlocks(torch.autograd.Function):
         if not ctx.needs_input_grad[3]:
             return None, None, None, None
         (flat,) = ctx.saved_tensors
-        rows, values = block_row_grads(ctx.shape, flat, grad.reshape(-1, ctx.shape[1]))
+        grads = grad.reshape(-1, ctx.shape[1])
+        if ctx.sink is not None and 2 * flat.numel() >= ctx.shape[0]:
+            # The blocks' rows would number at least the table's: one dense gradient costs less
+            # than sorting them, and the fused optimizer's dense update equals its row update
+            # (rows without a gradient are left as they are).
+            return None, None, None, block_dense_grad(ctx.shape, flat, grads)
+        rows, values = block_row_grads(ctx.shape, flat, grads)
         if ctx.sink is not None:
             ctx.sink(rows, values)  # the optimizer updates these rows: no gradient
             return None, None, None, None
@@ -213,11 +219,29 @@ def block_row_grads(shape: tuple[int, int], offsets: torch.Tensor, grads: torch.
     return pairs[needed], values[needed]
 
 
+def block_dense_grad(shape: tuple[int, int], offsets: torch.Tensor, grads: torch.Tensor
+                     ) -> torch.Tensor:
+    """The gradient of a whole (R, Z) table from its blocks' at ``offsets`` (N,): each block's
+    gradient ``grads`` (N, Z) added at its place, circularly.
+
+    >>> block_dense_grad((2, 2), torch.tensor([1, 3]), torch.tensor([[1., 2.], [3., 4.]])).tolist()
+    [[4.0, 1.0], [2.0, 3.0]]
+    """
+    fast = _kernels.robe_dense_grad(shape, offsets, grads)
+    if fast is not None:
+        return fast
+    m = shape[0] * shape[1]
+    index = offsets.unsqueeze(1) + torch.arange(shape[1], device=offsets.device)
+    index = torch.where(index >= m, index - m, index)
+    return grads.new_zeros(m).index_add_(0, index.view(-1), grads.reshape(-1)).view(shape)
+
+
 def unaligned_blocks(weight: torch.Tensor, offsets: torch.Tensor, sparse: bool) -> torch.Tensor:
     """The blocks of Z elements of the array ``weight`` (M / Z, Z) at ``offsets`` (..., L) in
     [0, M), read circularly -> (..., L Z), each index's blocks in order. Its gradient is the
     rows each block lies in (:func:`block_row_grads`), sparse where ``sparse``, handed to a
-    fused optimizer where one is routed (``compemb.optim.fused``).
+    fused optimizer where one is routed (``compemb.optim.fused``); where one is routed and the
+    rows would number at least the table's, the whole table's (:func:`block_dense_grad`).
 
     >>> unaligned_blocks(torch.arange(8.0).view(4, 2), torch.tensor([[3, 7]]), False).tolist()
     [[3.0, 4.0, 7.0, 0.0]]
