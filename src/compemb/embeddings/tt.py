@@ -98,7 +98,7 @@ def tt_chain(rows: Sequence[torch.Tensor], dims: Sequence[int], ranks: Sequence[
     """The chained product of K core rows: rows[k] (N, r_k d_k r_{k+1}) -> (N, prod d_k).
 
     ``ranks`` are r_0 .. r_K with r_0 = r_K = 1. The compiled kernel runs where built
-    (:mod:`compemb._kernels`), batched matmuls otherwise.
+    (``csrc/tt_chain.c``), batched matmuls otherwise.
     """
     rows = [r.contiguous() for r in rows]
     if _kernels.tt_applies(rows, [None] * len(rows)):
@@ -153,7 +153,7 @@ def tt_lookup(buckets: Sequence[torch.Tensor], tables: Sequence[torch.Tensor],
 
     ``sparse[j]``: whether core j's gradient is sparse (or sent to a fused optimizer's sink,
     :func:`~compemb.optim.fused.gradient_sink`) rather than dense. The compiled kernel reads the
-    rows where it is built (:mod:`compemb._kernels`); otherwise each core's rows are gathered and
+    rows where it is built (``csrc/tt_chain.c``); otherwise each core's rows are gathered and
     chained with batched matmuls.
     """
     flat = [b.reshape(-1) for b in buckets]
