@@ -10,6 +10,8 @@ config side by side in one run, rounds interleaved so machine noise hits each al
 - torchrec-md4 / torchrec-robe4 / torchrec-cce4: MD (widths rounded to multiples of 4, which
   FBGEMM shards; alpha the frontier's value nearest 4x), ROBE-Z and CCE (fitted to 4x), compemb
   on TorchRec, sharded (sized as the frontier sizes them: ``compemb.experiments.frontier``);
+- torchrec-robe4-aligned / torchrec-robe4-z16: ROBE-Z with block-aligned offsets (one row per
+  block, not two), and so with blocks of D (one row per id);
 - local-qr4: compemb's local collection QR mult 4, replicated: DDP for the dense part, the
   tables' sparse gradients all-reduced over gloo (``train.sharding: replicate``).
 
@@ -65,6 +67,8 @@ _MD = next(line for line in FRONTIER_SCHEMES if line.series == "md")
 SIZED = {
     "md4": Line("md x4", (*_MD.fields, ("multiple_of", 4)), _MD.knob, _MD.values),
     "robe4": select_lines(["robe"])[0],
+    "robe4-aligned": select_lines(["robe aligned"])[0],
+    "robe4-z16": Line("robe z16", (("scheme", "robe"), ("aligned", True), ("block", D))),
     "cce4": select_lines(["cce"])[0],
 }
 CONFIGS = ("torchrec-full", "torchrec-qr4", "torchrec-qr60", "local-qr4",
