@@ -16,9 +16,11 @@ import ctypes
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -331,6 +333,39 @@ def _check_tt(code: int) -> None:
         raise ValueError("TT chain: the kernel does not take these dims and ranks")
 
 
+# Ids per thread below which the TT chain runs on one thread (a chunk's call costs more than its
+# work); above, the ids are split over torch's intra-op thread count, one kernel call each (a
+# ctypes call releases the GIL, so the calls run at once).
+_TT_IDS_PER_THREAD = 2048
+_pool: dict[str, Any] = {}
+
+
+def _parallel(calls: list[Callable[[], int]]) -> list[int]:
+    """Run the zero-argument kernel calls at once (one on this thread), their return codes."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    pool = _pool.get("pool")
+    # a fresh pool after a fork (its threads are not in the child) or for more threads
+    if pool is None or _pool["pid"] != os.getpid() or _pool["size"] < len(calls) - 1:
+        pool = ThreadPoolExecutor(len(calls) - 1, thread_name_prefix="compemb-kernels")
+        _pool.update(pool=pool, pid=os.getpid(), size=len(calls) - 1)
+    futures = [pool.submit(call) for call in calls[1:]]
+    return [calls[0](), *(f.result() for f in futures)]
+
+
+def _tt_spans(n: int) -> list[tuple[int, int]]:
+    threads = max(1, min(torch.get_num_threads(), n // _TT_IDS_PER_THREAD))
+    step = -(-n // threads) if n else 1
+    return [(s, min(n, s + step)) for s in range(0, n, step)] or [(0, 0)]
+
+
+def _tt_chunk(tables: Sequence[torch.Tensor], indices: Sequence[torch.Tensor | None], s: int,
+              e: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Ids s..e: their indices, or their own rows where a core's rows are given per id."""
+    return ([t if x is not None else t[s:e] for t, x in zip(tables, indices, strict=True)],
+            [None if x is None else x[s:e] for x in indices])
+
+
 def tt_forward(dims: Sequence[int], ranks: Sequence[int], tables: Sequence[torch.Tensor],
                indices: Sequence[torch.Tensor | None], n: int) -> torch.Tensor:
     """The chain of each of n ids' core rows, (n, prod dims): core j's row of id i is
@@ -338,9 +373,15 @@ def tt_forward(dims: Sequence[int], ranks: Sequence[int], tables: Sequence[torch
     indices = [None if x is None else x.contiguous() for x in indices]
     d, r, rows = _tt_shapes(dims, ranks, tables)
     out = tables[0].new_empty(n, math.prod(dims))
-    _check_tt(_load().compemb_tt_forward(  # type: ignore[union-attr]
-        len(dims), d.data_ptr(), r.data_ptr(), _pointers(tables), rows.data_ptr(),
-        _pointers(indices), n, out.data_ptr()))
+
+    def call(s: int, e: int) -> Callable[[], int]:
+        ts, xs = _tt_chunk(tables, indices, s, e)
+        return lambda: _load().compemb_tt_forward(  # type: ignore[union-attr]
+            len(dims), d.data_ptr(), r.data_ptr(), _pointers(ts), rows.data_ptr(),
+            _pointers(xs), e - s, out[s:e].data_ptr())
+
+    for code in _parallel([call(s, e) for s, e in _tt_spans(n)]):
+        _check_tt(code)
     return out
 
 
@@ -354,7 +395,22 @@ def tt_backward(dims: Sequence[int], ranks: Sequence[int], tables: Sequence[torc
     d, r, rows = _tt_shapes(dims, ranks, tables)
     flags = torch.tensor([bool(x) for x in dense], dtype=torch.uint8)
     grad = grad.contiguous()
-    _check_tt(_load().compemb_tt_backward(  # type: ignore[union-attr]
-        len(dims), d.data_ptr(), r.data_ptr(), _pointers(tables), rows.data_ptr(),
-        _pointers(indices), grad.data_ptr(), grad.shape[0], flags.data_ptr(),
-        _pointers(outputs)))
+    spans = _tt_spans(grad.shape[0])
+    # every chunk but the first adds its dense gradients into a zeroed copy, summed after
+    extra = [[torch.zeros_like(o) if o is not None and dense[j] else None
+              for j, o in enumerate(outputs)] for _ in spans[1:]]  # fmt: skip
+
+    def call(k: int, s: int, e: int) -> Callable[[], int]:
+        ts, xs = _tt_chunk(tables, indices, s, e)
+        outs = [None if o is None else (o if k == 0 else extra[k - 1][j]) if dense[j]
+                else o[s:e] for j, o in enumerate(outputs)]  # fmt: skip
+        return lambda: _load().compemb_tt_backward(  # type: ignore[union-attr]
+            len(dims), d.data_ptr(), r.data_ptr(), _pointers(ts), rows.data_ptr(),
+            _pointers(xs), grad[s:e].data_ptr(), e - s, flags.data_ptr(), _pointers(outs))
+
+    for code in _parallel([call(k, s, e) for k, (s, e) in enumerate(spans)]):
+        _check_tt(code)
+    for more in extra:
+        for o, x in zip(outputs, more, strict=True):
+            if x is not None:
+                o.add_(x)

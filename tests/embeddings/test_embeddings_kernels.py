@@ -236,6 +236,35 @@ def test_compiled_tt_lookup_feeds_the_fused_optimizer(monkeypatch):
 
 
 @needs_tt_kernel
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compiled_tt_chain_split_over_threads_equals_one_thread(sparse, monkeypatch):
+    """Ids split over 3 threads (one kernel call each, dense gradients summed after) give the
+    one-thread results: forward, gradients, and the chain of gathered rows."""
+    dims, ranks = (4, 2, 2), (1, 6, 6, 1)
+    gen = torch.Generator().manual_seed(0)
+    tables = _tt_tables(dims, ranks, [7, 3, 5], gen)
+    buckets = [torch.randint(0, r, (100,), generator=gen) for r in (7, 3, 5)]
+    flags = [sparse, False, sparse]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            monkeypatch.setattr(_kernels, "_TT_IDS_PER_THREAD", 16)
+            assert len(_kernels._tt_spans(100)) == count
+            out = tt_lookup(buckets, tables, flags, dims, ranks)
+            grads = torch.autograd.grad(out, tables, torch.ones_like(out))
+            rows = [t[b].detach().requires_grad_() for t, b in zip(tables, buckets, strict=True)]
+            chained = tt_chain(rows, dims, ranks)
+            row_grads = torch.autograd.grad(chained, rows, torch.ones_like(chained))
+            results.append((out, *(g.to_dense() for g in grads), chained, *row_grads))
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_tt_kernel
 def test_compiled_tt_lookup_refuses_rows_out_of_range():
     tables = _tt_tables((4, 4), (1, 2, 1), [3, 3], torch.Generator().manual_seed(0))
     with pytest.raises(IndexError, match="outside its table"):
