@@ -243,17 +243,31 @@ static int check(int64_t k, const int64_t *const *idx, const int64_t *rows, int6
     return 0;
 }
 
+/* Both entry points' checks and sizes: 0, or the error code to return. */
+static int prepare(int64_t k, const int64_t *dims, const int64_t *ranks, const int64_t *rows,
+                   const int64_t *const *idx, int64_t n, int64_t *offs, int64_t *widths,
+                   int64_t *widest, int64_t *total) {
+    if (k > MAX_CORES) return -1;
+    *total = layout(k, dims, ranks, offs, widest);
+    if (*total < 0) return -1;
+    if (check(k, idx, rows, n)) return -3;
+    for (int64_t j = 0; j < k; j++) widths[j] = ranks[j] * dims[j] * ranks[j + 1];
+    return 0;
+}
+
+/* Whether to chain right to left: strictly fewer multiply-adds. */
+static int right_first(int64_t k, const int64_t *dims, const int64_t *ranks) {
+    return k > 1 && cost_right(k, dims, ranks) < cost_left(k, dims, ranks);
+}
+
 int compemb_tt_forward(int64_t k, const int64_t *dims, const int64_t *ranks,
                        const float *const *tables, const int64_t *rows,
                        const int64_t *const *idx, int64_t n, float *out) {
-    int64_t offs[MAX_CORES], widths[MAX_CORES], widest;
-    if (k > MAX_CORES) return -1;
-    int64_t total = layout(k, dims, ranks, offs, &widest);
-    if (total < 0) return -1;
-    if (check(k, idx, rows, n)) return -3;
-    for (int64_t j = 0; j < k; j++) widths[j] = ranks[j] * dims[j] * ranks[j + 1];
+    int64_t offs[MAX_CORES], widths[MAX_CORES], widest, total;
+    int code = prepare(k, dims, ranks, rows, idx, n, offs, widths, &widest, &total);
+    if (code) return code;
     int64_t d = total - offs[k - 1];  /* p_{K-1} r_K = D */
-    if (k > 1 && cost_right(k, dims, ranks) < cost_left(k, dims, ranks))
+    if (right_first(k, dims, ranks))
         return forward_right(k, dims, ranks, tables, rows, idx, widths, n, out);
     float *buf = malloc(2 * total * sizeof(float) + 1);
     if (!buf) return -2;
@@ -280,14 +294,11 @@ int compemb_tt_backward(int64_t k, const int64_t *dims, const int64_t *ranks,
                         const float *const *tables, const int64_t *rows,
                         const int64_t *const *idx, const float *g, int64_t n,
                         const uint8_t *dense, float *const *grads) {
-    int64_t offs[MAX_CORES], widths[MAX_CORES], widest;
-    if (k > MAX_CORES) return -1;
-    int64_t total = layout(k, dims, ranks, offs, &widest);
-    if (total < 0) return -1;
-    if (check(k, idx, rows, n)) return -3;
-    for (int64_t j = 0; j < k; j++) widths[j] = ranks[j] * dims[j] * ranks[j + 1];
+    int64_t offs[MAX_CORES], widths[MAX_CORES], widest, total;
+    int code = prepare(k, dims, ranks, rows, idx, n, offs, widths, &widest, &total);
+    if (code) return code;
     int64_t d = total - offs[k - 1];
-    if (k > 1 && cost_right(k, dims, ranks) < cost_left(k, dims, ranks))
+    if (right_first(k, dims, ranks))
         return backward_right(k, dims, ranks, tables, rows, idx, widths, g, n, dense, grads);
     /* parts: P_0 .. P_{K-2}; da, db: the gradient of the current and the previous P; gt: a
      * core row transposed, so that dP = dQ @ row^T runs along contiguous memory too */
